@@ -1,0 +1,50 @@
+# Expotion — one entry point per stage. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+# Feature stage defaults: the offline demo. Real data: make features MANIFEST=... CACHE=... PROFILE=real
+DEMO_DIR ?= demo_data
+MANIFEST ?= $(DEMO_DIR)/manifest.csv
+CACHE ?= cache/demo
+PROFILE ?= tiny
+WORKERS ?= 2
+EXTRACTORS ?= marlin,synchformer,raft,codes,t5
+FEATURE_ARGS ?=
+
+.PHONY: install demo demo-data features test test-all tensorboard clean-cache
+
+install: $(STAMP)
+
+$(STAMP): requirements/base.txt requirements/nodeps.txt requirements/test.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo-data: install
+	$(PY) -m expotion.demo.synth $(DEMO_DIR)
+
+demo: demo-data
+	$(MAKE) --no-print-directory features
+	@echo "demo features written to $(CACHE); inspect with: $(PY) -m expotion.cache inspect $(CACHE)"
+
+features: install
+	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
+	$(PY) precompute/extract.py --manifest $(MANIFEST) --cache $(CACHE) --profile $(PROFILE) \
+		--workers $(WORKERS) --extractors $(EXTRACTORS) $(FEATURE_ARGS)
+
+test: install
+	$(PY) -m pytest -x -q
+
+test-all: install
+	$(PY) -m pytest -x -q -m ""
+
+clean-cache:
+	rm -rf $(CACHE)

@@ -1,0 +1,275 @@
+"""The precompute stage: manifest -> clips -> features -> HDF5 shards, resumable and parallel.
+
+Recordings of each split are sorted by id and grouped into fixed shards, so a
+shard's content does not depend on how many workers run or on earlier
+interruptions. Shard ``k`` goes to worker ``k mod N`` (each worker its own
+process, GPU ``k mod n_gpus`` when there are GPUs). A shard is published by an
+atomic rename only when complete; a rerun skips shards that exist with the
+same assignment, so a killed run resumes where it stopped.
+
+Bad input never stops the run: each problem is logged and recorded in the
+shard (``skipped``) and in the end summary.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .cache import ShardWriter, list_shards, shard_attrs, shard_path
+from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
+from .manifest import Clip, Recording, chop, load_manifest
+from .media import MediaError, iter_clip_frames, probe_video, read_audio
+from .rates import DEFAULT_RATES, Rates
+
+log = logging.getLogger("expotion.precompute")
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    manifest: Path
+    cache: Path
+    extractors: ExtractorConfig
+    names: tuple[str, ...] = EXTRACTORS
+    data_root: Path | None = None
+    clip_seconds: float = DEFAULT_RATES.clip_seconds
+    recordings_per_shard: int = 4
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    split: str
+    index: int
+    recordings: tuple[Recording, ...]
+
+    def path(self, cache: Path) -> Path:
+        return shard_path(cache, self.split, self.index)
+
+
+@dataclass
+class Summary:
+    written: Counter = field(default_factory=Counter)
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    reused_shards: int = 0
+    new_shards: int = 0
+
+    def report(self) -> str:
+        lines = [f"clips written: {dict(self.written)} ({self.new_shards} new shards, {self.reused_shards} reused)"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)}:")
+            lines += [f"  {s['clip']}: {s['reason']}" for s in self.skipped]
+        if self.notes:
+            lines.append(f"notes on {len(self.notes)} clips:")
+            lines += [f"  {n['clip']}: {n['note']}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def plan(recordings: list[Recording], per_shard: int) -> list[ShardJob]:
+    """Fixed shards: each split's recordings sorted by id, ``per_shard`` at a time."""
+    jobs = []
+    for split in sorted({r.split for r in recordings}):
+        recs = sorted((r for r in recordings if r.split == split), key=lambda r: r.id)
+        jobs += [ShardJob(split, i // per_shard, tuple(recs[i : i + per_shard])) for i in range(0, len(recs), per_shard)]
+    return jobs
+
+
+def assignment(job: ShardJob, cfg: PrecomputeConfig) -> str:
+    """Fingerprint of what a shard should contain; a finished shard with another fingerprint is redone."""
+    spec = {
+        "recordings": [(r.id, r.relative(r.video), r.caption, r.face_box) for r in job.recordings],
+        "extractors": list(cfg.names),
+        "clip_seconds": cfg.clip_seconds,
+        "models": cfg.extractors.describe(),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def is_done(job: ShardJob, cfg: PrecomputeConfig) -> bool:
+    attrs = shard_attrs(job.path(cfg.cache))
+    return attrs is not None and attrs.get("assignment") == assignment(job, cfg)
+
+
+def recording_audio(rec: Recording, sample_rate: int) -> np.ndarray:
+    if rec.audio is not None:
+        return read_audio(rec.audio, sample_rate)
+    try:
+        return read_audio(rec.video, sample_rate, align_to_video=True)
+    except MediaError as err:
+        if "no audio stream" in str(err):
+            raise MediaError(f"{rec.video}: no audio stream, and the manifest gives no audio file") from err
+        raise
+
+
+def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, writer: ShardWriter) -> None:
+    """Write every usable clip of ``rec``; record each unusable one with its reason."""
+    rates = ex.rates
+    try:
+        info = probe_video(rec.video)
+        audio = recording_audio(rec, rates.sample_rate) if "codes" in ex.names else None
+    except MediaError as err:
+        return skip(writer, rec.id, str(err))
+    duration = info.duration_s if audio is None else min(info.duration_s, len(audio) / rates.sample_rate)
+    clips = chop(rec, duration, cfg.clip_seconds)
+    if not clips:
+        return skip(writer, rec.id, f"{rec.video}: {duration:.2f} s is shorter than one clip ({cfg.clip_seconds:g} s)")
+    if not rec.caption and "t5" in ex.names:
+        for clip in clips:
+            skip(writer, clip.id, f"{rec.video}: missing caption in the manifest")
+        return None
+    text = ex.text([rec.caption])[0] if "t5" in ex.names else None
+    windows = [(c.start_s, c.duration_s) for c in clips]
+    try:
+        for i, frames in iter_clip_frames(rec.video, windows, ex.cfg.max_short_side):
+            if isinstance(frames, MediaError):
+                skip(writer, clips[i].id, str(frames))
+                continue
+            write_clip(clips[i], frames, audio, text, ex, writer)
+    except MediaError as err:
+        skip(writer, rec.id, str(err))
+    return None
+
+
+def write_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWriter) -> None:
+    rates, rec = ex.rates, clip.recording
+    feats = ex.video_features(frames, clip.duration_s, rec.face_box)
+    if "marlin" in ex.names and not feats.arrays["marlin_mask"].any() and set(ex.names) <= {"marlin"}:
+        return skip(writer, clip.id, f"{rec.video}: no face detected in {clip.start_s:g}-{clip.start_s + clip.duration_s:g} s")
+    arrays = dict(feats.arrays)
+    if audio is not None:
+        a = int(round(clip.start_s * rates.sample_rate))
+        arrays["codes"] = ex.codes(audio[a : a + rates.audio_samples(clip.duration_s)], clip.duration_s)
+    if text is not None:
+        arrays["t5"] = text
+    attrs = {
+        "caption": rec.caption,
+        "source": rec.relative(rec.video),
+        "audio_source": rec.relative(rec.audio) if rec.audio else "@video",
+        "recording": rec.id,
+        "start_s": clip.start_s,
+        "duration_s": clip.duration_s,
+        "sample_rate": rates.sample_rate,
+        "notes": feats.notes,
+    }
+    writer.add_clip(clip.id, arrays, attrs, rates)
+    for note in feats.notes:
+        log.warning("%s: %s", clip.id, note)
+    return None
+
+
+def skip(writer: ShardWriter, clip_id: str, reason: str) -> None:
+    log.warning("skip %s: %s", clip_id, reason)
+    writer.skip(clip_id, reason)
+
+
+def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
+    attrs = {"split": job.split, "assignment": assignment(job, cfg), "extractors": list(cfg.names),
+             "models": cfg.extractors.describe(), "expotion_version": __version__,
+             "recordings": [r.id for r in job.recordings]}
+    writer = ShardWriter(job.path(cfg.cache), attrs)
+    try:
+        for rec in job.recordings:
+            process_recording(rec, ex, cfg, writer)
+        if "t5" in ex.names:
+            writer.add_text("generic", ex.text([GENERIC_PROMPT])[0])
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+_WORKER: dict = {}
+
+
+def worker_init(cfg: PrecomputeConfig, threads: int, counter) -> None:
+    with counter.get_lock():
+        rank = counter.value
+        counter.value += 1
+    ext = cfg.extractors
+    if torch.cuda.is_available():
+        from dataclasses import replace
+
+        ext = replace(ext, device=f"cuda:{rank % torch.cuda.device_count()}")
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
+    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(ext, cfg.names)
+
+
+def worker_run(job: ShardJob) -> Path:
+    return process_shard(job, _WORKER["ex"], _WORKER["cfg"])
+
+
+def remove_stale_temporaries(cache: Path) -> None:
+    """Delete partial shards left by a killed run (never the published ones)."""
+    for tmp in Path(cache).rglob(".shard-*.h5.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
+    recordings = load_manifest(cfg.manifest, cfg.data_root)
+    jobs = plan(recordings, cfg.recordings_per_shard)
+    todo = [j for j in jobs if not is_done(j, cfg)]
+    summary = Summary(reused_shards=len(jobs) - len(todo), new_shards=len(todo))
+    if todo:
+        check_available(cfg.extractors, cfg.names)
+        remove_stale_temporaries(cfg.cache)
+        run_jobs(todo, cfg, rates)
+    collect(summary, [j.path(cfg.cache) for j in jobs])
+    (Path(cfg.cache) / "summary.json").write_text(json.dumps(
+        {"written": summary.written, "skipped": summary.skipped, "notes": summary.notes}, indent=2))
+    return summary
+
+
+def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig, rates: Rates) -> None:
+    workers = max(1, min(cfg.workers, len(todo)))
+    bar = tqdm(total=len(todo), desc="shards", unit="shard")
+    if workers == 1:
+        ex = Extractors(cfg.extractors, cfg.names, rates)
+        for job in todo:
+            process_shard(job, ex, cfg)
+            bar.update()
+    else:
+        ctx = mp.get_context("spawn")
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        counter = ctx.Value("i", 0)
+        with ctx.Pool(workers, initializer=worker_init, initargs=(cfg, threads, counter), maxtasksperchild=None) as pool:
+            for _ in pool.imap_unordered(worker_run, todo):
+                bar.update()
+    bar.close()
+
+
+def collect(summary: Summary, paths: list[Path]) -> None:
+    """Gather written clips, skips and notes from the shards themselves (so resumed runs report fully)."""
+    import h5py
+
+    for path in paths:
+        if not path.exists():
+            continue
+        with h5py.File(path, "r") as f:
+            split = f.attrs["split"]
+            summary.skipped += json.loads(f.attrs.get("skipped", "[]"))
+            for clip_id, group in f["clips"].items():
+                summary.written[split] += 1
+                summary.notes += [{"clip": clip_id, "note": n} for n in json.loads(group.attrs.get("notes", "[]"))]
+
+
+def written_clip_ids(cache: Path) -> list[str]:
+    """Sorted ids of every clip in the cache."""
+    import h5py
+
+    ids = []
+    for path in list_shards(cache):
+        with h5py.File(path, "r") as f:
+            ids += list(f["clips"].keys())
+    return sorted(ids)

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from expotion.rates import DEFAULT_RATES, Rates, sample_indices
+
+
+@pytest.mark.parametrize(
+    "duration, codes, marlin, synch_segments, raft",
+    [
+        (10.0, 500, 50, 30, 49),  # the paper's clip: 800 frames at 80 fps, 250 at 25 fps, 50 at 5 fps
+        (2.0, 100, 10, 5, 9),
+        (3.0, 150, 15, 8, 14),
+        (0.5, 25, 2, 0, 1),
+    ],
+)
+def test_lengths_for_clip_duration(duration, codes, marlin, synch_segments, raft):
+    r = DEFAULT_RATES
+    assert r.codes_frames(duration) == codes
+    assert r.marlin_windows(duration) == marlin
+    assert r.synchformer_segments(duration) == synch_segments
+    assert r.synchformer_tokens(duration) == 8 * synch_segments
+    assert r.raft_flows(duration) == raft
+    assert r.audio_samples(duration) == int(duration * 32000)
+
+
+def test_stream_rates_match_the_paper():
+    r = DEFAULT_RATES
+    assert r.marlin.fps == 5.0 and r.marlin.t0 == pytest.approx(0.1)  # centre of a 16-frame window at 80 fps
+    assert r.synchformer.fps == 25.0 and r.synchformer.t0 == pytest.approx(0.04)
+    assert r.raft.fps == 5.0 and r.raft.t0 == pytest.approx(0.1)
+    assert r.codes.fps == 50.0
+    # 10 s of MARLIN windows cover exactly the clip
+    assert r.marlin_windows(10.0) / r.marlin.fps == pytest.approx(10.0)
+
+
+def test_windows_counts_only_complete_windows():
+    assert Rates.windows(15, 16, 8) == 0
+    assert Rates.windows(16, 16, 8) == 1
+    assert Rates.windows(23, 16, 8) == 1
+    assert Rates.windows(24, 16, 8) == 2
+
+
+def test_frames_at_is_robust_to_float_error():
+    assert Rates.frames_at(0.3 * 3, 10) == 9  # 0.8999999999999999 * 10 must count 9 frames
+
+
+def test_sample_indices_constant_rate_upsampling_holds_frames():
+    ts = np.arange(30) / 30.0  # 1 s at 30 fps
+    idx = sample_indices(ts, 80.0, 80)
+    assert idx[0] == 0 and idx[-1] == 29
+    assert np.all(np.diff(idx) >= 0)
+    # each output frame shows the last source frame not after its time
+    assert np.all(ts[idx] <= np.arange(80) / 80 + 1e-6)
+    assert np.all(np.arange(80) / 80 - ts[idx] < 1 / 30 + 1e-6)
+
+
+def test_sample_indices_follow_timestamps_for_variable_rate():
+    ts = np.array([0.0, 0.04, 0.08, 0.5, 0.54, 1.0])  # a 0.42 s gap
+    idx = sample_indices(ts, 10.0, 10)
+    assert list(idx) == [0, 2, 2, 2, 2, 3, 4, 4, 4, 4]
+
+
+def test_sample_indices_start_offset():
+    ts = np.arange(100) / 25.0
+    assert list(sample_indices(ts, 5.0, 3, start_s=2.0)) == [50, 55, 60]
