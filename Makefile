@@ -15,8 +15,12 @@ PROFILE ?= tiny
 WORKERS ?= 2
 EXTRACTORS ?= marlin,synchformer,raft,codes,t5
 FEATURE_ARGS ?=
+# Training: one or more LightningCLI configs (later ones override), plus CLI overrides.
+CONFIG ?= lightning_configs/tiny_cpu.yaml
+ARGS ?=
+LOGDIR ?= runs
 
-.PHONY: install demo demo-data features test test-all tensorboard clean-cache
+.PHONY: install demo demo-data features train tensorboard test test-all clean-cache
 
 install: $(STAMP)
 
@@ -34,11 +38,18 @@ demo-data: install
 demo: demo-data
 	$(MAKE) --no-print-directory features
 	@echo "demo features written to $(CACHE); inspect with: $(PY) -m expotion.cache inspect $(CACHE)"
+	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
 	$(PY) precompute/extract.py --manifest $(MANIFEST) --cache $(CACHE) --profile $(PROFILE) \
 		--workers $(WORKERS) --extractors $(EXTRACTORS) $(FEATURE_ARGS)
+
+train: install
+	$(PY) -m expotion.train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
+
+tensorboard: install
+	$(PY) -m tensorboard.main --logdir $(LOGDIR)
 
 test: install
 	$(PY) -m pytest -x -q

@@ -28,6 +28,25 @@ def small_demo(tmp_path_factory) -> Path:
     return synthesize_demo(tmp_path_factory.mktemp("demo"), n_recordings=3, duration_s=4.0, n_val=1)
 
 
+CLIP_S = 2.0
+
+
+def precompute_config(manifest, cache, ext, **kw):
+    from expotion.pipeline import PrecomputeConfig
+
+    return PrecomputeConfig(manifest=manifest, cache=cache, extractors=ext, clip_seconds=CLIP_S,
+                            recordings_per_shard=kw.pop("per_shard", 2), **kw)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(small_demo, tiny_profile_cfg, tmp_path_factory):
+    """The small demo through the precompute stage: 2 s clips, 4 train and 2 val; (cache dir, summary)."""
+    from expotion.pipeline import run
+
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, run(precompute_config(small_demo, cache, tiny_profile_cfg))
+
+
 def write_video(path: Path, frames: np.ndarray, fps: float = 25, *, pts: list[int] | None = None,
                 audio: np.ndarray | None = None, sample_rate: int = 32000, codec: str = "libx264") -> Path:
     """Encode uint8 frames (N, H, W, 3) with PyAV; optional custom pts (in 1/1000 s) and AAC audio."""

@@ -12,27 +12,15 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import moving_frames, write_video
+from conftest import CLIP_S, moving_frames, precompute_config as config, write_video
 
 from expotion.cache import SCHEMA_VERSION, CacheError, list_shards, open_shard
 from expotion.cache import main as cache_main
-from expotion.pipeline import PrecomputeConfig, run, written_clip_ids
+from expotion.pipeline import run, written_clip_ids
 from expotion.rates import DEFAULT_RATES
 
-CLIP_S = 2.0
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def config(manifest, cache, ext, **kw) -> PrecomputeConfig:
-    return PrecomputeConfig(manifest=manifest, cache=cache, extractors=ext, clip_seconds=CLIP_S,
-                            recordings_per_shard=kw.pop("per_shard", 2), **kw)
-
-
-@pytest.fixture(scope="module")
-def demo_cache(small_demo, tiny_profile_cfg, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    summary = run(config(small_demo, cache, tiny_profile_cfg))
-    return cache, summary
 
 
 def test_every_clip_written_with_schema(demo_cache):

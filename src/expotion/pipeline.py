@@ -240,13 +240,22 @@ def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig, rates: Rates) -> None:
             process_shard(job, ex, cfg)
             bar.update()
     else:
-        ctx = mp.get_context("spawn")
+        ctx = worker_context(cfg)
         threads = max(1, (os.cpu_count() or 1) // workers)
         counter = ctx.Value("i", 0)
-        with ctx.Pool(workers, initializer=worker_init, initargs=(cfg, threads, counter), maxtasksperchild=None) as pool:
+        with ctx.Pool(workers, initializer=worker_init, initargs=(cfg, threads, counter)) as pool:
             for _ in pool.imap_unordered(worker_run, todo):
                 bar.update()
     bar.close()
+
+
+def worker_context(cfg: PrecomputeConfig) -> mp.context.BaseContext:
+    """Fork on CPU so workers inherit the already-imported libraries; CUDA needs fresh (spawned) processes."""
+    if torch.cuda.is_available():
+        return mp.get_context("spawn")
+    if {"codes", "t5"} & set(cfg.names):
+        import audiocraft.models  # noqa: F401  (imported once here instead of once per worker)
+    return mp.get_context("fork")
 
 
 def collect(summary: Summary, paths: list[Path]) -> None:

@@ -1,0 +1,89 @@
+"""Precompute-stage benchmark, measured side by side in one run on the tiny profile.
+
+1. One shared decode of a recording against one decode per extractor (MARLIN
+   at 80 fps, Synchformer at 25 fps, RAFT at 5 fps each decoding on its own).
+2. The whole stage with 2 worker processes against 1 (fresh caches, same data,
+   model loading included).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/precompute.py [--recordings 8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from expotion.demo.synth import synthesize_demo  # noqa: E402
+from expotion.features import tiny_profile  # noqa: E402
+from expotion.manifest import load_manifest  # noqa: E402
+from expotion.media import iter_clip_frames  # noqa: E402
+from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
+from expotion.rates import DEFAULT_RATES, sample_indices  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def decode_for(video: Path, fps_list: list[float]) -> None:
+    """Decode once and sample every rate from the same frames."""
+    (_, clip), = iter_clip_frames(video, [(0.0, DEFAULT_RATES.clip_seconds)])
+    for fps in fps_list:
+        clip.frames[sample_indices(clip.times, fps, DEFAULT_RATES.frames_at(DEFAULT_RATES.clip_seconds, fps))]
+
+
+def bench_decode(video: Path, repeats: int = 3) -> tuple[float, float]:
+    r = DEFAULT_RATES
+    rates = [r.marlin_video_fps, r.synchformer_video_fps, r.raft_video_fps]
+    shared = min(timed(lambda: decode_for(video, rates)) for _ in range(repeats))
+    separate = min(timed(lambda: [decode_for(video, [fps]) for fps in rates]) for _ in range(repeats))
+    return shared, separate
+
+
+def bench_workers(manifest: Path, tiny_dir: Path, work: Path, workers: int) -> float:
+    cache = work / f"cache-{workers}"
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = PrecomputeConfig(manifest=manifest, cache=cache, extractors=tiny_profile(tiny_dir),
+                           recordings_per_shard=1, workers=workers)
+    return timed(lambda: run(cfg))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recordings", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        manifest = synthesize_demo(work / "data", n_recordings=args.recordings, n_val=0)
+        tiny_dir = work / "tiny"
+        tiny_profile(tiny_dir)
+        video = load_manifest(manifest)[0].video
+
+        shared, separate = bench_decode(video)
+        print(f"decode, 10 s clip: shared {shared:.3f} s, one per extractor {separate:.3f} s "
+              f"-> shared decode is {separate / shared:.2f}x faster")
+
+        n_cpu = os.cpu_count() or 1
+        one = bench_workers(manifest, tiny_dir, work, 1)
+        two = bench_workers(manifest, tiny_dir, work, 2)
+        torch.set_num_threads(1)
+        one_single_thread = bench_workers(manifest, tiny_dir, work, 1)
+        print(f"precompute, {args.recordings} x 10 s recordings on {n_cpu} cores:")
+        print(f"  1 worker ({n_cpu} torch threads): {one:.1f} s")
+        print(f"  1 worker (1 torch thread):  {one_single_thread:.1f} s")
+        print(f"  2 workers (1 thread each):  {two:.1f} s")
+        print(f"  speed-up of 2 workers: {one / two:.2f}x vs 1 worker with all cores, "
+              f"{one_single_thread / two:.2f}x vs 1 single-threaded worker")
+
+
+if __name__ == "__main__":
+    main()

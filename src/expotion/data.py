@@ -1,0 +1,169 @@
+"""Training data from the HDF5 feature cache: a Dataset of clips and a LightningDataModule.
+
+Shards are validated when the dataset is built (schema version, truncation)
+and opened lazily, once per worker process, when items are read. Each item is a
+random crop of ``crop_seconds`` (training) or the clip start (validation): the
+codes are sliced, and the visual streams are kept whole with the crop's start
+time, so temporal smoothing (Eq. 1/3) places the crop exactly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .cache import CacheError, list_shards, open_shard
+from .rates import DEFAULT_RATES, StreamRate
+
+log = logging.getLogger("expotion.data")
+GENERIC_TEXT = "generic"
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    path: Path
+    clip_id: str
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the cache provides for the chosen streams: feature shapes (without time) and rates."""
+
+    shapes: dict[str, tuple[int, ...]]
+    rates: dict[str, StreamRate]
+    text_dim: int
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: shape[0] for name, shape in self.shapes.items()}
+
+
+class ClipDataset(Dataset):
+    """Clips of every shard under ``root`` that carry codes, text states and ``streams``."""
+
+    def __init__(self, root: str | os.PathLike, streams: tuple[str, ...], crop_seconds: float,
+                 random_crop: bool, generic_prompt: bool = False):
+        self.root, self.streams, self.crop_seconds = Path(root), tuple(streams), crop_seconds
+        self.random_crop, self.generic_prompt = random_crop, generic_prompt
+        self.crop_frames = DEFAULT_RATES.codes_frames(crop_seconds)
+        self.refs: list[ClipRef] = []
+        self.spec: FeatureSpec | None = None
+        shards = list_shards(self.root)
+        if not shards:
+            raise CacheError(f"{self.root}: no shards (run `make features` first)")
+        for path in shards:
+            with open_shard(path) as f:
+                self.scan(path, f)
+        if not self.refs:
+            raise CacheError(f"{self.root}: no clip has codes, t5 and {', '.join(streams)} of >= {crop_seconds:g} s")
+        self._files: dict[Path, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def scan(self, path: Path, f: h5py.File) -> None:
+        needed = ("codes", "t5", *self.streams)
+        for clip_id, g in f["clips"].items():
+            missing = [n for n in needed if n not in g]
+            if missing:
+                log.warning("skip %s in %s: no %s", clip_id, path, ", ".join(missing))
+            elif g["codes"].shape[1] < self.crop_frames:
+                log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
+            else:
+                self.refs.append(ClipRef(path, clip_id))
+                if self.spec is None:
+                    self.spec = FeatureSpec(
+                        shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
+                        rates={n: StreamRate(float(g[n].attrs["fps"]), float(g[n].attrs["t0"])) for n in self.streams},
+                        text_dim=int(g["t5"].shape[1]),
+                    )
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def file(self, path: Path) -> h5py.File:
+        """Each worker process opens its own handles (h5py handles do not survive fork)."""
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        if path not in self._files:
+            self._files[path] = h5py.File(path, "r")
+        return self._files[path]
+
+    def __getitem__(self, index: int) -> dict:
+        ref = self.refs[index]
+        f = self.file(ref.path)
+        g = f["clips"][ref.clip_id]
+        n_frames = g["codes"].shape[1]
+        start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
+        text = f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]
+        item = {
+            "clip_id": ref.clip_id,
+            "caption": str(g.attrs["caption"]),
+            "codes": torch.from_numpy(g["codes"][:, start : start + self.crop_frames].astype(np.int64)),
+            "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
+            "text": torch.from_numpy(text[()].astype(np.float32)),
+        }
+        for name in self.streams:
+            item[name] = torch.from_numpy(g[name][()].astype(np.float32))
+        if "marlin" in self.streams:
+            item["marlin_mask"] = torch.from_numpy(g["marlin_mask"][()])
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack fixed-size fields; pad text states with zeros and a 0/1 mask (never with real values)."""
+    batch = {"clip_id": [i["clip_id"] for i in items], "caption": [i["caption"] for i in items]}
+    for key in items[0]:
+        if key not in batch and key != "text":
+            batch[key] = torch.stack([i[key] for i in items])
+    longest = max(i["text"].shape[0] for i in items)
+    text = torch.zeros(len(items), longest, items[0]["text"].shape[1])
+    mask = torch.zeros(len(items), longest, dtype=torch.long)
+    for b, item in enumerate(items):
+        text[b, : item["text"].shape[0]] = item["text"]
+        mask[b, : item["text"].shape[0]] = 1
+    batch["text"], batch["text_mask"] = text, mask
+    return batch
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train and validation clips from ``<cache_dir>/<split>/shard-*.h5``."""
+
+    def __init__(self, cache_dir: str = "cache/demo", train_split: str = "train", val_split: str = "val",
+                 batch_size: int = 10, num_workers: int = 2, crop_seconds: float = 10.0,
+                 generic_prompt: bool = False, streams: tuple[str, ...] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: ClipDataset | None = None
+        self.val_set: ClipDataset | None = None
+
+    def required_streams(self) -> tuple[str, ...]:
+        if self.hparams.streams is not None:
+            return tuple(self.hparams.streams)
+        return tuple(self.trainer.lightning_module.streams)
+
+    def dataset(self, split: str, random_crop: bool) -> ClipDataset:
+        return ClipDataset(Path(self.hparams.cache_dir) / split, self.required_streams(), self.hparams.crop_seconds,
+                           random_crop, self.hparams.generic_prompt)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self.dataset(self.hparams.train_split, random_crop=True)
+        if self.val_set is None and stage in (None, "fit", "validate"):
+            self.val_set = self.dataset(self.hparams.val_split, random_crop=False)
+
+    def loader(self, dataset: ClipDataset, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
+                          collate_fn=collate, persistent_workers=workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, shuffle=False)

@@ -1,0 +1,112 @@
+"""The LightningModule: a frozen MusicGen and the trainable condition adaptor.
+
+The module stays thin: the maths lives in :mod:`expotion.adaptor`,
+:mod:`expotion.embedding`, :mod:`expotion.conditioning` and
+:mod:`expotion.objective`; data comes from :class:`expotion.data.ShardDataModule`.
+Lightning checkpoints hold only the adaptor (MusicGen is reloaded from its
+own files), which keeps them small and resumable.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from .adaptor import AdaptorConfig, ConditionAdaptor
+from .conditioning import text_condition
+from .data import FeatureSpec
+from .musicgen import load_musicgen, model_signature
+from .objective import codebook_cross_entropy
+
+
+class ExpotionModule(L.LightningModule):
+    """Trains only H_0, the visual projections, z_pos, W_e, the flow CNN and the gates.
+
+    ``zero_visual`` feeds zeros instead of the video features (the control run
+    that shows the video is used). The learning-rate schedule is a linear warmup
+    over ``warmup_fraction`` of the steps, then cosine decay to zero.
+    """
+
+    def __init__(self, musicgen: str = "facebook/musicgen-small", adaptor: AdaptorConfig = AdaptorConfig(),
+                 lr: float = 1e-2, weight_decay: float = 0.0, warmup_fraction: float = 0.05,
+                 zero_visual: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints carry the adaptor only
+        self.adaptor_cfg = adaptor if isinstance(adaptor, AdaptorConfig) else AdaptorConfig.from_dict(adaptor)
+        self.musicgen = load_musicgen(musicgen)
+        self.lm = self.musicgen.lm
+        self.signature = model_signature(self.musicgen)
+        self.adaptor: ConditionAdaptor | None = None
+        self.spec: FeatureSpec | None = None
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return self.adaptor_cfg.visual.streams
+
+    def setup(self, stage: str) -> None:
+        if self.adaptor is None:
+            self.build(self.trainer.datamodule.train_set.spec if stage == "fit" else self.trainer.datamodule.val_set.spec)
+
+    def build(self, spec: FeatureSpec) -> None:
+        """Create the adaptor for the feature shapes the cache provides."""
+        self.spec = spec
+        self.adaptor = ConditionAdaptor(self.lm, self.adaptor_cfg, spec.dims, self.signature["frame_rate"])
+        self.adaptor.to(self.device)
+
+    def visual_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        feats = {name: batch[name] for name in (*self.streams, "marlin_mask") if name in batch}
+        if self.hparams.zero_visual:
+            feats = {k: (v if k == "marlin_mask" else torch.zeros_like(v)) for k, v in feats.items()}
+        return feats
+
+    def forward(self, batch: dict):
+        codes = batch["codes"]
+        steps = self.lm.pattern_provider.get_pattern(codes.shape[-1]).num_sequence_steps
+        prefix = self.adaptor.prefix(self.visual_inputs(batch), self.spec.rates, steps, batch["start_s"])
+        condition = text_condition(self.lm, batch["text"], batch["text_mask"], batch["caption"])
+        with self.adaptor.attached(prefix):
+            return self.lm.compute_predictions(codes, [], condition_tensors=condition)
+
+    def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
+        out = self(batch)
+        loss, ce, acc = codebook_cross_entropy(out.logits, batch["codes"], out.mask)
+        size = batch["codes"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
+        for k in range(len(ce)):
+            self.log(f"{stage}/ce_q{k}", ce[k], batch_size=size, sync_dist=stage == "val")
+            self.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        """MusicGen's condition dropout acts in train mode, as in its own training; its weights stay frozen."""
+        self.lm.train()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        for i, gate in enumerate(self.adaptor.gates.detach()):
+            self.log(f"gates/layer_{self.adaptor.start + i:02d}", gate, batch_size=1)
+
+    def configure_optimizers(self):
+        params = [p for p in self.adaptor.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(self.hparams.warmup_fraction * total))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("adaptor.")}
+        checkpoint["musicgen_signature"] = self.signature
