@@ -20,7 +20,7 @@ CONFIG ?= lightning_configs/tiny_cpu.yaml
 ARGS ?=
 LOGDIR ?= runs
 
-.PHONY: install demo demo-data features train tensorboard test test-all clean-cache
+.PHONY: install demo demo-data features train generate eval tensorboard test test-all clean-cache
 
 install: $(STAMP)
 
@@ -38,7 +38,8 @@ demo-data: install
 demo: demo-data
 	$(MAKE) --no-print-directory features
 	@echo "demo features written to $(CACHE); inspect with: $(PY) -m expotion.cache inspect $(CACHE)"
-	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml
+	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml ARGS="--trainer.enable_progress_bar=false"
+	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint runs/tiny_cpu/adaptor.pt
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
@@ -47,6 +48,21 @@ features: install
 
 train: install
 	$(PY) -m expotion.train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
+
+# Batch generation for a cached split (GEN_ARGS e.g. --checkpoint runs/tiny_cpu/adaptor.pt --profile tiny ...)
+SPLIT ?= $(CACHE)/val
+OUT_DIR ?= outputs/generated
+GEN_ARGS ?= --checkpoint runs/tiny_cpu/adaptor.pt --musicgen cache/tiny-weights/musicgen_tiny --profile tiny --reference-dir outputs/reference
+generate: install
+	$(PY) -m expotion.cli generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(GEN_ARGS)
+
+# Table 1 metrics: generated vs reference audio, paired by clip id.
+GENERATED ?= $(OUT_DIR)
+REFERENCE ?= outputs/reference
+RESULTS ?= results/demo
+EVAL_ARGS ?=
+eval: install
+	$(PY) -m expotion.cli eval --generated $(GENERATED) --reference $(REFERENCE) --out $(RESULTS) $(EVAL_ARGS)
 
 tensorboard: install
 	$(PY) -m tensorboard.main --logdir $(LOGDIR)

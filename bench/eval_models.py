@@ -88,12 +88,10 @@ def main() -> None:
                                                           tokenizer=tok))
         rows.append(("CLAP audio (text–audio)",
                      best_of(lambda: model.audio_embedding(audio.resample(x, SR, 48000)), args.repeat)))
-        del model
 
         audio_tower = languagebind.Tower(languagebind.TowerConfig(num_mel_bins=112, target_length=1036)).eval()
         rows.append(("LanguageBind audio (video–audio)", best_of(
             lambda: audio_tower(languagebind.audio_input(audio.resample(x, SR, 16000), audio_tower.cfg)), args.repeat)))
-        del audio_tower
         video_tower = languagebind.Tower(languagebind.TowerConfig(add_time_attn=True, num_frames=8)).eval()
         with tempfile.TemporaryDirectory() as tmp:
             path = video(Path(tmp) / "clip.mp4")

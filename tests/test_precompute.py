@@ -111,6 +111,7 @@ def bad_inputs(small_demo, tmp_path_factory):
     good = (root / "videos" / "demo-000.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(good[: len(good) // 2])
     write_video(root / "silent.mp4", frames, fps=25)
+    write_video(root / "noface.mp4", moving_frames(60, 96, 128, seed=1), fps=25)  # MTCNN finds no face in noise
     sf.write(root / "only_audio.wav", np.zeros(32000 * 3, np.float32), 32000)
     write_video(root / "short.mp4", frames[:30], fps=25)
     pts = [i * 40 for i in range(30)] + [1200 + i * 80 for i in range(30)]
@@ -127,7 +128,7 @@ def bad_inputs(small_demo, tmp_path_factory):
         ("vfr", "vfr.mkv", wav.relative_to(root), "x", "0 0 40 40"),
         ("odd", "odd.mkv", wav.relative_to(root), "x", "0 0 40 40"),
         ("huge", "huge.mkv", wav.relative_to(root), "x", ""),
-        ("noface", "videos/demo-001.mp4", "", "x", ""),
+        ("noface", "noface.mp4", wav.relative_to(root), "x", ""),
         ("nocaption", "videos/demo-002.mp4", "", "", "100 18 220 138"),
     ]
     manifest = root / "manifest.csv"
@@ -147,9 +148,9 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(bad_inputs, tiny_profile_cf
     assert "missing caption" in reasons["nocaption-000"] and "missing caption" in reasons["nocaption-001"]
     notes = {(n["clip"], n["note"].split(":")[0]) for n in summary.notes}
     assert ("vfr-000", "variable frame rate") in notes
-    assert ("noface-000", "no face detected") in notes  # MTCNN finds no drawn face: masked, clip kept
+    assert ("noface-000", "no face detected") in notes  # masked, and the clip is kept for motion
     ids = written_clip_ids(tmp_path / "cache")
-    assert ids == ["good-000", "good-001", "noface-000", "noface-001", "odd-000", "vfr-000"]
+    assert ids == ["good-000", "good-001", "noface-000", "odd-000", "vfr-000"]
     with h5py.File(tmp_path / "cache/train/shard-00001.h5") as f:
         assert not f["clips/noface-000/marlin_mask"][()].any()
         assert f["clips/odd-000/raft"].shape[0] == DEFAULT_RATES.raft_flows(CLIP_S)

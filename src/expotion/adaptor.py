@@ -75,24 +75,27 @@ def qkv_projection(x: torch.Tensor, attn: nn.Module) -> tuple[torch.Tensor, torc
     return tuple(split_heads(t, attn.num_heads) for t in (q, k, v))
 
 
-def gated_prefix_attention(query: torch.Tensor, attn: nn.Module, prefix: PrefixState, positions: torch.Tensor,
-                           gate: torch.Tensor) -> torch.Tensor:
-    """Eq. 11-12 (the gated term): ``g_l * W_o Attn(Q_l + Q^p_l, K^p_l, V^p_l)`` for queries at ``positions``.
+def prefix_queries(qp: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    """Q_p at positions ``start .. start+length-1``; positions past the prefix reuse its last entry."""
+    if start + length <= qp.shape[2]:
+        return qp[:, :, start : start + length]
+    index = torch.arange(start, start + length, device=qp.device).clamp(max=qp.shape[2] - 1)
+    return qp[:, :, index]
 
-    ``query`` is the normalised hidden state the layer's self-attention received;
-    the prefix batch is repeated when classifier-free guidance stacks the
-    conditional and unconditional batches, so both branches see the same prefix.
+
+def gated_prefix_attention(query: torch.Tensor, attn: nn.Module, prefix: PrefixState, start: int,
+                           gate: torch.Tensor) -> torch.Tensor:
+    """Eq. 11-12 (the gated term): ``g_l * W_o Attn(Q_l + Q^p_l, K^p_l, V^p_l)``.
+
+    ``query`` is the normalised hidden state the layer's self-attention received,
+    at positions ``start ...``; ``prefix`` matches its batch (see :meth:`ConditionAdaptor.prefix_for`).
     """
     qp, kp, vp = prefix
-    reps = query.shape[0] // qp.shape[0]
-    if reps > 1:
-        qp, kp, vp = (t.repeat(reps, 1, 1, 1) for t in (qp, kp, vp))
     w_in, b_in, w_out, _ = attention_weights(attn)
     dim = w_in.shape[1]
     q = split_heads(F.linear(query, w_in[:dim], None if b_in is None else b_in[:dim]), attn.num_heads)
-    fused = q + qp[:, :, positions.clamp(max=qp.shape[2] - 1)].to(q.dtype)
-    out = F.scaled_dot_product_attention(fused, kp.to(q.dtype), vp.to(q.dtype))
-    return gate.to(q.dtype) * F.linear(merge_heads(out), w_out)
+    out = F.scaled_dot_product_attention(q + prefix_queries(qp, start, q.shape[2]), kp, vp)
+    return gate * F.linear(merge_heads(out), w_out)
 
 
 class ConditionAdaptor(nn.Module):
@@ -115,6 +118,7 @@ class ConditionAdaptor(nn.Module):
         self.embed = JointVisualEmbedding(cfg.visual, feature_dims, lm.dim, cfg.n_adapted, self.max_steps,
                                           per_layer_we=cfg.per_layer_we)
         self._prefix: list[PrefixState] | None = None
+        self._repeated: dict[tuple[int, int], PrefixState] = {}
         self._offset = 0
 
     @property
@@ -158,11 +162,11 @@ class ConditionAdaptor(nn.Module):
         handles = [self.lm.transformer.register_forward_pre_hook(self._record_offset)]
         for i, layer in enumerate(self.adapted_layers):
             handles.append(layer.self_attn.register_forward_hook(self._attention_hook(i), with_kwargs=True))
-        self._prefix = prefix
+        self._prefix, self._repeated = prefix, {}
         try:
             yield
         finally:
-            self._prefix = None
+            self._prefix, self._repeated = None, {}
             for handle in handles:
                 handle.remove()
 
@@ -171,11 +175,22 @@ class ConditionAdaptor(nn.Module):
         offsets = transformer._streaming_state.get("offsets")
         self._offset = int(offsets[0]) if offsets is not None else 0
 
+    def prefix_for(self, index: int, batch: int) -> PrefixState:
+        """Layer ``index``'s prefix for a batch of ``batch``: classifier-free guidance stacks the
+        conditional and unconditional batches, and both branches see the same prefix (repeated once per window)."""
+        prefix = self._prefix[index]
+        reps = batch // prefix[0].shape[0]
+        if reps == 1:
+            return prefix
+        if (index, reps) not in self._repeated:
+            self._repeated[(index, reps)] = tuple(t.repeat(reps, 1, 1, 1) for t in prefix)
+        return self._repeated[(index, reps)]
+
     def _attention_hook(self, index: int):
         def hook(attn: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
             query = args[0] if args else kwargs["query"]
-            positions = torch.arange(self._offset, self._offset + query.shape[1], device=query.device)
-            x = output[0] + gated_prefix_attention(query, attn, self._prefix[index], positions, self.gates[index])
+            prefix = self.prefix_for(index, query.shape[0])
+            x = output[0] + gated_prefix_attention(query, attn, prefix, self._offset, self.gates[index])
             return (x, *output[1:])
 
         return hook

@@ -8,17 +8,18 @@ import torch
 
 from .checkpoint import save_adaptor
 from .data import collate
-from .generation import generate_window
+from .generation import decode_audio, generate_tokens
 
 
 class AdaptorExport(L.Callback):
-    """Writes ``<log_dir>/adaptor.pt`` (adaptor weights + what they expect) after every epoch."""
+    """Writes ``adaptor.pt`` (adaptor weights + what they expect) after every epoch, into ``dirpath``
+    (default: the run's log directory)."""
 
-    def __init__(self, filename: str = "adaptor.pt"):
-        self.filename = filename
+    def __init__(self, dirpath: str | None = None, filename: str = "adaptor.pt"):
+        self.dirpath, self.filename = dirpath, filename
 
     def path(self, trainer: L.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / self.filename
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -44,12 +45,12 @@ class AudioSamples(L.Callback):
         batch = collate([trainer.datamodule.val_set[0]])
         feats = {k: v.to(pl_module.device) for k, v in pl_module.visual_inputs(batch).items()}
         seconds = min(self.seconds, batch["codes"].shape[-1] / mg.frame_rate)
-        tokens = generate_window(mg, batch["caption"][0], seconds, pl_module.adaptor, feats, pl_module.spec.rates,
+        tokens = generate_tokens(mg, batch["caption"], seconds, pl_module.adaptor, feats, pl_module.spec.rates,
                                  seed=self.seed)
         step = trainer.global_step
-        with torch.no_grad():
-            experiment.add_audio("samples/generated", mg.compression_model.decode(tokens)[0].cpu(), step, mg.sample_rate)
-            if not self.logged_reference:
-                codes = batch["codes"][..., : tokens.shape[-1]].to(pl_module.device)
-                experiment.add_audio("samples/reference", mg.compression_model.decode(codes)[0].cpu(), step, mg.sample_rate)
-                self.logged_reference = True
+        experiment.add_audio("samples/generated", torch.from_numpy(decode_audio(mg, tokens, seconds)), step, mg.sample_rate)
+        if not self.logged_reference:
+            codes = batch["codes"][..., : tokens.shape[-1]].to(pl_module.device)
+            experiment.add_audio("samples/reference", torch.from_numpy(decode_audio(mg, codes, seconds)), step,
+                                 mg.sample_rate)
+            self.logged_reference = True

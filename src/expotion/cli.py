@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``
 SUBSYSTEMS = {
+    "generate": "expotion.generate",
     "eval": "expotion.evaluation.cli",
 }
 

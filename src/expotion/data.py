@@ -167,3 +167,35 @@ class ShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_set, shuffle=False)
+
+
+@dataclass
+class CachedClip:
+    """A clip read back from the cache for generation: its prompt, span, source and features (batch of 1)."""
+
+    clip_id: str
+    caption: str
+    start_s: float
+    duration_s: float
+    source: Path
+    audio_source: Path | None
+    feats: dict[str, torch.Tensor]
+    missing: list[str]
+
+
+def read_clips(root: str | os.PathLike, streams: tuple[str, ...]):
+    """Every cached clip under ``root``, in id order."""
+    refs = []
+    for path in list_shards(Path(root)):
+        with open_shard(path) as f:
+            refs += [(clip_id, path) for clip_id in f["clips"]]
+    for clip_id, path in sorted(refs):
+        with h5py.File(path, "r") as f:
+            g, data_root = f["clips"][clip_id], Path(f.attrs.get("data_root", "."))
+            feats = {n: torch.from_numpy(g[n][()].astype(np.float32))[None] for n in streams if n in g}
+            if "marlin" in streams and "marlin_mask" in g:
+                feats["marlin_mask"] = torch.from_numpy(g["marlin_mask"][()])[None]
+            audio = str(g.attrs["audio_source"])
+            yield CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]), float(g.attrs["duration_s"]),
+                             data_root / str(g.attrs["source"]), None if audio == "@video" else data_root / audio,
+                             feats, [n for n in streams if n not in g])

@@ -80,6 +80,17 @@ def probe_video(path: Path) -> VideoInfo:
         return VideoInfo(Path(path), width, height, float(rate), duration, bool(container.streams.audio))
 
 
+def has_video_frames(path: Path) -> bool:
+    """True when the first video stream decodes to at least one frame."""
+    with open_container(path) as container:
+        if not container.streams.video:
+            return False
+        try:
+            return next(iter(container.decode(container.streams.video[0])), None) is not None
+        except av.error.FFmpegError:
+            return False
+
+
 def output_size(width: int, height: int, max_short_side: int) -> tuple[int, int]:
     """Size to decode to: the source size, shrunk so the short side is at most ``max_short_side``."""
     scale = min(1.0, max_short_side / min(width, height))
@@ -201,3 +212,25 @@ def first_video_time(container: av.container.InputContainer) -> float | None:
     if stream.start_time is None or stream.time_base is None:
         return 0.0
     return float(stream.start_time * stream.time_base)
+
+
+def mux_audio(video: Path, audio: np.ndarray, sample_rate: int, out: Path) -> Path:
+    """Copy ``video``'s video stream unchanged into ``out`` and add ``audio`` (mono float) as AAC."""
+    with open_container(video) as src:
+        if not src.streams.video:
+            raise MediaError(f"{video}: no video stream to mux")
+        with av.open(str(out), "w") as dst:
+            vin = src.streams.video[0]
+            vout = dst.add_stream_from_template(vin)
+            aout = dst.add_stream("aac", rate=sample_rate, layout="mono")
+            for packet in src.demux(vin):
+                if packet.dts is None:
+                    continue
+                packet.stream = vout
+                dst.mux(packet)
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, dtype=np.float32)[None], format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, 0
+            dst.mux(aout.encode(frame))
+            dst.mux(aout.encode(None))
+    return out

@@ -176,7 +176,7 @@ def skip(writer: ShardWriter, clip_id: str, reason: str) -> None:
 def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
     attrs = {"split": job.split, "assignment": assignment(job, cfg), "extractors": list(cfg.names),
              "models": cfg.extractors.describe(), "expotion_version": __version__,
-             "recordings": [r.id for r in job.recordings]}
+             "recordings": [r.id for r in job.recordings], "data_root": str(job.recordings[0].root)}
     writer = ShardWriter(job.path(cfg.cache), attrs)
     try:
         for rec in job.recordings:

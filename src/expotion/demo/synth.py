@@ -21,10 +21,10 @@ from expotion.demo.music import Song, annotation, caption, plan_song, render_son
 from expotion.demo.video import Figure, render_frames, write_mp4
 from expotion.rates import Rates
 
-SAMPLE_RATE = 32000
+SAMPLE_RATE = Rates().sample_rate
 TEMPO_RANGE = (80, 140)
 MANIFEST_COLUMNS = ("id", "video", "audio", "caption", "split", "face_box")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -56,17 +56,25 @@ def spread_tempos(n: int, rng: np.random.Generator) -> list[int]:
     return [int(t) for t in rng.permutation(tempos)]
 
 
-def recording_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, index])
+def balanced_modes(n: int, rng: np.random.Generator) -> list[str]:
+    """Half major, half minor, shuffled, so both expressions are equally represented."""
+    return [("major", "minor")[int(i)] for i in rng.permutation(np.arange(n) % 2)]
+
+
+def recording_rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    """Independent generator per recording and per use (0: planning, 1: rendering)."""
+    return np.random.default_rng([seed, index, stream])
 
 
 def plan(n_recordings: int, duration_s: float, seed: int, n_val: int) -> list[Recording]:
     """Songs and captions for all recordings; the last ``n_val`` form the validation split."""
-    tempos = spread_tempos(n_recordings, np.random.default_rng(seed))
+    master = np.random.default_rng(seed)
+    tempos = spread_tempos(n_recordings, master)
+    modes = balanced_modes(n_recordings, master)
     recordings = []
-    for i, tempo in enumerate(tempos):
-        rng = recording_rng(seed, i)
-        song = plan_song(rng, tempo, duration_s)
+    for i, (tempo, mode) in enumerate(zip(tempos, modes)):
+        rng = recording_rng(seed, i, 0)
+        song = plan_song(rng, tempo, mode, duration_s)
         split = "val" if i >= n_recordings - n_val else "train"
         recordings.append(Recording(i, song, caption(song, rng), split))
     return recordings
@@ -74,7 +82,7 @@ def plan(n_recordings: int, duration_s: float, seed: int, n_val: int) -> list[Re
 
 def render_recording(rec: Recording, out_dir: Path, seed: int, fps: int, size: tuple[int, int]) -> None:
     """Write the mp4 (video + AAC music) and, for even recordings, the 16-bit WAV."""
-    rng = recording_rng(seed, rec.index)
+    rng = recording_rng(seed, rec.index, 1)
     music = render_song(rec.song, rng, SAMPLE_RATE)
     if rec.audio:
         sf.write(out_dir / rec.audio, music, SAMPLE_RATE, subtype="PCM_16")

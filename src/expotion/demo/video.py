@@ -34,7 +34,7 @@ HAIR = np.array([70, 48, 36], np.float32)
 SHIRTS = np.array([[60, 110, 180], [180, 70, 60], [70, 150, 90], [140, 90, 170], [220, 160, 50]], np.float32)
 
 # Eyebrow lift per scale degree (semitones above the tonic) of the bar's chord.
-BROW_LIFT = {0: 0.0, 2: -0.5, 3: 0.6, 5: 0.9, 7: 0.4, 8: -0.7, 9: -0.3, 10: 0.8}
+BROW_LIFT = {0: 0.0, 2: -0.5, 3: 0.6, 4: -0.8, 5: 0.9, 7: 0.4, 8: -0.7, 9: -0.3, 10: 0.8}
 
 Sdf = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -199,8 +199,8 @@ def static_layer(fig: Figure, rng: np.random.Generator) -> tuple[np.ndarray, np.
 def arm_joints(fig: Figure, side: int, lift: float) -> list[tuple[float, float]]:
     """Shoulder, elbow and hand of one arm (``side`` = -1 left, +1 right) for a lift in [0, 1]."""
     s = fig.s
-    upper = math.radians(20 + 60 * lift)
-    fore = upper + math.radians(15 + 55 * lift)
+    upper = math.radians(30 + 50 * lift)
+    fore = upper + math.radians(40 + 30 * lift)
     shoulder = (fig.cx + side * 48 * s, fig.shoulder_y + 6 * s)
     elbow = (shoulder[0] + side * 60 * s * math.sin(upper), shoulder[1] + 60 * s * math.cos(upper))
     hand = (elbow[0] + side * 55 * s * math.sin(fore), elbow[1] + 55 * s * math.cos(fore))

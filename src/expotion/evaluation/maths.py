@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KL_EPS = 1e-6  # added to the second distribution inside the log, as AudioCraft's PaSST KL does
+KL_EPS = 1e-6  # smoothing added to every class probability before KL (the value AudioCraft's PaSST KL uses)
 
 
 def gaussian_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,16 +53,21 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = KL_EPS) -> np.ndarray:
-    """Row-wise KL(p || q) = sum p (log p - log(q + eps)), with 0 log 0 = 0.
+    """Row-wise KL(p || q) = sum p log(p / q) after smoothing both rows as (x + eps) / sum(x + eps).
 
-    ``eps`` keeps the divergence finite where the classifier gives a class
-    (numerically) zero probability on the second argument.
+    Smoothing keeps the divergence finite where the classifier gives a class
+    (numerically) zero probability, and smoothing both sides alike keeps it a
+    proper divergence: never negative, exactly 0 for identical rows. With
+    ``eps = 0`` it is the plain KL, with 0 log 0 = 0.
     """
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     if p.shape != q.shape:
         raise ValueError(f"distributions differ in shape: {p.shape} vs {q.shape}")
-    log_p = np.log(np.where(p > 0, p, 1.0))
-    return np.sum(np.where(p > 0, p * (log_p - np.log(q + eps)), 0.0), axis=-1)
+    p = (p + eps) / np.sum(p + eps, axis=-1, keepdims=True)
+    q = (q + eps) / np.sum(q + eps, axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        ratio = np.where(p > 0, p, 1.0) / np.where(p > 0, q, 1.0)
+        return np.sum(np.where(p > 0, p * np.log(ratio), 0.0), axis=-1)
 
 
 def inception_score(probs: np.ndarray, n_splits: int, seed: int) -> tuple[float, float]:

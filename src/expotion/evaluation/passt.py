@@ -183,7 +183,8 @@ def clip_logits(tagger: Tagger, samples_32k: np.ndarray) -> np.ndarray:
     """(n_chunks, n_classes) logits of the 10 s chunks of one clip (a trailing chunk under 0.15 s is dropped)."""
     chunks = split_chunks(samples_32k, int(CHUNK_SECONDS * SAMPLE_RATE), int(MIN_CHUNK_SECONDS * SAMPLE_RATE))
     if not chunks:
-        raise ValueError(f"audio of {len(samples_32k) / SAMPLE_RATE:.3f} s is too short for PaSST (needs > {MIN_CHUNK_SECONDS} s)")
+        seconds = len(samples_32k) / SAMPLE_RATE
+        raise ValueError(f"audio of {seconds:.3f} s is too short for PaSST (needs at least {MIN_CHUNK_SECONDS} s)")
     out = [tagger(torch.from_numpy(np.ascontiguousarray(c, np.float32))[None]) for c in chunks]
     return torch.cat(out).numpy().astype(np.float32)
 

@@ -78,7 +78,7 @@ class VGGish(nn.Module):
             raise ValueError(f"VGGish has {len(CONV_INDICES)} convolutions and {len(LINEAR_INDICES)} linear layers")
         layers: list[nn.Module] = []
         in_ch = 1
-        for index, out_ch in zip(CONV_INDICES, conv_channels):
+        for index, out_ch in zip(CONV_INDICES, conv_channels, strict=True):
             layers += [nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             if index in POOL_AFTER:
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))

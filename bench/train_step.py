@@ -1,0 +1,124 @@
+"""P2: training-step time and activation memory with L = N/4 adapted layers against L = N.
+
+Both runs use the same random MusicGen (built in the released format, then
+loaded through ``MusicGen.get_pretrained``), the same batch and features.
+Memory is the size of the tensors autograd saves for the backward pass (the
+part that grows with L); on a GPU the CUDA peak is printed as well.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_step.py [--layers 16 --dim 256 --seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
+from expotion.conditioning import text_condition  # noqa: E402
+from expotion.embedding import VisualConfig  # noqa: E402
+from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny_musicgen  # noqa: E402
+from expotion.objective import codebook_cross_entropy  # noqa: E402
+from expotion.rates import DEFAULT_RATES as R  # noqa: E402
+
+
+def batch_for(lm, batch: int, seconds: float, device: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    frames = R.codes_frames(seconds)
+    return {
+        "codes": torch.randint(0, lm.card, (batch, lm.n_q, frames), generator=g).to(device),
+        "marlin": torch.randn(batch, R.marlin_windows(seconds), 768, generator=g).to(device),
+        "synchformer": torch.randn(batch, R.synchformer_tokens(seconds), 768, generator=g).to(device),
+        "text": torch.randn(batch, 12, lm.condition_provider.conditioners["description"].dim, generator=g).to(device),
+        "text_mask": torch.ones(batch, 12, dtype=torch.long, device=device),
+    }
+
+
+def step(lm, adaptor, optimizer, batch) -> int:
+    """One training step; returns the bytes autograd saved for backward."""
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    rates = {"marlin": R.marlin, "synchformer": R.synchformer}
+    steps = lm.pattern_provider.get_pattern(batch["codes"].shape[-1]).num_sequence_steps
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        prefix = adaptor.prefix({"marlin": batch["marlin"], "synchformer": batch["synchformer"]}, rates, steps)
+        cond = text_condition(lm, batch["text"], batch["text_mask"], ["x"] * batch["codes"].shape[0])
+        with adaptor.attached(prefix):
+            out = lm.compute_predictions(batch["codes"], [], condition_tensors=cond)
+        loss, _, _ = codebook_cross_entropy(out.logits, batch["codes"], out.mask)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return saved
+
+
+def build(mg, n_adapted: int, seconds: float, device: str):
+    cfg = AdaptorConfig(n_adapted=n_adapted, visual=VisualConfig(face=True, motion="synchformer"), max_seconds=seconds)
+    adaptor = ConditionAdaptor(mg.lm, cfg, {"marlin": 768, "synchformer": 768}, 50.0).to(device)
+    with torch.no_grad():
+        adaptor.gates.fill_(0.1)
+    return adaptor, torch.optim.AdamW(adaptor.parameters(), lr=1e-3)
+
+
+def timed_step(lm, adaptor, optimizer, batch) -> tuple[float, int]:
+    start = time.perf_counter()
+    saved = step(lm, adaptor, optimizer, batch)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, saved
+
+
+def cuda_peak(lm, adaptor, optimizer, batch) -> int:
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.reset_peak_memory_stats()
+    step(lm, adaptor, optimizer, batch)
+    return torch.cuda.max_memory_allocated()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TinyMusicGenConfig(dim=args.dim, num_layers=args.layers, num_heads=8, card=2048)
+        mg = load_musicgen(str(save_tiny_musicgen(tmp, cfg)), device=device)
+    batch = batch_for(mg.lm, args.batch, args.seconds, device)
+    quarter, full = max(1, args.layers // 4), args.layers
+    runs = {n: build(mg, n, args.seconds, device) for n in (quarter, full)}
+    times: dict[int, list[float]] = {quarter: [], full: []}
+    saved: dict[int, int] = {}
+    for n, (adaptor, optimizer) in runs.items():
+        step(mg.lm, adaptor, optimizer, batch)  # warm-up
+    for _ in range(args.repeats):  # interleaved, so load on the machine affects both alike
+        for n, (adaptor, optimizer) in runs.items():
+            seconds, saved[n] = timed_step(mg.lm, adaptor, optimizer, batch)
+            times[n].append(seconds)
+    t_q, t_f = statistics.median(times[quarter]), statistics.median(times[full])
+    m_q, m_f = saved[quarter], saved[full]
+    p_q, p_f = (cuda_peak(mg.lm, *runs[n], batch) for n in (quarter, full))
+    print(f"MusicGen N={args.layers} layers, dim {args.dim}; batch {args.batch} x {args.seconds:g} s on {device}")
+    print(f"  L = N/4 = {quarter:2d}: step {t_q:.3f} s, saved activations {m_q / 2**20:.1f} MiB")
+    print(f"  L = N   = {full:2d}: step {t_f:.3f} s, saved activations {m_f / 2**20:.1f} MiB")
+    print(f"  ratio L=N/4 vs L=N: time {t_q / t_f:.2f}x, activation memory {m_q / m_f:.2f}x (goal <= 0.5x)")
+    if p_f:
+        print(f"  CUDA peak: {p_q / 2**20:.0f} MiB vs {p_f / 2**20:.0f} MiB ({p_q / p_f:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""Stage 1: every model output the metrics need, held in a content-addressed cache.
+
+An entry is one ``.npz`` per (extractor, fingerprint, input content):
+``<cache>/<extractor>/<fingerprint>/<sha256 of the input>.npz``. The
+fingerprint hashes the weight files' sha256 and the preprocessing settings,
+so a reference directory is embedded once and reused by every later run
+against it, and changing a checkpoint or a setting can never return stale
+outputs. Each input file is decoded once per run however many models read it;
+models are loaded only when some input misses the cache. ``CACHE_VERSION``
+is part of every fingerprint: raise it when an extractor's computation changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..media import MediaError
+from ..weights import MissingWeightsError
+from . import audio as audio_mod
+from . import chroma, languagebind, models, passt, rhythm, vggish
+from . import clap as clap_mod
+
+CACHE_VERSION = 1
+HASH_BLOCK = 1 << 22
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class FileHashes:
+    """sha256 of files, remembered across runs by (path, size, mtime) so multi-GB checkpoints are read once."""
+
+    def __init__(self, index: Path) -> None:
+        self.index = Path(index)
+        self.known: dict[str, dict] = json.loads(self.index.read_text()) if self.index.is_file() else {}
+
+    def __call__(self, path: Path) -> str:
+        path = Path(path).resolve()
+        st = path.stat()
+        entry = self.known.get(str(path))
+        if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
+            return entry["sha256"]
+        digest = sha256_file(path)
+        self.known[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        self.index.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.index, json.dumps(self.known, indent=0).encode())
+        return digest
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class EmbeddingCache:
+    """``.npz`` entries addressed by extractor name, fingerprint and input hash; written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, extractor: str, fingerprint: str, key: str) -> Path:
+        return self.root / extractor / fingerprint[:16] / key[:2] / f"{key}.npz"
+
+    def get(self, extractor: str, fingerprint: str, key: str) -> dict[str, np.ndarray] | None:
+        path = self.path(extractor, fingerprint, key)
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+    def put(self, extractor: str, fingerprint: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+        path = self.path(extractor, fingerprint, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+
+
+@dataclass
+class Extractor:
+    """One model output per input: what it reads, what it needs, and how to compute it."""
+
+    name: str
+    kind: str  # "audio" (decoded samples), "video" (a file path) or "text" (a caption)
+    settings: dict
+    weight_key: str | None
+    compute: Callable[[object, object], dict[str, np.ndarray]]
+    load: Callable[[Path], object] | None = None
+
+
+def catalog() -> dict[str, Extractor]:
+    """Every extractor, keyed by name. Settings are the preprocessing constants that shape the output."""
+
+    def at(sr: int, samples_and_rate: tuple[np.ndarray, int]) -> np.ndarray:
+        return audio_mod.resample(samples_and_rate[0], samples_and_rate[1], sr)
+
+    def lb_audio(tower, item):
+        x = languagebind.audio_input(at(tower.cfg.audio_sample_rate, item), tower.cfg)
+        return {"embedding": tower(x)[0].numpy()}
+
+    def clap_audio(model, item):
+        return {"embedding": model.audio_embedding(at(model.sample_rate, item))}
+
+    return {e.name: e for e in (
+        Extractor("vggish", "audio",
+                  {"sample_rate": vggish.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER, "window_s": vggish.WINDOW_SECONDS,
+                   "hop_s": vggish.HOP_SECONDS, "n_mels": vggish.N_MELS, "mel_hz": [vggish.MEL_MIN_HZ, vggish.MEL_MAX_HZ],
+                   "log_offset": vggish.LOG_OFFSET, "frame_frames": vggish.EXAMPLE_FRAMES, "pca": False,
+                   "final_relu": False},
+                  "vggish", lambda m, item: {"embeddings": vggish.embed(m, at(vggish.SAMPLE_RATE, item))},
+                  models.load_vggish),
+        Extractor("passt", "audio",
+                  {"sample_rate": passt.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER, "n_mels": passt.N_MELS,
+                   "n_fft": passt.N_FFT, "win": passt.WIN_LENGTH, "hop": passt.HOP, "fmax": passt.F_MAX,
+                   "chunk_s": passt.CHUNK_SECONDS, "min_chunk_s": passt.MIN_CHUNK_SECONDS},
+                  "passt", lambda m, item: {"logits": passt.clip_logits(m, at(passt.SAMPLE_RATE, item))},
+                  models.load_passt),
+        Extractor("clap_audio", "audio", {"resampler": audio_mod.RESAMPLER, "window": "processor max length",
+                                          "min_trailing_s": clap_mod.MIN_TRAILING_SECONDS},
+                  "clap_music", clap_audio, models.load_clap),
+        Extractor("clap_text", "text", {}, "clap_music",
+                  lambda m, text: {"embedding": m.text_embedding(text)}, models.load_clap),
+        Extractor("languagebind_audio", "audio", {"resampler": audio_mod.RESAMPLER, "long_audio": "first start of each third"},
+                  "languagebind_audio", lb_audio, lambda p: models.load_languagebind(p, "audio")),
+        Extractor("languagebind_video", "video", {"frames": "uniform over the video", "flip": False},
+                  "languagebind_video",
+                  lambda m, path: {"embedding": m(languagebind.video_input(path, m.cfg))[0].numpy()},
+                  lambda p: models.load_languagebind(p, "video")),
+        Extractor("beats", "audio", {"sample_rate": rhythm.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER,
+                                     "fps": rhythm.FPS, "bpm_range": [rhythm.MIN_BPM, rhythm.MAX_BPM],
+                                     "madmom": rhythm.madmom_version},
+                  None, lambda _m, item: {"beats": rhythm.track_beats(at(rhythm.SAMPLE_RATE, item))}),
+        Extractor("chroma", "audio", {"sample_rate": chroma.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER,
+                                      "n_fft": chroma.N_FFT, "hop": chroma.HOP, "tuning": chroma.TUNING},
+                  None, lambda _m, item: {"chroma": chroma.chromagram(at(chroma.SAMPLE_RATE, item))}),
+    )}
+
+
+@dataclass
+class ExtractorState:
+    """Whether an extractor could run, with its fingerprint, weights and counts."""
+
+    status: str  # "ready", "missing" (weights not found) or "failed" (weights did not load)
+    reason: str = ""
+    fingerprint: str = ""
+    weights: dict = field(default_factory=dict)  # {"path": ..., "files": {name: sha256}}
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0  # compute time, model loading included
+    failed: dict[str, str] = field(default_factory=dict)  # input label -> reason
+
+
+@dataclass
+class Inputs:
+    """What stage 1 embeds: audio files (generated and reference), videos and captions."""
+
+    audio: list[Path]
+    videos: list[Path] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+
+
+class Store:
+    """Stage 1's outcome: cached outputs by extractor and input, plus why any are absent."""
+
+    def __init__(self, cache: EmbeddingCache, states: dict[str, ExtractorState], keys: dict[str, str]) -> None:
+        self.cache, self.states, self.keys = cache, states, keys
+
+    def get(self, extractor: str, item: Path | str) -> dict[str, np.ndarray] | None:
+        state = self.states.get(extractor)
+        if state is None or state.status != "ready" or self.label(item) in state.failed:
+            return None
+        return self.cache.get(extractor, state.fingerprint, self.keys[self.label(item)])
+
+    def why_absent(self, extractor: str, item: Path | str) -> str:
+        state = self.states.get(extractor)
+        if state is None:
+            return f"{extractor} was not requested"
+        if state.status != "ready":
+            return state.reason
+        return state.failed.get(self.label(item), "not in the cache")
+
+    @staticmethod
+    def label(item: Path | str) -> str:
+        return str(item) if isinstance(item, Path) else f"text:{sha256_text(item)}"
+
+
+def fingerprint(extractor: Extractor, weight_hashes: dict[str, str]) -> str:
+    settings = {k: (v() if callable(v) else v) for k, v in extractor.settings.items()}
+    doc = {"cache_version": CACHE_VERSION, "extractor": extractor.name, "settings": settings, "weights": weight_hashes}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prepare(names: list[str], wdir: Path, hashes: FileHashes,
+            overrides: dict[str, str] | None = None) -> dict[str, ExtractorState]:
+    """Locate and hash each requested extractor's weights; missing ones become 'missing' with the reason.
+
+    ``overrides`` maps a weight key to a checkpoint directory or hub name used instead of the registered one.
+    """
+    extractors = catalog()
+    states: dict[str, ExtractorState] = {}
+    for name in names:
+        ex = extractors[name]
+        weights: dict = {}
+        if ex.weight_key:
+            try:
+                override = (overrides or {}).get(ex.weight_key)
+                path = models.resolve_hf(override, wdir) if override else models.resolve(ex.weight_key, wdir)
+                files = models.checkpoint_files(path)
+            except MissingWeightsError as err:
+                states[name] = ExtractorState("missing", reason=str(err))
+                continue
+            weights = {"path": str(path), "files": {f.name: hashes(f) for f in files}}
+        states[name] = ExtractorState("ready", fingerprint=fingerprint(ex, weights.get("files", {})), weights=weights)
+    return states
+
+
+def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache,
+        log: Callable[[str], None] = print) -> Store:
+    """Fill the cache for every ready extractor and input; per-input failures are recorded, not raised."""
+    extractors = catalog()
+    ready = [extractors[n] for n, s in states.items() if s.status == "ready"]
+    keys: dict[str, str] = {}
+    loaded: dict[str, object] = {}
+
+    def model_for(ex: Extractor) -> object:
+        if ex.load is None:
+            return None
+        path = states[ex.name].weights["path"]
+        if path not in loaded:
+            log(f"loading {ex.weight_key} from {path}")
+            try:
+                loaded[path] = ex.load(Path(path))
+            except Exception as err:  # any loading failure is reported as the metric's reason
+                loaded[path] = err
+        if isinstance(loaded[path], Exception):
+            raise loaded[path]
+        return loaded[path]
+
+    def process(kind: str, item: Path | str, read: Callable[[], object]) -> None:
+        label = Store.label(item)
+        pending = []
+        for ex in (e for e in ready if e.kind == kind):
+            state = states[ex.name]
+            if state.status != "ready":
+                continue
+            if cache.path(ex.name, state.fingerprint, keys[label]).is_file():
+                state.cached += 1
+            else:
+                pending.append(ex)
+        if not pending:
+            return
+        try:
+            data = read()
+        except MediaError as err:
+            for ex in pending:
+                states[ex.name].failed[label] = str(err)
+            return
+        for ex in pending:
+            state = states[ex.name]
+            start = time.perf_counter()
+            try:
+                model = model_for(ex)
+            except Exception as err:  # recorded once; the metrics that need this model report it
+                state.status = "missing" if isinstance(err, MissingWeightsError) else "failed"
+                state.reason = f"cannot load {ex.weight_key} from {state.weights['path']}: {type(err).__name__}: {err}"
+                continue
+            try:
+                arrays = ex.compute(model, data)
+            except (ValueError, RuntimeError, MediaError) as err:
+                state.failed[label] = f"{ex.name}: {err}"
+                continue
+            finally:
+                state.seconds += time.perf_counter() - start
+            cache.put(ex.name, state.fingerprint, keys[label], arrays)
+            state.computed += 1
+
+    with torch.inference_mode():
+        for path in inputs.audio:
+            keys[Store.label(path)] = sha256_file(path)
+            process("audio", path, lambda p=path: audio_mod.load_audio(p))
+        for path in inputs.videos:
+            keys[Store.label(path)] = sha256_file(path)
+            process("video", path, lambda p=path: p)
+        for text in inputs.captions:
+            keys[Store.label(text)] = sha256_text(text)
+            process("text", text, lambda t=text: t)
+    return Store(cache, states, keys)

