@@ -135,6 +135,7 @@ def tiny_config(tmp_path: Path, demo_cache, tiny_profile_cfg, every_n_steps: int
     cfg["trainer"].update(default_root_dir=str(tmp_path / "run"), enable_progress_bar=False)
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
     cfg["trainer"]["callbacks"][0]["init_args"].update(every_n_train_steps=every_n_steps, dirpath=str(tmp_path / "ckpt"))
+    cfg["trainer"]["callbacks"][2]["init_args"].update(dirpath=str(tmp_path / "export"))
     cfg["trainer"]["callbacks"][3]["init_args"].update(every_n_epochs=1, seconds=0.5)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -150,7 +151,7 @@ def test_cli_trains_logs_and_exports_adaptor(tmp_path, demo_cache, tiny_profile_
     cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2"])
     assert cli.trainer.global_step == 4  # 4 train clips, batch 2, 2 epochs
     run_dir = Path(cli.trainer.log_dir)
-    adaptor, _ = load_adaptor(run_dir / "adaptor.pt", musicgen.lm, model_signature(musicgen))
+    adaptor, _ = load_adaptor(tmp_path / "export" / "adaptor.pt", musicgen.lm, model_signature(musicgen))
     assert adaptor.gates.abs().sum() > 0  # the gates moved from zero
     events = EventAccumulator(str(run_dir), size_guidance={"audio": 0, "scalars": 0})
     events.Reload()
