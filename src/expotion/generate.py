@@ -23,6 +23,7 @@ from .checkpoint import CheckpointMismatch, load_adaptor
 from .data import FeatureSpec, read_clips
 from .features import Extractors, real_profile, tiny_profile
 from .generation import GenerationError, check_prompt, decode_audio, generate_tokens
+from .manifest import ManifestError, parse_face_box
 from .media import MediaError, has_video_frames, iter_clip_frames, mux_audio, probe_video, read_audio
 from .musicgen import load_musicgen, model_signature
 from .weights import MissingWeightsError
@@ -48,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--extend-stride", type=float, default=None,
                    help="seconds between windows for long videos (default: half the adaptor's window)")
+    p.add_argument("--face-box", help="'x0 y0 x1 y1' in source pixels: a fixed face crop instead of detection "
+                                      "(use the same box the training data used)")
     p.add_argument("--profile", choices=("real", "tiny"), default="real", help="feature extractors (as for precompute)")
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--tiny-dir", type=Path, default=Path("cache/tiny-weights"))
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return single(args) if args.video else batch(args)
-    except (GenerationError, MediaError, MissingWeightsError, CheckpointMismatch, FileNotFoundError) as err:
+    except (GenerationError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
 
@@ -82,7 +85,8 @@ def video_features(args: argparse.Namespace, video: Path, duration: float, spec:
     (_, frames), = iter_clip_frames(video, [(0.0, duration)], ext_cfg.max_short_side)
     if isinstance(frames, MediaError):
         raise frames
-    feats = extractors.video_features(frames, duration)
+    face_box = parse_face_box(args.face_box, where="--face-box")
+    feats = extractors.video_features(frames, duration, face_box)
     for note in feats.notes:
         if note.startswith("no face detected"):
             log.warning("%s: no face detected: the face features are masked, so the adaptor uses its learned "
@@ -108,9 +112,11 @@ def single(args: argparse.Namespace) -> int:
     musicgen, adaptor, spec = load_models(args)
     feats = video_features(args, args.video, info.duration_s, spec) if adaptor is not None else None
     start = time.perf_counter()
-    tokens = generate_tokens(musicgen, [prompt], info.duration_s, adaptor, feats, spec.rates if spec else None,
-                             seed=args.seed, cfg_coef=args.cfg, top_k=args.top_k, extend_stride=args.extend_stride,
-                             progress=True)
+    with tqdm(desc="generate", unit="step") as bar:
+        musicgen.set_custom_progress_callback(progress_to(bar))
+        tokens = generate_tokens(musicgen, [prompt], info.duration_s, adaptor, feats, spec.rates if spec else None,
+                                 seed=args.seed, cfg_coef=args.cfg, top_k=args.top_k,
+                                 extend_stride=args.extend_stride, progress=True)
     wav = decode_audio(musicgen, tokens, info.duration_s)[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sf.write(args.out, wav, musicgen.sample_rate)
@@ -120,6 +126,17 @@ def single(args: argparse.Namespace) -> int:
         mux_audio(args.video, wav, musicgen.sample_rate, args.mux)
         print(f"wrote {args.mux}")
     return 0
+
+
+def progress_to(bar: tqdm):
+    """audiocraft progress callback (steps done, steps in this window) drawn on a tqdm bar."""
+
+    def callback(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    return callback
 
 
 def batch(args: argparse.Namespace) -> int:

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out_dir / f"{rec.id}.mp4"
     code = cli_main(["generate", "--video", str(rec.video), "--prompt", rec.caption, "--checkpoint", str(args.checkpoint),
                      "--musicgen", args.musicgen, "--profile", "tiny", "--tiny-dir", args.tiny_dir,
-                     "--out", str(args.out_dir / f"{rec.id}.wav"), "--mux", str(out)])
+                     "--out", str(args.out_dir / f"{rec.id}.wav"), "--mux", str(out),
+                     *(["--face-box", " ".join(map(str, rec.face_box))] if rec.face_box else [])])
     if code == 0:
         print(f"\ndemo video with music generated for it: {out.resolve()}")
     return code
