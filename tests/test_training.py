@@ -1,4 +1,5 @@
 """Training system: cached text conditioning, data module, adaptor checkpoints, CLI, resume."""
+import re
 import shutil
 import signal
 import subprocess
@@ -189,7 +190,8 @@ def test_training_killed_mid_epoch_resumes_at_the_same_step(tmp_path, demo_cache
     resumed = torch.load(last, weights_only=False)
     assert resumed["global_step"] == killed_at + 2
     assert resumed["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == killed_at + 2
-    new_steps = sorted(int(p.stem.split("step=")[1]) for p in set((tmp_path / "ckpt").glob("epoch=*.ckpt")) - before)
+    new_steps = sorted(int(re.search(r"step=(\d+)", p.stem).group(1))
+                       for p in set((tmp_path / "ckpt").glob("epoch=*.ckpt")) - before)
     assert new_steps == [killed_at + 1, killed_at + 2]  # continued from the killed step: none redone or skipped
 
 

@@ -30,6 +30,7 @@ GENERIC_TEXT = "generic"
 class ClipRef:
     path: Path
     clip_id: str
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ClipDataset(Dataset):
         if not self.refs:
             raise CacheError(f"{self.root}: no clip has codes, t5 and {', '.join(streams)} of >= {crop_seconds:g} s")
         self._files: dict[Path, h5py.File] = {}
+        self._handles: dict[ClipRef, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
 
     def scan(self, path: Path, f: h5py.File) -> None:
@@ -75,7 +77,7 @@ class ClipDataset(Dataset):
             elif g["codes"].shape[1] < self.crop_frames:
                 log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
             else:
-                self.refs.append(ClipRef(path, clip_id))
+                self.refs.append(ClipRef(path, clip_id, str(g.attrs["caption"])))
                 if self.spec is None:
                     self.spec = FeatureSpec(
                         shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
@@ -86,32 +88,34 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.refs)
 
-    def file(self, path: Path) -> h5py.File:
-        """Each worker process opens its own handles (h5py handles do not survive fork)."""
+    def datasets(self, ref: ClipRef) -> dict[str, h5py.Dataset]:
+        """The clip's datasets; each worker process opens its own file handles (they do not survive fork)."""
         if self._pid != os.getpid():
-            self._files, self._pid = {}, os.getpid()
-        if path not in self._files:
-            self._files[path] = h5py.File(path, "r")
-        return self._files[path]
+            self._files, self._handles, self._pid = {}, {}, os.getpid()
+        if ref not in self._handles:
+            if ref.path not in self._files:
+                self._files[ref.path] = h5py.File(ref.path, "r")
+            f = self._files[ref.path]
+            g = f["clips"][ref.clip_id]
+            names = ("codes", *self.streams, *(("marlin_mask",) if "marlin" in self.streams else ()))
+            self._handles[ref] = {n: g[n] for n in names} | {"text": f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]}
+        return self._handles[ref]
 
     def __getitem__(self, index: int) -> dict:
         ref = self.refs[index]
-        f = self.file(ref.path)
-        g = f["clips"][ref.clip_id]
-        n_frames = g["codes"].shape[1]
+        ds = self.datasets(ref)
+        n_frames = ds["codes"].shape[1]
         start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
-        text = f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]
         item = {
             "clip_id": ref.clip_id,
-            "caption": str(g.attrs["caption"]),
-            "codes": torch.from_numpy(g["codes"][:, start : start + self.crop_frames].astype(np.int64)),
+            "caption": ref.caption,
+            "codes": torch.from_numpy(ds["codes"][:, start : start + self.crop_frames].astype(np.int64)),
             "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
-            "text": torch.from_numpy(text[()].astype(np.float32)),
+            "text": torch.from_numpy(ds["text"][()].astype(np.float32)),
         }
-        for name in self.streams:
-            item[name] = torch.from_numpy(g[name][()].astype(np.float32))
-        if "marlin" in self.streams:
-            item["marlin_mask"] = torch.from_numpy(g["marlin_mask"][()])
+        for name in (*self.streams, *(("marlin_mask",) if "marlin" in self.streams else ())):
+            value = ds[name][()]
+            item[name] = torch.from_numpy(value if value.dtype == bool else value.astype(np.float32))
         return item
 
 
