@@ -83,19 +83,36 @@ def prefix_queries(qp: torch.Tensor, start: int, length: int) -> torch.Tensor:
     return qp[:, :, index]
 
 
-def gated_prefix_attention(query: torch.Tensor, attn: nn.Module, prefix: PrefixState, start: int,
-                           gate: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class GatedProjections:
+    """One adapted layer's frozen query projection and its gate folded into the output projection.
+
+    Built when the prefix is attached, so each decoding step pays for two
+    matrix products and one attention, and nothing else.
+    """
+
+    w_q: torch.Tensor
+    b_q: torch.Tensor | None
+    w_o: torch.Tensor  # g_l * W_o
+    heads: int
+
+    @classmethod
+    def of(cls, attn: nn.Module, gate: torch.Tensor) -> GatedProjections:
+        w_in, b_in, w_out, _ = attention_weights(attn)
+        dim = w_in.shape[1]
+        return cls(w_in[:dim], None if b_in is None else b_in[:dim], gate * w_out, attn.num_heads)
+
+
+def gated_prefix_attention(query: torch.Tensor, proj: GatedProjections, prefix: PrefixState, start: int) -> torch.Tensor:
     """Eq. 11-12 (the gated term): ``g_l * W_o Attn(Q_l + Q^p_l, K^p_l, V^p_l)``.
 
     ``query`` is the normalised hidden state the layer's self-attention received,
     at positions ``start ...``; ``prefix`` matches its batch (see :meth:`ConditionAdaptor.prefix_for`).
     """
     qp, kp, vp = prefix
-    w_in, b_in, w_out, _ = attention_weights(attn)
-    dim = w_in.shape[1]
-    q = split_heads(F.linear(query, w_in[:dim], None if b_in is None else b_in[:dim]), attn.num_heads)
+    q = split_heads(F.linear(query, proj.w_q, proj.b_q), proj.heads)
     out = F.scaled_dot_product_attention(q + prefix_queries(qp, start, q.shape[2]), kp, vp)
-    return gate * F.linear(merge_heads(out), w_out)
+    return F.linear(merge_heads(out), proj.w_o)
 
 
 class ConditionAdaptor(nn.Module):
@@ -161,7 +178,8 @@ class ConditionAdaptor(nn.Module):
             raise ValueError(f"prefix has {len(prefix)} layers, the adaptor adapts {self.cfg.n_adapted}")
         handles = [self.lm.transformer.register_forward_pre_hook(self._record_offset)]
         for i, layer in enumerate(self.adapted_layers):
-            handles.append(layer.self_attn.register_forward_hook(self._attention_hook(i), with_kwargs=True))
+            proj = GatedProjections.of(layer.self_attn, self.gates[i])
+            handles.append(layer.self_attn.register_forward_hook(self._attention_hook(i, proj), with_kwargs=True))
         self._prefix, self._repeated = prefix, {}
         try:
             yield
@@ -186,11 +204,11 @@ class ConditionAdaptor(nn.Module):
             self._repeated[(index, reps)] = tuple(t.repeat(reps, 1, 1, 1) for t in prefix)
         return self._repeated[(index, reps)]
 
-    def _attention_hook(self, index: int):
+    def _attention_hook(self, index: int, proj: GatedProjections):
         def hook(attn: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
             query = args[0] if args else kwargs["query"]
             prefix = self.prefix_for(index, query.shape[0])
-            x = output[0] + gated_prefix_attention(query, attn, prefix, self._offset, self.gates[index])
+            x = output[0] + gated_prefix_attention(query, proj, prefix, self._offset)
             return (x, *output[1:])
 
         return hook
