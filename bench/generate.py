@@ -11,38 +11,27 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
-from expotion.embedding import VisualConfig  # noqa: E402
+from common import model_arguments, random_musicgen, trained_adaptor  # noqa: E402
+
 from expotion.generation import generate_tokens  # noqa: E402
-from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny_musicgen  # noqa: E402
 from expotion.rates import DEFAULT_RATES as R  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--dim", type=int, default=256)
+    model_arguments(parser, layers=12)
     parser.add_argument("--adapted", type=int, default=None, help="adapted layers (default: all)")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TinyMusicGenConfig(dim=args.dim, num_layers=args.layers, num_heads=8, card=1024)
-        mg = load_musicgen(str(save_tiny_musicgen(tmp, cfg)), device=device)
+    mg = random_musicgen(args.layers, args.dim, device, card=1024)
     adapted = args.adapted or args.layers
-    adaptor_cfg = AdaptorConfig(n_adapted=adapted, visual=VisualConfig(face=True, motion="synchformer"),
-                                max_seconds=args.seconds)
-    adaptor = ConditionAdaptor(mg.lm, adaptor_cfg, {"marlin": 768, "synchformer": 768}, 50.0).to(device)
-    with torch.no_grad():
-        adaptor.gates.fill_(0.1)
+    adaptor = trained_adaptor(mg.lm, adapted, args.seconds, device)
     feats = {"marlin": torch.randn(1, R.marlin_windows(args.seconds), 768, device=device),
              "synchformer": torch.randn(1, R.synchformer_tokens(args.seconds), 768, device=device)}
     rates = {"marlin": R.marlin, "synchformer": R.synchformer}

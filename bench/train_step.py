@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
+from common import model_arguments, random_musicgen, trained_adaptor  # noqa: E402
+
 from expotion.conditioning import text_condition  # noqa: E402
-from expotion.embedding import VisualConfig  # noqa: E402
-from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny_musicgen  # noqa: E402
 from expotion.objective import codebook_cross_entropy  # noqa: E402
 from expotion.rates import DEFAULT_RATES as R  # noqa: E402
 
@@ -63,10 +61,7 @@ def step(lm, adaptor, optimizer, batch) -> int:
 
 
 def build(mg, n_adapted: int, seconds: float, device: str):
-    cfg = AdaptorConfig(n_adapted=n_adapted, visual=VisualConfig(face=True, motion="synchformer"), max_seconds=seconds)
-    adaptor = ConditionAdaptor(mg.lm, cfg, {"marlin": 768, "synchformer": 768}, 50.0).to(device)
-    with torch.no_grad():
-        adaptor.gates.fill_(0.1)
+    adaptor = trained_adaptor(mg.lm, n_adapted, seconds, device)
     return adaptor, torch.optim.AdamW(adaptor.parameters(), lr=1e-3)
 
 
@@ -88,16 +83,11 @@ def cuda_peak(lm, adaptor, optimizer, batch) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    model_arguments(parser, layers=16)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TinyMusicGenConfig(dim=args.dim, num_layers=args.layers, num_heads=8, card=2048)
-        mg = load_musicgen(str(save_tiny_musicgen(tmp, cfg)), device=device)
+    mg = random_musicgen(args.layers, args.dim, device)
     batch = batch_for(mg.lm, args.batch, args.seconds, device)
     quarter, full = max(1, args.layers // 4), args.layers
     runs = {n: build(mg, n, args.seconds, device) for n in (quarter, full)}

@@ -47,7 +47,7 @@ def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: d
         "features": spec_to_dict(spec),
         "state_dict": {k: v.detach().cpu() for k, v in adaptor.state_dict().items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # unique per process: runs may share a directory
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
