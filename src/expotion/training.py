@@ -48,6 +48,8 @@ class ExpotionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.adaptor is None:
             self.build(self.trainer.datamodule.train_set.spec if stage == "fit" else self.trainer.datamodule.val_set.spec)
+        if stage == "fit":
+            self.lm.train()  # MusicGen's condition dropout acts in train mode, as in its own training; weights stay frozen
 
     def build(self, spec: FeatureSpec) -> None:
         """Create the adaptor for the feature shapes the cache provides."""
@@ -78,10 +80,6 @@ class ExpotionModule(L.LightningModule):
             self.log(f"{stage}/ce_q{k}", ce[k], batch_size=size, sync_dist=stage == "val")
             self.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        """MusicGen's condition dropout acts in train mode, as in its own training; its weights stay frozen."""
-        self.lm.train()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "train")
