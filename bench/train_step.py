@@ -93,7 +93,7 @@ def main() -> None:
     runs = {n: build(mg, n, args.seconds, device) for n in (quarter, full)}
     times: dict[int, list[float]] = {quarter: [], full: []}
     saved: dict[int, int] = {}
-    for n, (adaptor, optimizer) in runs.items():
+    for adaptor, optimizer in runs.values():
         step(mg.lm, adaptor, optimizer, batch)  # warm-up
     for _ in range(args.repeats):  # interleaved, so load on the machine affects both alike
         for n, (adaptor, optimizer) in runs.items():

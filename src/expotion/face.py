@@ -29,7 +29,7 @@ class FaceDetector:
         """uint8 (N, H, W, 3) -> (N, 4) boxes ``x0 y0 x1 y1``; rows of NaN where no face was found."""
         boxes, probs = self.mtcnn.detect(list(frames))
         out = np.full((len(frames), 4), np.nan)
-        for i, (b, p) in enumerate(zip(boxes, probs)):
+        for i, (b, p) in enumerate(zip(boxes, probs, strict=True)):
             if b is not None and p[0] is not None and p[0] >= self.min_prob:
                 out[i] = b[0]
         return out

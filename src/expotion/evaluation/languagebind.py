@@ -71,7 +71,7 @@ class TowerConfig:
         return (h // self.patch_size) * (w // self.patch_size) + 1
 
     @classmethod
-    def from_json(cls, path: Path) -> "TowerConfig":
+    def from_json(cls, path: Path) -> TowerConfig:
         doc = json.loads(Path(path).read_text())
         vision = doc.get("vision_config")
         if not isinstance(vision, dict):

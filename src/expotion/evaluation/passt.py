@@ -140,7 +140,7 @@ class PaSST(nn.Module):
         return self.head((x[:, 0] + x[:, 1]) / 2)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "PaSST":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> PaSST:
         """Build with the sizes the state dict holds, then load it strictly.
 
         A 3-channel patch convolution (an ImageNet-initialised file) is summed

@@ -102,7 +102,7 @@ class VGGish(nn.Module):
         return self.embeddings[:-1](x)
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "VGGish":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> VGGish:
         """Build with the widths the state dict holds, then load it strictly."""
         try:
             conv = tuple(int(state[f"features.{i}.weight"].shape[0]) for i in CONV_INDICES)
