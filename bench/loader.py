@@ -19,14 +19,14 @@ import torch  # noqa: E402
 from torch.utils.data import ConcatDataset, DataLoader  # noqa: E402
 
 from expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
-from expotion.conditioning import text_condition  # noqa: E402
-from expotion.data import ClipDataset, collate  # noqa: E402
+from expotion.data import ClipDataset, collate, visual_names  # noqa: E402
 from expotion.demo.synth import synthesize_demo  # noqa: E402
 from expotion.embedding import VisualConfig  # noqa: E402
 from expotion.features import tiny_profile  # noqa: E402
 from expotion.musicgen import load_musicgen  # noqa: E402
 from expotion.objective import codebook_cross_entropy  # noqa: E402
 from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
+from expotion.training import adapted_predictions  # noqa: E402
 
 STREAMS = ("marlin", "synchformer")
 
@@ -67,11 +67,7 @@ def step_rate(mg, dataset: ClipDataset, batch: int, steps: int) -> tuple[float, 
     for i, b in enumerate([batches[0], *batches]):
         if i == 1:  # the first pass is a warm-up
             start = time.perf_counter()
-        n_steps = lm.pattern_provider.get_pattern(b["codes"].shape[-1]).num_sequence_steps
-        prefix = adaptor.prefix({k: b[k] for k in (*STREAMS, "marlin_mask")}, dataset.spec.rates, n_steps, b["start_s"])
-        cond = text_condition(lm, b["text"], b["text_mask"], b["caption"])
-        with adaptor.attached(prefix):
-            out = lm.compute_predictions(b["codes"], [], condition_tensors=cond)
+        out = adapted_predictions(lm, adaptor, {k: b[k] for k in visual_names(STREAMS)}, dataset.spec.rates, b)
         loss, _, _ = codebook_cross_entropy(out.logits, b["codes"], out.mask)
         loss.backward()
         optimizer.step()

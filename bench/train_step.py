@@ -20,9 +20,9 @@ import torch  # noqa: E402
 
 from common import model_arguments, random_musicgen, trained_adaptor  # noqa: E402
 
-from expotion.conditioning import text_condition  # noqa: E402
 from expotion.objective import codebook_cross_entropy  # noqa: E402
 from expotion.rates import DEFAULT_RATES as R  # noqa: E402
+from expotion.training import adapted_predictions  # noqa: E402
 
 
 def batch_for(lm, batch: int, seconds: float, device: str) -> dict:
@@ -34,6 +34,7 @@ def batch_for(lm, batch: int, seconds: float, device: str) -> dict:
         "synchformer": torch.randn(batch, R.synchformer_tokens(seconds), 768, generator=g).to(device),
         "text": torch.randn(batch, 12, lm.condition_provider.conditioners["description"].dim, generator=g).to(device),
         "text_mask": torch.ones(batch, 12, dtype=torch.long, device=device),
+        "caption": ["x"] * batch,
     }
 
 
@@ -47,12 +48,8 @@ def step(lm, adaptor, optimizer, batch) -> int:
         return t
 
     rates = {"marlin": R.marlin, "synchformer": R.synchformer}
-    steps = lm.pattern_provider.get_pattern(batch["codes"].shape[-1]).num_sequence_steps
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        prefix = adaptor.prefix({"marlin": batch["marlin"], "synchformer": batch["synchformer"]}, rates, steps)
-        cond = text_condition(lm, batch["text"], batch["text_mask"], ["x"] * batch["codes"].shape[0])
-        with adaptor.attached(prefix):
-            out = lm.compute_predictions(batch["codes"], [], condition_tensors=cond)
+        out = adapted_predictions(lm, adaptor, {name: batch[name] for name in rates}, rates, batch)
         loss, _, _ = codebook_cross_entropy(out.logits, batch["codes"], out.mask)
     loss.backward()
     optimizer.step()

@@ -84,8 +84,12 @@ def check_compatible(path: Path, payload: dict, musicgen: dict, spec: FeatureSpe
 def load_adaptor(path: str | os.PathLike, lm: torch.nn.Module, musicgen: dict,
                  spec: FeatureSpec | None = None) -> tuple[ConditionAdaptor, FeatureSpec]:
     """Rebuild and strictly load an adaptor for ``lm``; returns it with the feature spec it expects."""
-    path = Path(path)
-    payload = read_adaptor(path)
+    return build_adaptor(Path(path), read_adaptor(path), lm, musicgen, spec)
+
+
+def build_adaptor(path: Path, payload: dict, lm: torch.nn.Module, musicgen: dict,
+                  spec: FeatureSpec | None = None) -> tuple[ConditionAdaptor, FeatureSpec]:
+    """:func:`load_adaptor` for a payload already read by :func:`read_adaptor` (``path`` names it in errors)."""
     check_compatible(path, payload, musicgen, spec)
     saved_spec = spec_from_dict(payload["features"])
     adaptor = ConditionAdaptor(lm, AdaptorConfig.from_dict(payload["config"]), saved_spec.dims, musicgen["frame_rate"])

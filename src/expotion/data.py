@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cache import CacheError, list_shards, open_shard
+from .manifest import VIDEO_AUDIO
 from .rates import DEFAULT_RATES, StreamRate
 
 log = logging.getLogger("expotion.data")
@@ -44,6 +45,21 @@ class FeatureSpec:
     @property
     def dims(self) -> dict[str, int]:
         return {name: shape[0] for name, shape in self.shapes.items()}
+
+
+def visual_names(streams: tuple[str, ...]) -> tuple[str, ...]:
+    """The datasets a clip's visual input consists of: the streams, plus the face mask with MARLIN."""
+    return (*streams, *(("marlin_mask",) if "marlin" in streams else ()))
+
+
+def read_visual(datasets, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A clip's visual input from its HDF5 datasets: features as float32, the face mask as bool."""
+    out = {}
+    for name in visual_names(streams):
+        if name in datasets:
+            value = datasets[name][()]
+            out[name] = torch.from_numpy(value if value.dtype == bool else value.astype(np.float32))
+    return out
 
 
 class ClipDataset(Dataset):
@@ -97,7 +113,7 @@ class ClipDataset(Dataset):
                 self._files[ref.path] = h5py.File(ref.path, "r")
             f = self._files[ref.path]
             g = f["clips"][ref.clip_id]
-            names = ("codes", *self.streams, *(("marlin_mask",) if "marlin" in self.streams else ()))
+            names = ("codes", *visual_names(self.streams))
             self._handles[ref] = {n: g[n] for n in names} | {"text": f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]}
         return self._handles[ref]
 
@@ -113,10 +129,7 @@ class ClipDataset(Dataset):
             "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
             "text": torch.from_numpy(ds["text"][()].astype(np.float32)),
         }
-        for name in (*self.streams, *(("marlin_mask",) if "marlin" in self.streams else ())):
-            value = ds[name][()]
-            item[name] = torch.from_numpy(value if value.dtype == bool else value.astype(np.float32))
-        return item
+        return item | read_visual(ds, self.streams)
 
 
 def collate(items: list[dict]) -> dict:
@@ -196,10 +209,8 @@ def read_clips(root: str | os.PathLike, streams: tuple[str, ...]):
     for clip_id, path in sorted(refs):
         with h5py.File(path, "r") as f:
             g, data_root = f["clips"][clip_id], Path(f.attrs.get("data_root", "."))
-            feats = {n: torch.from_numpy(g[n][()].astype(np.float32))[None] for n in streams if n in g}
-            if "marlin" in streams and "marlin_mask" in g:
-                feats["marlin_mask"] = torch.from_numpy(g["marlin_mask"][()])[None]
+            feats = {name: value[None] for name, value in read_visual(g, streams).items()}
             audio = str(g.attrs["audio_source"])
             yield CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]), float(g.attrs["duration_s"]),
-                             data_root / str(g.attrs["source"]), None if audio == "@video" else data_root / audio,
+                             data_root / str(g.attrs["source"]), None if audio == VIDEO_AUDIO else data_root / audio,
                              feats, [n for n in streams if n not in g])

@@ -124,4 +124,6 @@ class JointVisualEmbedding(nn.Module):
         if steps > self.z_pos.shape[0]:
             raise ValueError(f"{steps} steps exceed the embedding's max_steps {self.z_pos.shape[0]}")
         joint = torch.cat(parts, dim=-1) + self.z_pos[:steps]
-        return [self.w_e[min(i, len(self.w_e) - 1)](joint) for i in range(self.n_layers)]
+        if len(self.w_e) == 1:
+            return [self.w_e[0](joint)] * self.n_layers
+        return [w_e(joint) for w_e in self.w_e]

@@ -19,12 +19,12 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CheckpointMismatch, load_adaptor
+from .checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
 from .data import FeatureSpec, read_clips
 from .features import Extractors, real_profile, tiny_profile
 from .generation import GenerationError, check_prompt, decode_audio, generate_tokens
 from .manifest import ManifestError, parse_face_box
-from .media import MediaError, has_video_frames, iter_clip_frames, mux_audio, probe_video, read_audio
+from .media import MediaError, has_video_frames, iter_clip_frames, mux_audio, probe_video, read_music
 from .musicgen import load_musicgen, model_signature
 from .weights import MissingWeightsError
 
@@ -67,14 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
 def load_models(args: argparse.Namespace):
     """MusicGen, and the adaptor with the feature spec it expects (None without a checkpoint)."""
-    name = args.musicgen
-    if name is None and args.checkpoint is not None:
-        name = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["musicgen"]["name"] \
-            if args.checkpoint.exists() else DEFAULT_MUSICGEN
-    musicgen = load_musicgen(name or DEFAULT_MUSICGEN)
     if args.checkpoint is None:
-        return musicgen, None, None
-    adaptor, spec = load_adaptor(args.checkpoint, musicgen.lm, model_signature(musicgen))
+        return load_musicgen(args.musicgen or DEFAULT_MUSICGEN), None, None
+    payload = read_adaptor(args.checkpoint)
+    musicgen = load_musicgen(args.musicgen or payload["musicgen"]["name"])
+    adaptor, spec = build_adaptor(args.checkpoint, payload, musicgen.lm, model_signature(musicgen))
     return musicgen, adaptor.eval(), spec
 
 
@@ -176,7 +173,6 @@ def batch(args: argparse.Namespace) -> int:
 
 def write_reference(clip, path: Path, sample_rate: int) -> None:
     """The clip's original music, cut from its source as the precompute stage cut it."""
-    audio = read_audio(clip.audio_source, sample_rate) if clip.audio_source else \
-        read_audio(clip.source, sample_rate, align_to_video=True)
+    audio = read_music(clip.source, clip.audio_source, sample_rate)
     start = int(round(clip.start_s * sample_rate))
     sf.write(path, audio[start : start + int(round(clip.duration_s * sample_rate))], sample_rate)

@@ -204,6 +204,18 @@ def read_audio(path: Path, sample_rate: int, *, align_to_video: bool = False) ->
     return audio
 
 
+def read_music(video: Path, audio: Path | None, sample_rate: int) -> np.ndarray:
+    """A recording's music: the separate ``audio`` file, or else the video's own track aligned to its frames."""
+    if audio is not None:
+        return read_audio(audio, sample_rate)
+    try:
+        return read_audio(video, sample_rate, align_to_video=True)
+    except MediaError as err:
+        if "no audio stream" in str(err):
+            raise MediaError(f"{video}: no audio stream, and the manifest gives no audio file") from err
+        raise
+
+
 def first_video_time(container: av.container.InputContainer) -> float | None:
     """Start time of the first video stream, read from the stream header."""
     if not container.streams.video:

@@ -21,15 +21,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import __version__
 from .cache import ShardWriter, list_shards, shard_attrs, shard_path
 from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
-from .manifest import Clip, Recording, chop, load_manifest
-from .media import MediaError, iter_clip_frames, probe_video, read_audio
+from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
+from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .rates import DEFAULT_RATES, Rates
 
 log = logging.getLogger("expotion.precompute")
@@ -101,23 +100,12 @@ def is_done(job: ShardJob, cfg: PrecomputeConfig) -> bool:
     return attrs is not None and attrs.get("assignment") == assignment(job, cfg)
 
 
-def recording_audio(rec: Recording, sample_rate: int) -> np.ndarray:
-    if rec.audio is not None:
-        return read_audio(rec.audio, sample_rate)
-    try:
-        return read_audio(rec.video, sample_rate, align_to_video=True)
-    except MediaError as err:
-        if "no audio stream" in str(err):
-            raise MediaError(f"{rec.video}: no audio stream, and the manifest gives no audio file") from err
-        raise
-
-
 def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, writer: ShardWriter) -> None:
     """Write every usable clip of ``rec``; record each unusable one with its reason."""
     rates = ex.rates
     try:
         info = probe_video(rec.video)
-        audio = recording_audio(rec, rates.sample_rate) if "codes" in ex.names else None
+        audio = read_music(rec.video, rec.audio, rates.sample_rate) if "codes" in ex.names else None
     except MediaError as err:
         return skip(writer, rec.id, str(err))
     duration = info.duration_s if audio is None else min(info.duration_s, len(audio) / rates.sample_rate)
@@ -155,7 +143,7 @@ def write_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWri
     attrs = {
         "caption": rec.caption,
         "source": rec.relative(rec.video),
-        "audio_source": rec.relative(rec.audio) if rec.audio else "@video",
+        "audio_source": rec.relative(rec.audio) if rec.audio else VIDEO_AUDIO,
         "recording": rec.id,
         "start_s": clip.start_s,
         "duration_s": clip.duration_s,

@@ -15,9 +15,24 @@ import torch
 
 from .adaptor import AdaptorConfig, ConditionAdaptor
 from .conditioning import text_condition
-from .data import FeatureSpec
+from .data import FeatureSpec, visual_names
 from .musicgen import load_musicgen, model_signature
 from .objective import codebook_cross_entropy
+from .rates import StreamRate
+
+
+def adapted_predictions(lm, adaptor: ConditionAdaptor, feats: dict[str, torch.Tensor],
+                        rates: dict[str, StreamRate], batch: dict):
+    """MusicGen's predictions for ``batch["codes"]`` with the visual prefix attached and cached text conditions.
+
+    ``batch`` holds ``codes``, ``text``, ``text_mask``, ``caption`` and, for crops, ``start_s``.
+    """
+    codes = batch["codes"]
+    steps = lm.pattern_provider.get_pattern(codes.shape[-1]).num_sequence_steps
+    prefix = adaptor.prefix(feats, rates, steps, batch.get("start_s"))
+    condition = text_condition(lm, batch["text"], batch["text_mask"], batch["caption"])
+    with adaptor.attached(prefix):
+        return lm.compute_predictions(codes, [], condition_tensors=condition)
 
 
 class ExpotionModule(L.LightningModule):
@@ -58,18 +73,13 @@ class ExpotionModule(L.LightningModule):
         self.adaptor.to(self.device)
 
     def visual_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        feats = {name: batch[name] for name in (*self.streams, "marlin_mask") if name in batch}
+        feats = {name: batch[name] for name in visual_names(self.streams)}
         if self.hparams.zero_visual:
             feats = {k: (v if k == "marlin_mask" else torch.zeros_like(v)) for k, v in feats.items()}
         return feats
 
     def forward(self, batch: dict):
-        codes = batch["codes"]
-        steps = self.lm.pattern_provider.get_pattern(codes.shape[-1]).num_sequence_steps
-        prefix = self.adaptor.prefix(self.visual_inputs(batch), self.spec.rates, steps, batch["start_s"])
-        condition = text_condition(self.lm, batch["text"], batch["text_mask"], batch["caption"])
-        with self.adaptor.attached(prefix):
-            return self.lm.compute_predictions(codes, [], condition_tensors=condition)
+        return adapted_predictions(self.lm, self.adaptor, self.visual_inputs(batch), self.spec.rates, batch)
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self(batch)
