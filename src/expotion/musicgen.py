@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from .weights import MissingWeightsError, WeightSpec, hf_hub_cache, register
+from .weights import MissingWeightsError, WeightSpec, hf_hub_cache, hub_file, register
 
 HUB_SIZES = ("facebook/musicgen-small", "facebook/musicgen-medium", "facebook/musicgen-large")
 HUB_COMPANIONS = {"facebook/encodec_32khz": "config.json", "t5-base": "config.json"}
@@ -135,14 +135,6 @@ def save_tiny_musicgen(out_dir: str | os.PathLike, cfg: TinyMusicGenConfig = Tin
     torch.save(exported(lm.state_dict(), lm_cfg), out / "state_dict.bin")
     torch.save(exported(compression.state_dict(), comp_cfg), out / "compression_state_dict.bin")
     return out
-
-
-def hub_file(repo: str, filename: str) -> Path | None:
-    """Path of ``filename`` of hub repo ``repo`` in the local HF cache, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, filename)
-    return Path(found) if isinstance(found, str) else None
 
 
 def check_musicgen_available(name_or_dir: str) -> str:

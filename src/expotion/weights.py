@@ -36,6 +36,14 @@ def hf_hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def hub_file(repo: str, filename: str) -> Path | None:
+    """Path of ``filename`` of hub repo ``repo`` in the local HF cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename)
+    return Path(found) if isinstance(found, str) else None
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """One pretrained file: what it is, its name, where it goes and who needs it."""

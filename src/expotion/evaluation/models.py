@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..weights import REGISTRY, MissingWeightsError, WeightSpec, register, require, torch_hub_checkpoints
+from ..weights import REGISTRY, MissingWeightsError, WeightSpec, hub_file, register, require, torch_hub_checkpoints
 from . import clap as clap_mod
 from . import languagebind, passt, vggish
 
@@ -48,10 +48,8 @@ def hf_locator(repo_id: str) -> Callable[[Path], Path | None]:
         local = Path(wdir) / repo_id.split("/")[-1]
         if (local / "config.json").is_file():
             return local
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(repo_id, "config.json")
-        return Path(cached).parent if isinstance(cached, str) else None
+        cached = hub_file(repo_id, "config.json")
+        return cached.parent if cached else None
 
     return locate
 
