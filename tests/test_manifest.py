@@ -74,3 +74,85 @@ def test_chop_into_whole_clips(tmp_path, duration, clip, starts):
     clips = chop(rec, duration, clip)
     assert [c.start_s for c in clips] == starts
     assert [c.id for c in clips] == [f"rec-{i:03d}" for i in range(len(starts))]
+
+
+# ---- malformed files: every problem at once, at its real line --------------------------------------
+def problems_of(path) -> list[str]:
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    return [line.strip() for line in str(err.value).splitlines()[1:]]
+
+
+def test_jsonl_problems_are_all_reported_with_their_lines(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"video": "a.mp4", "caption": "ok"}),      # 1
+        "",                                                    # 2: blank lines do not shift the count
+        '["video", "b.mp4"]',                                  # 3: valid JSON, not an object
+        "{not json",                                           # 4
+        "",                                                    # 5
+        json.dumps({"video": "c.mp4", "caption": 7, "id": None, "split": ["x"]}),  # 6: non-strings
+        json.dumps({"video": "d.mp4", "face_box": [1, 2, True, 4]}),               # 7
+        "42",                                                  # 8
+        json.dumps({"video": "a.mp4"}),                        # 9: duplicate id 'a'
+    ]) + "\n")
+    problems = problems_of(path)
+    assert [p.split(": ")[0] for p in problems] == [f"{path}:{n}" for n in (3, 4, 6, 7, 8, 9)]
+    assert "expected a JSON object" in problems[0] and "got a list" in problems[0]
+    assert "invalid JSON" in problems[1]
+    assert "'caption' must be a string, got a number 7" in problems[2]
+    assert "'split' must be a string, got a list" in problems[2] and "'id'" not in problems[2]  # null = not given
+    assert "'face_box' must be a string or a list of four numbers" in problems[3]
+    assert "got a number" in problems[4]
+    assert "duplicate id 'a' (first on line 1)" in problems[5]
+
+
+def test_csv_rows_with_extra_or_missing_fields_are_errors(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join([
+        "id,video,audio,caption,split",        # 1
+        "a,a.mp4,,calm,train",                 # 2
+        "",                                    # 3
+        "b,b.mp4,,drums,train,extra",          # 4: one field too many
+        "",                                    # 5
+        "c,c.mp4,music/c.wav",                 # 6: short row: 'audio' must not silently mean "video's audio"
+        "d,d.mp4,,\"an open quote,train",      # 7: swallows the rest of the file
+        "e,e.mp4,,x,train",                    # 8
+    ]) + "\n")
+    problems = problems_of(path)
+    assert problems[0] == f"{path}:4: 6 fields, but the header has 5 (id,video,audio,caption,split)"
+    assert problems[1] == f"{path}:6: 3 fields, but the header has 5 (id,video,audio,caption,split)"
+    assert problems[2].startswith(f"{path}:7-8: 4 fields") and "quote left open" in problems[2]
+    assert len(problems) == 3
+
+
+def test_csv_with_byte_order_mark_keeps_its_first_column(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes("\ufeffid,video,caption\r\nrec-1,v.mp4,café\r\n".encode())
+    (rec,) = load_manifest(path)
+    assert rec.id == "rec-1" and rec.caption == "café"
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_bytes(("\ufeff" + json.dumps({"id": "x", "video": "v.mp4"}) + "\n").encode())
+    assert load_manifest(jsonl)[0].id == "x"
+
+
+def test_line_numbers_count_blank_lines_and_multiline_fields(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('id,video,caption\n\na,a.mp4,"two\nlines"\n\n\nb,../x.mp4,c\n')
+    assert problems_of(path) == [f"{path}:7: path '../x.mp4' escapes the data root {tmp_path}"]
+
+
+def test_undecodable_empty_and_headerless_manifests(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"id,video\na,a.mp4\nb,\xff.mp4\n")
+    with pytest.raises(ManifestError, match=r"m.csv:3: not UTF-8 text"):
+        load_manifest(path)
+    path.write_text("id,video,caption\n\n")
+    with pytest.raises(ManifestError, match="lists no recordings"):
+        load_manifest(path)
+    path.write_text("\n")
+    with pytest.raises(ManifestError, match="empty manifest"):
+        load_manifest(path)
+    path.write_text("id,video,video\na,b,c\n")
+    with pytest.raises(ManifestError, match="m.csv:1: CSV header repeats 'video'"):
+        load_manifest(path)

@@ -12,11 +12,16 @@ A manifest is a CSV (with header) or JSONL file, one row per recording:
               replaces face detection (fixed-camera studio recordings)
 
 The data root defaults to the manifest's directory. Paths that leave it are
-rejected when the manifest is read, before any work starts.
+rejected when the manifest is read, before any work starts. So is every other
+problem (a CSV row with more or fewer fields than the header, a JSONL line that
+is not an object, a JSON value that is not a string), all in one error that
+gives each problem's line in the file. JSONL values are strings, or null for
+"not given"; ``face_box`` may also be a list of four numbers.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -89,46 +94,128 @@ def parse_face_box(text: str | list | None, *, where: str) -> tuple[int, int, in
     return x0, y0, x1, y1
 
 
-def read_rows(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ManifestError(f"{path}:{n}: invalid JSON: {err}") from err
-        return rows
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or "video" not in reader.fieldnames:
-                raise ManifestError(f"{path}: CSV header must include 'video' (columns: {', '.join(COLUMNS)})")
-            return list(reader)
+Problem = tuple[int, str]  # (line number, message naming the file and the line)
+
+
+def read_text(path: Path) -> str:
+    """The manifest as UTF-8 text; a leading byte-order mark (written by spreadsheet exports) is dropped."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ManifestError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+
+
+def read_rows(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:
+    """Each row with the line it starts on, and every problem found while reading."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path, read_text(path))
+    if suffix == ".csv":
+        return read_csv(path, read_text(path))
     raise ManifestError(f"{path}: manifest must be .csv or .jsonl")
 
 
+def read_jsonl(path: Path, text: str) -> tuple[list[tuple[int, dict]], list[Problem]]:
+    rows, problems = [], []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append((n, f"{path}:{n}: invalid JSON: {err}"))
+            continue
+        if not isinstance(row, dict):
+            problems.append((n, f"{path}:{n}: expected a JSON object like {{\"video\": ...}}, got {json_type(row)}"))
+            continue
+        bad = [f"'{key}' must be {expected_json(key)}, got {json_type(row[key])} {json.dumps(row[key])}"
+               for key in COLUMNS if key in row and not json_value_ok(key, row[key])]
+        if bad:
+            problems.append((n, f"{path}:{n}: " + "; ".join(bad)))
+            continue
+        rows.append((n, row))
+    return rows, problems
+
+
+def json_value_ok(key: str, value) -> bool:
+    """Strings, or null for "not given"; a face box may also be a list of numbers. Nothing is stringified."""
+    if value is None or isinstance(value, str):
+        return True
+    return key == "face_box" and isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def expected_json(key: str) -> str:
+    return "a string or a list of four numbers" if key == "face_box" else "a string"
+
+
+def json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def read_csv(path: Path, text: str) -> tuple[list[tuple[int, dict]], list[Problem]]:
+    """Rows of a CSV with a header. A row with more or fewer fields than the header is an error."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header, rows, problems, last = None, [], [], 0
+    try:
+        for fields in reader:
+            first, last = last + 1, reader.line_num
+            if not any(f.strip() for f in fields):
+                continue
+            if header is None:
+                header = [f.strip() for f in fields]
+                check_header(path, first, header)
+                continue
+            if len(fields) != len(header):
+                span = str(first) if first == last else f"{first}-{last}"
+                hint = " (a quoted field runs over several lines: is a quote left open?)" if first != last else ""
+                problems.append((first, f"{path}:{span}: {len(fields)} fields, but the header has "
+                                        f"{len(header)} ({','.join(header)}){hint}"))
+                continue
+            rows.append((first, dict(zip(header, fields, strict=True))))
+    except csv.Error as err:
+        problems.append((last + 1, f"{path}:{last + 1}: malformed CSV: {err}"))
+    if header is None:
+        raise ManifestError(f"{path}: empty manifest; the first line must be a header ({','.join(COLUMNS)})")
+    return rows, problems
+
+
+def check_header(path: Path, line: int, header: list[str]) -> None:
+    if "video" not in header:
+        raise ManifestError(f"{path}:{line}: CSV header must include 'video' (columns: {', '.join(COLUMNS)}); "
+                            f"got {','.join(header)}")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ManifestError(f"{path}:{line}: CSV header repeats {', '.join(map(repr, repeated))}")
+
+
 def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[Recording]:
-    """Read and validate a manifest. Every row problem is reported at once."""
+    """Read and validate a manifest. Every problem is reported at once, with the file's line number."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest not found: {path}")
     root = Path(os.path.abspath(data_root if data_root is not None else path.parent))
-    recordings, problems, seen = [], [], set()
-    for n, row in enumerate(read_rows(path), start=2 if path.suffix.lower() == ".csv" else 1):
+    rows, problems = read_rows(path)
+    recordings, first_seen = [], {}
+    for n, row in rows:
         where = f"{path}:{n}"
         try:
             rec = parse_row(row, root, where)
         except ManifestError as err:
-            problems.append(str(err))
+            problems.append((n, str(err)))
             continue
-        if rec.id in seen:
-            problems.append(f"{where}: duplicate id '{rec.id}'")
+        if rec.id in first_seen:
+            problems.append((n, f"{where}: duplicate id '{rec.id}' (first on line {first_seen[rec.id]})"))
             continue
-        seen.add(rec.id)
+        first_seen[rec.id] = n
         recordings.append(rec)
     if problems:
-        raise ManifestError("invalid manifest:\n  " + "\n  ".join(problems))
+        raise ManifestError("invalid manifest:\n  " + "\n  ".join(message for _, message in sorted(problems)))
+    if not recordings:
+        raise ManifestError(f"{path}: the manifest lists no recordings")
     return recordings
 
 
