@@ -156,3 +156,15 @@ def test_undecodable_empty_and_headerless_manifests(tmp_path):
     path.write_text("id,video,video\na,b,c\n")
     with pytest.raises(ManifestError, match="m.csv:1: CSV header repeats 'video'"):
         load_manifest(path)
+
+
+@pytest.mark.parametrize("duration, starts", [(19.99, [0, 9.98]), (25.0, [0, 10, 15]), (20.0, [0, 10]),
+                                              (20.01, [0, 10]), (9.0, []), (10.5, [0, 0.5])])
+def test_keep_tail_adds_one_overlapping_clip_with_the_next_id(tmp_path, duration, starts):
+    (rec,) = load_manifest(write_csv(tmp_path, ["rec,a.mp4,,c,train,"]))
+    clips = chop(rec, duration, 10.0, keep_tail=True)
+    assert [c.start_s for c in clips] == pytest.approx(starts)
+    assert [c.id for c in clips] == [f"rec-{i:03d}" for i in range(len(starts))]
+    assert all(c.start_s + c.duration_s <= duration + 1e-9 for c in clips)
+    regular = chop(rec, duration, 10.0)
+    assert clips[: len(regular)] == regular  # the regular clips keep their ids and windows

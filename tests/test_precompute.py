@@ -1,11 +1,16 @@
-"""The precompute stage end to end on tiny models: schema, inspect, bad input, kill and resume."""
+"""The precompute stage end to end on tiny models: schema, inspect, bad input, kill and resume, faults."""
+import fcntl
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -14,13 +19,13 @@ import pytest
 import soundfile as sf
 from conftest import CLIP_S, moving_frames, precompute_config as config, write_video
 
-from expotion.cache import SCHEMA_VERSION, CacheError, list_shards, open_shard
+from expotion.cache import SCHEMA_VERSION, CacheError, NonFiniteError, ShardWriter, list_shards, open_shard
 from expotion.cache import main as cache_main
+from expotion.cache import remove_stale_temporaries
 from expotion.pipeline import run, written_clip_ids
-from expotion.rates import DEFAULT_RATES
+from expotion.rates import DEFAULT_RATES, FeatureShapeError, check_shape
 
 ROOT = Path(__file__).resolve().parents[1]
-
 
 
 def test_every_clip_written_with_schema(demo_cache):
@@ -159,10 +164,10 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(bad_inputs, tiny_profile_cf
 
 
 # ---- kill and resume ---------------------------------------------------------------------------
-def extract_cmd(manifest: Path, cache: Path, tiny_dir: Path) -> list[str]:
+def extract_cmd(manifest: Path, cache: Path, tiny_dir: Path, workers: int = 1) -> list[str]:
     return [sys.executable, str(ROOT / "precompute" / "extract.py"), "--manifest", str(manifest), "--cache", str(cache),
             "--profile", "tiny", "--tiny-dir", str(tiny_dir), "--clip-seconds", str(CLIP_S),
-            "--recordings-per-shard", "1", "--workers", "1"]
+            "--recordings-per-shard", "1", "--workers", str(workers)]
 
 
 def test_sigkill_then_rerun_gives_the_same_clips(small_demo, demo_cache, tiny_profile_cfg, tmp_path):
@@ -190,7 +195,245 @@ def test_sigkill_then_rerun_gives_the_same_clips(small_demo, demo_cache, tiny_pr
             np.testing.assert_array_equal(a["clips/demo-001-000"][name][()], b["clips/demo-001-000"][name][()])
 
 
+def extract_cli():
+    """``precompute/extract.py`` loaded as a module, to call its ``main`` in-process."""
+    spec = importlib.util.spec_from_file_location("extract_cli", ROOT / "precompute" / "extract.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def same_files(a: Path, b: Path) -> list[str]:
+    """Relative paths that differ (missing on one side or not byte-identical) between two caches."""
+    files = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
+    files |= {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
+    return sorted(f for f in files if not ((a / f).is_file() and (b / f).is_file()
+                                           and (a / f).read_bytes() == (b / f).read_bytes()))
+
+
+# ---- the worker count does not change the cache -------------------------------------------------
+def test_one_and_two_workers_write_bit_identical_caches(small_demo, demo_cache, tiny_profile_cfg, tmp_path):
+    """Every worker runs the extractors with the same torch thread count, so N does not change a single bit."""
+    cache = tmp_path / "cache"
+    summary = run(config(small_demo, cache, tiny_profile_cfg, workers=2))
+    assert summary.new_shards == 2  # one shard per worker
+    assert same_files(cache, demo_cache[0]) == []
+
+
+# ---- non-finite features -----------------------------------------------------------------------
+def test_shard_writer_refuses_non_finite_values(tmp_path):
+    writer = ShardWriter(tmp_path / "train" / "shard-00000.h5", {"split": "train"})
+    good = {"marlin": np.ones((4, 8), np.float32), "t5": np.ones((3, 8), np.float32)}
+    writer.add_clip("ok", good, {"caption": "x"})
+    bad = [({"marlin": np.full((4, 8), np.nan, np.float32)}, r"NaN or inf in marlin \(32 of 32 values\)"),
+           ({"t5": np.array([[np.inf, 0, 0]], np.float32)}, r"NaN or inf in t5 \(1 of 3 values\)"),
+           ({"raft": np.array([1.0, 7e4], np.float32)}, r"raft \(1 of 2 values\).*overflow above 65504")]
+    for arrays, message in bad:
+        with pytest.raises(NonFiniteError, match=message):
+            writer.add_clip("bad", {**good, **arrays}, {"caption": "x"})
+    with pytest.raises(NonFiniteError, match="text/generic"):
+        writer.add_text("generic", np.array([[np.nan]], np.float32))
+    with h5py.File(writer.commit()) as f:
+        assert list(f["clips"]) == ["ok"] and "text" not in f  # nothing of the refused clips was written
+
+
+def test_clips_with_non_finite_or_misshapen_features_are_skipped_with_a_reason(
+        small_demo, tiny_profile_cfg, tmp_path, monkeypatch):
+    from expotion.features import Extractors
+
+    extract = Extractors.synchformer_features
+    calls = []
+
+    def faulty(self, clip, duration_s):
+        tokens = extract(self, clip, duration_s)
+        calls.append(1)
+        if len(calls) == 1:
+            tokens[3, 5] = np.nan
+        elif len(calls) == 2:
+            tokens[0, 0] = 1e5  # finite in float32, inf once stored as float16
+        elif len(calls) == 3:
+            check_shape("synchformer", tokens[1:].shape, tokens.shape, duration_s)
+        return tokens
+
+    monkeypatch.setattr(Extractors, "synchformer_features", faulty)
+    summary = run(config(small_demo, tmp_path / "cache", tiny_profile_cfg, names=("synchformer",)))
+    reasons = {s["clip"]: s["reason"] for s in summary.skipped}
+    assert sorted(reasons) == ["demo-000-000", "demo-000-001", "demo-001-000"]
+    assert reasons["demo-000-000"].startswith(f"{small_demo.parent / 'videos/demo-000.mp4'}: 0-2 s: NaN or inf in "
+                                              "synchformer (1 of ")
+    assert "2-4 s: NaN or inf in synchformer (1 of " in reasons["demo-000-001"]
+    assert "0-2 s: synchformer: output shape (39, " in reasons["demo-001-000"]
+    assert summary.written == {"train": 1, "val": 2}
+    for path in list_shards(tmp_path / "cache"):
+        with h5py.File(path) as f:
+            for group in f["clips"].values():
+                assert np.isfinite(group["synchformer"][()]).all()
+
+
+# ---- concurrent and killed runs ----------------------------------------------------------------
+def test_a_second_run_waits_for_the_cache_lock(small_demo, demo_cache, tiny_profile_cfg, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache[0], cache)
+    before = (cache / "summary.json").stat().st_mtime_ns
+    fd = os.open(cache / ".lock", os.O_RDWR)
+    os.write(fd, b"pid 4242 on host-a\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the cache
+    result = {}
+    second = threading.Thread(target=lambda: result.update(summary=run(config(small_demo, cache, tiny_profile_cfg))))
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        second.start()
+        deadline = time.time() + 60
+        while "waiting" not in caplog.text and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert second.is_alive() and (cache / "summary.json").stat().st_mtime_ns == before  # waits, touches nothing
+        os.close(fd)  # the first run ends
+        second.join(60)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{cache} is being written by another precompute run (pid 4242 on host-a); "
+        "waiting for it to finish (Ctrl-C to stop)"]
+    assert result["summary"].reused_shards == 2 and result["summary"].new_shards == 0
+    assert (cache / ".lock").read_bytes() == b""  # released
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    (tmp_path / "train").mkdir()
+    stale = tmp_path / "train" / f".shard-00000.h5.tmp-{finished.pid}"
+    live = tmp_path / "train" / f".shard-00001.h5.tmp-{os.getpid()}"
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert live.exists() and not stale.exists()
+
+
+POOL_PARENT = """
+import multiprocessing as mp, os, sys, time
+from pathlib import Path
+from expotion.pipeline import die_with_parent
+
+def init(parent, ready):
+    die_with_parent(parent)
+    (Path(ready) / str(os.getpid())).touch()
+
+if __name__ == "__main__":
+    pool = mp.get_context(sys.argv[1]).Pool(2, initializer=init, initargs=(os.getpid(), sys.argv[2]))
+    pool.map_async(time.sleep, [600, 600])
+    time.sleep(600)
+"""
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def seconds_until_ended(pids: list[int], limit: float = 10.0) -> float:
+    start = time.perf_counter()
+    while any(process_alive(p) for p in pids) and time.perf_counter() - start < limit:
+        time.sleep(0.02)
+    return time.perf_counter() - start
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_die_with_a_killed_parent(tmp_path, method):
+    script, ready = tmp_path / "parent.py", tmp_path / "ready"
+    script.write_text(POOL_PARENT)
+    ready.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    parent = subprocess.Popen([sys.executable, str(script), method, str(ready)], env=env)
+    deadline = time.time() + 120
+    while len(list(ready.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    workers = [int(p.name) for p in ready.iterdir()]
+    assert len(workers) == 2 and all(process_alive(p) for p in workers)
+    parent.kill()
+    parent.wait()
+    assert seconds_until_ended(workers) < 2.0
+
+
+# ---- clip coverage: empty splits, dropped tails, --keep-tail ----------------------------------------
+def test_a_split_without_clips_names_clip_seconds_and_exits_non_zero(small_demo, tiny_profile_cfg, tmp_path, capsys):
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    code = extract_cli().main(["--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
+                               "--tiny-dir", str(tiny_dir), "--extractors", "raft", "--clip-seconds", "5"])
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "clips written: {}" in out
+    for split in ("train", "val"):
+        assert (f"split '{split}' got no clips: every recording in it was skipped (reasons above); its longest "
+                f"recording lasts 4.00 s. Clips are --clip-seconds 5 s long; a recording shorter than one clip gives "
+                f"none. Pass a shorter --clip-seconds (with make: FEATURE_ARGS=\"--clip-seconds N\")") in out
+    assert json.loads((tmp_path / "cache" / "summary.json").read_text())["empty_splits"] == ["train", "val"]
+
+
+def test_dropped_tails_are_listed_and_keep_tail_takes_an_overlapping_last_clip(small_demo, tiny_profile_cfg, tmp_path):
+    manifest = tmp_path / "one.csv"  # the first demo recording alone, 4 s long
+    manifest.write_text("\n".join(small_demo.read_text().splitlines()[:2]) + "\n")
+    cfg = replace(config(manifest, tmp_path / "plain", tiny_profile_cfg, names=("raft",)),
+                  clip_seconds=3.0, data_root=small_demo.parent)
+    plain = run(cfg)
+    assert plain.written == {"train": 1}
+    assert plain.coverage == [{"recording": "demo-000", "duration_s": 4.0, "clips": 1, "dropped_s": 1.0, "split": "train"}]
+    assert ("dropped after the last whole clip, in 1 recordings (--keep-tail adds a last clip that overlaps the one "
+            "before):\n  demo-000: 1.00 s of 4.00 s") in plain.report()
+
+    tail = run(replace(cfg, cache=tmp_path / "tail", keep_tail=True))
+    assert written_clip_ids(tmp_path / "tail") == ["demo-000-000", "demo-000-001"]
+    assert all(c["dropped_s"] == 0 for c in tail.coverage) and "dropped after" not in tail.report()
+    with h5py.File(tmp_path / "tail/train/shard-00000.h5") as t, h5py.File(tmp_path / "plain/train/shard-00000.h5") as p:
+        assert t["clips/demo-000-001"].attrs["start_s"] == 1.0 and t["clips/demo-000-001"].attrs["duration_s"] == 3.0
+        np.testing.assert_array_equal(t["clips/demo-000-000/raft"][()], p["clips/demo-000-000/raft"][()])
+        assert t["clips/demo-000-001/raft"].shape == p["clips/demo-000-000/raft"].shape
+
+
+def test_extractor_output_checks_are_exceptions(tiny_profile_cfg):
+    from expotion.extractors.raft import compute_flow, load_raft
+    from expotion.features import Extractors
+
+    ex = Extractors(tiny_profile_cfg, ("codes",))
+    with pytest.raises(FeatureShapeError, match=r"^codes: output shape \(75,\) for a 2 s clip, expected \(100,\)$"):
+        ex.codes(np.zeros(48000, np.float32), 2.0)  # 1.5 s of audio for a 2 s clip
+    raft = load_raft("small", tiny_profile_cfg.raft_checkpoint)
+    with pytest.raises(ValueError, match="optical flow needs at least 2 frames, got 1"):
+        compute_flow(raft, np.zeros((1, 64, 64, 3), np.uint8), tiny_profile_cfg.flow)
+
+
 @pytest.mark.slow
-def test_two_workers_write_the_same_cache(small_demo, demo_cache, tiny_profile_cfg, tmp_path):
-    run(config(small_demo, tmp_path / "cache", tiny_profile_cfg, workers=2, per_shard=1))
-    assert written_clip_ids(tmp_path / "cache") == written_clip_ids(demo_cache[0])
+def test_two_runs_started_at_once_give_one_wait_message_and_the_cache_of_one_run(small_demo, tiny_profile_cfg, tmp_path):
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    run(config(small_demo, tmp_path / "single", tiny_profile_cfg, per_shard=1))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    runs = [subprocess.Popen(extract_cmd(small_demo, cache, tiny_dir), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=900) for proc in runs]
+    assert [proc.returncode for proc in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    waits = [line for _, err in outputs for line in err.splitlines() if "waiting for it to finish" in line]
+    assert len(waits) == 1, waits
+    print("\n".join(["wait message:", *waits, "second run's summary:", *[out for out, _ in outputs if "3 reused" in out]]))
+    assert sorted("3 new shards" in out for out, _ in outputs) == [False, True]
+    assert same_files(cache, tmp_path / "single") == []
+
+
+@pytest.mark.slow
+def test_killing_a_two_worker_run_stops_its_workers(small_demo, tiny_profile_cfg, tmp_path):
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(extract_cmd(small_demo, cache, tiny_dir, workers=2), env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 600, set()
+    while len(workers) < 2 and time.time() < deadline:  # each busy worker writes a temporary named by its pid
+        workers |= {int(p.name.rsplit("-", 1)[1]) for p in cache.rglob(".shard-*.h5.tmp-*")}
+        time.sleep(0.05)
+    assert len(workers) == 2 and proc.pid not in workers
+    proc.kill()
+    proc.wait()
+    elapsed = seconds_until_ended(sorted(workers))
+    print(f"workers {sorted(workers)} ended {elapsed:.2f} s after SIGKILL of the run (pid {proc.pid})")
+    assert elapsed < 2.0

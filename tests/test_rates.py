@@ -63,3 +63,22 @@ def test_sample_indices_follow_timestamps_for_variable_rate():
 def test_sample_indices_start_offset():
     ts = np.arange(100) / 25.0
     assert list(sample_indices(ts, 5.0, 3, start_s=2.0)) == [50, 55, 60]
+
+
+def test_check_shape_names_the_stream():
+    from expotion.rates import FeatureShapeError, check_shape
+
+    check_shape("codes", (100,), (100,), 2.0)
+    with pytest.raises(FeatureShapeError, match=r"^codes: output shape \(75,\) for a 2 s clip, expected \(100,\)$"):
+        check_shape("codes", (75,), (100,), 2.0)
+
+
+def test_config_checks_are_exceptions_not_asserts():
+    """`python -O` strips asserts; a flow CNN width that is not a multiple of 16 must still be refused."""
+    import subprocess
+    import sys
+
+    code = "from expotion.embedding import FlowEmbedding; FlowEmbedding(8, out_dim=100)"
+    result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "ValueError: flow_dim must be a multiple of 16 (channels pooled to 4x4), got 100" in result.stderr

@@ -6,15 +6,22 @@ and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``t5`` with
 ``fps``/``t0`` attributes where they are time series. ``/text/generic`` holds
 the generic prompt's text embedding. A shard is written under a temporary
 name and renamed when complete, so a killed run never leaves a partial shard.
+No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
+One run at a time writes a cache: :func:`cache_lock` holds ``<cache>/.lock``.
 
 Usage: ``python -m expotion.cache inspect PATH`` (a shard or a directory).
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import re
+import socket
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -24,10 +31,16 @@ from .rates import DEFAULT_RATES, Rates
 
 SCHEMA_VERSION = 1
 FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
+LOCK_NAME = ".lock"
+TEMPORARY = re.compile(r"^\.shard-\d+\.h5\.tmp-(\d+)$")
 
 
 class CacheError(RuntimeError):
     """A shard is missing, truncated, or written with another schema."""
+
+
+class NonFiniteError(ValueError):
+    """A clip's features hold NaN or inf (after conversion to their stored dtype)."""
 
 
 def shard_path(cache: Path, split: str, index: int) -> Path:
@@ -47,14 +60,19 @@ class ShardWriter:
             self.file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
         self.file.create_group("clips")
         self.skipped: list[dict] = []
+        self.coverage: list[dict] = []
 
     def add_clip(self, clip_id: str, arrays: dict[str, np.ndarray], attrs: dict, rates: Rates = DEFAULT_RATES) -> None:
+        """Store one clip; raise :class:`NonFiniteError` (writing nothing) if any stream holds NaN or inf."""
+        with np.errstate(over="ignore"):  # an overflow becomes inf, which check_finite reports by stream
+            stored = {name: value.astype(np.float16 if name in FLOAT_FEATURES else value.dtype)
+                      for name, value in arrays.items()}
+        check_finite(stored)
         group = self.file["clips"].create_group(clip_id)
         for name, value in attrs.items():
             group.attrs[name] = value if isinstance(value, (str, int, float)) else json.dumps(value)
-        for name, value in arrays.items():
-            dtype = np.float16 if name in FLOAT_FEATURES else value.dtype
-            ds = group.create_dataset(name, data=value.astype(dtype))
+        for name, value in stored.items():
+            ds = group.create_dataset(name, data=value)
             if name == "codes":
                 ds.attrs["frame_rate"] = rates.codes_fps
             elif name in FLOAT_FEATURES:
@@ -62,13 +80,21 @@ class ShardWriter:
                 ds.attrs["fps"], ds.attrs["t0"] = stream.fps, stream.t0
 
     def add_text(self, key: str, hidden: np.ndarray) -> None:
-        self.file.require_group("text").create_dataset(key, data=hidden.astype(np.float32))
+        hidden = hidden.astype(np.float32)
+        check_finite({f"text/{key}": hidden})
+        self.file.require_group("text").create_dataset(key, data=hidden)
 
     def skip(self, clip_id: str, reason: str) -> None:
         self.skipped.append({"clip": clip_id, "reason": reason})
 
+    def cover(self, recording: str, duration_s: float, clips: int, dropped_s: float) -> None:
+        """Record how much of a recording its clips cover (the summary lists what was dropped)."""
+        self.coverage.append({"recording": recording, "duration_s": round(duration_s, 3), "clips": clips,
+                              "dropped_s": round(dropped_s, 3)})
+
     def commit(self) -> Path:
         self.file.attrs["skipped"] = json.dumps(self.skipped)
+        self.file.attrs["coverage"] = json.dumps(self.coverage)
         self.file.attrs["complete"] = True
         self.file.close()
         os.replace(self.tmp, self.path)
@@ -78,6 +104,67 @@ class ShardWriter:
         if self.file.id.valid:
             self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def check_finite(arrays: dict[str, np.ndarray]) -> None:
+    """Raise :class:`NonFiniteError` naming every floating-point stream that holds NaN or inf."""
+    bad = [f"{name} ({int(np.size(a) - np.count_nonzero(np.isfinite(a)))} of {np.size(a)} values)"
+           for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if bad:
+        raise NonFiniteError(f"NaN or inf in {', '.join(bad)}; float16 streams also overflow above 65504")
+
+
+@contextmanager
+def cache_lock(cache: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``<cache>/.lock`` for one run. If another run holds it, call ``on_wait`` once and wait for it.
+
+    The lock is ``flock``-based, so the kernel releases it when its holder dies,
+    even by SIGKILL: a killed run never leaves the cache locked. The file names
+    its holder while held and is emptied on release.
+    """
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            on_wait(f"{cache} is being written by another precompute run ({holder}); "
+                    f"waiting for it to finish (Ctrl-C to stop)")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            raise CacheError(f"{path}: cannot lock the cache ({err}); use a cache on a local file system") from err
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(cache: Path) -> list[Path]:
+    """Delete partial shards whose writing process is dead; a live run's temporaries are left alone."""
+    removed = []
+    for tmp in sorted(Path(cache).rglob(".shard-*.h5.tmp-*")):
+        match = TEMPORARY.match(tmp.name)
+        if match and not pid_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def open_shard(path: str | os.PathLike) -> h5py.File:

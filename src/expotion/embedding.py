@@ -70,13 +70,14 @@ class FlowEmbedding(nn.Module):
 
     def __init__(self, channels: int = 32, out_dim: int = 256):
         super().__init__()
+        if out_dim % 16:
+            raise ValueError(f"flow_dim must be a multiple of 16 (channels pooled to 4x4), got {out_dim}")
         self.net = nn.Sequential(
             nn.Conv2d(2, channels, 3, padding=1), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(channels, out_dim // 16, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(4),
         )
-        assert out_dim % 16 == 0, out_dim
 
     def forward(self, flow: torch.Tensor) -> torch.Tensor:
         """(B, T, 2, h, w) -> (B, T, out_dim)."""

@@ -28,7 +28,7 @@ from .extractors.raft import FlowConfig, compute_flow, load_raft, save_tiny_raft
 from .face import FaceDetector, crop_faces, smooth_track, square_boxes
 from .media import ClipFrames
 from .musicgen import TinyMusicGenConfig, check_musicgen_available, encode_audio, load_musicgen, save_tiny_musicgen, text_hidden
-from .rates import DEFAULT_RATES, Rates, sample_indices
+from .rates import DEFAULT_RATES, Rates, check_shape, sample_indices
 from .weights import MissingWeightsError, weights_dir
 
 VISUAL = ("marlin", "synchformer", "raft")
@@ -153,7 +153,7 @@ class Extractors:
         if self.raft is not None:
             idx = sample_indices(clip.times, self.rates.raft_video_fps, self.rates.raft_frames(duration_s))
             flow = compute_flow(self.raft, clip.frames[idx], self.cfg.flow)
-            assert len(flow) == self.rates.raft_flows(duration_s), flow.shape
+            check_shape("raft", flow.shape[:1], (self.rates.raft_flows(duration_s),), duration_s)
             out.arrays["raft"] = flow
         return out
 
@@ -164,7 +164,7 @@ class Extractors:
         with torch.no_grad():
             feats = torch.cat([self.synchformer(s[None]) for s in segments.split(8)], dim=1)[0]
         tokens = feats.reshape(-1, feats.shape[-1]).numpy()
-        assert tokens.shape == (r.synchformer_tokens(duration_s), self.cfg.synchformer.dim), tokens.shape
+        check_shape("synchformer", tokens.shape, (r.synchformer_tokens(duration_s), self.cfg.synchformer.dim), duration_s)
         return tokens
 
     def face_features(self, clip: ClipFrames, duration_s: float, face_box: tuple | None, out: VideoFeatures) -> None:
@@ -206,7 +206,7 @@ class Extractors:
     # ---- audio and text ----------------------------------------------------------
     def codes(self, audio: np.ndarray, duration_s: float) -> np.ndarray:
         codes = encode_audio(self.musicgen, audio)
-        assert codes.shape[1] == self.rates.codes_frames(duration_s), codes.shape
+        check_shape("codes", codes.shape[1:], (self.rates.codes_frames(duration_s),), duration_s)
         return codes
 
     def text(self, captions: list[str]) -> list[np.ndarray]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,7 +238,19 @@ def parse_row(row: dict, root: Path, where: str) -> Recording:
     )
 
 
-def chop(recording: Recording, duration_s: float, clip_s: float = DEFAULT_RATES.clip_seconds) -> list[Clip]:
-    """Consecutive, non-overlapping clips of ``clip_s``; the remainder is dropped."""
+def chop(recording: Recording, duration_s: float, clip_s: float = DEFAULT_RATES.clip_seconds, *,
+         keep_tail: bool = False, grid_fps: float = DEFAULT_RATES.codes_fps) -> list[Clip]:
+    """Consecutive, non-overlapping clips of ``clip_s``; the remainder is dropped.
+
+    With ``keep_tail`` one more clip ends with the recording and overlaps the
+    one before it. Its start is rounded down to the EnCodec frame grid
+    (``grid_fps``), as every other clip start is, and its index follows the
+    others, so the ids of the regular clips do not change. A remainder too short
+    to move that start past the previous clip's adds nothing.
+    """
     n = int((duration_s + 1e-6) // clip_s)
-    return [Clip(recording, i, i * clip_s, clip_s) for i in range(n)]
+    clips = [Clip(recording, i, i * clip_s, clip_s) for i in range(n)]
+    tail_start = math.floor((duration_s - clip_s) * grid_fps + 1e-6) / grid_fps
+    if keep_tail and n and tail_start > clips[-1].start_s:
+        clips.append(Clip(recording, n, tail_start, clip_s))
+    return clips

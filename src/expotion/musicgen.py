@@ -203,8 +203,9 @@ def encode_audio(model, wav: np.ndarray) -> np.ndarray:
     """EnCodec tokens (K, T) of mono audio already at the model's sample rate."""
     x = torch.as_tensor(wav, dtype=torch.float32, device=model.device).reshape(1, 1, -1)
     codes, scale = model.compression_model.encode(x)
-    assert scale is None, "MusicGen's compression model must not renormalise"
-    assert codes.shape[:2] == (1, model.lm.n_q), codes.shape
+    if scale is not None or codes.shape[:2] != (1, model.lm.n_q):
+        raise ValueError(f"MusicGen '{model.name}': its compression model must give {model.lm.n_q} codebooks "
+                         f"without renormalising, got {codes.shape[1]} codebooks (renormalised: {scale is not None})")
     return codes[0].cpu().numpy().astype(np.int16)
 
 

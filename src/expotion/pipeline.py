@@ -3,21 +3,33 @@
 Recordings of each split are sorted by id and grouped into fixed shards, so a
 shard's content does not depend on how many workers run or on earlier
 interruptions. Shard ``k`` goes to worker ``k mod N`` (each worker its own
-process, GPU ``k mod n_gpus`` when there are GPUs). A shard is published by an
+process, GPU ``k mod n_gpus`` when there are GPUs). Every worker, and the
+single in-process worker, runs the extractors with the same number of torch
+threads (``threads``), because float results depend on the thread count.
+Workers die with the run that started them. A shard is published by an
 atomic rename only when complete; a rerun skips shards that exist with the
-same assignment, so a killed run resumes where it stopped.
+same assignment, so a killed run resumes where it stopped. One run at a time
+writes a cache: a second run on the same cache waits for the first.
 
 Bad input never stops the run: each problem is logged and recorded in the
-shard (``skipped``) and in the end summary.
+shard (``skipped``) and in the end summary, which also lists the seconds each
+recording loses after its last whole clip and names every split left empty.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +37,11 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .cache import ShardWriter, list_shards, shard_attrs, shard_path
+from .cache import NonFiniteError, ShardWriter, cache_lock, list_shards, remove_stale_temporaries, shard_attrs, shard_path
 from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
-from .rates import DEFAULT_RATES, Rates
+from .rates import DEFAULT_RATES, FeatureShapeError, Rates
 
 log = logging.getLogger("expotion.precompute")
 
@@ -44,6 +56,8 @@ class PrecomputeConfig:
     clip_seconds: float = DEFAULT_RATES.clip_seconds
     recordings_per_shard: int = 4
     workers: int = 1
+    threads: int = 1  # torch intra-op threads per worker; results depend on it, not on ``workers``
+    keep_tail: bool = False  # also take a last clip, overlapping the previous one, that ends with the recording
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,15 @@ class Summary:
     written: Counter = field(default_factory=Counter)
     skipped: list[dict] = field(default_factory=list)
     notes: list[dict] = field(default_factory=list)
+    coverage: list[dict] = field(default_factory=list)  # per recording: split, duration_s, clips, dropped_s
+    splits: list[str] = field(default_factory=list)
     reused_shards: int = 0
     new_shards: int = 0
+    clip_seconds: float = DEFAULT_RATES.clip_seconds
+
+    @property
+    def empty_splits(self) -> list[str]:
+        return [s for s in self.splits if not self.written[s]]
 
     def report(self) -> str:
         lines = [f"clips written: {dict(self.written)} ({self.new_shards} new shards, {self.reused_shards} reused)"]
@@ -72,7 +93,25 @@ class Summary:
         if self.notes:
             lines.append(f"notes on {len(self.notes)} clips:")
             lines += [f"  {n['clip']}: {n['note']}" for n in self.notes]
+        dropped = [c for c in self.coverage if c["clips"] and c["dropped_s"] > 0]
+        if dropped:
+            lines.append(f"dropped after the last whole clip, in {len(dropped)} recordings "
+                         f"(--keep-tail adds a last clip that overlaps the one before):")
+            lines += [f"  {c['recording']}: {c['dropped_s']:.2f} s of {c['duration_s']:.2f} s" for c in dropped]
+        lines += [self.empty_split_message(s) for s in self.empty_splits]
         return "\n".join(lines)
+
+    def empty_split_message(self, split: str) -> str:
+        durations = [c["duration_s"] for c in self.coverage if c["split"] == split]
+        longest = f"; its longest recording lasts {max(durations):.2f} s" if durations else ""
+        return (f"split '{split}' got no clips: every recording in it was skipped (reasons above){longest}. "
+                f"Clips are --clip-seconds {self.clip_seconds:g} s long; a recording shorter than one clip gives "
+                f"none. Pass a shorter --clip-seconds (with make: FEATURE_ARGS=\"--clip-seconds N\") "
+                f"or fix the recordings.")
+
+    def to_json(self) -> dict:
+        return {"written": self.written, "skipped": self.skipped, "notes": self.notes,
+                "recordings": self.coverage, "empty_splits": self.empty_splits}
 
 
 def plan(recordings: list[Recording], per_shard: int) -> list[ShardJob]:
@@ -92,6 +131,8 @@ def assignment(job: ShardJob, cfg: PrecomputeConfig) -> str:
         "clip_seconds": cfg.clip_seconds,
         "models": cfg.extractors.describe(),
     }
+    if cfg.keep_tail:  # only when set, so caches written before the option existed stay valid
+        spec["keep_tail"] = True
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -109,7 +150,9 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
     except MediaError as err:
         return skip(writer, rec.id, str(err))
     duration = info.duration_s if audio is None else min(info.duration_s, len(audio) / rates.sample_rate)
-    clips = chop(rec, duration, cfg.clip_seconds)
+    clips = chop(rec, duration, cfg.clip_seconds, keep_tail=cfg.keep_tail)
+    covered = max((c.start_s + c.duration_s for c in clips), default=0.0)
+    writer.cover(rec.id, duration, len(clips), duration - covered)
     if not clips:
         return skip(writer, rec.id, f"{rec.video}: {duration:.2f} s is shorter than one clip ({cfg.clip_seconds:g} s)")
     if not rec.caption and "t5" in ex.names:
@@ -130,6 +173,14 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
 
 
 def write_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWriter) -> None:
+    """Extract and store one clip; features of the wrong shape or with NaN/inf skip the clip instead."""
+    try:
+        store_clip(clip, frames, audio, text, ex, writer)
+    except (FeatureShapeError, NonFiniteError) as err:
+        skip(writer, clip.id, f"{clip.recording.video}: {clip.start_s:g}-{clip.start_s + clip.duration_s:g} s: {err}")
+
+
+def store_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWriter) -> None:
     rates, rec = ex.rates, clip.recording
     feats = ex.video_features(frames, clip.duration_s, rec.face_box)
     if "marlin" in ex.names and not feats.arrays["marlin_mask"].any() and set(ex.names) <= {"marlin"}:
@@ -178,9 +229,11 @@ def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
 
 
 _WORKER: dict = {}
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def worker_init(cfg: PrecomputeConfig, threads: int, counter) -> None:
+def worker_init(cfg: PrecomputeConfig, counter, parent: int) -> None:
+    die_with_parent(parent)
     with counter.get_lock():
         rank = counter.value
         counter.value += 1
@@ -189,33 +242,51 @@ def worker_init(cfg: PrecomputeConfig, threads: int, counter) -> None:
         from dataclasses import replace
 
         ext = replace(ext, device=f"cuda:{rank % torch.cuda.device_count()}")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.threads)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
     _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(ext, cfg.names)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this worker as soon as the run that started it dies, even by SIGKILL (fork or spawn alike).
+
+    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``);
+    elsewhere a thread watches the parent pid. A parent already gone before this
+    call is caught by the pid check.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    else:
+        threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(1)
 
 
 def worker_run(job: ShardJob) -> Path:
     return process_shard(job, _WORKER["ex"], _WORKER["cfg"])
 
 
-def remove_stale_temporaries(cache: Path) -> None:
-    """Delete partial shards left by a killed run (never the published ones)."""
-    for tmp in Path(cache).rglob(".shard-*.h5.tmp-*"):
-        tmp.unlink(missing_ok=True)
-
-
 def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
+    """Write every missing shard of the manifest to ``cfg.cache`` (holding the cache's lock) and summarise."""
     recordings = load_manifest(cfg.manifest, cfg.data_root)
     jobs = plan(recordings, cfg.recordings_per_shard)
-    todo = [j for j in jobs if not is_done(j, cfg)]
-    summary = Summary(reused_shards=len(jobs) - len(todo), new_shards=len(todo))
-    if todo:
-        check_available(cfg.extractors, cfg.names)
-        remove_stale_temporaries(cfg.cache)
-        run_jobs(todo, cfg, rates)
-    collect(summary, [j.path(cfg.cache) for j in jobs])
-    (Path(cfg.cache) / "summary.json").write_text(json.dumps(
-        {"written": summary.written, "skipped": summary.skipped, "notes": summary.notes}, indent=2))
+    with cache_lock(cfg.cache, on_wait=log.warning):
+        todo = [j for j in jobs if not is_done(j, cfg)]
+        summary = Summary(reused_shards=len(jobs) - len(todo), new_shards=len(todo),
+                          splits=sorted({j.split for j in jobs}), clip_seconds=cfg.clip_seconds)
+        if todo:
+            check_available(cfg.extractors, cfg.names)
+            for tmp in remove_stale_temporaries(cfg.cache):
+                log.info("removed %s, left by a run that was killed", tmp)
+            run_jobs(todo, cfg, rates)
+        collect(summary, [j.path(cfg.cache) for j in jobs])
+        (Path(cfg.cache) / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
     return summary
 
 
@@ -223,18 +294,29 @@ def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig, rates: Rates) -> None:
     workers = max(1, min(cfg.workers, len(todo)))
     bar = tqdm(total=len(todo), desc="shards", unit="shard")
     if workers == 1:
-        ex = Extractors(cfg.extractors, cfg.names, rates)
-        for job in todo:
-            process_shard(job, ex, cfg)
-            bar.update()
+        with torch_threads(cfg.threads):
+            ex = Extractors(cfg.extractors, cfg.names, rates)
+            for job in todo:
+                process_shard(job, ex, cfg)
+                bar.update()
     else:
         ctx = worker_context(cfg)
-        threads = max(1, (os.cpu_count() or 1) // workers)
         counter = ctx.Value("i", 0)
-        with ctx.Pool(workers, initializer=worker_init, initargs=(cfg, threads, counter)) as pool:
+        with ctx.Pool(workers, initializer=worker_init, initargs=(cfg, counter, os.getpid())) as pool:
             for _ in pool.imap_unordered(worker_run, todo):
                 bar.update()
     bar.close()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads, as a worker process does, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def worker_context(cfg: PrecomputeConfig) -> mp.context.BaseContext:
@@ -256,6 +338,7 @@ def collect(summary: Summary, paths: list[Path]) -> None:
         with h5py.File(path, "r") as f:
             split = f.attrs["split"]
             summary.skipped += json.loads(f.attrs.get("skipped", "[]"))
+            summary.coverage += [{**c, "split": split} for c in json.loads(f.attrs.get("coverage", "[]"))]
             for clip_id, group in f["clips"].items():
                 summary.written[split] += 1
                 summary.notes += [{"clip": clip_id, "note": n} for n in json.loads(group.attrs.get("notes", "[]"))]

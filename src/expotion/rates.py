@@ -118,14 +118,17 @@ class Rates:
     def stream(self, name: str) -> StreamRate:
         return {"marlin": self.marlin, "synchformer": self.synchformer, "raft": self.raft, "codes": self.codes}[name]
 
-    def expected_length(self, name: str, duration_s: float) -> int:
-        """Feature vectors a clip of ``duration_s`` yields for stream ``name``."""
-        return {
-            "marlin": self.marlin_windows,
-            "synchformer": self.synchformer_tokens,
-            "raft": self.raft_flows,
-            "codes": self.codes_frames,
-        }[name](duration_s)
+
+
+class FeatureShapeError(ValueError):
+    """An extractor's output does not have the shape the rates give for its clip."""
+
+
+def check_shape(stream: str, shape: tuple[int, ...], expected: tuple[int, ...], duration_s: float) -> None:
+    """Refuse a ``stream`` output whose shape is not ``expected`` (an exception, so ``python -O`` keeps it)."""
+    if tuple(shape) != tuple(expected):
+        raise FeatureShapeError(f"{stream}: output shape {tuple(shape)} for a {duration_s:g} s clip, "
+                                f"expected {tuple(expected)}")
 
 
 def sample_indices(timestamps: np.ndarray, fps: float, n: int, start_s: float = 0.0) -> np.ndarray:

@@ -95,7 +95,9 @@ def compute_flow(model: torch.nn.Module, frames: np.ndarray, cfg: FlowConfig, ba
     Vectors are rescaled to pixels of the stored grid, so flow values keep their
     meaning whatever input size produced them.
     """
-    assert frames.ndim == 4 and frames.shape[-1] == 3 and len(frames) >= 2, frames.shape
+    if len(frames) < 2:
+        raise ValueError(f"optical flow needs at least 2 frames, got {len(frames)} (a clip shorter than 2 frames "
+                         f"at the flow rate)")
     x = to_raft_input(frames, cfg)
     out = []
     for i in range(0, len(x) - 1, batch):
