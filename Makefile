@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The install is keyed on the content of the requirement files, not on file times: the stamp
+# holds their hash, so a fresh clone beside an installed .venv does not reinstall.
+REQUIREMENTS := $(sort $(wildcard requirements/*.txt)) pyproject.toml
+REQUIREMENTS_HASH := $(shell sha256sum $(REQUIREMENTS) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -24,13 +28,17 @@ LOGDIR ?= runs
 
 install: $(STAMP)
 
-$(STAMP): requirements/base.txt requirements/nodeps.txt requirements/test.txt pyproject.toml
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(REQUIREMENTS_HASH))
+.PHONY: $(STAMP)
+endif
+$(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/precompute.txt \
+		-r requirements/eval.txt -r requirements/test.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	touch $(STAMP)
+	echo $(REQUIREMENTS_HASH) > $(STAMP)
 
 demo-data: install
 	$(PY) -m expotion.demo.synth $(DEMO_DIR)

@@ -2,8 +2,9 @@
 
 1. One shared decode of a recording against one decode per extractor (MARLIN
    at 80 fps, Synchformer at 25 fps, RAFT at 5 fps each decoding on its own).
-2. The whole stage with 2 worker processes against 1 (fresh caches, same data,
-   model loading included).
+2. The whole stage with 2 worker processes (1 torch thread each) against 1 worker
+   with 1 thread and 1 worker with every core as torch threads (fresh caches, same
+   data, model loading included).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/precompute.py [--recordings 8]
 """
@@ -17,8 +18,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import torch  # noqa: E402
 
 from expotion.demo.synth import synthesize_demo  # noqa: E402
 from expotion.features import tiny_profile  # noqa: E402
@@ -49,11 +48,11 @@ def bench_decode(video: Path, repeats: int = 3) -> tuple[float, float]:
     return shared, separate
 
 
-def bench_workers(manifest: Path, tiny_dir: Path, work: Path, workers: int) -> float:
+def bench_workers(manifest: Path, tiny_dir: Path, work: Path, workers: int, threads: int = 1) -> float:
     cache = work / f"cache-{workers}"
     shutil.rmtree(cache, ignore_errors=True)
     cfg = PrecomputeConfig(manifest=manifest, cache=cache, extractors=tiny_profile(tiny_dir),
-                           recordings_per_shard=1, workers=workers)
+                           recordings_per_shard=1, workers=workers, threads=threads)
     return timed(lambda: run(cfg))
 
 
@@ -73,9 +72,8 @@ def main() -> None:
               f"-> shared decode is {separate / shared:.2f}x faster")
 
         n_cpu = os.cpu_count() or 1
-        one = bench_workers(manifest, tiny_dir, work, 1)
+        one = bench_workers(manifest, tiny_dir, work, 1, threads=n_cpu)
         two = bench_workers(manifest, tiny_dir, work, 2)
-        torch.set_num_threads(1)
         one_single_thread = bench_workers(manifest, tiny_dir, work, 1)
         print(f"precompute, {args.recordings} x 10 s recordings on {n_cpu} cores:")
         print(f"  1 worker ({n_cpu} torch threads): {one:.1f} s")
