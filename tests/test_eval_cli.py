@@ -156,7 +156,7 @@ def test_all_models_present_gives_video_audio_and_reference_scores(data, tmp_pat
     assert run_eval(data, tmp_path / "out", "--metrics", "video_audio,text_audio", weights=weights) == 0
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
     va = doc["metrics"]["video_audio"]
-    assert va["status"] == "ok" and va["n_clips"] == 2 and va["excluded_clips"] == {"c3": "not in --videos"}
+    assert va["status"] == "ok" and va["n_clips"] == 2 and va["excluded_clips"] == {"c3": "no video for this clip"}
     assert -1.0 <= va["value"] <= 1.0
     assert doc["reference_metrics"]["video_audio"]["status"] == "ok"
     assert set(doc["metrics"]) == {"text_audio", "video_audio"}
@@ -190,8 +190,8 @@ def test_without_captions_text_audio_is_missing(data, tmp_path):
     assert rc == 0
     m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert m["text_audio"] == {"status": "missing", "value": None, "label": "Text–Audio", "better": "higher",
-                               "reason": "no --captions given"}
-    assert m["video_audio"]["reason"] == "no --videos given"
+                               "reason": "no caption given (--captions, or --cache)"}
+    assert m["video_audio"]["reason"] == "no video given (--videos, or --cache with the source videos)"
 
 
 @pytest.mark.parametrize("args, message", [

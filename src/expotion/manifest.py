@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,15 @@ class Clip:
     @property
     def id(self) -> str:
         return f"{self.recording.id}-{self.index:03d}"
+
+
+CLIP_ID = re.compile(r"^(?P<recording>.+)-(?P<index>\d{3,})$")  # the form of Clip.id
+
+
+def recording_of(clip_id: str) -> str | None:
+    """The recording id inside a clip id ``<recording>-NNN``, or None for an id of another form."""
+    match = CLIP_ID.match(clip_id)
+    return match["recording"] if match else None
 
 
 def resolve_inside(root: Path, rel: str, *, where: str) -> Path:

@@ -5,6 +5,7 @@ audio always take the same path to each model's rate.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,18 @@ def load_audio(path: Path) -> tuple[np.ndarray, int]:
     if not np.isfinite(samples).all():
         raise MediaError(f"{path}: audio contains NaN or infinite samples")
     return np.ascontiguousarray(samples, dtype=np.float32), int(sr)
+
+
+def dbfs(amplitude: float) -> float:
+    """20 log10 of an amplitude relative to full scale (1.0); -inf for 0."""
+    return float(20 * np.log10(amplitude)) if amplitude > 0 else -math.inf
+
+
+def signal_stats(samples: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+    """Duration (s), RMS level and peak level (dBFS) of a whole clip: what tells a silent or cut-short clip."""
+    x = np.asarray(samples, np.float64)
+    return {"seconds": np.float64(len(x) / sr), "rms_dbfs": np.float64(dbfs(float(np.sqrt(np.mean(x * x))))),
+            "peak_dbfs": np.float64(dbfs(float(np.max(np.abs(x)))))}
 
 
 def resample(samples: np.ndarray, sr: int, target_sr: int) -> np.ndarray:

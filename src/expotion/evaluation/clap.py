@@ -17,6 +17,7 @@ import torch
 
 from ..weights import MissingWeightsError
 from .audio import split_chunks
+from .batching import device_of, run_windows
 
 VOCAB_MIN_FRACTION = 0.99  # the tokenizer must cover this share of the text encoder's vocabulary
 MIN_TRAILING_SECONDS = 1.0  # a trailing chunk shorter than this is dropped (unless it is the only one)
@@ -58,30 +59,53 @@ class Clap:
     def window_samples(self) -> int:
         return int(self.processor.feature_extractor.nb_max_samples)
 
-    @torch.no_grad()
-    def audio_embedding(self, samples: np.ndarray) -> np.ndarray:
-        """Mean of the unit embeddings of the clip's consecutive windows, renormalised.
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.model)
 
-        Each window is passed alone, so the processor's padding of short audio
-        (repeat-pad) applies and no random crop or random fusion flag is drawn.
+    def audio_windows(self, samples: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A clip's model inputs: ``(features, is_longer)`` for each of its consecutive windows.
+
+        Each window goes through the processor alone, so the processor's
+        padding of short audio (repeat-pad) applies and no random crop or random
+        fusion flag is drawn, however many windows later share a forward pass.
         """
         min_trailing = int(MIN_TRAILING_SECONDS * self.sample_rate)
         chunks = split_chunks(samples, self.window_samples, min_trailing) or [samples]
-        embs = []
+        windows = []
         for chunk in chunks:
             inputs = self.processor.feature_extractor(chunk, sampling_rate=self.sample_rate, return_tensors="pt")
-            embs.append(self.model.get_audio_features(**inputs).pooler_output[0])
-        mean = torch.stack(embs).mean(dim=0)
-        return (mean / mean.norm()).numpy().astype(np.float32)
+            windows.append((inputs["input_features"][0], inputs["is_longer"][0]))
+        return windows
 
     @torch.no_grad()
+    def audio_forward(self, features: torch.Tensor, is_longer: torch.Tensor) -> torch.Tensor:
+        return self.model.get_audio_features(input_features=features, is_longer=is_longer).pooler_output
+
+    @staticmethod
+    def pool(window_embeddings: torch.Tensor) -> np.ndarray:
+        """A clip's embedding: the mean of its windows' unit embeddings, renormalised."""
+        mean = window_embeddings.mean(dim=0)
+        return (mean / mean.norm()).numpy().astype(np.float32)
+
+    def audio_embedding(self, samples: np.ndarray) -> np.ndarray:
+        return self.pool(run_windows(self.audio_forward, [self.audio_windows(samples)], 1, self.device)[0])
+
+    def text_windows(self, text: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A caption's model input: its tokens and attention mask, unpadded."""
+        tokens = self.processor.tokenizer([text], return_tensors="pt", truncation=True)
+        return [(tokens["input_ids"][0], tokens["attention_mask"][0])]
+
+    @torch.no_grad()
+    def text_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
     def text_embedding(self, text: str) -> np.ndarray:
-        tokens = self.processor.tokenizer([text], return_tensors="pt", padding=True, truncation=True)
-        return self.model.get_text_features(**tokens).pooler_output[0].numpy().astype(np.float32)
+        return run_windows(self.text_forward, [self.text_windows(text)], 1, self.device)[0][0].numpy()
 
 
-def load_clap(model_dir: Path) -> Clap:
-    """ClapModel + ClapProcessor from a local directory, offline, with the tokenizer checked."""
+def load_clap(model_dir: Path, device: torch.device | str = "cpu") -> Clap:
+    """ClapModel + ClapProcessor from a local directory, offline, with the tokenizer checked; the model on ``device``."""
     from transformers import ClapModel, ClapProcessor
     from transformers.utils import logging as hf_logging
 
@@ -92,7 +116,7 @@ def load_clap(model_dir: Path) -> Clap:
         raise MissingWeightsError(f"CLAP processor/tokenizer files in {model_dir} cannot be loaded offline: {err}") from err
     model = ClapModel.from_pretrained(str(model_dir), local_files_only=True).eval().requires_grad_(False)
     check_tokenizer(processor.tokenizer, int(model.config.text_config.vocab_size), str(model_dir))
-    return Clap(model, processor)
+    return Clap(model.to(device), processor)
 
 
 def byte_level_vocab() -> dict[str, int]:

@@ -1,10 +1,12 @@
 """Evaluate generated music against reference audio: the paper's Table 1 metrics plus chroma similarity.
 
-``expotion eval --generated DIR --reference DIR [--videos DIR] [--captions FILE]
---out RESULTS_DIR [--weights-dir DIR]`` writes ``metrics.json``,
-``per_clip.csv`` and ``results.md`` (and, with ``--tensorboard``, scalars).
-A metric whose model weights or inputs are missing is reported as missing
-with the reason; the others are still computed.
+``expotion eval --generated DIR --reference DIR [--cache SPLIT] [--videos DIR]
+[--captions FILE] --out RESULTS_DIR [--weights-dir DIR] [--device D]`` writes
+``metrics.json``, ``per_clip.csv`` and ``results.md`` (and, with
+``--tensorboard``, scalars). A metric whose model weights or inputs are
+missing is reported as missing with the reason; the others are still
+computed. Clips left out of a metric, and suspicious clips (silent, cut
+short), are listed on the console and in ``results.md``.
 """
 from __future__ import annotations
 
@@ -13,13 +15,36 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from ..weights import weights_dir
 from . import embed, metrics, report
-from .files import VIDEO_EXTENSIONS, InputError, files_by_id, pair_directories, read_captions
+from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
+                    read_cache_split, read_captions)
+from .video import VideoClip
+
+DEFAULT_BATCH_SIZE = 8
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("EXPOTION_EVAL_CACHE", "cache/eval"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_device(text: str) -> torch.device:
+    """A torch device the evaluation models can run on here; CUDA asked for but absent is an input error."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise InputError(f"--device {text}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {text}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def positive_int(text: str) -> int:
@@ -32,9 +57,17 @@ def positive_int(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generated", type=Path, required=True, help="directory of generated audio (clip id = file stem)")
     parser.add_argument("--reference", type=Path, required=True, help="directory of reference audio with the same ids")
-    parser.add_argument("--videos", type=Path, default=None, help="directory of the clips' videos (for video–audio)")
+    parser.add_argument("--cache", type=Path, default=None, metavar="SPLIT",
+                        help="the cached split the clips were generated from (e.g. cache/mine/test): gives each clip's "
+                             "caption and its video span in the source recording")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="with --cache: where the source videos are, if not at the data root the cache records")
+    parser.add_argument("--videos", type=Path, default=None,
+                        help="directory of per-clip videos named <clip_id>.mp4 (e.g. generate's --mux-dir); "
+                             "these take precedence over --cache's spans")
     parser.add_argument("--captions", type=Path, default=None,
-                        help="captions by clip id: JSON, CSV with id,caption columns (e.g. the manifest), or id<TAB>caption")
+                        help="captions by clip or recording id: the manifest (CSV or JSONL), JSON, CSV with id,caption "
+                             "columns, or id<TAB>caption lines; takes precedence over --cache's captions")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
     parser.add_argument("--weights-dir", type=Path, default=None,
                         help="weights directory (default $EXPOTION_WEIGHTS or ./weights)")
@@ -51,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beat-trim", type=float, default=metrics.rhythm.DEFAULT_TRIM_S,
                         help="drop beats before this time (s) on both sides before beat F1")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RESULTS_DIR/tensorboard")
+    parser.add_argument("--device", default=default_device(), help="device of the evaluation models (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help="clips embedded together; a forward pass takes at most this many 10 s windows "
+                             "(VGGish: ten times as many 0.96 s frames)")
 
 
 def parse_groups(text: str) -> set[str]:
@@ -62,34 +99,60 @@ def parse_groups(text: str) -> set[str]:
 
 
 def extractors_for(groups: set[str], have_captions: bool, have_videos: bool) -> list[str]:
-    """The stage-1 extractors the requested metrics need; CLAP and LanguageBind only when their inputs exist."""
+    """The stage-1 extractors the requested metrics need (CLAP and LanguageBind only when their inputs exist),
+    and those every run needs."""
     skip = set()
     if not have_captions:
         skip |= set(metrics.GROUP_EXTRACTORS["text_audio"])
     if not have_videos:
         skip |= set(metrics.GROUP_EXTRACTORS["video_audio"])
-    return sorted({e for g in groups for e in metrics.GROUP_EXTRACTORS[g]} - skip)
+    return sorted({e for g in groups for e in metrics.GROUP_EXTRACTORS[g]} - skip | set(metrics.ALWAYS))
 
 
 def log(message: str) -> None:
     print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
+def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, VideoClip], dict[str, str]]:
+    """Each paired clip's video and caption: ``--videos`` and ``--captions`` first, then what ``--cache`` records.
+
+    An input that matches none of the paired clips is an error, never an empty metric.
+    """
+    ids = pairing.ids
+    cached = read_cache_split(args.cache, args.data_root) if args.cache else {}
+    if cached and not set(ids) & set(cached):
+        raise InputError(f"{args.cache}: none of its {len(cached)} clips is among the {len(ids)} paired clips. "
+                         f"Cached clips: {a_few(cached)}; paired clips: {a_few(ids)}")
+    videos = {i: cached[i].video for i in ids if i in cached}
+    if videos and not any(v.path.is_file() for v in videos.values()):
+        example = next(iter(videos.values())).path
+        raise InputError(f"{args.cache}: none of the source videos it names exists (e.g. {example}); "
+                         "give --data-root the folder the manifest's video paths are relative to")
+    if args.videos:
+        files = files_by_id(args.videos, VIDEO_EXTENSIONS)
+        if not set(ids) & set(files):
+            raise InputError(f"{args.videos}: none of its {len(files)} videos is named after one of the {len(ids)} "
+                             f"paired clips. Videos: {a_few(files)}; paired clips: {a_few(ids)}")
+        videos.update({i: VideoClip(files[i]) for i in ids if i in files})
+    if args.captions:
+        captions = captions_for_clips(ids, read_captions(args.captions), args.captions)
+    else:
+        captions = {i: cached[i].caption for i in ids if i in cached and cached[i].caption}
+    return videos, captions
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         groups = parse_groups(args.metrics)
+        device = parse_device(args.device)
         pairing = pair_directories(args.generated, args.reference)
-        videos = files_by_id(args.videos, VIDEO_EXTENSIONS) if args.videos else {}
-        captions = read_captions(args.captions) if args.captions else {}
+        videos, captions = clip_inputs(args, pairing)
     except InputError as err:
         print(f"expotion eval: {err}", file=sys.stderr)
         return 2
-    videos = {i: videos[i] for i in pairing.ids if i in videos}
-    captions = {i: captions[i] for i in pairing.ids if i in captions}
-    log(f"{len(pairing.ids)} paired clips; {len(videos)} videos; {len(captions)} captions")
-    for side, ids in (("generated", pairing.only_generated), ("reference", pairing.only_reference)):
-        if ids:
-            log(f"left out, only in {side}: {', '.join(ids)}")
+    spans = sum(v.is_span for v in videos.values())
+    log(f"{len(pairing.ids)} paired clips; {len(videos)} videos ({spans} cut from source recordings); "
+        f"{len(captions)} captions; models on {device}, batches of {args.batch_size}")
 
     names = extractors_for(groups, bool(captions), bool(videos))
     cache_root = args.cache_dir or default_cache_dir()
@@ -102,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = embed.Inputs(
         audio=[pairing.generated[i] for i in pairing.ids] + [pairing.reference[i] for i in pairing.ids],
         videos=list(videos.values()), captions=sorted(set(captions.values())))
-    store = embed.run(inputs, states, embed.EmbeddingCache(cache_root), log=log)
+    store = embed.run(inputs, states, embed.EmbeddingCache(cache_root), log=log, device=device,
+                      batch_size=args.batch_size)
 
     options = metrics.Options(is_splits=args.is_splits, seed=args.seed, beat_trim_s=args.beat_trim)
     evaluation = metrics.evaluate(pairing, store, groups, videos, captions, options)
@@ -112,17 +176,24 @@ def run(args: argparse.Namespace) -> int:
     label = args.label or Path(args.generated).resolve().name
     summary = {
         "generated": str(args.generated), "reference": str(args.reference),
+        "cache": str(args.cache) if args.cache else None, "data_root": str(args.data_root) if args.data_root else None,
         "videos": str(args.videos) if args.videos else None, "captions": str(args.captions) if args.captions else None,
+        "n_videos": len(videos), "n_video_spans": spans, "n_captions": len(captions),
         "weights_dir": str(wdir), "cache_dir": str(cache_root), "metrics_requested": sorted(groups),
+        "device": str(device), "batch_size": args.batch_size,
         "n_pairs": len(pairing.ids), "clip_ids": pairing.ids,
         "only_generated": pairing.only_generated, "only_reference": pairing.only_reference,
     }
     report.write_json(out / "metrics.json", evaluation, states, options, summary, sys.argv)
     report.write_csv(out / "per_clip.csv", evaluation)
-    table = report.markdown(evaluation, label, len(pairing.ids), options)
+    table = report.markdown(evaluation, label, pairing, options)
     (out / "results.md").write_text(table)
     if args.tensorboard:
         report.write_tensorboard(out / "tensorboard", evaluation)
     print(table)
+    flagged = len(evaluation.excluded) + len(pairing.only_generated) + len(pairing.only_reference)
+    if flagged or evaluation.suspicious:
+        log(f"warning: {flagged} clips left out of some metric, {len(evaluation.suspicious)} suspicious "
+            "(listed above and in results.md)")
     log(f"wrote {out / 'metrics.json'}, {out / 'per_clip.csv'}, {out / 'results.md'}")
     return 0

@@ -11,6 +11,7 @@ is part of every fingerprint: raise it when an extractor's computation changes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,8 @@ from ..weights import MissingWeightsError
 from . import audio as audio_mod
 from . import chroma, languagebind, models, passt, rhythm, vggish
 from . import clap as clap_mod
+from .batching import run_windows
+from .video import VideoClip
 
 CACHE_VERSION = 1
 HASH_BLOCK = 1 << 22
@@ -100,14 +103,23 @@ class EmbeddingCache:
 
 @dataclass
 class Extractor:
-    """One model output per input: what it reads, what it needs, and how to compute it."""
+    """One model output per input: what it reads, what it needs, and how to compute it.
+
+    A model-free extractor computes its arrays in ``prepare``. For a model,
+    ``prepare`` cuts one input into the model's windows, ``forward(model)`` is
+    the batched call on a stack of windows, and ``finish`` turns one input's
+    stacked window outputs into the arrays stored.
+    """
 
     name: str
-    kind: str  # "audio" (decoded samples), "video" (a file path) or "text" (a caption)
+    kind: str  # "audio" (decoded samples), "video" (a VideoClip) or "text" (a caption)
     settings: dict
     weight_key: str | None
-    compute: Callable[[object, object], dict[str, np.ndarray]]
-    load: Callable[[Path], object] | None = None
+    prepare: Callable[[object, object], object]
+    load: Callable[[Path, torch.device], object] | None = None
+    forward: Callable[[object], Callable[..., torch.Tensor]] | None = None
+    finish: Callable[[object, torch.Tensor], dict[str, np.ndarray]] | None = None
+    windows_per_clip: int = 1  # windows in a 10 s clip: one forward pass takes at most batch size x this many
 
 
 def catalog() -> dict[str, Extractor]:
@@ -116,38 +128,42 @@ def catalog() -> dict[str, Extractor]:
     def at(sr: int, samples_and_rate: tuple[np.ndarray, int]) -> np.ndarray:
         return audio_mod.resample(samples_and_rate[0], samples_and_rate[1], sr)
 
-    def lb_audio(tower, item):
-        x = languagebind.audio_input(at(tower.cfg.audio_sample_rate, item), tower.cfg)
-        return {"embedding": tower(x)[0].numpy()}
+    def itself(model):
+        return model
 
-    def clap_audio(model, item):
-        return {"embedding": model.audio_embedding(at(model.sample_rate, item))}
+    def first(key: str):
+        return lambda _m, out: {key: out[0].numpy()}
 
     return {e.name: e for e in (
+        Extractor("signal", "audio", {"level": "RMS and peak over the whole clip, dBFS"}, None,
+                  lambda _m, item: audio_mod.signal_stats(*item)),
         Extractor("vggish", "audio",
                   {"sample_rate": vggish.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER, "window_s": vggish.WINDOW_SECONDS,
                    "hop_s": vggish.HOP_SECONDS, "n_mels": vggish.N_MELS, "mel_hz": [vggish.MEL_MIN_HZ, vggish.MEL_MAX_HZ],
                    "log_offset": vggish.LOG_OFFSET, "frame_frames": vggish.EXAMPLE_FRAMES, "pca": False,
                    "final_relu": False},
-                  "vggish", lambda m, item: {"embeddings": vggish.embed(m, at(vggish.SAMPLE_RATE, item))},
-                  models.load_vggish),
+                  "vggish", lambda _m, item: vggish.windows(at(vggish.SAMPLE_RATE, item)), models.load_vggish, itself,
+                  lambda m, out: {"embeddings": out.reshape(-1, m.dim).numpy()}, windows_per_clip=10),
         Extractor("passt", "audio",
                   {"sample_rate": passt.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER, "n_mels": passt.N_MELS,
                    "n_fft": passt.N_FFT, "win": passt.WIN_LENGTH, "hop": passt.HOP, "fmax": passt.F_MAX,
                    "chunk_s": passt.CHUNK_SECONDS, "min_chunk_s": passt.MIN_CHUNK_SECONDS},
-                  "passt", lambda m, item: {"logits": passt.clip_logits(m, at(passt.SAMPLE_RATE, item))},
-                  models.load_passt),
+                  "passt", lambda _m, item: passt.windows(at(passt.SAMPLE_RATE, item)), models.load_passt, itself,
+                  lambda _m, out: {"logits": out.numpy()}),
         Extractor("clap_audio", "audio", {"resampler": audio_mod.RESAMPLER, "window": "processor max length",
                                           "min_trailing_s": clap_mod.MIN_TRAILING_SECONDS},
-                  "clap_music", clap_audio, models.load_clap),
-        Extractor("clap_text", "text", {}, "clap_music",
-                  lambda m, text: {"embedding": m.text_embedding(text)}, models.load_clap),
+                  "clap_music", lambda m, item: m.audio_windows(at(m.sample_rate, item)), models.load_clap,
+                  lambda m: m.audio_forward, lambda m, out: {"embedding": m.pool(out)}),
+        Extractor("clap_text", "text", {}, "clap_music", lambda m, text: m.text_windows(text), models.load_clap,
+                  lambda m: m.text_forward, first("embedding")),
         Extractor("languagebind_audio", "audio", {"resampler": audio_mod.RESAMPLER, "long_audio": "first start of each third"},
-                  "languagebind_audio", lb_audio, lambda p: models.load_languagebind(p, "audio")),
-        Extractor("languagebind_video", "video", {"frames": "uniform over the video", "flip": False},
-                  "languagebind_video",
-                  lambda m, path: {"embedding": m(languagebind.video_input(path, m.cfg))[0].numpy()},
-                  lambda p: models.load_languagebind(p, "video")),
+                  "languagebind_audio",
+                  lambda m, item: [languagebind.audio_input(at(m.cfg.audio_sample_rate, item), m.cfg)[0]],
+                  lambda p, device: models.load_languagebind(p, "audio", device), itself, first("embedding")),
+        Extractor("languagebind_video", "video",
+                  {"frames": "uniform over the clip (a span: its frames in the source)", "flip": False},
+                  "languagebind_video", lambda m, clip: [languagebind.video_input(clip, m.cfg)[0]],
+                  lambda p, device: models.load_languagebind(p, "video", device), itself, first("embedding")),
         Extractor("beats", "audio", {"sample_rate": rhythm.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER,
                                      "fps": rhythm.FPS, "bpm_range": [rhythm.MIN_BPM, rhythm.MAX_BPM],
                                      "madmom": rhythm.madmom_version},
@@ -174,11 +190,14 @@ class ExtractorState:
 
 @dataclass
 class Inputs:
-    """What stage 1 embeds: audio files (generated and reference), videos and captions."""
+    """What stage 1 embeds: audio files (generated and reference), clip videos and captions."""
 
     audio: list[Path]
-    videos: list[Path] = field(default_factory=list)
+    videos: list[VideoClip] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
+
+
+Item = Path | VideoClip | str
 
 
 class Store:
@@ -187,13 +206,13 @@ class Store:
     def __init__(self, cache: EmbeddingCache, states: dict[str, ExtractorState], keys: dict[str, str]) -> None:
         self.cache, self.states, self.keys = cache, states, keys
 
-    def get(self, extractor: str, item: Path | str) -> dict[str, np.ndarray] | None:
+    def get(self, extractor: str, item: Item) -> dict[str, np.ndarray] | None:
         state = self.states.get(extractor)
         if state is None or state.status != "ready" or self.label(item) in state.failed:
             return None
         return self.cache.get(extractor, state.fingerprint, self.keys[self.label(item)])
 
-    def why_absent(self, extractor: str, item: Path | str) -> str:
+    def why_absent(self, extractor: str, item: Item) -> str:
         state = self.states.get(extractor)
         if state is None:
             return f"{extractor} was not requested"
@@ -202,8 +221,8 @@ class Store:
         return state.failed.get(self.label(item), "not in the cache")
 
     @staticmethod
-    def label(item: Path | str) -> str:
-        return str(item) if isinstance(item, Path) else f"text:{sha256_text(item)}"
+    def label(item: Item) -> str:
+        return str(item) if isinstance(item, (Path, VideoClip)) else f"text:{sha256_text(item)}"
 
 
 def fingerprint(extractor: Extractor, weight_hashes: dict[str, str]) -> str:
@@ -237,73 +256,124 @@ def prepare(names: list[str], wdir: Path, hashes: FileHashes,
 
 
 def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache,
-        log: Callable[[str], None] = print) -> Store:
-    """Fill the cache for every ready extractor and input; per-input failures are recorded, not raised."""
+        log: Callable[[str], None] = print, device: torch.device | str = "cpu", batch_size: int = 1) -> Store:
+    """Fill the cache for every ready extractor and input; per-input failures are recorded, not raised.
+
+    Inputs go in batches of ``batch_size`` distinct contents: each is read
+    once, then every model that still needs it embeds the batch's windows
+    together on ``device``. Identical files are embedded once.
+    """
     extractors = catalog()
     ready = [extractors[n] for n, s in states.items() if s.status == "ready"]
+    device = torch.device(device)
     keys: dict[str, str] = {}
     loaded: dict[str, object] = {}
+    file_hash = functools.cache(sha256_file)
 
     def model_for(ex: Extractor) -> object:
         if ex.load is None:
             return None
         path = states[ex.name].weights["path"]
         if path not in loaded:
-            log(f"loading {ex.weight_key} from {path}")
+            log(f"loading {ex.weight_key} from {path} on {device}")
             try:
-                loaded[path] = ex.load(Path(path))
+                loaded[path] = ex.load(Path(path), device)
             except Exception as err:  # any loading failure is reported as the metric's reason
                 loaded[path] = err
         if isinstance(loaded[path], Exception):
             raise loaded[path]
         return loaded[path]
 
-    def process(kind: str, item: Path | str, read: Callable[[], object]) -> None:
-        label = Store.label(item)
-        pending = []
-        for ex in (e for e in ready if e.kind == kind):
-            state = states[ex.name]
-            if state.status != "ready":
-                continue
-            if cache.path(ex.name, state.fingerprint, keys[label]).is_file():
-                state.cached += 1
-            else:
-                pending.append(ex)
-        if not pending:
-            return
+    def compute(ex: Extractor, batch: dict[str, object], labels: dict[str, list[str]]) -> None:
+        """``ex`` on ``batch`` ({key: decoded input}); results cached, failures recorded for every label of a key."""
+        state = states[ex.name]
+        start = time.perf_counter()
         try:
-            data = read()
-        except MediaError as err:
-            for ex in pending:
-                states[ex.name].failed[label] = str(err)
+            model = model_for(ex)
+        except Exception as err:  # recorded once; the metrics that need this model report it
+            state.status = "missing" if isinstance(err, MissingWeightsError) else "failed"
+            state.reason = f"cannot load {ex.weight_key} from {state.weights['path']}: {type(err).__name__}: {err}"
             return
-        for ex in pending:
-            state = states[ex.name]
-            start = time.perf_counter()
-            try:
-                model = model_for(ex)
-            except Exception as err:  # recorded once; the metrics that need this model report it
-                state.status = "missing" if isinstance(err, MissingWeightsError) else "failed"
-                state.reason = f"cannot load {ex.weight_key} from {state.weights['path']}: {type(err).__name__}: {err}"
-                continue
-            try:
-                arrays = ex.compute(model, data)
-            except (ValueError, RuntimeError, MediaError) as err:
-                state.failed[label] = f"{ex.name}: {err}"
-                continue
-            finally:
-                state.seconds += time.perf_counter() - start
-            cache.put(ex.name, state.fingerprint, keys[label], arrays)
-            state.computed += 1
 
+        def fail(key: str, err: Exception) -> None:
+            for label in labels[key]:
+                state.failed[label] = f"{ex.name}: {err}"
+
+        prepared = {}
+        for key, data in batch.items():
+            try:
+                prepared[key] = ex.prepare(model, data)
+            except (ValueError, RuntimeError, MediaError) as err:
+                fail(key, err)
+        results = prepared
+        if ex.forward is not None and prepared:
+            try:
+                outs = run_windows(ex.forward(model), list(prepared.values()), batch_size * ex.windows_per_clip, device)
+            except (ValueError, RuntimeError) as err:
+                for key in prepared:
+                    fail(key, err)
+                results = {}
+            else:
+                results = {key: ex.finish(model, out) for key, out in zip(prepared, outs, strict=True)}
+        state.seconds += time.perf_counter() - start
+        for key, arrays in results.items():
+            cache.put(ex.name, state.fingerprint, key, arrays)
+            state.computed += 1
+            state.cached += len(labels[key]) - 1
+
+    def process(kind: str, items: list[Item], read: Callable[[Item], object]) -> None:
+        labels: dict[str, list[str]] = {}
+        first: dict[str, Item] = {}
+        for item in items:
+            label = Store.label(item)
+            if label in unreadable:
+                for ex in (e for e in ready if e.kind == kind):
+                    states[ex.name].failed[label] = unreadable[label]
+                continue
+            labels.setdefault(keys[label], []).append(label)
+            first.setdefault(keys[label], item)
+        unique = list(first)
+        for start in range(0, len(unique), batch_size):
+            todo: dict[str, list[Extractor]] = {}
+            for ex in (e for e in ready if e.kind == kind and states[e.name].status == "ready"):
+                for key in unique[start : start + batch_size]:
+                    if cache.path(ex.name, states[ex.name].fingerprint, key).is_file():
+                        states[ex.name].cached += len(labels[key])
+                    else:
+                        todo.setdefault(key, []).append(ex)
+            decoded = {}
+            for key, exs in todo.items():
+                try:
+                    decoded[key] = read(first[key])
+                except MediaError as err:
+                    for ex in exs:
+                        states[ex.name].failed.update({label: str(err) for label in labels[key]})
+            for ex in (e for e in ready if e.kind == kind):
+                batch = {key: decoded[key] for key, exs in todo.items() if ex in exs and key in decoded}
+                if batch:
+                    compute(ex, batch, labels)
+
+    unreadable: dict[str, str] = {}
+
+    def content_key(item: Item) -> None:
+        """The cache key of an input: its bytes' sha256 (a span's adds the span); unreadable files are noted."""
+        label = Store.label(item)
+        if isinstance(item, str):
+            keys[label] = sha256_text(item)
+            return
+        path = item.path if isinstance(item, VideoClip) else item
+        try:
+            digest = file_hash(path)
+        except OSError as err:
+            unreadable[label] = f"{path}: cannot be read ({err.strerror or err})"
+            return
+        is_span = isinstance(item, VideoClip) and item.is_span
+        keys[label] = sha256_text(f"{digest}:{item.start_s!r}:{item.duration_s!r}") if is_span else digest
+
+    for item in [*inputs.audio, *inputs.videos, *inputs.captions]:
+        content_key(item)
     with torch.inference_mode():
-        for path in inputs.audio:
-            keys[Store.label(path)] = sha256_file(path)
-            process("audio", path, lambda p=path: audio_mod.load_audio(p))
-        for path in inputs.videos:
-            keys[Store.label(path)] = sha256_file(path)
-            process("video", path, lambda p=path: p)
-        for text in inputs.captions:
-            keys[Store.label(text)] = sha256_text(text)
-            process("text", text, lambda t=text: t)
+        process("audio", list(inputs.audio), audio_mod.load_audio)
+        process("video", list(inputs.videos), lambda clip: clip)
+        process("text", list(inputs.captions), lambda text: text)
     return Store(cache, states, keys)

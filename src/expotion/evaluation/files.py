@@ -1,10 +1,14 @@
-"""Finding the clips to compare: files keyed by clip id (the file stem) and the captions file."""
+"""Finding the clips to compare: files keyed by clip id (the file stem), captions, and a cached split's clips."""
 from __future__ import annotations
 
 import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..cache import CacheError, list_shards, open_shard
+from ..manifest import ManifestError, load_manifest, recording_of
+from .video import VideoClip
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -60,17 +64,23 @@ def pair_directories(generated: Path, reference: Path) -> Pairing:
 
 
 def read_captions(path: Path) -> dict[str, str]:
-    """Captions by clip id.
+    """Captions by clip or recording id.
 
-    Accepted forms: JSON ``{id: caption}`` or ``[{"id": ..., "caption": ...}]``;
-    CSV with ``id`` and ``caption`` columns (the dataset manifest works as is);
-    TSV/TXT lines ``id<TAB>caption``.
+    Accepted forms: the dataset manifest (CSV with a ``video`` column, or
+    JSONL), read by the manifest's own rules, which gives captions by
+    recording id; JSON ``{id: caption}`` or ``[{"id": ..., "caption": ...}]``;
+    CSV with ``id`` and ``caption`` columns; TSV/TXT lines ``id<TAB>caption``.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: captions file not found")
     suffix = path.suffix.lower()
-    if suffix == ".json":
+    if suffix == ".jsonl" or (suffix == ".csv" and "video" in csv_header(path)):
+        try:
+            captions = {rec.id: rec.caption for rec in load_manifest(path)}
+        except ManifestError as err:
+            raise InputError(f"{path}: read as a manifest: {err}") from err
+    elif suffix == ".json":
         doc = json.loads(path.read_text())
         if isinstance(doc, dict):
             captions = {str(k): str(v) for k, v in doc.items()}
@@ -94,3 +104,67 @@ def read_captions(path: Path) -> dict[str, str]:
             clip_id, caption = line.split("\t", 1)
             captions[clip_id.strip()] = caption.strip()
     return {k: v for k, v in captions.items() if v.strip()}
+
+
+def csv_header(path: Path) -> list[str]:
+    with path.open(newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def a_few(ids, n: int = 3) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:n]) + (f" ... ({len(ids)} in all)" if len(ids) > n else "")
+
+
+def captions_for_clips(clip_ids: list[str], captions: dict[str, str], source: Path) -> dict[str, str]:
+    """Each clip's caption: its own entry, else its recording's (clip ids are ``<recording>-NNN``).
+
+    A captions file that matches none of the clips is an error naming a few ids from each side.
+    """
+    found = {}
+    for clip_id in clip_ids:
+        recording = recording_of(clip_id)
+        if clip_id in captions:
+            found[clip_id] = captions[clip_id]
+        elif recording in captions:
+            found[clip_id] = captions[recording]
+    if not found:
+        raise InputError(
+            f"{source}: none of its {len(captions)} captions belongs to one of the {len(clip_ids)} paired clips, "
+            f"by clip id or by recording id (clip ids are <recording>-NNN). Captions are for: {a_few(captions)}; "
+            f"clips are: {a_few(clip_ids)}"
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class CachedClip:
+    """What the feature cache records about a clip that evaluation can use: its caption and its video span."""
+
+    caption: str
+    video: VideoClip
+
+
+def read_cache_split(split: Path, data_root: Path | None = None) -> dict[str, CachedClip]:
+    """Every clip of a cached split (a shard or a directory of shards), by clip id.
+
+    The video span is the clip's source recording under the data root the
+    shard records (or ``data_root``, when the sources have moved), from
+    ``start_s`` for ``duration_s``: the frames precompute cut for the clip.
+    """
+    shards = list_shards(Path(split))
+    if not shards:
+        raise InputError(f"{split}: no cache shards (shard-*.h5) here")
+    clips: dict[str, CachedClip] = {}
+    for path in shards:
+        try:
+            shard = open_shard(path)
+        except CacheError as err:
+            raise InputError(str(err)) from err
+        with shard:
+            root = Path(data_root) if data_root is not None else Path(shard.attrs.get("data_root", "."))
+            for clip_id, group in shard["clips"].items():
+                span = VideoClip(root / str(group.attrs["source"]), float(group.attrs["start_s"]),
+                                 float(group.attrs["duration_s"]))
+                clips[clip_id] = CachedClip(str(group.attrs.get("caption", "")).strip(), span)
+    return clips

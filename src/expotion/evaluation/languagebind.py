@@ -20,14 +20,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
-from ..media import MediaError, open_container
+from .video import VideoClip, uniform_frames
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -240,38 +239,13 @@ def audio_input(samples_16k: np.ndarray, cfg: TowerConfig) -> torch.Tensor:
     return stack[None, None]
 
 
-def frame_indices(n_frames: int, k: int) -> np.ndarray:
-    return np.linspace(0, n_frames - 1, k).astype(int)
-
-
-def read_frames(path: Path, k: int) -> list[np.ndarray]:
-    """``k`` RGB frames spread uniformly over the whole video (first and last included)."""
-    with open_container(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        try:
-            total = sum(1 for _ in container.decode(video=0))
-        except av.error.FFmpegError as err:
-            raise MediaError(f"{path}: corrupt video stream ({err})") from err
-    if total == 0:
-        raise MediaError(f"{path}: video holds no frames")
-    wanted = frame_indices(total, k)
-    frames: dict[int, np.ndarray] = {}
-    with open_container(path) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
-            if i >= wanted[-1]:
-                break
-    return [frames[i] for i in wanted]
-
-
-def video_input(path: Path, cfg: TowerConfig) -> torch.Tensor:
-    """(1, num_frames, 3, S, S): frames scaled to [0, 1], CLIP-normalised, short side to S, centre crop."""
+def video_input(clip: VideoClip | Path, cfg: TowerConfig) -> torch.Tensor:
+    """(1, num_frames, 3, S, S) from a clip's frames: scaled to [0, 1], CLIP-normalised, short side to S, centre crop."""
+    clip = clip if isinstance(clip, VideoClip) else VideoClip(Path(clip))
     size = cfg.image_size
     mean, std = torch.tensor(OPENAI_MEAN)[:, None, None], torch.tensor(OPENAI_STD)[:, None, None]
     out = []
-    for frame in read_frames(path, cfg.num_frames):
+    for frame in uniform_frames(clip, cfg.num_frames):
         x = (torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0 - mean) / std
         h, w = x.shape[1:]
         new_h, new_w = (int(h * size / w), size) if w < h else (size, int(w * size / h))

@@ -9,13 +9,13 @@ and listed with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from . import maths, rhythm
-from .embed import Store
+from . import checks, maths, rhythm
+from .embed import Item, Store
 from .files import Pairing
+from .video import VideoClip
 
 DEFAULT_IS_SPLITS = 10
 DEFAULT_SEED = 0
@@ -59,6 +59,8 @@ GROUP_EXTRACTORS = {
     "chroma": ("chroma",),
 }
 GROUPS = tuple(GROUP_EXTRACTORS)
+ALWAYS = ("signal",)  # extractors every run needs: clip durations and levels, for the suspicious-clip checks
+INPUT_FLAGS = {"caption": "--captions, or --cache", "video": "--videos, or --cache with the source videos"}
 REFERENCE_SIDE = ("is", "text_audio", "video_audio")  # single-set scores also reported for the reference audio
 
 
@@ -93,17 +95,19 @@ class Options:
 
 @dataclass
 class Evaluation:
-    """Everything stage 2 produced: set-level results, the reference-side scores and per-clip rows."""
+    """Everything stage 2 produced: set-level results, the reference-side scores, per-clip rows and the clips to flag."""
 
     results: dict[str, MetricResult]
     reference: dict[str, MetricResult]
     rows: dict[str, dict]
+    suspicious: dict[str, list[str]] = field(default_factory=dict)  # clip id -> problems (kept in the metrics)
+    excluded: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # clip id -> {reason: metric labels}
 
 
 class Gathered:
     """The cached outputs of one extractor for a set of clips, with the reasons for those absent."""
 
-    def __init__(self, store: Store, extractor: str, items: dict[str, Path | str]) -> None:
+    def __init__(self, store: Store, extractor: str, items: dict[str, Item]) -> None:
         self.values: dict[str, dict[str, np.ndarray]] = {}
         self.absent: dict[str, str] = {}
         for clip_id, item in items.items():
@@ -115,12 +119,15 @@ class Gathered:
 
 
 def unavailable(key: str, store: Store, extractors: tuple[str, ...]) -> MetricResult | None:
-    """A 'missing' (or 'failed') result when any of the extractors could not run at all, with every reason."""
+    """A 'missing' (or 'failed') result when any of the extractors could not run at all, with each distinct reason once.
+
+    Two extractors of one checkpoint (CLAP's audio and text sides) fail for the same reason; it is given once.
+    """
     down = [store.states[n] for n in extractors if n in store.states and store.states[n].status != "ready"]
     if not down:
         return None
     status = "failed" if any(s.status == "failed" for s in down) else "missing"
-    return MetricResult(key, status, reason=" ".join(s.reason for s in down))
+    return MetricResult(key, status, reason=" ".join(dict.fromkeys(s.reason for s in down)))
 
 
 def mean_result(key: str, per_clip: dict[str, float], excluded: dict[str, str], what: str) -> MetricResult:
@@ -141,7 +148,7 @@ def clip_probabilities(logits: np.ndarray) -> np.ndarray:
 
 
 class Evaluator:
-    def __init__(self, pairing: Pairing, store: Store, videos: dict[str, Path], captions: dict[str, str],
+    def __init__(self, pairing: Pairing, store: Store, videos: dict[str, VideoClip], captions: dict[str, str],
                  options: Options, rows: dict[str, dict]) -> None:
         self.pairing, self.store, self.videos, self.captions = pairing, store, videos, captions
         self.options, self.rows = options, rows
@@ -224,16 +231,16 @@ class Evaluator:
         return [mean_result(k, per_clip[k], dict(excluded), undefined[k]) for k in keys]
 
     def similarity(self, key: str, side: str, audio_extractor: str, other_extractor: str,
-                   others: dict[str, Path | str], flag: str) -> MetricResult:
+                   others: dict[str, VideoClip | str], what: str) -> MetricResult:
         """Mean cosine between each clip's audio embedding and its caption or video embedding."""
         if not others:
-            return MetricResult(key, "missing", reason=f"no {flag} given")
+            return MetricResult(key, "missing", reason=f"no {what} given ({INPUT_FLAGS[what]})")
         if (res := unavailable(key, self.store, (audio_extractor, other_extractor))) is not None:
             return res
         items = self.pairing.generated if side == "generated" else self.pairing.reference
         audio = Gathered(self.store, audio_extractor, {i: items[i] for i in self.pairing.ids if i in others})
         other = Gathered(self.store, other_extractor, {i: others[i] for i in self.pairing.ids if i in others})
-        excluded = {i: f"not in {flag}" for i in self.pairing.ids if i not in others}
+        excluded = {i: f"no {what} for this clip" for i in self.pairing.ids if i not in others}
         excluded.update(audio.absent)
         excluded.update(other.absent)
         column = key if side == "generated" else f"{key}_reference"
@@ -255,7 +262,7 @@ class Evaluator:
         return mean_result("chroma", per_clip, excluded, "chroma similarity (silent clip)")
 
 
-def evaluate(pairing: Pairing, store: Store, groups: set[str], videos: dict[str, Path], captions: dict[str, str],
+def evaluate(pairing: Pairing, store: Store, groups: set[str], videos: dict[str, VideoClip], captions: dict[str, str],
              options: Options) -> Evaluation:
     """All requested metrics for the generated set, the reference-side single-set scores, and per-clip rows."""
     rows = {i: {"clip_id": i, "generated": str(pairing.generated[i]), "reference": str(pairing.reference[i]),
@@ -272,16 +279,17 @@ def evaluate(pairing: Pairing, store: Store, groups: set[str], videos: dict[str,
         reference.append(ev.inception("reference"))
     if groups & {"tempo", "beat"}:
         found += ev.rhythm(groups)
-    caption_items: dict[str, Path | str] = dict(captions)
-    video_items: dict[str, Path | str] = dict(videos)
     for side, target in (("generated", found), ("reference", reference)):
         if "text_audio" in groups:
-            target.append(ev.similarity("text_audio", side, "clap_audio", "clap_text", caption_items, "--captions"))
+            target.append(ev.similarity("text_audio", side, "clap_audio", "clap_text", dict(captions), "caption"))
         if "video_audio" in groups:
-            target.append(ev.similarity("video_audio", side, "languagebind_audio", "languagebind_video", video_items,
-                                        "--videos"))
+            target.append(ev.similarity("video_audio", side, "languagebind_audio", "languagebind_video", dict(videos),
+                                        "video"))
     if "chroma" in groups:
         found.append(ev.chroma())
     order = {s.key: n for n, s in enumerate(SPECS)}
-    return Evaluation(results={r.key: r for r in sorted(found, key=lambda r: order[r.key])},
-                      reference={r.key: r for r in sorted(reference, key=lambda r: order[r.key])}, rows=rows)
+    results = {r.key: r for r in sorted(found, key=lambda r: order[r.key])}
+    reference_results = {r.key: r for r in sorted(reference, key=lambda r: order[r.key])}
+    return Evaluation(results=results, reference=reference_results, rows=rows,
+                      suspicious=checks.suspicious(pairing, store, rows),
+                      excluded=checks.excluded(results, reference_results, {s.key: s.label for s in SPECS}))

@@ -124,21 +124,21 @@ def checkpoint_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def load_vggish(path: Path) -> vggish.VGGish:
-    return vggish.VGGish.from_state_dict(read_state_file(Path(path)))
+def load_vggish(path: Path, device: torch.device | str = "cpu") -> vggish.VGGish:
+    return vggish.VGGish.from_state_dict(read_state_file(Path(path))).to(device)
 
 
-def load_passt(path: Path) -> passt.Tagger:
-    return passt.Tagger(passt.PaSST.from_state_dict(read_state_file(Path(path))))
+def load_passt(path: Path, device: torch.device | str = "cpu") -> passt.Tagger:
+    return passt.Tagger(passt.PaSST.from_state_dict(read_state_file(Path(path)))).to(device)
 
 
-def load_clap(model_dir: Path) -> clap_mod.Clap:
+def load_clap(model_dir: Path, device: torch.device | str = "cpu") -> clap_mod.Clap:
     hf_weight_files(model_dir)
-    return clap_mod.load_clap(Path(model_dir))
+    return clap_mod.load_clap(Path(model_dir), device)
 
 
-def load_languagebind(model_dir: Path, modality: str) -> languagebind.Tower:
-    """A LanguageBind tower; ``modality`` ('video' or 'audio') must match what the checkpoint is."""
+def load_languagebind(model_dir: Path, modality: str, device: torch.device | str = "cpu") -> languagebind.Tower:
+    """A LanguageBind tower on ``device``; ``modality`` ('video' or 'audio') must match what the checkpoint is."""
     model_dir = Path(model_dir)
     cfg = languagebind.TowerConfig.from_json(model_dir / "config.json")
     if cfg.is_audio != (modality == "audio"):
@@ -147,4 +147,4 @@ def load_languagebind(model_dir: Path, modality: str) -> languagebind.Tower:
     state: dict[str, torch.Tensor] = {}
     for f in hf_weight_files(model_dir):
         state.update(read_state_file(f))
-    return languagebind.load_tower(cfg, state, str(model_dir))
+    return languagebind.load_tower(cfg, state, str(model_dir)).to(device)

@@ -20,6 +20,7 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
 from .audio import split_chunks
+from .batching import device_of, run_windows
 
 SAMPLE_RATE = 32000
 N_MELS = 128
@@ -178,15 +179,19 @@ class Tagger(nn.Module):
         return self.net(self.mel(wav))
 
 
-@torch.no_grad()
-def clip_logits(tagger: Tagger, samples_32k: np.ndarray) -> np.ndarray:
-    """(n_chunks, n_classes) logits of the 10 s chunks of one clip (a trailing chunk under 0.15 s is dropped)."""
+def windows(samples_32k: np.ndarray) -> list[torch.Tensor]:
+    """A clip's model inputs: its 10 s chunks (a trailing chunk under 0.15 s is dropped)."""
     chunks = split_chunks(samples_32k, int(CHUNK_SECONDS * SAMPLE_RATE), int(MIN_CHUNK_SECONDS * SAMPLE_RATE))
     if not chunks:
         seconds = len(samples_32k) / SAMPLE_RATE
         raise ValueError(f"audio of {seconds:.3f} s is too short for PaSST (needs at least {MIN_CHUNK_SECONDS} s)")
-    out = [tagger(torch.from_numpy(np.ascontiguousarray(c, np.float32))[None]) for c in chunks]
-    return torch.cat(out).numpy().astype(np.float32)
+    return [torch.from_numpy(np.ascontiguousarray(c, np.float32)) for c in chunks]
+
+
+@torch.no_grad()
+def clip_logits(tagger: Tagger, samples_32k: np.ndarray) -> np.ndarray:
+    """(n_chunks, n_classes) logits of the 10 s chunks of one clip, computed on the tagger's device."""
+    return run_windows(tagger, [windows(samples_32k)], 1, device_of(tagger))[0].numpy()
 
 
 def save_random(path: Path, dim: int = 64, depth: int = 2, mlp_hidden: int = 128, seed: int = 0) -> Path:

