@@ -169,7 +169,7 @@ def format_cell(value) -> str:
     if value is None or value == "":
         return ""
     if isinstance(value, float):
-        return "" if not math.isfinite(value) else f"{value:.6g}"
+        return "" if math.isnan(value) else f"{value:.6g}"  # a silent clip's level is -inf dBFS
     return str(value)
 
 
