@@ -16,7 +16,7 @@ from eval_synth import click_track, tone, write_video, write_wav
 from expotion.cache import list_shards, open_shard
 from expotion.cli import main as expotion_main
 from expotion.evaluation import embed, languagebind, models, tiny
-from expotion.evaluation.files import InputError, captions_for_clips, read_captions
+from expotion.evaluation.files import captions_for_clips, read_captions
 from expotion.evaluation.video import VideoClip, uniform_frames
 from expotion.media import mux_audio
 

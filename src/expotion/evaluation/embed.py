@@ -255,49 +255,97 @@ def prepare(names: list[str], wdir: Path, hashes: FileHashes,
     return states
 
 
-def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache,
-        log: Callable[[str], None] = print, device: torch.device | str = "cpu", batch_size: int = 1) -> Store:
-    """Fill the cache for every ready extractor and input; per-input failures are recorded, not raised.
+class Embedder:
+    """Stage 1's work: cache keys, model loading, and batched embedding of the inputs the cache lacks."""
 
-    Inputs go in batches of ``batch_size`` distinct contents: each is read
-    once, then every model that still needs it embeds the batch's windows
-    together on ``device``. Identical files are embedded once.
-    """
-    extractors = catalog()
-    ready = [extractors[n] for n, s in states.items() if s.status == "ready"]
-    device = torch.device(device)
-    keys: dict[str, str] = {}
-    loaded: dict[str, object] = {}
-    file_hash = functools.cache(sha256_file)
+    def __init__(self, states: dict[str, ExtractorState], cache: EmbeddingCache, log: Callable[[str], None],
+                 device: torch.device, batch_size: int) -> None:
+        extractors = catalog()
+        self.ready = [extractors[n] for n, s in states.items() if s.status == "ready"]
+        self.states, self.cache, self.log, self.device, self.batch_size = states, cache, log, device, batch_size
+        self.keys: dict[str, str] = {}  # input label -> content key
+        self.unreadable: dict[str, str] = {}  # input label -> why its bytes cannot be read
+        self.loaded: dict[str, object] = {}  # weights path -> model, or the error loading it raised
+        self.file_hash = functools.cache(sha256_file)
 
-    def model_for(ex: Extractor) -> object:
+    def add_key(self, item: Item) -> None:
+        """An input's cache key: the sha256 of its bytes (a span adds its times); an unreadable file is noted."""
+        label = Store.label(item)
+        if isinstance(item, str):
+            self.keys[label] = sha256_text(item)
+            return
+        path = item.path if isinstance(item, VideoClip) else item
+        try:
+            digest = self.file_hash(path)
+        except OSError as err:
+            self.unreadable[label] = f"{path}: cannot be read ({err.strerror or err})"
+            return
+        is_span = isinstance(item, VideoClip) and item.is_span
+        self.keys[label] = sha256_text(f"{digest}:{item.start_s!r}:{item.duration_s!r}") if is_span else digest
+
+    def model_for(self, ex: Extractor) -> object:
         if ex.load is None:
             return None
-        path = states[ex.name].weights["path"]
-        if path not in loaded:
-            log(f"loading {ex.weight_key} from {path} on {device}")
+        path = self.states[ex.name].weights["path"]
+        if path not in self.loaded:
+            self.log(f"loading {ex.weight_key} from {path} on {self.device}")
             try:
-                loaded[path] = ex.load(Path(path), device)
+                self.loaded[path] = ex.load(Path(path), self.device)
             except Exception as err:  # any loading failure is reported as the metric's reason
-                loaded[path] = err
-        if isinstance(loaded[path], Exception):
-            raise loaded[path]
-        return loaded[path]
+                self.loaded[path] = err
+        if isinstance(self.loaded[path], Exception):
+            raise self.loaded[path]
+        return self.loaded[path]
 
-    def compute(ex: Extractor, batch: dict[str, object], labels: dict[str, list[str]]) -> None:
-        """``ex`` on ``batch`` ({key: decoded input}); results cached, failures recorded for every label of a key."""
-        state = states[ex.name]
+    def process(self, kind: str, items: list[Item], read: Callable[[Item], object]) -> None:
+        """Every input of one kind, ``batch_size`` distinct contents at a time, each read once per batch."""
+        extractors = [e for e in self.ready if e.kind == kind]
+        labels: dict[str, list[str]] = {}  # content key -> labels of the inputs with that content
+        first: dict[str, Item] = {}
+        for item in items:
+            label = Store.label(item)
+            if label in self.unreadable:
+                for ex in extractors:
+                    self.states[ex.name].failed[label] = self.unreadable[label]
+                continue
+            labels.setdefault(self.keys[label], []).append(label)
+            first.setdefault(self.keys[label], item)
+        unique = list(first)
+        for start in range(0, len(unique), self.batch_size):
+            todo: dict[str, list[str]] = {}  # extractor name -> keys it still needs
+            for ex in (e for e in extractors if self.states[e.name].status == "ready"):
+                state = self.states[ex.name]
+                for key in unique[start : start + self.batch_size]:
+                    if self.cache.path(ex.name, state.fingerprint, key).is_file():
+                        state.cached += len(labels[key])
+                    else:
+                        todo.setdefault(ex.name, []).append(key)
+            decoded = {}
+            for key in dict.fromkeys(k for keys in todo.values() for k in keys):
+                try:
+                    decoded[key] = read(first[key])
+                except MediaError as err:
+                    for name, keys in todo.items():
+                        if key in keys:
+                            self.states[name].failed.update({label: str(err) for label in labels[key]})
+            for ex in extractors:
+                batch = {key: decoded[key] for key in todo.get(ex.name, []) if key in decoded}
+                if batch:
+                    self.compute(ex, batch, labels)
+
+    def compute(self, ex: Extractor, batch: dict[str, object], labels: dict[str, list[str]]) -> None:
+        """``ex`` on ``batch`` ({content key: decoded input}); outputs cached, failures recorded for every label."""
+        state = self.states[ex.name]
         start = time.perf_counter()
         try:
-            model = model_for(ex)
+            model = self.model_for(ex)
         except Exception as err:  # recorded once; the metrics that need this model report it
             state.status = "missing" if isinstance(err, MissingWeightsError) else "failed"
             state.reason = f"cannot load {ex.weight_key} from {state.weights['path']}: {type(err).__name__}: {err}"
             return
 
         def fail(key: str, err: Exception) -> None:
-            for label in labels[key]:
-                state.failed[label] = f"{ex.name}: {err}"
+            state.failed.update({label: f"{ex.name}: {err}" for label in labels[key]})
 
         prepared = {}
         for key, data in batch.items():
@@ -307,8 +355,9 @@ def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache
                 fail(key, err)
         results = prepared
         if ex.forward is not None and prepared:
+            per_pass = self.batch_size * ex.windows_per_clip
             try:
-                outs = run_windows(ex.forward(model), list(prepared.values()), batch_size * ex.windows_per_clip, device)
+                outs = run_windows(ex.forward(model), list(prepared.values()), per_pass, self.device)
             except (ValueError, RuntimeError) as err:
                 for key in prepared:
                     fail(key, err)
@@ -317,63 +366,24 @@ def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache
                 results = {key: ex.finish(model, out) for key, out in zip(prepared, outs, strict=True)}
         state.seconds += time.perf_counter() - start
         for key, arrays in results.items():
-            cache.put(ex.name, state.fingerprint, key, arrays)
+            self.cache.put(ex.name, state.fingerprint, key, arrays)
             state.computed += 1
             state.cached += len(labels[key]) - 1
 
-    def process(kind: str, items: list[Item], read: Callable[[Item], object]) -> None:
-        labels: dict[str, list[str]] = {}
-        first: dict[str, Item] = {}
-        for item in items:
-            label = Store.label(item)
-            if label in unreadable:
-                for ex in (e for e in ready if e.kind == kind):
-                    states[ex.name].failed[label] = unreadable[label]
-                continue
-            labels.setdefault(keys[label], []).append(label)
-            first.setdefault(keys[label], item)
-        unique = list(first)
-        for start in range(0, len(unique), batch_size):
-            todo: dict[str, list[Extractor]] = {}
-            for ex in (e for e in ready if e.kind == kind and states[e.name].status == "ready"):
-                for key in unique[start : start + batch_size]:
-                    if cache.path(ex.name, states[ex.name].fingerprint, key).is_file():
-                        states[ex.name].cached += len(labels[key])
-                    else:
-                        todo.setdefault(key, []).append(ex)
-            decoded = {}
-            for key, exs in todo.items():
-                try:
-                    decoded[key] = read(first[key])
-                except MediaError as err:
-                    for ex in exs:
-                        states[ex.name].failed.update({label: str(err) for label in labels[key]})
-            for ex in (e for e in ready if e.kind == kind):
-                batch = {key: decoded[key] for key, exs in todo.items() if ex in exs and key in decoded}
-                if batch:
-                    compute(ex, batch, labels)
 
-    unreadable: dict[str, str] = {}
+def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache,
+        log: Callable[[str], None] = print, device: torch.device | str = "cpu", batch_size: int = 1) -> Store:
+    """Fill the cache for every ready extractor and input; per-input failures are recorded, not raised.
 
-    def content_key(item: Item) -> None:
-        """The cache key of an input: its bytes' sha256 (a span's adds the span); unreadable files are noted."""
-        label = Store.label(item)
-        if isinstance(item, str):
-            keys[label] = sha256_text(item)
-            return
-        path = item.path if isinstance(item, VideoClip) else item
-        try:
-            digest = file_hash(path)
-        except OSError as err:
-            unreadable[label] = f"{path}: cannot be read ({err.strerror or err})"
-            return
-        is_span = isinstance(item, VideoClip) and item.is_span
-        keys[label] = sha256_text(f"{digest}:{item.start_s!r}:{item.duration_s!r}") if is_span else digest
-
+    Inputs go in batches of ``batch_size`` distinct contents: each is read
+    once, then every model that still needs it embeds the batch's windows
+    together on ``device``. Identical files are embedded once.
+    """
+    embedder = Embedder(states, cache, log, torch.device(device), batch_size)
     for item in [*inputs.audio, *inputs.videos, *inputs.captions]:
-        content_key(item)
+        embedder.add_key(item)
     with torch.inference_mode():
-        process("audio", list(inputs.audio), audio_mod.load_audio)
-        process("video", list(inputs.videos), lambda clip: clip)
-        process("text", list(inputs.captions), lambda text: text)
-    return Store(cache, states, keys)
+        embedder.process("audio", list(inputs.audio), audio_mod.load_audio)
+        embedder.process("video", list(inputs.videos), lambda clip: clip)
+        embedder.process("text", list(inputs.captions), lambda text: text)
+    return Store(cache, states, embedder.keys)
