@@ -1,17 +1,23 @@
-"""Evaluation cost per 10 s clip on this machine, with the released architectures randomly initialised.
+"""Evaluation cost per 10 s clip, one clip per forward pass against batches, with the released architectures.
 
-Times each stage-1 extractor on one synthetic 10 s clip (and one 10 s video),
-model construction excluded; a full evaluation costs about
-(time per clip) x (generated + reference clips) per model, once: later runs
-read the cache. CLAP uses transformers' default ClapConfig (HTSAT-tiny audio,
-RoBERTa-base-sized text), which may be smaller than the checkpoint you load.
+Each evaluation model runs the production path (``embed.catalog()``: its
+windows, its batched forward on the device, its finish) over the same
+synthetic 10 s clips, once with a batch of 1 and once with ``--batch-size``,
+the two interleaved in each repeat so that load on the machine affects both
+alike. Weights are random and construction is excluded. A full evaluation
+costs about (time per clip) x (generated + reference clips) per model, once:
+later runs read the cache. CLAP uses transformers' default ClapConfig
+(HTSAT-tiny audio, RoBERTa-base-sized text), which may be smaller than the
+checkpoint you load; LanguageBind towers are ViT-L/14.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/eval_models.py [--repeat 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/eval_models.py [--device cuda] [--batch-size 8] [--clips 8] \\
+        [--models vggish,passt,clap_audio,languagebind_audio,languagebind_video] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,23 +28,27 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from expotion.evaluation import audio, chroma, languagebind, passt, rhythm, vggish  # noqa: E402
+from expotion.evaluation import languagebind, passt, vggish  # noqa: E402
+from expotion.evaluation.batching import run_windows  # noqa: E402
+from expotion.evaluation.embed import catalog  # noqa: E402
+from expotion.evaluation.video import VideoClip  # noqa: E402
 
 SR = 32000
+MODELS = ("vggish", "passt", "clap_audio", "languagebind_audio", "languagebind_video")
 
 
-def clip(seconds: float = 10.0) -> np.ndarray:
-    rng = np.random.default_rng(0)
+def clip(seed: int, seconds: float = 10.0) -> tuple[np.ndarray, int]:
+    rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
-    x = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.05 * rng.normal(size=t.size)
+    x = 0.3 * np.sin(2 * np.pi * (200 + 20 * seed) * t) * (1 + np.sin(2 * np.pi * 2 * t)) + 0.05 * rng.normal(size=t.size)
     for beat in np.arange(0.25, seconds, 0.5):
         i = int(beat * SR)
         x[i : i + 400] += np.hanning(800)[:400]
-    return x.astype(np.float32)
+    return x.astype(np.float32), SR
 
 
-def video(path: Path, seconds: float = 10.0, fps: int = 30, size: tuple[int, int] = (320, 256)) -> Path:
-    rng = np.random.default_rng(0)
+def video(path: Path, seed: int, seconds: float = 10.0, fps: int = 30, size: tuple[int, int] = (320, 256)) -> VideoClip:
+    rng = np.random.default_rng(seed)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
@@ -48,59 +58,73 @@ def video(path: Path, seconds: float = 10.0, fps: int = 30, size: tuple[int, int
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return path
+    return VideoClip(path)
 
 
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    x = clip()
-    rows = []
-
-    with torch.inference_mode():
-        vgg = vggish.VGGish().eval()
-        rows.append(("VGGish (FAD)", best_of(lambda: vggish.embed(vgg, audio.resample(x, SR, 16000)), args.repeat)))
-        tagger = passt.Tagger(passt.PaSST().eval())
-        rows.append(("PaSST (KL, IS)", best_of(lambda: passt.clip_logits(tagger, x), args.repeat)))
-        rhythm.processors()
-        rows.append(("madmom beats (tempo, F1)",
-                     best_of(lambda: rhythm.track_beats(audio.resample(x, SR, rhythm.SAMPLE_RATE)), args.repeat)))
-        rows.append(("chroma", best_of(lambda: chroma.chromagram(audio.resample(x, SR, chroma.SAMPLE_RATE)), args.repeat)))
-
+def released_model(name: str, device: torch.device):
+    """The released architecture of one evaluation model, randomly initialised, on ``device``."""
+    if name == "vggish":
+        return vggish.VGGish().eval().to(device)
+    if name == "passt":
+        return passt.Tagger(passt.PaSST().eval()).to(device)
+    if name == "clap_audio":
         from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
         from expotion.evaluation.clap import Clap, byte_level_vocab
 
         tok = RobertaTokenizer(vocab=byte_level_vocab(), merges=[], model_max_length=512)
-        cfg = ClapConfig(text_config={"vocab_size": len(tok)})
-        model = Clap(ClapModel(cfg).eval(), ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"),
-                                                          tokenizer=tok))
-        rows.append(("CLAP audio (text–audio)",
-                     best_of(lambda: model.audio_embedding(audio.resample(x, SR, 48000)), args.repeat)))
+        processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tok)
+        return Clap(ClapModel(ClapConfig(text_config={"vocab_size": len(tok)})).eval().to(device), processor)
+    if name == "languagebind_audio":
+        return languagebind.Tower(languagebind.TowerConfig(num_mel_bins=112, target_length=1036)).eval().to(device)
+    return languagebind.Tower(languagebind.TowerConfig(add_time_attn=True, num_frames=8)).eval().to(device)
 
-        audio_tower = languagebind.Tower(languagebind.TowerConfig(num_mel_bins=112, target_length=1036)).eval()
-        rows.append(("LanguageBind audio (video–audio)", best_of(
-            lambda: audio_tower(languagebind.audio_input(audio.resample(x, SR, 16000), audio_tower.cfg)), args.repeat)))
-        video_tower = languagebind.Tower(languagebind.TowerConfig(add_time_attn=True, num_frames=8)).eval()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = video(Path(tmp) / "clip.mp4")
-            rows.append(("LanguageBind video (video–audio)", best_of(
-                lambda: video_tower(languagebind.video_input(path, video_tower.cfg)), args.repeat)))
 
-    print(f"torch threads: {torch.get_num_threads()}; seconds per 10 s clip (best of {args.repeat})")
-    for name, seconds in rows:
-        print(f"  {name:36s} {seconds:7.2f}")
+def embed_all(name: str, model, inputs: list, batch_size: int, device: torch.device) -> None:
+    """The production path of one extractor over ``inputs``, ``batch_size`` inputs per batch."""
+    ex = catalog()[name]
+    for start in range(0, len(inputs), batch_size):
+        windows = [ex.prepare(model, item) for item in inputs[start : start + batch_size]]
+        outs = run_windows(ex.forward(model), windows, batch_size * ex.windows_per_clip, device)
+        for out in outs:
+            ex.finish(model, out)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):6.3f} {statistics.median(values):6.3f} {max(values):6.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default=",".join(MODELS))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    audio = [clip(seed) for seed in range(args.clips)]
+    print(f"device {device}; torch threads {torch.get_num_threads()}; {args.clips} clips of 10 s; "
+          f"seconds per clip, min / median / max of {args.repeats} interleaved repeats")
+    print(f"  {'model':22s} {'batch 1':>20s} {f'batch {args.batch_size}':>20s}  speed-up (medians)")
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        videos = [video(Path(tmp) / f"v{seed}.mp4", seed) for seed in range(args.clips)]
+        for name in args.models.split(","):
+            model = released_model(name, device)
+            inputs = videos if name == "languagebind_video" else audio
+            embed_all(name, model, inputs[:1], 1, device)  # warm-up
+            times: dict[int, list[float]] = {1: [], args.batch_size: []}
+            for _ in range(args.repeats):
+                for size in times:
+                    start = time.perf_counter()
+                    embed_all(name, model, inputs, size, device)
+                    times[size].append((time.perf_counter() - start) / len(inputs))
+            one, many = times[1], times[args.batch_size]
+            print(f"  {name:22s} {spread(one):>20s} {spread(many):>20s}  "
+                  f"{statistics.median(one) / statistics.median(many):5.2f}x")
 
 
 if __name__ == "__main__":
