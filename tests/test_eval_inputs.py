@@ -16,6 +16,7 @@ from eval_synth import click_track, tone, write_video, write_wav
 from expotion.cache import list_shards, open_shard
 from expotion.cli import main as expotion_main
 from expotion.evaluation import embed, languagebind, models, tiny
+from expotion.evaluation.batching import full_precision
 from expotion.evaluation.files import captions_for_clips, read_captions
 from expotion.evaluation.video import VideoClip, uniform_frames
 from expotion.media import mux_audio
@@ -304,3 +305,14 @@ def test_eval_of_demo_like_outputs_on_cuda_matches_the_cpu(weights, tmp_path):
     for key, result in cpu["metrics"].items():
         assert result["status"] == "ok" and gpu["metrics"][key]["status"] == "ok", key
         assert gpu["metrics"][key]["value"] == pytest.approx(result["value"], rel=1e-3, abs=1e-4), key
+
+
+def test_models_run_without_tf32_and_the_settings_come_back():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with full_precision():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -9,7 +9,8 @@ share its pass (up to floating-point summation order).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import chain
 
 import torch
@@ -22,6 +23,17 @@ def device_of(model: nn.Module) -> torch.device:
     """The device holding the model's parameters (or buffers)."""
     tensor = next(chain(model.parameters(), model.buffers()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@contextmanager
+def full_precision() -> Iterator[None]:
+    """Float32 matrix products and convolutions without TF32 on CUDA, so scores do not depend on the GPU model."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def parts(window: Window) -> tuple[torch.Tensor, ...]:

@@ -29,7 +29,7 @@ from ..weights import MissingWeightsError
 from . import audio as audio_mod
 from . import chroma, languagebind, models, passt, rhythm, vggish
 from . import clap as clap_mod
-from .batching import run_windows
+from .batching import full_precision, run_windows
 from .video import VideoClip
 
 CACHE_VERSION = 1
@@ -377,12 +377,13 @@ def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache
 
     Inputs go in batches of ``batch_size`` distinct contents: each is read
     once, then every model that still needs it embeds the batch's windows
-    together on ``device``. Identical files are embedded once.
+    together on ``device``, in float32 without TF32. Identical files are
+    embedded once.
     """
     embedder = Embedder(states, cache, log, torch.device(device), batch_size)
     for item in [*inputs.audio, *inputs.videos, *inputs.captions]:
         embedder.add_key(item)
-    with torch.inference_mode():
+    with torch.inference_mode(), full_precision():
         embedder.process("audio", list(inputs.audio), audio_mod.load_audio)
         embedder.process("video", list(inputs.videos), lambda clip: clip)
         embedder.process("text", list(inputs.captions), lambda text: text)

@@ -107,7 +107,7 @@ def read_captions(path: Path) -> dict[str, str]:
 
 
 def csv_header(path: Path) -> list[str]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         return next(csv.reader(f), [])
 
 

@@ -17,8 +17,8 @@ from . import checks, chroma, passt, rhythm, vggish
 from .audio import RESAMPLER
 from .clap import MIN_TRAILING_SECONDS
 from .embed import ExtractorState
+from .files import Pairing
 from .maths import KL_EPS
-from .files import Pairing, a_few
 from .metrics import SPECS, Evaluation, MetricResult, Options
 
 CSV_COLUMNS = (
@@ -49,6 +49,8 @@ def conventions(options: Options) -> dict:
     return {
         "pairing": "files in --generated and --reference are paired by name without extension (the clip id)",
         "audio": f"decoded to mono (channel mean); resampled per model with {RESAMPLER}",
+        "models": "float32 on the device given (TF32 off on CUDA); windows of several clips share a forward pass only "
+                  "when their shapes are equal, so nothing is padded and the batch size does not change a score",
         "fad_vgg": {
             "model": "VGGish (AudioSet), embedding before the final ReLU, no PCA / quantisation",
             "sample_rate": vggish.SAMPLE_RATE, "frame_s": 0.96, "frame_hop_s": 0.96,
@@ -214,15 +216,11 @@ def details(evaluation: Evaluation, options: Options) -> list[str]:
     return lines
 
 
-def clip_notes(evaluation: Evaluation, pairing: Pairing, max_ids: int | None = None) -> list[str]:
+def clip_notes(evaluation: Evaluation, pairing: Pairing) -> list[str]:
     """The clips left out of some metric (why, and of which) and the suspicious ones, as Markdown lines.
 
-    Clips sharing a reason and the metrics they are left out of share a line;
-    ``max_ids`` shortens each line's list of clip ids (the console's view).
+    Clips sharing a reason and the metrics they are left out of share a line.
     """
-    def ids(clip_ids: list[str]) -> str:
-        return a_few(clip_ids, max_ids) if max_ids else ", ".join(clip_ids)
-
     lines = []
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for clip_id, reasons in evaluation.excluded.items():
@@ -232,8 +230,9 @@ def clip_notes(evaluation: Evaluation, pairing: Pairing, max_ids: int | None = N
                                                ("reference", pairing.only_reference)) if found]
     if groups or alone:
         lines += ["", "Excluded clips:"]
-        lines += [f"- {ids(found)}: only in the {side} directory; left out of every metric" for side, found in alone]
-        lines += [f"- {ids(clips)}: {reason}; left out of {', '.join(labels)}" for (reason, labels), clips in groups.items()]
+        lines += [f"- {', '.join(found)}: only in the {side} directory; left out of every metric" for side, found in alone]
+        lines += [f"- {', '.join(clips)}: {reason}; left out of {', '.join(labels)}"
+                  for (reason, labels), clips in groups.items()]
     if evaluation.suspicious:
         lines += ["", f"Suspicious clips, kept in the metrics ({checks.THRESHOLDS}):"]
         lines += [f"- {clip_id}: {'; '.join(problems)}" for clip_id, problems in evaluation.suspicious.items()]
