@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from expotion.cache import CacheError  # noqa: E402
 from expotion.features import EXTRACTORS, real_profile, tiny_profile  # noqa: E402
+from expotion.known_warnings import silence_known_warnings  # noqa: E402
 from expotion.manifest import ManifestError  # noqa: E402
 from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
 from expotion.weights import MissingWeightsError  # noqa: E402
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    silence_known_warnings()
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     overrides = {k: v for k, v in {"musicgen": args.musicgen, "raft_variant": args.raft_variant}.items() if v}

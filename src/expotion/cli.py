@@ -9,6 +9,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from .known_warnings import silence_known_warnings  # noqa: E402
+
 # subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``
 SUBSYSTEMS = {
     "generate": "expotion.generate",
@@ -71,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    silence_known_warnings()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -7,6 +7,8 @@ frame to frame. A fixed box from the manifest replaces detection entirely.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,7 +52,28 @@ def smooth_track(times: np.ndarray, boxes: np.ndarray, query_times: np.ndarray, 
         b = median_filter(b, size=(median_width, 1), mode="nearest")
     out = np.stack([np.interp(query_times, t, b[:, k]) for k in range(4)], axis=1)
     nearest = np.min(np.abs(query_times[:, None] - t[None, :]), axis=1)
-    return out, nearest <= max_gap_s
+    return out, nearest <= max_gap_s + 1e-6  # a tolerance, so that times offset by a window start decide alike
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """Face detections over a whole recording, so that any window of it is tracked as the whole is.
+
+    Median filtering and interpolation look across window borders, so a video
+    read window by window is first scanned for faces, then each window's boxes
+    are read from this track (:meth:`window`, :meth:`at`).
+    """
+
+    times: np.ndarray  # (N,) detection times, seconds from the recording's first frame
+    boxes: np.ndarray  # (N, 4) in decoded pixels; NaN rows where no face was found
+    start_s: float = 0.0  # start of the window being read
+
+    def window(self, start_s: float) -> FaceTrack:
+        return replace(self, start_s=start_s)
+
+    def at(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed boxes and validity at ``times`` seconds from the window's start."""
+        return smooth_track(self.times, self.boxes, self.start_s + times)
 
 
 def square_boxes(boxes: np.ndarray, width: int, height: int, margin: float = MARGIN) -> np.ndarray:

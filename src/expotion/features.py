@@ -25,7 +25,7 @@ from .extractors.motionformer import (
     save_synchformer_format,
 )
 from .extractors.raft import FlowConfig, compute_flow, load_raft, save_tiny_raft
-from .face import FaceDetector, crop_faces, smooth_track, square_boxes
+from .face import FaceDetector, FaceTrack, crop_faces, smooth_track, square_boxes
 from .media import ClipFrames
 from .musicgen import TinyMusicGenConfig, check_musicgen_available, encode_audio, load_musicgen, save_tiny_musicgen, text_hidden
 from .rates import DEFAULT_RATES, Rates, check_shape, sample_indices
@@ -144,7 +144,8 @@ class Extractors:
         self._detector: FaceDetector | None = None
 
     # ---- video -----------------------------------------------------------------
-    def video_features(self, clip: ClipFrames, duration_s: float, face_box: tuple | None = None) -> VideoFeatures:
+    def video_features(self, clip: ClipFrames, duration_s: float,
+                       face_box: tuple | FaceTrack | None = None) -> VideoFeatures:
         out = VideoFeatures(notes=list(clip.notes))
         if self.marlin is not None:
             self.face_features(clip, duration_s, face_box, out)
@@ -167,7 +168,8 @@ class Extractors:
         check_shape("synchformer", tokens.shape, (r.synchformer_tokens(duration_s), self.cfg.synchformer.dim), duration_s)
         return tokens
 
-    def face_features(self, clip: ClipFrames, duration_s: float, face_box: tuple | None, out: VideoFeatures) -> None:
+    def face_features(self, clip: ClipFrames, duration_s: float, face_box: tuple | FaceTrack | None,
+                      out: VideoFeatures) -> None:
         """MARLIN features per 16-frame window at 80 fps; windows without a face are zero and masked."""
         r, enc = self.rates, self.marlin
         idx = sample_indices(clip.times, r.marlin_video_fps, r.marlin_frames(duration_s))
@@ -191,17 +193,25 @@ class Extractors:
         elif not mask.all():
             out.notes.append(f"face missing in {int((~mask).sum())}/{n_win} MARLIN windows (masked)")
 
-    def face_track(self, clip: ClipFrames, times: np.ndarray, face_box: tuple | None) -> tuple[np.ndarray, np.ndarray]:
-        """Face boxes (in decoded pixels) at ``times``: the manifest box, or smoothed MTCNN detections."""
+    def face_track(self, clip: ClipFrames, times: np.ndarray,
+                   face_box: tuple | FaceTrack | None) -> tuple[np.ndarray, np.ndarray]:
+        """Face boxes (in decoded pixels) at ``times``: the manifest box, a track over the whole
+        recording (a video read window by window), or smoothed MTCNN detections in this clip."""
+        if isinstance(face_box, FaceTrack):
+            return face_box.at(times)
         if face_box is not None:
             box = np.asarray(face_box, float) * clip.scale
             return np.repeat(box[None], len(times), 0), np.ones(len(times), bool)
+        det_times, boxes = self.detect_faces(clip)
+        return smooth_track(det_times, boxes, times)
+
+    def detect_faces(self, clip: ClipFrames, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """MTCNN boxes at ``face_detect_fps`` from the clip start: ``n`` of them, or as many as its frames span."""
         if self._detector is None:
             self._detector = FaceDetector(self.cfg.device)
-        n = self.rates.frames_at(float(clip.times[-1]) + 1e-3, self.cfg.face_detect_fps) + 1
-        det_idx = sample_indices(clip.times, self.cfg.face_detect_fps, n)
-        det_times = np.arange(n) / self.cfg.face_detect_fps
-        return smooth_track(det_times, self._detector(clip.frames[det_idx]), times)
+        fps = self.cfg.face_detect_fps
+        n = self.rates.frames_at(float(clip.times[-1]) + 1e-3, fps) + 1 if n is None else n
+        return np.arange(n) / fps, self._detector(clip.frames[sample_indices(clip.times, fps, n)])
 
     # ---- audio and text ----------------------------------------------------------
     def codes(self, audio: np.ndarray, duration_s: float) -> np.ndarray:

@@ -1,17 +1,30 @@
-"""Generate music for a video (written as a 32 kHz wav, optionally muxed into the video), or for every
-clip of a cached split (batch mode, one wav per clip id, for evaluation).
+"""Generate music for a video (a 32 kHz wav, optionally muxed into the video), or for every clip of a
+cached split (batch mode, one wav per clip id, for evaluation).
 
     expotion generate --video V.mp4 --prompt "..." [--checkpoint adaptor.pt] [--musicgen DIR|NAME]
-                      --out out.wav [--mux out.mp4] [--seed S] [--cfg 3.0] [--top-k 250]
-    expotion generate --cache cache/demo/val --out-dir outputs/val [--checkpoint adaptor.pt]
+                      --out out.wav [--mux out.mp4] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
+    expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
 
 Without --checkpoint this is plain text-only MusicGen (the paper's baseline row).
+
+The command line is a thin layer over a library API that takes no argparse
+objects, for notebooks and the web app::
+
+    models = load_models(ModelSettings(checkpoint=Path("runs/x/adaptor.pt"), profile="tiny"))
+    result = generate_for_video(models, Path("v.mp4"), "slow jazz", Path("out.wav"), mux=Path("out.mp4"),
+                                sampling=SamplingSettings(seed=3), progress=print)
+
+``progress(stage, done, total)`` is called as work advances; the stages are
+``"load"``, ``"faces"``, ``"features"``, ``"generate"`` (sampling steps over all
+windows), ``"clips"`` and ``"videos"``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +32,314 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from .adaptor import ConditionAdaptor
 from .checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
-from .data import FeatureSpec, read_clips
-from .features import Extractors, real_profile, tiny_profile
-from .generation import GenerationError, check_prompt, decode_audio, generate_tokens
+from .data import CachedClip, FeatureSpec, read_clips
+from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
+from .files import OutputError, atomic_output, prepare_output
+from .generation import GenerationError, check_prompt, decoded_chunks, generate_tokens
 from .manifest import ManifestError, parse_face_box
-from .media import MediaError, has_video_frames, iter_clip_frames, mux_audio, probe_video, read_music
+from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
 from .musicgen import load_musicgen, model_signature
 from .weights import MissingWeightsError
+from .windowed import DEFAULT_WINDOW_S, video_features
 
 log = logging.getLogger("expotion.generate")
 DEFAULT_MUSICGEN = "facebook/musicgen-small"
+PROFILES = ("real", "tiny")
+ADAPTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Progress = Callable[[str, int, int], None]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which models to load and where they run."""
+
+    checkpoint: Path | None = None  # adaptor.pt; None: plain text-only MusicGen
+    musicgen: str | None = None  # hub name or local directory (default: the checkpoint's, else DEFAULT_MUSICGEN)
+    profile: str = "real"  # feature extractors, as for precompute
+    weights_dir: Path | None = None
+    tiny_dir: Path = Path("cache/tiny-weights")
+    device: str = field(default_factory=default_device)
+    adaptor_dtype: str = "float32"  # the adaptor's precision: float32, bfloat16 or float16
+    feature_window_s: float = DEFAULT_WINDOW_S  # seconds of video decoded at a time
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise GenerationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if self.adaptor_dtype not in ADAPTOR_DTYPES:
+            raise GenerationError(f"adaptor dtype must be one of {tuple(ADAPTOR_DTYPES)}, got {self.adaptor_dtype!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as err:
+            raise GenerationError(f"device {self.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise GenerationError(f"device {self.device!r} asked for, but torch finds no CUDA device here")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are sampled; may change from one call to the next without reloading models."""
+
+    seed: int = 0
+    cfg_coef: float = 3.0  # classifier-free guidance on the text
+    top_k: int = 250
+    extend_stride: float | None = None  # seconds between windows (default: half the adaptor's window)
+
+
+@dataclass
+class Models:
+    """Loaded models: MusicGen, the adaptor and the features it expects (None without a checkpoint)."""
+
+    settings: ModelSettings
+    musicgen: object
+    adaptor: ConditionAdaptor | None
+    spec: FeatureSpec | None
+    extractor_cfg: ExtractorConfig
+    load_s: float
+    _extractors: Extractors | None = None
+
+    def extractors(self) -> Extractors:
+        """The video feature extractors the adaptor reads, built on first use (batch mode never needs them)."""
+        if self._extractors is None:
+            self._extractors = Extractors(self.extractor_cfg, tuple(self.spec.shapes))
+        return self._extractors
+
+    def devices(self) -> dict[str, set[str]]:
+        """The devices of every loaded model's parameters and buffers, by component."""
+        lm = self.musicgen.lm
+        parts = {"musicgen.lm": lm, "musicgen.compression_model": self.musicgen.compression_model}
+        for name, cond in lm.condition_provider.conditioners.items():
+            parts[f"conditioner.{name}"] = cond
+            if isinstance(getattr(cond, "t5", None), torch.nn.Module):  # audiocraft keeps T5 outside the module tree
+                parts[f"conditioner.{name}.t5"] = cond.t5
+        if self.adaptor is not None:
+            parts["adaptor"] = self.adaptor
+        if isinstance(self._extractors, torch.nn.Module):
+            parts["extractors"] = self._extractors
+        elif self._extractors is not None:
+            parts |= {f"extractor.{k}": m for k, m in vars(self._extractors).items() if isinstance(m, torch.nn.Module)}
+        return {name: {str(t.device) for t in (*m.parameters(), *m.buffers())} for name, m in parts.items()}
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    wav: Path
+    mux: Path | None
+    duration_s: float
+    notes: list[str]
+    timings: dict[str, float]  # seconds per stage of this call (model loading is Models.load_s)
+
+
+@dataclass
+class BatchResult:
+    clips: int
+    written: list[str] = field(default_factory=list)  # clip ids with a generated wav
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (clip id, reason) without one
+    videos: list[str] = field(default_factory=list)  # clip ids with a muxed mp4
+    videos_skipped: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def extractor_config(settings: ModelSettings) -> ExtractorConfig:
+    cfg = tiny_profile(settings.tiny_dir) if settings.profile == "tiny" else real_profile(settings.weights_dir)
+    return replace(cfg, device=settings.device)
+
+
+def load_models(settings: ModelSettings, progress: Progress | None = None) -> Models:
+    """Load MusicGen (and the adaptor, when there is a checkpoint) onto ``settings.device``."""
+    start = time.perf_counter()
+    if progress:
+        progress("load", 0, 1)
+    ext_cfg = extractor_config(settings)
+    adaptor = spec = None
+    if settings.checkpoint is None:
+        musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)
+    else:
+        payload = read_adaptor(settings.checkpoint)
+        musicgen = load_musicgen(settings.musicgen or payload["musicgen"]["name"], settings.device)
+        adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
+        adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
+    if progress:
+        progress("load", 1, 1)
+    return Models(settings, musicgen, adaptor, spec, ext_cfg, time.perf_counter() - start)
+
+
+def check_video_outputs(video: Path, out: Path, mux: Path | None) -> None:
+    """Refuse outputs that would overwrite the input video or each other, and create their folders.
+
+    Called before any model is loaded, so a bad path costs nothing.
+    """
+    prepare_output(out, {"input video": video}, "output wav")
+    if mux is not None:
+        prepare_output(mux, {"input video": video, "output wav": out}, "muxed video")
+
+
+def check_features(feats: VideoFeatures, models: Models, video: Path) -> None:
+    """Log face coverage and decoder notes; refuse features of other shapes than the adaptor's."""
+    mask = feats.arrays.get("marlin_mask")
+    if mask is not None and not mask.any():
+        log.warning("%s: no face detected: the face features are masked, so the adaptor uses its learned "
+                    "'no face' embedding and the motion and text conditions steer the music", video)
+    elif mask is not None and not mask.all():
+        log.warning("%s: face missing in %d of %d MARLIN windows (masked)", video, int((~mask).sum()), len(mask))
+    for note in feats.notes:
+        log.warning("%s: %s", video, note)
+    for name, shape in models.spec.shapes.items():
+        got = tuple(feats.arrays[name].shape[1:])
+        if got != shape:
+            raise CheckpointMismatch(f"{models.settings.checkpoint}: adaptor expects '{name}' features of shape {shape}, "
+                                     f"the '{models.settings.profile}' extractors give {got}; use the profile it was "
+                                     "trained with")
+
+
+def as_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Feature arrays as a batch of one: floats as float32, masks as bool."""
+    return {k: torch.from_numpy(np.asarray(v, dtype=bool if v.dtype == bool else np.float32))[None]
+            for k, v in arrays.items()}
+
+
+def write_wav(models: Models, tokens: torch.Tensor, duration_s: float, path: Path) -> None:
+    """Decode ``tokens`` chunk by chunk into a mono wav, renamed into place when complete."""
+    with atomic_output(path) as tmp, sf.SoundFile(tmp, "w", models.musicgen.sample_rate, 1) as f:
+        for piece in decoded_chunks(models.musicgen, tokens, duration_s):
+            f.write(piece[0])
+
+
+def generate_for_video(models: Models, video: Path, prompt: str, out: Path, *, mux: Path | None = None,
+                       face_box: tuple[float, float, float, float] | None = None,
+                       sampling: SamplingSettings = SamplingSettings(), progress: Progress | None = None) -> VideoResult:
+    """Music for ``video`` as a wav at ``out`` (and, with ``mux``, the video with that music).
+
+    Visual features are extracted window by window, so memory does not grow with
+    the video's length; ``face_box`` (source pixels) fixes the face crop instead
+    of detecting it.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name], clock = now - clock, now
+
+    video, out = Path(video), Path(out)
+    check_video_outputs(video, out, mux)
+    prompt = check_prompt(prompt)
+    if not has_video_frames(video):
+        raise GenerationError(f"{video}: the video has no frames to follow")
+    duration = probe_video(video).duration_s
+    feats, notes = None, []
+    if models.adaptor is not None:
+        extracted = video_features(models.extractors(), video, duration, face_box, models.settings.feature_window_s,
+                                   progress)
+        check_features(extracted, models, video)
+        feats, notes = as_batch(extracted.arrays), extracted.notes
+        lap("video features")
+    on_step = (lambda done, total: progress("generate", done, total)) if progress else None
+    tokens = generate_tokens(models.musicgen, [prompt], duration, models.adaptor, feats,
+                             models.spec.rates if models.spec else None, seed=sampling.seed, cfg_coef=sampling.cfg_coef,
+                             top_k=sampling.top_k, extend_stride=sampling.extend_stride, on_step=on_step)
+    lap("music")
+    write_wav(models, tokens, duration, out)
+    lap("audio")
+    if mux is not None:
+        mux_audio(video, out, mux)
+        lap("mux")
+    return VideoResult(out, mux, duration, notes, timings)
+
+
+def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_dir: Path | None = None,
+                       mux_dir: Path | None = None, sampling: SamplingSettings = SamplingSettings(),
+                       progress: Progress | None = None) -> BatchResult:
+    """One ``<clip_id>.wav`` per cached clip of the split ``cache``, from the cached features.
+
+    ``reference_dir`` also gets each clip's original music and ``mux_dir`` each
+    clip's video (cut from its source as the cache cut it) with the generated
+    music, both named by clip id, for ``expotion eval``.
+    """
+    start = time.perf_counter()
+    clips = list(read_clips(cache, tuple(models.spec.shapes) if models.spec else ()))
+    if not clips:
+        raise GenerationError(f"{cache}: no cached clips")
+    for folder in (out_dir, reference_dir, mux_dir):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    result = BatchResult(len(clips))
+    generated: list[CachedClip] = []
+    for i, clip in enumerate(clips):
+        reason = generate_clip(models, clip, out_dir, reference_dir, sampling)
+        if reason is None:
+            result.written.append(clip.clip_id)
+            generated.append(clip)
+        else:
+            result.skipped.append((clip.clip_id, reason))
+        if progress:
+            progress("clips", i + 1, len(clips))
+    result.timings["music"] = time.perf_counter() - start
+    if mux_dir is not None:
+        start = time.perf_counter()
+        write_videos(generated, out_dir, Path(mux_dir), result, progress)
+        result.timings["videos"] = time.perf_counter() - start
+    return result
+
+
+def generate_clip(models: Models, clip: CachedClip, out_dir: Path, reference_dir: Path | None,
+                  sampling: SamplingSettings) -> str | None:
+    """Write one clip's wav (and reference); the reason it was skipped, or None."""
+    if clip.missing:
+        return f"cache lacks {', '.join(clip.missing)}"
+    try:
+        if reference_dir is not None:
+            write_reference(clip, Path(reference_dir) / f"{clip.clip_id}.wav", models.musicgen.sample_rate)
+        tokens = generate_tokens(models.musicgen, [clip.caption], clip.duration_s, models.adaptor,
+                                 clip.feats if models.adaptor else None, models.spec.rates if models.spec else None,
+                                 seed=sampling.seed, cfg_coef=sampling.cfg_coef, top_k=sampling.top_k,
+                                 extend_stride=sampling.extend_stride)
+    except (GenerationError, MediaError) as err:
+        return str(err)
+    write_wav(models, tokens, clip.duration_s, Path(out_dir) / f"{clip.clip_id}.wav")
+    return None
+
+
+def write_videos(clips: list[CachedClip], out_dir: Path, mux_dir: Path, result: BatchResult,
+                 progress: Progress | None) -> None:
+    """Each clip's mp4 in ``mux_dir``: its span of the source video with its generated music; each source decoded once."""
+    by_source: dict[Path, list[CachedClip]] = {}
+    for clip in clips:
+        by_source.setdefault(clip.source, []).append(clip)
+    done = 0
+    for source, group in by_source.items():
+        jobs = [ClipVideo(c.start_s, c.duration_s, Path(out_dir) / f"{c.clip_id}.wav", mux_dir / f"{c.clip_id}.mp4")
+                for c in group]
+        try:
+            outcomes = list(write_clip_videos(source, jobs))
+        except MediaError as err:
+            outcomes = [(i, err) for i in range(len(jobs))]
+        for index, error in outcomes:
+            if error is None:
+                result.videos.append(group[index].clip_id)
+            else:
+                result.videos_skipped.append((group[index].clip_id, str(error)))
+        done += len(group)
+        if progress:
+            progress("videos", done, len(clips))
+
+
+def write_reference(clip: CachedClip, path: Path, sample_rate: int) -> None:
+    """The clip's original music, cut from its source as the precompute stage cut it."""
+    audio = read_music(clip.source, clip.audio_source, sample_rate)
+    start = int(round(clip.start_s * sample_rate))
+    with atomic_output(path) as tmp:
+        sf.write(tmp, audio[start : start + int(round(clip.duration_s * sample_rate))], sample_rate)
+
+
+# ---- command line ----------------------------------------------------------------------------------
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +354,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", type=Path, help="batch mode: one <clip_id>.wav per clip")
     p.add_argument("--reference-dir", type=Path,
                    help="batch mode: also write each clip's original music here (the reference for `expotion eval`)")
+    p.add_argument("--mux-dir", type=Path,
+                   help="batch mode: also write <clip_id>.mp4 per clip here: its span of the source video, cut as "
+                        "the cache cut it, with the generated music (for `expotion eval --videos`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient on the text")
     p.add_argument("--top-k", type=int, default=250)
@@ -51,128 +364,85 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between windows for long videos (default: half the adaptor's window)")
     p.add_argument("--face-box", help="'x0 y0 x1 y1' in source pixels: a fixed face crop instead of detection "
                                       "(use the same box the training data used)")
-    p.add_argument("--profile", choices=("real", "tiny"), default="real", help="feature extractors (as for precompute)")
+    p.add_argument("--profile", choices=PROFILES, default="real", help="feature extractors (as for precompute)")
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--tiny-dir", type=Path, default=Path("cache/tiny-weights"))
+    p.add_argument("--device", default=None, help="torch device for every model (default: cuda if available, else cpu)")
+    p.add_argument("--adaptor-dtype", choices=tuple(ADAPTOR_DTYPES), default="float32",
+                   help="the adaptor's precision (MusicGen keeps its own: float32, with float16 autocast on CUDA)")
+
+
+class ProgressBars:
+    """The library's progress reports drawn as one tqdm bar per stage, each created with its total (so it shows an ETA)."""
+
+    LABELS = {"faces": ("face scan", "window"), "features": ("video features", "window"),
+              "generate": ("music", "step"), "clips": ("clips", "clip"), "videos": ("clip videos", "clip")}
+
+    def __init__(self) -> None:
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.LABELS:
+            return
+        bar = self.bars.get(stage)
+        if bar is None or bar.total != total:
+            desc, unit = self.LABELS[stage]
+            bar = self.bars[stage] = tqdm(total=total, desc=desc, unit=unit, leave=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            del self.bars[stage]
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    start = time.perf_counter()
     try:
-        return single(args) if args.video else batch(args)
-    except (GenerationError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch, FileNotFoundError) as err:
+        settings = ModelSettings(checkpoint=args.checkpoint, musicgen=args.musicgen, profile=args.profile,
+                                 weights_dir=args.weights_dir, tiny_dir=args.tiny_dir,
+                                 device=args.device or default_device(), adaptor_dtype=args.adaptor_dtype)
+        sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
+        return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
+    except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch,
+            FileNotFoundError) as err:
         log.error("%s", err)
         return 2
 
 
-def load_models(args: argparse.Namespace):
-    """MusicGen, and the adaptor with the feature spec it expects (None without a checkpoint)."""
-    if args.checkpoint is None:
-        return load_musicgen(args.musicgen or DEFAULT_MUSICGEN), None, None
-    payload = read_adaptor(args.checkpoint)
-    musicgen = load_musicgen(args.musicgen or payload["musicgen"]["name"])
-    adaptor, spec = build_adaptor(args.checkpoint, payload, musicgen.lm, model_signature(musicgen))
-    return musicgen, adaptor.eval(), spec
-
-
-def video_features(args: argparse.Namespace, video: Path, duration: float, spec: FeatureSpec) -> dict[str, torch.Tensor]:
-    """The same extractors as the precompute stage, over the whole video; checked against the checkpoint."""
-    ext_cfg = tiny_profile(args.tiny_dir) if args.profile == "tiny" else real_profile(args.weights_dir)
-    extractors = Extractors(ext_cfg, tuple(spec.shapes))
-    (_, frames), = iter_clip_frames(video, [(0.0, duration)], ext_cfg.max_short_side)
-    if isinstance(frames, MediaError):
-        raise frames
-    face_box = parse_face_box(args.face_box, where="--face-box")
-    feats = extractors.video_features(frames, duration, face_box)
-    for note in feats.notes:
-        if note.startswith("no face detected"):
-            log.warning("%s: no face detected: the face features are masked, so the adaptor uses its learned "
-                        "'no face' embedding and the motion and text conditions steer the music", video)
-        else:
-            log.warning("%s: %s", video, note)
-    for name, shape in spec.shapes.items():
-        got = tuple(feats.arrays[name].shape[1:])
-        if got != shape:
-            raise CheckpointMismatch(f"{args.checkpoint}: adaptor expects '{name}' features of shape {shape}, the "
-                                     f"'{args.profile}' extractors give {got}; use the profile it was trained with")
-    return {k: torch.from_numpy(np.asarray(v, dtype=np.float32 if v.dtype != bool else bool))[None]
-            for k, v in feats.arrays.items()}
-
-
-def single(args: argparse.Namespace) -> int:
+def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: SamplingSettings, start: float) -> int:
     if args.out is None or args.prompt is None:
         raise GenerationError("--video needs --prompt and --out")
-    prompt = check_prompt(args.prompt)
-    if not has_video_frames(args.video):
-        raise GenerationError(f"{args.video}: the video has no frames to follow")
-    info = probe_video(args.video)
-    musicgen, adaptor, spec = load_models(args)
-    feats = video_features(args, args.video, info.duration_s, spec) if adaptor is not None else None
-    start = time.perf_counter()
-    with tqdm(desc="generate", unit="step") as bar:
-        musicgen.set_custom_progress_callback(progress_to(bar))
-        tokens = generate_tokens(musicgen, [prompt], info.duration_s, adaptor, feats, spec.rates if spec else None,
-                                 seed=args.seed, cfg_coef=args.cfg, top_k=args.top_k,
-                                 extend_stride=args.extend_stride, progress=True)
-    wav = decode_audio(musicgen, tokens, info.duration_s)[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(args.out, wav, musicgen.sample_rate)
-    print(f"wrote {args.out} ({len(wav) / musicgen.sample_rate:.2f} s for a {info.duration_s:.2f} s video, "
-          f"{'adaptor ' + str(args.checkpoint) if adaptor else 'plain MusicGen'}, {time.perf_counter() - start:.1f} s)")
-    if args.mux:
-        mux_audio(args.video, wav, musicgen.sample_rate, args.mux)
-        print(f"wrote {args.mux}")
+    check_prompt(args.prompt)
+    check_video_outputs(args.video, args.out, args.mux)
+    face_box = parse_face_box(args.face_box, where="--face-box")
+    progress = ProgressBars()
+    models = load_models(settings, progress)
+    result = generate_for_video(models, args.video, args.prompt, args.out, mux=args.mux, face_box=face_box,
+                                sampling=sampling, progress=progress)
+    stages = {"loading models": models.load_s, **result.timings}
+    seconds = sf.info(result.wav).duration
+    print(f"wrote {result.wav} ({seconds:.2f} s for a {result.duration_s:.2f} s video, "
+          f"{'adaptor ' + str(args.checkpoint) if models.adaptor else 'plain MusicGen'})")
+    print(f"took {time.perf_counter() - start:.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+          + " (Python start-up and imports before the command ran are not counted)")
+    if result.mux:
+        print(f"wrote {result.mux}")
     return 0
 
 
-def progress_to(bar: tqdm):
-    """audiocraft progress callback (steps done, steps in this window) drawn on a tqdm bar."""
-
-    def callback(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.update(done - bar.n)
-
-    return callback
-
-
-def batch(args: argparse.Namespace) -> int:
+def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: SamplingSettings) -> int:
     if args.out_dir is None:
         raise GenerationError("--cache needs --out-dir")
-    musicgen, adaptor, spec = load_models(args)
-    streams = tuple(spec.shapes) if spec else ()
-    clips = list(read_clips(args.cache, streams))
-    if not clips:
-        raise GenerationError(f"{args.cache}: no cached clips")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    if args.reference_dir:
-        args.reference_dir.mkdir(parents=True, exist_ok=True)
-    done, skipped = 0, []
-    for clip in tqdm(clips, desc="generate", unit="clip"):
-        if clip.missing:
-            skipped.append((clip.clip_id, f"cache lacks {', '.join(clip.missing)}"))
-            continue
-        try:
-            if args.reference_dir:
-                write_reference(clip, args.reference_dir / f"{clip.clip_id}.wav", musicgen.sample_rate)
-            tokens = generate_tokens(musicgen, [clip.caption], clip.duration_s, adaptor, clip.feats if adaptor else None,
-                                     spec.rates if spec else None, seed=args.seed, cfg_coef=args.cfg,
-                                     top_k=args.top_k, extend_stride=args.extend_stride)
-        except (GenerationError, MediaError) as err:
-            skipped.append((clip.clip_id, str(err)))
-            continue
-        wav = decode_audio(musicgen, tokens, clip.duration_s)[0]
-        sf.write(args.out_dir / f"{clip.clip_id}.wav", wav, musicgen.sample_rate)
-        done += 1
-    print(f"generated {done} of {len(clips)} clips into {args.out_dir}"
+    progress = ProgressBars()
+    models = load_models(settings, progress)
+    result = generate_for_cache(models, args.cache, args.out_dir, reference_dir=args.reference_dir,
+                                mux_dir=args.mux_dir, sampling=sampling, progress=progress)
+    print(f"generated {len(result.written)} of {result.clips} clips into {args.out_dir}"
           + (f" (references in {args.reference_dir})" if args.reference_dir else ""))
-    for clip_id, reason in skipped:
+    for clip_id, reason in result.skipped:
         print(f"  skipped {clip_id}: {reason}")
-    return 0 if done else 1
-
-
-def write_reference(clip, path: Path, sample_rate: int) -> None:
-    """The clip's original music, cut from its source as the precompute stage cut it."""
-    audio = read_music(clip.source, clip.audio_source, sample_rate)
-    start = int(round(clip.start_s * sample_rate))
-    sf.write(path, audio[start : start + int(round(clip.duration_s * sample_rate))], sample_rate)
+    if args.mux_dir:
+        print(f"wrote {len(result.videos)} of {len(result.written)} clip videos into {args.mux_dir}")
+        for clip_id, reason in result.videos_skipped:
+            print(f"  no video for {clip_id}: {reason}")
+    return 0 if result.written else 1

@@ -6,12 +6,13 @@ window prompted with the tail of the previous one). The adaptor joins in by
 wrapping ``lm.generate`` for the duration of the call: before each window it
 builds the visual prefix once, for that window's time span, and attaches it.
 With zero gates the result is therefore token for token plain MusicGen's.
+The same wrapper counts sampling steps over all windows for progress reports.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from .adaptor import ConditionAdaptor
 from .rates import StreamRate
 
 MAX_PROMPT_CHARS = 2000  # T5 was trained on inputs of up to 512 tokens
+DECODE_CHUNK = 1500  # EnCodec frames decoded at a time (30 s at 50 Hz)
+DECODE_CONTEXT = 50  # frames of context decoded and dropped on either side of a chunk (1 s)
 
 
 class GenerationError(ValueError):
@@ -36,22 +39,85 @@ def check_prompt(prompt: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Window:
+    """One ``lm.generate`` call of MusicGen's windowed continuation, in EnCodec frames."""
+
+    offset: int  # first frame of the window within the whole piece
+    prompt: int  # frames carried over from the previous window
+    length: int  # frames in the window, prompt included
+
+
+def generation_windows(duration_s: float, window_s: float, stride_s: float, frame_rate: float) -> list[Window]:
+    """The windows ``MusicGen.generate`` walks for ``duration_s`` seconds.
+
+    This mirrors audiocraft's own schedule (``MusicGen._generate_tokens``) so
+    that the visual prefix and the progress total are known before decoding starts.
+    """
+    total = int(duration_s * frame_rate)
+    if duration_s <= window_s:
+        return [Window(0, 0, total)]
+    stride = int(frame_rate * stride_s)
+    windows, offset, prompt = [], 0, 0
+    while offset + prompt < total:
+        length = int(min(duration_s - offset / frame_rate, window_s) * frame_rate)
+        windows.append(Window(offset, prompt, length))
+        prompt, offset = length - stride, offset + stride
+    return windows
+
+
+def decoding_steps(lm, window: Window) -> int:
+    """Sampling steps ``lm.generate`` takes for ``window`` (what its progress callback counts to)."""
+    pattern = lm.pattern_provider.get_pattern(window.length)
+    return len(pattern.layout) - pattern.get_first_step_with_timesteps(window.prompt)
+
+
+def visual_prefix(adaptor: ConditionAdaptor, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
+                  steps: int, start_s: float, compute_dtype: torch.dtype):
+    """The adaptor's prefix for a window starting at ``start_s``, computed at the adaptor's precision.
+
+    A reduced-precision adaptor (e.g. bfloat16) runs under autocast, so it can
+    read MusicGen's float32 layers; the prefix is then cast to MusicGen's dtype.
+    """
+    batch = next(iter(feats.values())).shape[0]
+    device, dtype = adaptor.h0.device, adaptor.h0.dtype
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        prefix = adaptor.prefix(feats, rates, steps, torch.full((batch,), start_s, device=device))
+    return [tuple(t.to(compute_dtype) for t in layer) for layer in prefix]
+
+
 @contextlib.contextmanager
-def windowed_prefix(musicgen, adaptor: ConditionAdaptor, feats: dict[str, torch.Tensor],
-                    rates: dict[str, StreamRate]) -> Iterator[None]:
-    """Attach a visual prefix, sliced to each generation window's start time, around every ``lm.generate``."""
+def windowed_generation(musicgen, windows: list[Window], adaptor: ConditionAdaptor | None = None,
+                        feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
+                        on_step: Callable[[int, int], None] | None = None) -> Iterator[None]:
+    """Wrap ``lm.generate`` for one ``MusicGen.generate`` call.
+
+    Before each window the adaptor's prefix is built once for that window's time
+    span and attached; ``on_step(done, total)`` counts sampling steps over all
+    windows, so one progress bar covers the whole piece.
+    """
     lm = musicgen.lm
     generate = lm.generate
-    stride_frames = int(musicgen.frame_rate * musicgen.extend_stride)
-    windows = itertools.count()
+    steps = [decoding_steps(lm, w) for w in windows]
+    total, done_before, index = sum(steps), 0, 0
+    compute_dtype = next(lm.parameters()).dtype
 
-    def generate_window(prompt, conditions, *args, max_gen_len: int, **kwargs):
-        start_s = next(windows) * stride_frames / musicgen.frame_rate
-        steps = lm.pattern_provider.get_pattern(max_gen_len).num_sequence_steps
-        batch = next(iter(feats.values())).shape[0]
-        prefix = adaptor.prefix(feats, rates, steps, torch.full((batch,), start_s, device=adaptor.h0.device))
-        with adaptor.attached(prefix):
-            return generate(prompt, conditions, *args, max_gen_len=max_gen_len, **kwargs)
+    def report(done: int, _window_total: int) -> None:
+        on_step(done_before + done, total)
+
+    def generate_window(prompt, conditions, *args, max_gen_len: int, callback=None, **kwargs):
+        nonlocal done_before, index
+        window = windows[index]
+        context = contextlib.nullcontext()
+        if adaptor is not None:
+            prefix = visual_prefix(adaptor, feats, rates, lm.pattern_provider.get_pattern(max_gen_len).num_sequence_steps,
+                                   window.offset / musicgen.frame_rate, compute_dtype)
+            context = adaptor.attached(prefix)
+        with context:
+            tokens = generate(prompt, conditions, *args, max_gen_len=max_gen_len,
+                              callback=report if on_step else None, **kwargs)
+        done_before, index = done_before + steps[index], index + 1
+        return tokens
 
     lm.generate = generate_window
     try:
@@ -64,12 +130,14 @@ def windowed_prefix(musicgen, adaptor: ConditionAdaptor, feats: dict[str, torch.
 def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: ConditionAdaptor | None = None,
                     feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
                     seed: int = 0, cfg_coef: float = 3.0, top_k: int = 250, extend_stride: float | None = None,
-                    progress: bool = False) -> torch.Tensor:
+                    on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Tokens (B, K, T) for ``duration_s`` seconds, one sample per prompt.
 
     Windows are at most the adaptor's training length (MusicGen's own maximum
     without one); the stride between windows defaults to half a window (18 s,
-    audiocraft's default, for plain MusicGen with a 30 s window).
+    audiocraft's default, for plain MusicGen with a 30 s window). The features
+    go to the adaptor's device and precision. ``on_step(done, total)`` reports
+    sampling steps over all windows.
     """
     prompts = [check_prompt(p) for p in prompts]
     full_window = musicgen.max_duration
@@ -79,19 +147,45 @@ def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: Co
         raise GenerationError(f"extend stride {stride} s must be shorter than the window of {window} s")
     musicgen.set_generation_params(duration=duration_s, top_k=min(top_k, musicgen.lm.card), cfg_coef=cfg_coef,
                                    extend_stride=stride)
+    if adaptor is not None:
+        feats = {k: v.to(adaptor.h0.device, adaptor.h0.dtype if v.is_floating_point() else v.dtype)
+                 for k, v in feats.items()}
+    windows = generation_windows(duration_s, window, stride, musicgen.frame_rate)
     torch.manual_seed(seed)
-    context = windowed_prefix(musicgen, adaptor, feats, rates) if adaptor is not None else contextlib.nullcontext()
     musicgen.max_duration = window
     try:
-        with context:
-            return musicgen.generate(prompts, progress=progress, return_tokens=True)[1]
+        with windowed_generation(musicgen, windows, adaptor, feats, rates, on_step):
+            return musicgen.generate(prompts, return_tokens=True)[1]
     finally:
         musicgen.max_duration = full_window
 
 
 @torch.no_grad()
+def decoded_chunks(musicgen, tokens: torch.Tensor, duration_s: float) -> Iterator[np.ndarray]:
+    """EnCodec audio (B, samples) of ``tokens``, in pieces that add up to exactly ``duration_s``.
+
+    Long pieces are decoded :data:`DECODE_CHUNK` frames at a time, each with
+    :data:`DECODE_CONTEXT` frames of tokens on either side that are decoded and
+    dropped, so memory stays bounded and the joins match a single pass (EnCodec's
+    convolutions see the same neighbourhood; a test checks it). Up to one chunk
+    (30 s) it is a single pass.
+    """
+    total = tokens.shape[-1]
+    hop = int(round(musicgen.sample_rate / musicgen.frame_rate))
+    remaining = int(round(duration_s * musicgen.sample_rate))
+    for start in range(0, total, DECODE_CHUNK):
+        end = min(start + DECODE_CHUNK, total)
+        lo, hi = max(0, start - DECODE_CONTEXT), min(total, end + DECODE_CONTEXT)
+        wav = musicgen.compression_model.decode(tokens[..., lo:hi], None)[:, 0]
+        piece = wav[:, (start - lo) * hop : (end - lo) * hop][:, :remaining].float().cpu().numpy()
+        remaining -= piece.shape[1]
+        yield piece
+        if remaining == 0:
+            return
+    if remaining > 0:
+        yield np.zeros((tokens.shape[0], remaining), np.float32)
+
+
 def decode_audio(musicgen, tokens: torch.Tensor, duration_s: float) -> np.ndarray:
-    """EnCodec-decode all tokens at once (no seams between windows) and fit to exactly ``duration_s``."""
-    wav = musicgen.compression_model.decode(tokens, None)[:, 0].float().cpu().numpy()
-    n = int(round(duration_s * musicgen.sample_rate))
-    return wav[:, :n] if wav.shape[1] >= n else np.pad(wav, ((0, 0), (0, n - wav.shape[1])))
+    """EnCodec-decode all tokens (no seams between windows) and fit to exactly ``duration_s``: (B, samples)."""
+    return np.concatenate(list(decoded_chunks(musicgen, tokens, duration_s)), axis=1)

@@ -12,10 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from .data import ShardDataModule  # noqa: E402
+from .known_warnings import silence_known_warnings  # noqa: E402
 from .training import ExpotionModule  # noqa: E402
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
+    silence_known_warnings()
     return LightningCLI(ExpotionModule, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

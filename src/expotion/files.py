@@ -1,0 +1,59 @@
+"""Writing outputs safely: never half-written, never over one of the inputs."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path cannot be written safely; the message says why."""
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden name beside ``path``, unique per process, with the same suffix (writers pick the format from it)."""
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only when the block completes.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name one file: equal after resolving symlinks, or hard links to one inode."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def prepare_output(path: str | os.PathLike, inputs: dict[str, Path], what: str) -> Path:
+    """Check that output ``path`` overwrites none of ``inputs`` (name -> path) and create its folder.
+
+    Raises :class:`OutputError` naming the option and the file, before any work is done.
+    """
+    path = Path(path)
+    for name, source in inputs.items():
+        if source is not None and same_file(path, source):
+            raise OutputError(f"{what} {path} is the {name} {source}: writing it would destroy the {name}; "
+                              "choose another output path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{what} {path}: cannot create its folder {path.parent} ({err.strerror})") from err
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    return path
+
