@@ -1,4 +1,8 @@
-"""Generation: token equality with plain MusicGen at zero gates, exact durations, muxing, batch mode, bad input."""
+"""Generation: token equality with plain MusicGen at zero gates, exact durations, muxing, batch mode, bad input,
+the library API (progress, devices) and outputs that never destroy an input."""
+import os
+import re
+import time
 from pathlib import Path
 
 import av
@@ -13,7 +17,10 @@ from expotion.checkpoint import save_adaptor
 from expotion.cli import main as cli_main
 from expotion.data import ClipDataset
 from expotion.embedding import VisualConfig
-from expotion.generation import GenerationError, generate_tokens
+from expotion.files import atomic_output
+from expotion.generate import ModelSettings, SamplingSettings, generate_for_video, load_models
+from expotion.generation import GenerationError, decoding_steps, generate_tokens, generation_windows
+from expotion.media import iter_clip_frames
 from expotion.musicgen import load_musicgen, model_signature
 
 STREAMS = ("marlin", "synchformer")
@@ -109,9 +116,11 @@ def test_plain_musicgen_without_checkpoint(tmp_path, tiny_profile_cfg):
     assert code == 0 and sf.info(tmp_path / "o.wav").duration == pytest.approx(2.0, abs=0.02)
 
 
-def test_batch_mode_writes_one_wav_per_clip(demo_cache, small_demo, checkpoint, tmp_path, tiny_profile_cfg, capsys):
+def test_batch_mode_writes_one_wav_per_clip_and_its_video(demo_cache, small_demo, checkpoint, tmp_path,
+                                                          tiny_profile_cfg, capsys):
     code = cli_main(["generate", "--cache", str(demo_cache[0] / "val"), "--out-dir", str(tmp_path / "gen"),
-                     "--reference-dir", str(tmp_path / "ref"), "--checkpoint", str(checkpoint), *tiny_args(tiny_profile_cfg)])
+                     "--reference-dir", str(tmp_path / "ref"), "--mux-dir", str(tmp_path / "videos"),
+                     "--checkpoint", str(checkpoint), *tiny_args(tiny_profile_cfg)])
     assert code == 0
     names = ["demo-002-000.wav", "demo-002-001.wav"]
     assert sorted(p.name for p in (tmp_path / "gen").glob("*.wav")) == names
@@ -120,7 +129,23 @@ def test_batch_mode_writes_one_wav_per_clip(demo_cache, small_demo, checkpoint, 
     source, _ = sf.read(small_demo.parent / "audio" / "demo-002.wav", dtype="float32")
     reference, _ = sf.read(tmp_path / "ref" / "demo-002-001.wav", dtype="float32")
     assert np.abs(reference - source[64000:128000]).max() < 1e-3  # the second 2 s of the recording
-    assert "generated 2 of 2 clips" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "generated 2 of 2 clips" in out and "wrote 2 of 2 clip videos" in out
+
+    # --mux-dir: each clip's span of the source video (2-4 s for clip 001), with its generated music
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["demo-002-000.mp4", "demo-002-001.mp4"]
+    video = small_demo.parent / "videos" / "demo-002.mp4"
+    with av.open(str(tmp_path / "videos" / "demo-002-001.mp4")) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert float(v.duration * v.time_base) == pytest.approx(2.0, abs=1 / 30 + 1e-3)
+        assert float(a.duration * a.time_base) == pytest.approx(2.0, abs=0.05)
+        clip = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
+    spans = {start: frames for start in (0.0, 2.0)
+             for _, frames in iter_clip_frames(video, [(start, 2.0)], max_short_side=4096)}
+    assert len(clip) == len(spans[2.0].frames) == 60  # 2 s at 30 fps
+    right = np.abs(clip - spans[2.0].frames).mean()
+    wrong = np.abs(clip - spans[0.0].frames).mean()
+    assert right < 2.0 and right < 0.25 * wrong, (right, wrong)  # H.264 re-encoding error only
 
 
 def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, caplog, musicgen, spec):
@@ -155,3 +180,130 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
     assert "adaptor expects 'marlin' features of shape (768,), the 'tiny' extractors give (32,)" in caplog.text
     with pytest.raises(GenerationError, match="prompt is empty"):
         generate_tokens(musicgen, [""], 1.0)
+
+
+def test_mux_onto_the_input_video_is_refused_and_leaves_it_intact(tmp_path, checkpoint, tiny_profile_cfg, caplog):
+    video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)
+    original = video.read_bytes()
+    (tmp_path / "link.mp4").symlink_to(video)
+    os.link(video, tmp_path / "hard.mp4")
+    base = ["generate", "--video", str(video), "--prompt", "pop", "--checkpoint", str(checkpoint),
+            *tiny_args(tiny_profile_cfg)]
+    for target in (video, tmp_path / "link.mp4", tmp_path / "hard.mp4", tmp_path / "sub" / ".." / "v.mp4"):
+        caplog.clear()
+        assert cli_main([*base, "--out", str(tmp_path / "o.wav"), "--mux", str(target)]) == 2
+        assert f"muxed video {target} is the input video {video}: writing it would destroy the input video" in caplog.text
+        assert video.read_bytes() == original
+    assert cli_main([*base, "--out", str(tmp_path / "link.mp4")]) == 2  # the wav onto the video, through a symlink
+    assert "output wav" in caplog.text and video.read_bytes() == original
+    assert cli_main([*base, "--out", str(tmp_path / "o.wav"), "--mux", str(tmp_path / "o.wav")]) == 2
+    assert "is the output wav" in caplog.text
+    assert not (tmp_path / "o.wav").exists()  # every refusal came before any generation
+
+
+def test_missing_mux_folder_is_created_and_a_blocked_one_refused_before_generation(tmp_path, tiny_profile_cfg, caplog):
+    video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)
+    base = ["generate", "--video", str(video), "--prompt", "jazz", *tiny_args(tiny_profile_cfg)]
+    muxed = tmp_path / "new" / "deeper" / "o.mp4"
+    assert cli_main([*base, "--out", str(tmp_path / "o.wav"), "--mux", str(muxed)]) == 0
+    with av.open(str(muxed)) as c:
+        assert c.streams.video and c.streams.audio
+    assert [p.name for p in muxed.parent.iterdir()] == ["o.mp4"]  # no temporary left behind
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    start = time.perf_counter()
+    assert cli_main([*base, "--out", str(tmp_path / "o2.wav"), "--mux", str(tmp_path / "blocker" / "o.mp4")]) == 2
+    assert f"muxed video {tmp_path / 'blocker' / 'o.mp4'}: cannot create its folder" in caplog.text
+    assert not (tmp_path / "o2.wav").exists() and time.perf_counter() - start < 5  # before loading any model
+
+
+def test_atomic_output_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+    target = tmp_path / "out.wav"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+    with atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".wav" and tmp != target
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+
+
+@pytest.fixture(scope="module")
+def short_window_checkpoint(musicgen, spec, tmp_path_factory):
+    """An adaptor trained on 2 s windows, so a 5 s video takes four windows."""
+    path = tmp_path_factory.mktemp("ckpt2") / "adaptor.pt"
+    return save_adaptor(path, adaptor_for(musicgen, spec, 0.5, seconds=2.0), model_signature(musicgen), spec)
+
+
+def test_library_api_reports_progress_over_all_windows(tmp_path, short_window_checkpoint, tiny_profile_cfg):
+    """No argparse: settings, models loaded once, a progress callback; one total over every window."""
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    models = load_models(ModelSettings(checkpoint=short_window_checkpoint, musicgen=tiny_profile_cfg.musicgen,
+                                       profile="tiny", tiny_dir=tiny_dir, device="cpu"))
+    video = write_video(tmp_path / "v.mp4", moving_frames(125, 64, 80), fps=25)
+    events = []
+    result = generate_for_video(models, video, "calm piano", tmp_path / "o.wav", sampling=SamplingSettings(top_k=50),
+                                progress=lambda stage, done, total: events.append((stage, done, total)))
+    steps = [(done, total) for stage, done, total in events if stage == "generate"]
+    windows = generation_windows(5.0, 2.0, 1.0, 50.0)
+    expected = sum(decoding_steps(models.musicgen.lm, w) for w in windows)
+    assert len(windows) == 4 and {total for _, total in steps} == {expected}
+    assert [done for done, _ in steps] == list(range(1, expected + 1))  # one bar from 0 to its total
+    assert [stage for stage, *_ in events if stage != "generate"] == ["faces", "features"]
+    assert list(result.timings) == ["video features", "music", "audio"]
+    assert sf.info(result.wav).duration == pytest.approx(5.0, abs=0.02)
+
+
+def test_cli_shows_one_bar_with_a_total_and_times_every_stage(tmp_path, short_window_checkpoint, tiny_profile_cfg,
+                                                              capsys):
+    video = write_video(tmp_path / "v.mp4", moving_frames(125, 64, 80), fps=25)
+    start = time.perf_counter()
+    assert cli_main(["generate", "--video", str(video), "--prompt", "pop", "--checkpoint", str(short_window_checkpoint),
+                     "--out", str(tmp_path / "o.wav"), *tiny_args(tiny_profile_cfg)]) == 0
+    elapsed = time.perf_counter() - start
+    captured = capsys.readouterr()
+    totals = set(re.findall(r"music:\s+\d+%\|[^|]*\|\s*\d+/(\d+)", captured.err))
+    assert len(totals) == 1, captured.err[-2000:]  # one bar over all four windows, always with its total
+    assert not re.search(r"^\s*\d+ /\s+\d+", captured.err, re.M)  # no bare counts
+    took = re.search(r"took ([\d.]+) s from the command's start: (.*)", captured.out)
+    stages = {name.strip(): float(value) for name, value in re.findall(r"([a-z ]+) ([\d.]+) s", took.group(2))}
+    assert list(stages) == ["imports and checks", "loading models", "video features", "music", "audio"]
+    assert sum(stages.values()) == pytest.approx(float(took.group(1)), abs=0.3)
+    assert float(took.group(1)) == pytest.approx(elapsed, abs=0.2)  # the whole command, models and features included
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_every_model_runs_on_the_device_with_a_bfloat16_adaptor(device, tmp_path, checkpoint, musicgen, spec,
+                                                                 tiny_profile_cfg):
+    models = load_models(ModelSettings(checkpoint=checkpoint, musicgen=tiny_profile_cfg.musicgen, profile="tiny",
+                                       tiny_dir=Path(tiny_profile_cfg.marlin_path).parent, device=device,
+                                       adaptor_dtype="bfloat16"))
+    video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)
+    result = generate_for_video(models, video, "pop", tmp_path / "o.wav", face_box=(10, 10, 50, 50),
+                                sampling=SamplingSettings(top_k=50))
+    wav, _ = sf.read(result.wav)
+    assert len(wav) == 64000 and np.isfinite(wav).all()
+    devices = models.devices()
+    assert {"musicgen.lm", "musicgen.compression_model", "conditioner.description", "adaptor", "extractor.marlin",
+            "extractor.synchformer"} <= set(devices)
+    expected = str(torch.device(device, 0) if device == "cuda" else torch.device(device))
+    assert all(found == {expected} for found in devices.values()), devices
+    assert {p.dtype for p in models.adaptor.parameters()} == {torch.bfloat16}
+    # at zero gates a bfloat16 adaptor still leaves MusicGen's tokens exactly as they were
+    with torch.no_grad():
+        models.adaptor.gates.zero_()
+    feats = random_features(1.0)
+    ours = generate_tokens(models.musicgen, ["pop"], 1.0, models.adaptor, feats, spec.rates, seed=3, top_k=50)
+    plain = generate_tokens(models.musicgen, ["pop"], 1.0, seed=3, top_k=50)
+    assert torch.equal(ours, plain)
+
+
+def test_device_defaults_to_cuda_when_present_and_cuda_without_it_is_refused(tmp_path, tiny_profile_cfg, caplog):
+    assert ModelSettings().device == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return
+    video = write_video(tmp_path / "v.mp4", moving_frames(25, 64, 80), fps=25)
+    assert cli_main(["generate", "--video", str(video), "--prompt", "x", "--out", str(tmp_path / "o.wav"),
+                     "--device", "cuda", *tiny_args(tiny_profile_cfg)]) == 2
+    assert "device 'cuda' asked for, but torch finds no CUDA device here" in caplog.text

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # before the subcommands' imports, so that commands can report their whole time
     silence_known_warnings()
     args = build_parser().parse_args(argv)
+    args.started = started
     return int(args.func(args) or 0)
 
 

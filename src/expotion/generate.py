@@ -24,7 +24,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,8 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How tokens are sampled; may change from one call to the next without reloading models."""
+    """How tokens are sampled (the keyword arguments of :func:`generate_tokens`); may change from one call
+    to the next without reloading models."""
 
     seed: int = 0
     cfg_coef: float = 3.0  # classifier-free guidance on the text
@@ -120,11 +121,23 @@ class Models:
                 parts[f"conditioner.{name}.t5"] = cond.t5
         if self.adaptor is not None:
             parts["adaptor"] = self.adaptor
-        if isinstance(self._extractors, torch.nn.Module):
-            parts["extractors"] = self._extractors
-        elif self._extractors is not None:
-            parts |= {f"extractor.{k}": m for k, m in vars(self._extractors).items() if isinstance(m, torch.nn.Module)}
+        if self._extractors is not None:
+            parts |= {f"extractor.{name}": m for name, m in held_modules(self._extractors).items()}
         return {name: {str(t.device) for t in (*m.parameters(), *m.buffers())} for name, m in parts.items()}
+
+
+def held_modules(obj: object) -> dict[str, torch.nn.Module]:
+    """The torch models ``obj`` holds: itself if it is one, else its attributes that are (or wrap, as ``.model``
+    or ``.mtcnn``) a module."""
+    if isinstance(obj, torch.nn.Module):
+        return {type(obj).__name__: obj}
+    found = {}
+    for name, value in vars(obj).items():
+        for candidate in (value, getattr(value, "model", None), getattr(value, "mtcnn", None)):
+            if isinstance(candidate, torch.nn.Module):
+                found[name.lstrip("_")] = candidate
+                break
+    return found
 
 
 @dataclass(frozen=True)
@@ -243,8 +256,7 @@ def generate_for_video(models: Models, video: Path, prompt: str, out: Path, *, m
         lap("video features")
     on_step = (lambda done, total: progress("generate", done, total)) if progress else None
     tokens = generate_tokens(models.musicgen, [prompt], duration, models.adaptor, feats,
-                             models.spec.rates if models.spec else None, seed=sampling.seed, cfg_coef=sampling.cfg_coef,
-                             top_k=sampling.top_k, extend_stride=sampling.extend_stride, on_step=on_step)
+                             models.spec.rates if models.spec else None, **asdict(sampling), on_step=on_step)
     lap("music")
     write_wav(models, tokens, duration, out)
     lap("audio")
@@ -294,16 +306,20 @@ def generate_clip(models: Models, clip: CachedClip, out_dir: Path, reference_dir
     """Write one clip's wav (and reference); the reason it was skipped, or None."""
     if clip.missing:
         return f"cache lacks {', '.join(clip.missing)}"
+    wav = Path(out_dir) / f"{clip.clip_id}.wav"
+    reference = Path(reference_dir) / f"{clip.clip_id}.wav" if reference_dir is not None else None
+    sources = {"source video": clip.source, "source audio": clip.audio_source}
     try:
-        if reference_dir is not None:
-            write_reference(clip, Path(reference_dir) / f"{clip.clip_id}.wav", models.musicgen.sample_rate)
+        prepare_output(wav, sources, "generated wav")
+        if reference is not None:
+            prepare_output(reference, sources, "reference wav")
+            write_reference(clip, reference, models.musicgen.sample_rate)
         tokens = generate_tokens(models.musicgen, [clip.caption], clip.duration_s, models.adaptor,
                                  clip.feats if models.adaptor else None, models.spec.rates if models.spec else None,
-                                 seed=sampling.seed, cfg_coef=sampling.cfg_coef, top_k=sampling.top_k,
-                                 extend_stride=sampling.extend_stride)
-    except (GenerationError, MediaError) as err:
+                                 **asdict(sampling))
+    except (GenerationError, MediaError, OutputError) as err:
         return str(err)
-    write_wav(models, tokens, clip.duration_s, Path(out_dir) / f"{clip.clip_id}.wav")
+    write_wav(models, tokens, clip.duration_s, wav)
     return None
 
 
@@ -396,7 +412,7 @@ class ProgressBars:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    start = time.perf_counter()
+    start = getattr(args, "started", None) or time.perf_counter()  # set by the ``expotion`` entry point
     try:
         settings = ModelSettings(checkpoint=args.checkpoint, musicgen=args.musicgen, profile=args.profile,
                                  weights_dir=args.weights_dir, tiny_dir=args.tiny_dir,
@@ -416,15 +432,16 @@ def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: Samp
     check_video_outputs(args.video, args.out, args.mux)
     face_box = parse_face_box(args.face_box, where="--face-box")
     progress = ProgressBars()
+    before_load = time.perf_counter()
     models = load_models(settings, progress)
     result = generate_for_video(models, args.video, args.prompt, args.out, mux=args.mux, face_box=face_box,
                                 sampling=sampling, progress=progress)
-    stages = {"loading models": models.load_s, **result.timings}
+    stages = {"imports and checks": before_load - start, "loading models": models.load_s, **result.timings}
     seconds = sf.info(result.wav).duration
     print(f"wrote {result.wav} ({seconds:.2f} s for a {result.duration_s:.2f} s video, "
           f"{'adaptor ' + str(args.checkpoint) if models.adaptor else 'plain MusicGen'})")
-    print(f"took {time.perf_counter() - start:.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
-          + " (Python start-up and imports before the command ran are not counted)")
+    print(f"took {time.perf_counter() - start:.1f} s from the command's start: "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
     if result.mux:
         print(f"wrote {result.mux}")
     return 0

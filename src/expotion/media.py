@@ -290,10 +290,13 @@ def write_clip_videos(source: Path, clips: list[ClipVideo]) -> Iterator[tuple[in
             raise MediaError(f"{source}: no video stream")
         vin = src.streams.video[0]
         vin.thread_type = "AUTO"
-        writers: list[ClipWriter] = []
+        writers: dict[int, ClipWriter] = {}
         try:
-            for clip in clips:
-                writers.append(ClipWriter(clip, vin))
+            for index, clip in enumerate(clips):
+                if same_file(clip.out, source):
+                    yield index, MediaError(f"{clip.out}: this is the source video; writing the clip would destroy it")
+                else:
+                    writers[index] = ClipWriter(clip, vin)
             origin, held, failure = None, None, None
             try:
                 for frame in src.decode(vin):
@@ -301,17 +304,17 @@ def write_clip_videos(source: Path, clips: list[ClipVideo]) -> Iterator[tuple[in
                         continue
                     origin = frame.time if origin is None else origin
                     t = frame.time - origin
-                    for writer in writers:
+                    for writer in writers.values():
                         writer.offer(frame, t, held)
                     held = (frame, t)
-                    if all(t >= w.end - 1e-6 for w in writers):
+                    if all(t >= w.end - 1e-6 for w in writers.values()):
                         break
             except av.error.FFmpegError as err:
                 failure = f"has a decode error ({err})"
-            for index, writer in enumerate(writers):
+            for index, writer in writers.items():
                 yield index, writer.finish(source, failure)
         finally:
-            for writer in writers:
+            for writer in writers.values():
                 writer.abort()
 
 
