@@ -119,14 +119,9 @@ def iter_clip_frames(
         pending = list(enumerate(windows))
         buf_frames: list[np.ndarray] = []
         buf_times: list[float] = []
-        origin: float | None = None
         failure = "ends"
         try:
-            for frame in container.decode(stream):
-                if frame.time is None:
-                    continue
-                origin = frame.time if origin is None else origin
-                t = frame.time - origin
+            for frame, t in timed_frames(container, stream):
                 while pending and t >= pending[0][1][0] + pending[0][1][1] - 1e-6:
                     yield pending[0][0], clip_from_buffer(buf_frames, buf_times, pending[0][1], src_w, out_w)
                     pending.pop(0)
@@ -147,6 +142,17 @@ def iter_clip_frames(
                 yield index, MediaError(
                     f"{path}: truncated: video {failure} at {last:.2f} s, clip needs {start:.2f}-{start + duration:.2f} s"
                 )
+
+
+def timed_frames(container: av.container.InputContainer,
+                 stream: av.stream.Stream) -> Iterator[tuple[av.VideoFrame, float]]:
+    """Decoded frames with their time in seconds from the first frame (the clock clips are cut on)."""
+    origin = None
+    for frame in container.decode(stream):
+        if frame.time is None:
+            continue
+        origin = frame.time if origin is None else origin
+        yield frame, frame.time - origin
 
 
 def drop_before(frames: list, times: list, start: float) -> None:
@@ -297,13 +303,9 @@ def write_clip_videos(source: Path, clips: list[ClipVideo]) -> Iterator[tuple[in
                     yield index, MediaError(f"{clip.out}: this is the source video; writing the clip would destroy it")
                 else:
                     writers[index] = ClipWriter(clip, vin)
-            origin, held, failure = None, None, None
+            held, failure = None, None
             try:
-                for frame in src.decode(vin):
-                    if frame.time is None:
-                        continue
-                    origin = frame.time if origin is None else origin
-                    t = frame.time - origin
+                for frame, t in timed_frames(src, vin):
                     for writer in writers.values():
                         writer.offer(frame, t, held)
                     held = (frame, t)

@@ -32,7 +32,8 @@ DEFAULT_WINDOW_S = 4.8  # about 150 frames of 30 fps video in memory at a time
 
 @dataclass(frozen=True)
 class FeatureWindow:
-    """A span of the video read at once: ``[start_s, start_s + decode_s)``, keeping vectors that start before ``start_s + keep_s``."""
+    """A span of the video read at once, ``[start_s, start_s + decode_s)``; it contributes the vectors
+    that start before ``start_s + keep_s``."""
 
     start_s: float
     keep_s: float | None  # None: the last window, which keeps everything up to the end
