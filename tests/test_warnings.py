@@ -51,4 +51,5 @@ def test_a_generate_command_prints_none_of_the_known_warnings(tmp_path, tiny_pro
     assert proc.returncode == 0, proc.stderr[-3000:]
     for message in KNOWN:
         assert message not in proc.stderr, proc.stderr[-3000:]
+    assert "New pattern" not in proc.stderr  # nor library chatter below warning level
     assert "music:" in proc.stderr  # progress still reaches the user

@@ -411,7 +411,8 @@ class ProgressBars:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")  # libraries: warnings only
+    logging.getLogger("expotion").setLevel(logging.INFO)
     start = getattr(args, "started", None) or time.perf_counter()  # set by the ``expotion`` entry point
     try:
         settings = ModelSettings(checkpoint=args.checkpoint, musicgen=args.musicgen, profile=args.profile,
