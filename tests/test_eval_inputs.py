@@ -190,7 +190,8 @@ def test_a_span_of_the_source_gives_the_frames_of_the_clip_cut_from_it(weights, 
     span = VideoClip(src, 1.0, 2.0)
     cut = cut_losslessly(src, 25, 75, tmp_path / "cut.mp4")
     (tmp_path / "clips").mkdir()
-    muxed = mux_audio(cut, tone(440.0, 2.0, 32000), 32000, tmp_path / "clips" / "rec-000.mp4")  # as --mux-dir writes
+    music_wav = write_wav(tmp_path / "tone.wav", tone(440.0, 2.0, 32000), 32000)
+    muxed = mux_audio(cut, music_wav, tmp_path / "clips" / "rec-000.mp4")
     from_span, from_file = uniform_frames(span, 8), uniform_frames(VideoClip(muxed), 8)
     assert all(np.array_equal(a, b) for a, b in zip(from_span, from_file, strict=True))
     assert not np.array_equal(uniform_frames(VideoClip(src), 8)[0], from_span[0])
