@@ -27,12 +27,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .atomic import AtomicFile
 from .rates import DEFAULT_RATES, Rates
 
 SCHEMA_VERSION = 1
 FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
 LOCK_NAME = ".lock"
-TEMPORARY = re.compile(r"^\.shard-\d+\.h5\.tmp-(\d+)$")
+TEMPORARY = re.compile(r"^\.shard-\d+\.h5\.tmp-(\d+)-[0-9a-f]+$")  # see expotion.atomic.temporary_path
 
 
 class CacheError(RuntimeError):
@@ -52,9 +53,8 @@ class ShardWriter:
 
     def __init__(self, path: Path, attrs: dict):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.file = h5py.File(self.tmp, "w")
+        self.target = AtomicFile(self.path)
+        self.file = h5py.File(self.target.tmp, "w")
         self.file.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in attrs.items():
             self.file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
@@ -97,13 +97,12 @@ class ShardWriter:
         self.file.attrs["coverage"] = json.dumps(self.coverage)
         self.file.attrs["complete"] = True
         self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return self.target.commit()
 
     def abort(self) -> None:
         if self.file.id.valid:
             self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.target.abort()
 
 
 def check_finite(arrays: dict[str, np.ndarray]) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, atomic
 from .cache import NonFiniteError, ShardWriter, cache_lock, list_shards, remove_stale_temporaries, shard_attrs, shard_path
 from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
@@ -286,7 +286,7 @@ def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
                 log.info("removed %s, left by a run that was killed", tmp)
             run_jobs(todo, cfg, rates)
         collect(summary, [j.path(cfg.cache) for j in jobs])
-        (Path(cfg.cache) / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+        atomic.write_text(Path(cfg.cache) / "summary.json", json.dumps(summary.to_json(), indent=2))
     return summary
 
 
