@@ -206,14 +206,19 @@ def test_every_config_parses(tmp_path):
             pass
 
     configs = ROOT / "lightning_configs"
-    combos = [[configs / "tiny_cpu.yaml"]] + [[configs / f"musicgen_{s}.yaml"] for s in ("small", "medium", "large")]
-    combos += [[configs / "musicgen_large.yaml", a] for a in sorted((configs / "ablations").glob("*.yaml"))]
-    combos += [[configs / "musicgen_large.yaml", configs / "ddp_4gpu.yaml"]]
+    paper, large = configs / "paper.yaml", configs / "musicgen_large.yaml"
+    combos = [[configs / "tiny_cpu.yaml"], [paper]]
+    combos += [[paper, configs / f"musicgen_{s}.yaml"] for s in ("small", "medium", "large")]
+    combos += [[paper, large, a] for a in sorted((configs / "ablations").glob("*.yaml"))]
+    combos += [[paper, large, configs / "ddp_4gpu.yaml"]]
     for files in combos:
         args = [x for f in files for x in ("--config", str(f))]
         cli = ParseOnly(ExpotionModule, ShardDataModule, run=False, args=args)
         cfg = cli.config
         assert cfg.model.adaptor.n_adapted >= 1
+        if files[-1].name == "musicgen_small.yaml":
+            assert cfg.model.musicgen == "facebook/musicgen-small" and cfg.model.adaptor.n_adapted == 24
+            assert cfg.trainer.logger.init_args.name == "musicgen_small" and cfg.model.lr == 0.01  # base kept
         if files[-1].name == "face.yaml":
             assert cfg.model.adaptor.visual.face and cfg.model.adaptor.visual.motion is None
             assert cfg.model.adaptor.n_adapted == 48  # the overlay keeps the size config's other fields

@@ -150,7 +150,7 @@ def check_musicgen_available(name_or_dir: str) -> str:
         return str(path)
     if path.suffix or os.sep in name_or_dir and not name_or_dir.startswith("facebook/"):
         raise MissingWeightsError(f"MusicGen model directory not found: {path}")
-    needed = {name_or_dir: "state_dict.bin", **({} if name_or_dir == "debug" else HUB_COMPANIONS)}
+    needed = {name_or_dir: "state_dict.bin", **HUB_COMPANIONS}
     for repo, filename in needed.items():
         if hub_file(repo, filename) is None:
             raise MissingWeightsError(

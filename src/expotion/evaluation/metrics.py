@@ -61,7 +61,6 @@ GROUP_EXTRACTORS = {
 GROUPS = tuple(GROUP_EXTRACTORS)
 ALWAYS = ("signal",)  # extractors every run needs: clip durations and levels, for the suspicious-clip checks
 INPUT_FLAGS = {"caption": "--captions, or --cache", "video": "--videos, or --cache with the source videos"}
-REFERENCE_SIDE = ("is", "text_audio", "video_audio")  # single-set scores also reported for the reference audio
 
 
 @dataclass
