@@ -166,9 +166,9 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
         c.mux(a.encode(None))
     assert cli_main([*base[:2], str(empty), *base[3:], "--prompt", "x"]) == 2
     assert "empty.mp4: the video has no frames" in caplog.text
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny_musicgen
+    from expotion.musicgen import TinyMusicGenConfig, save_tiny
 
-    other = save_tiny_musicgen(tmp_path / "mg6", TinyMusicGenConfig(num_layers=6))
+    other = save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))
     args = [*base, "--prompt", "x", "--checkpoint", str(checkpoint)]
     args[args.index("--musicgen") + 1] = str(other)
     assert cli_main(args) == 2

@@ -127,10 +127,10 @@ def test_gated_prefix_attention_is_eq_10_to_12(tmp_path):
     """
     from expotion.adaptor import AdaptorConfig, ConditionAdaptor
     from expotion.embedding import VisualConfig
-    from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny_musicgen
+    from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
     from expotion.rates import DEFAULT_RATES
 
-    lm = load_musicgen(str(save_tiny_musicgen(tmp_path / "mg", TinyMusicGenConfig(num_layers=3), seed=2))).lm
+    lm = load_musicgen(str(save_tiny(tmp_path / "mg", seed=2, cfg=TinyMusicGenConfig(num_layers=3)))).lm
     adaptor = ConditionAdaptor(lm, AdaptorConfig(n_adapted=2, visual=VisualConfig(face=False, motion="synchformer"),
                                                  max_seconds=1.0), {"synchformer": 20}, 50.0)
     with torch.no_grad():

@@ -104,7 +104,7 @@ def test_dataset_refuses_bad_shards(demo_cache, tmp_path):
 def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_path, tiny_profile_cfg):
     from expotion.adaptor import AdaptorConfig, ConditionAdaptor
     from expotion.embedding import VisualConfig
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny_musicgen
+    from expotion.musicgen import TinyMusicGenConfig, save_tiny
 
     spec = ClipDataset(demo_cache[0] / "val", STREAMS, 2.0, False).spec
     sig = model_signature(musicgen)
@@ -116,7 +116,7 @@ def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_pa
     loaded, loaded_spec = load_adaptor(path, musicgen.lm, sig, spec)
     assert loaded_spec == spec
     assert all(torch.equal(v, adaptor.state_dict()[k]) for k, v in loaded.state_dict().items())
-    other = load_musicgen(str(save_tiny_musicgen(tmp_path / "mg6", TinyMusicGenConfig(num_layers=6))))
+    other = load_musicgen(str(save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))))
     with pytest.raises(CheckpointMismatch, match="num_layers: checkpoint 4 vs model 6"):
         load_adaptor(path, other.lm, model_signature(other))
     wrong = type(spec)({**spec.shapes, "marlin": (768,)}, spec.rates, spec.text_dim)

@@ -122,7 +122,7 @@ def exported(state: dict, cfg: dict) -> dict:
             "version": audiocraft.__version__, "exported": True}
 
 
-def save_tiny_musicgen(out_dir: str | os.PathLike, cfg: TinyMusicGenConfig = TinyMusicGenConfig(), seed: int = 0) -> Path:
+def save_tiny(out_dir: str | os.PathLike, seed: int = 0, cfg: TinyMusicGenConfig = TinyMusicGenConfig()) -> Path:
     """Write a random tiny MusicGen as ``state_dict.bin`` + ``compression_state_dict.bin``."""
     from audiocraft.models import builders
 
@@ -161,15 +161,42 @@ def check_musicgen_available(name_or_dir: str) -> str:
     return name_or_dir
 
 
-def load_musicgen(name_or_dir: str, device: str = "cpu"):
-    """Load a frozen MusicGen through ``MusicGen.get_pretrained`` after checking its files exist."""
+def load_musicgen(name_or_dir: str, device: str | torch.device = "cpu"):
+    """Load a frozen MusicGen on ``device`` through ``MusicGen.get_pretrained`` after checking its files exist."""
     from audiocraft.models import MusicGen
 
-    model = MusicGen.get_pretrained(check_musicgen_available(name_or_dir), device=device)
+    model = MusicGen.get_pretrained(check_musicgen_available(name_or_dir), device=str(torch.device(device)))
     check_text_tokenizer(model, name_or_dir)
     model.lm.eval().requires_grad_(False)
     model.compression_model.eval().requires_grad_(False)
     return model
+
+
+def move_musicgen(model, device: str | torch.device) -> None:
+    """Put every part of a MusicGen on ``device``: the LM, EnCodec, ``model.device``, and the T5 encoder
+    that audiocraft keeps outside the module tree (so ``lm.to`` alone would leave it behind)."""
+    device = torch.device(device)
+    model.lm.to(device)
+    model.compression_model.to(device)
+    model.device = device
+    for cond in model.lm.condition_provider.conditioners.values():
+        if "t5" in vars(cond):
+            cond.t5.to(device)
+            cond.device = str(device)
+
+
+class MusicGenModule(torch.nn.Module):
+    """A loaded MusicGen as one module: ``.to(device)`` moves all of it (see :func:`move_musicgen`)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.lm, self.compression_model = model.lm, model.compression_model
+        self.__dict__["musicgen"] = model  # the audiocraft wrapper itself is not a module
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        move_musicgen(self.musicgen, next(self.lm.parameters()).device)
+        return self
 
 
 def check_text_tokenizer(model, name: str) -> None:

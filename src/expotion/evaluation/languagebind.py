@@ -220,12 +220,19 @@ def video_input(clip: VideoClip | Path, cfg: TowerConfig) -> torch.Tensor:
     return torch.stack(out)[None]
 
 
-def save_random(out_dir: Path, cfg: TowerConfig, seed: int = 0) -> Path:
+TINY_VIDEO = TowerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         projection_dim=16, add_time_attn=True, num_frames=8)
+TINY_AUDIO = TowerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         projection_dim=16, num_mel_bins=112, target_length=1036)
+
+
+def save_tiny(out_dir: Path, seed: int = 0, modality: str = "video", cfg: TowerConfig | None = None) -> Path:
     """A random checkpoint directory in the released layout: config.json + pytorch_model.bin.
 
     The state dict also carries text-tower entries and ``logit_scale`` as the
     released files do, so the loader's key filtering is exercised.
     """
+    cfg = cfg or {"video": TINY_VIDEO, "audio": TINY_AUDIO}[modality]
     torch.manual_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

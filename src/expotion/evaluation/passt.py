@@ -171,7 +171,7 @@ def clip_logits(tagger: Tagger, samples_32k: np.ndarray) -> np.ndarray:
     return run_windows(tagger, [windows(samples_32k)], 1, device_of(tagger))[0].numpy()
 
 
-def save_random(path: Path, dim: int = 64, depth: int = 2, mlp_hidden: int = 128, seed: int = 0) -> Path:
+def save_tiny(path: Path, seed: int = 0, dim: int = 64, depth: int = 2, mlp_hidden: int = 128) -> Path:
     """A randomly initialised PaSST in the released file's format (plain state dict), full 10 s patch grid."""
     torch.manual_seed(seed)
     path = Path(path)

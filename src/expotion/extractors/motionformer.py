@@ -298,8 +298,9 @@ def load_synchformer_visual(
     cfg: MotionFormerConfig = MotionFormerConfig(),
     *,
     allow_pickle: bool = True,
+    device: str | torch.device = "cpu",
 ) -> MotionFormer:
-    """The frozen visual extractor from a Synchformer checkpoint (default: the registered location).
+    """The frozen visual extractor from a Synchformer checkpoint (default: the registered location), on ``device``.
 
     The file is first read with ``weights_only=True``. The official release
     cannot be read that way: besides tensors it pickles its OmegaConf training
@@ -316,7 +317,7 @@ def load_synchformer_visual(
     model = MotionFormer(cfg)
     _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).to(device)
 
 
 def _read_checkpoint(path: Path, allow_pickle: bool) -> object:
@@ -381,3 +382,9 @@ def save_synchformer_format(model: MotionFormer, path: str | os.PathLike, extra:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({**extra, "model": weights, "model_type": "Synchformer"}, path)
     return path
+
+
+def save_tiny(path: str | os.PathLike, seed: int = 0, cfg: MotionFormerConfig = MotionFormerConfig.tiny()) -> Path:
+    """A random MotionFormer at ``cfg``'s sizes, laid out like the official Synchformer checkpoint."""
+    torch.manual_seed(seed)
+    return save_synchformer_format(MotionFormer(cfg), path)
