@@ -9,7 +9,7 @@ name and renamed when complete, so a killed run never leaves a partial shard.
 No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
 One run at a time writes a cache: :func:`cache_lock` holds ``<cache>/.lock``.
 
-Usage: ``python -m expotion.cache inspect PATH`` (a shard or a directory).
+Usage: ``expotion cache inspect PATH`` (a shard or a directory).
 """
 from __future__ import annotations
 
@@ -233,12 +233,13 @@ def covered_seconds(name: str, ds: h5py.Dataset) -> dict:
     return {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m expotion.cache", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cache_command", required=True)
     inspect = sub.add_parser("inspect", help="print a JSON summary of a shard or every shard under a directory")
     inspect.add_argument("path", type=Path)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     shards = list_shards(args.path)
     if not shards:
         print(f"no shards under {args.path}", file=sys.stderr)
@@ -250,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(summary[0] if args.path.is_file() else summary, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="expotion cache", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

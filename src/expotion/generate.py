@@ -35,6 +35,7 @@ from tqdm import tqdm
 from .adaptor import ConditionAdaptor
 from .checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
 from .data import CachedClip, FeatureSpec, read_clips
+from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
 from .files import OutputError, atomic_output, prepare_output
 from .generation import GenerationError, check_prompt, decoded_chunks, generate_tokens
@@ -50,10 +51,6 @@ PROFILES = ("real", "tiny")
 ADAPTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Progress = Callable[[str, int, int], None]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -380,10 +377,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between windows for long videos (default: half the adaptor's window)")
     p.add_argument("--face-box", help="'x0 y0 x1 y1' in source pixels: a fixed face crop instead of detection "
                                       "(use the same box the training data used)")
-    p.add_argument("--profile", choices=PROFILES, default="real", help="feature extractors (as for precompute)")
-    p.add_argument("--weights-dir", type=Path, default=None)
-    p.add_argument("--tiny-dir", type=Path, default=Path("cache/tiny-weights"))
-    p.add_argument("--device", default=None, help="torch device for every model (default: cuda if available, else cpu)")
     p.add_argument("--adaptor-dtype", choices=tuple(ADAPTOR_DTYPES), default="float32",
                    help="the adaptor's precision (MusicGen keeps its own: float32, with float16 autocast on CUDA)")
 
@@ -417,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ModelSettings(checkpoint=args.checkpoint, musicgen=args.musicgen, profile=args.profile,
                                  weights_dir=args.weights_dir, tiny_dir=args.tiny_dir,
-                                 device=args.device or default_device(), adaptor_dtype=args.adaptor_dtype)
+                                 device=args.device, adaptor_dtype=args.adaptor_dtype)
         sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
     except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch,

@@ -69,8 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="captions by clip or recording id: the manifest (CSV or JSONL), JSON, CSV with id,caption "
                              "columns, or id<TAB>caption lines; takes precedence over --cache's captions")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
-    parser.add_argument("--weights-dir", type=Path, default=None,
-                        help="weights directory (default $EXPOTION_WEIGHTS or ./weights)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache (default $EXPOTION_EVAL_CACHE or ./cache/eval)")
     parser.add_argument("--metrics", default=",".join(metrics.GROUPS),
