@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from expotion.cli import main
+from expotion.cli import main as expotion
+
+
+def main(argv: list[str] | None = None) -> int:
+    return expotion(["features", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["features", *sys.argv[1:]]))
+    sys.exit(main())
