@@ -239,13 +239,14 @@ def test_shard_writer_refuses_non_finite_values(tmp_path):
 
 def test_clips_with_non_finite_or_misshapen_features_are_skipped_with_a_reason(
         small_demo, tiny_profile_cfg, tmp_path, monkeypatch):
-    from expotion.features import Extractors
+    from expotion.features import STREAMS
 
-    extract = Extractors.synchformer_features
+    stream = STREAMS["synchformer"]
     calls = []
 
-    def faulty(self, clip, duration_s):
-        tokens = extract(self, clip, duration_s)
+    def faulty(ex, model, clip, duration_s, face_box, out):
+        stream.compute(ex, model, clip, duration_s, face_box, out)
+        tokens = out.arrays["synchformer"]
         calls.append(1)
         if len(calls) == 1:
             tokens[3, 5] = np.nan
@@ -253,9 +254,8 @@ def test_clips_with_non_finite_or_misshapen_features_are_skipped_with_a_reason(
             tokens[0, 0] = 1e5  # finite in float32, inf once stored as float16
         elif len(calls) == 3:
             check_shape("synchformer", tokens[1:].shape, tokens.shape, duration_s)
-        return tokens
 
-    monkeypatch.setattr(Extractors, "synchformer_features", faulty)
+    monkeypatch.setitem(STREAMS, "synchformer", replace(stream, compute=faulty))
     summary = run(config(small_demo, tmp_path / "cache", tiny_profile_cfg, names=("synchformer",)))
     reasons = {s["clip"]: s["reason"] for s in summary.skipped}
     assert sorted(reasons) == ["demo-000-000", "demo-000-001", "demo-001-000"]
