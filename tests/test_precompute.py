@@ -300,8 +300,8 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     finished = subprocess.Popen(["true"])
     finished.wait()
     (tmp_path / "train").mkdir()
-    stale = tmp_path / "train" / f".shard-00000.h5.tmp-{finished.pid}-0a1b"
-    live = tmp_path / "train" / f".shard-00001.h5.tmp-{os.getpid()}-2c3d"
+    stale = tmp_path / "train" / f".shard-00000.tmp-{finished.pid}-0a1b.h5"
+    live = tmp_path / "train" / f".shard-00001.tmp-{os.getpid()}-2c3d.h5"
     stale.write_bytes(b"partial")
     live.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale]
@@ -430,7 +430,7 @@ def test_killing_a_two_worker_run_stops_its_workers(small_demo, tiny_profile_cfg
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, workers = time.time() + 600, set()
     while len(workers) < 2 and time.time() < deadline:  # each busy worker writes a temporary named by its pid
-        workers |= {int(p.name.split(".tmp-")[1].split("-")[0]) for p in cache.rglob(".shard-*.h5.tmp-*")}
+        workers |= {int(p.name.split(".tmp-")[1].split("-")[0]) for p in cache.rglob(".shard-*.tmp-*.h5")}
         time.sleep(0.05)
     assert len(workers) == 2 and proc.pid not in workers
     killed = time.perf_counter()

@@ -1,9 +1,10 @@
 """Files that appear complete or not at all.
 
 A file is written under a temporary name beside its destination
-(``.<name>.tmp-<pid>-<random>``, so concurrent writers never share one) and
-renamed over the destination only when complete; a killed writer leaves a
-hidden temporary, never a truncated file under the real name.
+(``.<stem>.tmp-<pid>-<random><suffix>``: concurrent writers never share one,
+and writers that pick the format from the suffix still can) and renamed over
+the destination only when complete; a killed writer leaves a hidden
+temporary, never a truncated file under the real name.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 def temporary_path(path: Path) -> Path:
     """A fresh hidden name beside ``path`` (created by its writer, with the usual permissions)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
 class AtomicFile:

@@ -33,7 +33,7 @@ from .rates import DEFAULT_RATES, Rates
 SCHEMA_VERSION = 1
 FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
 LOCK_NAME = ".lock"
-TEMPORARY = re.compile(r"^\.shard-\d+\.h5\.tmp-(\d+)-[0-9a-f]+$")  # see expotion.atomic.temporary_path
+TEMPORARY = re.compile(r"^\.shard-\d+\.tmp-(\d+)-[0-9a-f]+\.h5$")  # see expotion.atomic.temporary_path
 
 
 class CacheError(RuntimeError):
@@ -148,7 +148,7 @@ def cache_lock(cache: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
 def remove_stale_temporaries(cache: Path) -> list[Path]:
     """Delete partial shards whose writing process is dead; a live run's temporaries are left alone."""
     removed = []
-    for tmp in sorted(Path(cache).rglob(".shard-*.h5.tmp-*")):
+    for tmp in sorted(Path(cache).rglob(".shard-*.tmp-*.h5")):
         match = TEMPORARY.match(tmp.name)
         if match and not pid_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)

@@ -37,7 +37,8 @@ from .checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
 from .data import CachedClip, FeatureSpec, read_clips
 from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
-from .files import OutputError, atomic_output, prepare_output
+from .atomic import atomic_path
+from .files import OutputError, prepare_output
 from .generation import GenerationError, check_prompt, decoded_chunks, generate_tokens
 from .manifest import ManifestError, parse_face_box
 from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
@@ -216,7 +217,7 @@ def as_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def write_wav(models: Models, tokens: torch.Tensor, duration_s: float, path: Path) -> None:
     """Decode ``tokens`` chunk by chunk into a mono wav, renamed into place when complete."""
-    with atomic_output(path) as tmp, sf.SoundFile(tmp, "w", models.musicgen.sample_rate, 1) as f:
+    with atomic_path(path) as tmp, sf.SoundFile(tmp, "w", models.musicgen.sample_rate, 1) as f:
         for piece in decoded_chunks(models.musicgen, tokens, duration_s):
             f.write(piece[0])
 
@@ -348,7 +349,7 @@ def write_reference(clip: CachedClip, path: Path, sample_rate: int) -> None:
     """The clip's original music, cut from its source as the precompute stage cut it."""
     audio = read_music(clip.source, clip.audio_source, sample_rate)
     start = int(round(clip.start_s * sample_rate))
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         sf.write(tmp, audio[start : start + int(round(clip.duration_s * sample_rate))], sample_rate)
 
 

@@ -44,6 +44,7 @@ TINY: dict[str, TinyWeights] = {t.key: t for t in (
                 {"modality": "audio"}),
 )}
 PRECOMPUTE = ("marlin", "synchformer", "raft_small", "musicgen")  # what the tiny profile reads
+EVALUATION = ("vggish", "passt", "clap_music", "languagebind_video", "languagebind_audio")  # what `expotion eval` reads
 
 
 def tiny_path(root: str | Path, key: str) -> Path:

@@ -30,10 +30,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EXPOTION_EVAL_CACHE", "cache/eval"))
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def parse_device(text: str) -> torch.device:
     """A torch device the evaluation models can run on here; CUDA asked for but absent is an input error."""
     try:
@@ -82,7 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beat-trim", type=float, default=metrics.rhythm.DEFAULT_TRIM_S,
                         help="drop beats before this time (s) on both sides before beat F1")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RESULTS_DIR/tensorboard")
-    parser.add_argument("--device", default=default_device(), help="device of the evaluation models (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="clips embedded together; a forward pass takes at most this many 10 s windows "
                              "(VGGish: ten times as many 0.96 s frames)")
