@@ -245,6 +245,11 @@ class Extractors(nn.Module):
         """The audiocraft MusicGen behind ``codes`` and ``t5`` (None when neither is extracted)."""
         return self.models["musicgen"].musicgen if "musicgen" in self.models else None
 
+    def held_models(self) -> dict[str, nn.Module]:
+        """Every model in use by name, the face detector included once it has run."""
+        detector = {"face_detector": self._detector[1].mtcnn} if self._detector is not None else {}
+        return {**self.models, **detector}
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-time-step shape of each visual stream."""
         return {s.name: s.shape(self.models[s.name], self.cfg) for s in self.streams}

@@ -120,22 +120,8 @@ class Models:
         if self.adaptor is not None:
             parts["adaptor"] = self.adaptor
         if self._extractors is not None:
-            parts |= {f"extractor.{name}": m for name, m in held_modules(self._extractors).items()}
+            parts |= {f"extractor.{name}": m for name, m in self._extractors.held_models().items()}
         return {name: {str(t.device) for t in (*m.parameters(), *m.buffers())} for name, m in parts.items()}
-
-
-def held_modules(obj: object) -> dict[str, torch.nn.Module]:
-    """The torch models ``obj`` holds: itself if it is one, else its attributes that are (or wrap, as ``.model``
-    or ``.mtcnn``) a module."""
-    if isinstance(obj, torch.nn.Module):
-        return {type(obj).__name__: obj}
-    found = {}
-    for name, value in vars(obj).items():
-        for candidate in (value, getattr(value, "model", None), getattr(value, "mtcnn", None)):
-            if isinstance(candidate, torch.nn.Module):
-                found[name.lstrip("_")] = candidate
-                break
-    return found
 
 
 @dataclass(frozen=True)
