@@ -20,9 +20,11 @@ WORKERS ?= 2
 EXTRACTORS ?= marlin,synchformer,raft,codes,t5
 FEATURE_ARGS ?=
 # Training: one or more LightningCLI configs (later ones override), plus CLI overrides.
+# A run writes everything under its trainer.default_root_dir (tiny_cpu.yaml: runs/tiny_cpu).
 CONFIG ?= lightning_configs/tiny_cpu.yaml
 ARGS ?=
 LOGDIR ?= runs
+DEMO_RUN := runs/tiny_cpu
 
 .PHONY: install demo demo-data features train generate eval tensorboard test test-all clean-cache
 
@@ -46,8 +48,9 @@ demo-data: install
 demo: demo-data
 	$(MAKE) --no-print-directory features
 	@echo "demo features written to $(CACHE); inspect with: $(PY) -m expotion.cache inspect $(CACHE)"
-	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml ARGS="--trainer.enable_progress_bar=false"
-	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint runs/tiny_cpu/adaptor.pt
+	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml \
+		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(DEMO_RUN)"
+	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_RUN)/adaptor.pt
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
@@ -57,10 +60,10 @@ features: install
 train: install
 	$(PY) -m expotion.train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
-# Batch generation for a cached split (GEN_ARGS e.g. --checkpoint runs/tiny_cpu/adaptor.pt --profile tiny ...)
+# Batch generation for a cached split (the checkpoint names its MusicGen and extractor profile)
 SPLIT ?= $(CACHE)/val
 OUT_DIR ?= outputs/generated
-GEN_ARGS ?= --checkpoint runs/tiny_cpu/adaptor.pt --musicgen cache/tiny-weights/musicgen_tiny --profile tiny --reference-dir outputs/reference
+GEN_ARGS ?= --checkpoint $(DEMO_RUN)/adaptor.pt --reference-dir outputs/reference
 generate: install
 	$(PY) -m expotion.cli generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(GEN_ARGS)
 

@@ -38,8 +38,10 @@ GENERIC_PROMPT = "music with catchy melody"
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """Which weights each extractor loads and the sizes it runs at."""
+    """Which weights each extractor loads and the sizes it runs at, and the profile that chose them."""
 
+    profile: str = "real"
+    weights_dir: str = ""
     musicgen: str = "facebook/musicgen-small"
     marlin_path: str = ""
     synchformer_path: str = ""
@@ -61,6 +63,7 @@ def real_profile(wdir: str | Path | None = None, **overrides) -> ExtractorConfig
     root = weights_dir(wdir)
     return replace(
         ExtractorConfig(
+            weights_dir=str(root),
             marlin_path=str(root / MARLIN_FILE),
             synchformer_path=str(root / WEIGHTS_SUBDIR / CHECKPOINT_FILENAME),
         ),
@@ -85,6 +88,8 @@ def tiny_profile(root: str | Path, seed: int = 0) -> ExtractorConfig:
     if not (musicgen / "state_dict.bin").exists():
         save_tiny_musicgen(musicgen, TinyMusicGenConfig(), seed=seed)
     return ExtractorConfig(
+        profile="tiny",
+        weights_dir=str(root),
         musicgen=str(musicgen),
         marlin_path=str(marlin),
         synchformer_path=str(synch),

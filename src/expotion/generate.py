@@ -33,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from .adaptor import ConditionAdaptor
-from .checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
+from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, check_feature_shapes, extractor_profile,
+                         musicgen_source, read_adaptor)
 from .data import CachedClip, FeatureSpec, read_clips
 from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
 from .files import OutputError, atomic_output, prepare_output
@@ -62,15 +63,15 @@ class ModelSettings:
 
     checkpoint: Path | None = None  # adaptor.pt; None: plain text-only MusicGen
     musicgen: str | None = None  # hub name or local directory (default: the checkpoint's, else DEFAULT_MUSICGEN)
-    profile: str = "real"  # feature extractors, as for precompute
+    profile: str | None = None  # feature extractors, as for precompute (default: the checkpoint's, else real)
     weights_dir: Path | None = None
-    tiny_dir: Path = Path("cache/tiny-weights")
+    tiny_dir: Path | None = None  # tiny profile weights (default: the checkpoint's, else cache/tiny-weights)
     device: str = field(default_factory=default_device)
     adaptor_dtype: str = "float32"  # the adaptor's precision: float32, bfloat16 or float16
     feature_window_s: float = DEFAULT_WINDOW_S  # seconds of video decoded at a time
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
+        if self.profile is not None and self.profile not in PROFILES:
             raise GenerationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         if self.adaptor_dtype not in ADAPTOR_DTYPES:
             raise GenerationError(f"adaptor dtype must be one of {tuple(ADAPTOR_DTYPES)}, got {self.adaptor_dtype!r}")
@@ -169,13 +170,15 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
     start = time.perf_counter()
     if progress:
         progress("load", 0, 1)
+    payload = read_adaptor(settings.checkpoint) if settings.checkpoint is not None else {}
+    profile, tiny_dir = extractor_profile(settings.checkpoint, payload, settings.profile, settings.tiny_dir)
+    settings = replace(settings, profile=profile, tiny_dir=tiny_dir)
     ext_cfg = extractor_config(settings)
     adaptor = spec = None
     if settings.checkpoint is None:
         musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)
     else:
-        payload = read_adaptor(settings.checkpoint)
-        musicgen = load_musicgen(settings.musicgen or payload["musicgen"]["name"], settings.device)
+        musicgen = load_musicgen(settings.musicgen or musicgen_source(settings.checkpoint, payload), settings.device)
         adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
         adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:
@@ -279,6 +282,9 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
     clips = list(read_clips(cache, tuple(models.spec.shapes) if models.spec else ()))
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")
+    for clip in clips:
+        if models.spec is not None and not clip.missing:
+            check_feature_shapes(models.settings.checkpoint, models.spec, clip.feats, f"{cache} clip {clip.clip_id}")
     for folder in (out_dir, reference_dir, mux_dir):
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -380,9 +386,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between windows for long videos (default: half the adaptor's window)")
     p.add_argument("--face-box", help="'x0 y0 x1 y1' in source pixels: a fixed face crop instead of detection "
                                       "(use the same box the training data used)")
-    p.add_argument("--profile", choices=PROFILES, default="real", help="feature extractors (as for precompute)")
+    p.add_argument("--profile", choices=PROFILES, default=None,
+                   help="feature extractors (as for precompute; default: the checkpoint's, else real)")
     p.add_argument("--weights-dir", type=Path, default=None)
-    p.add_argument("--tiny-dir", type=Path, default=Path("cache/tiny-weights"))
+    p.add_argument("--tiny-dir", type=Path, default=None,
+                   help="tiny profile weights (default: the checkpoint's, else cache/tiny-weights)")
     p.add_argument("--device", default=None, help="torch device for every model (default: cuda if available, else cpu)")
     p.add_argument("--adaptor-dtype", choices=tuple(ADAPTOR_DTYPES), default="float32",
                    help="the adaptor's precision (MusicGen keeps its own: float32, with float16 autocast on CUDA)")
@@ -420,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
                                  device=args.device or default_device(), adaptor_dtype=args.adaptor_dtype)
         sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
-    except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch,
+    except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointError,
             FileNotFoundError) as err:
         log.error("%s", err)
         return 2

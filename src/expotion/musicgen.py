@@ -172,6 +172,30 @@ def load_musicgen(name_or_dir: str, device: str = "cpu"):
     return model
 
 
+def place_musicgen(model, device: str | torch.device) -> None:
+    """Move every part of a MusicGen to ``device``, not just what ``.to()`` on the LM reaches.
+
+    That misses the compression model, a text encoder that audiocraft keeps
+    outside the module tree (T5), the conditioners' ``device`` attributes and the
+    model's own ``device`` and autocast. The autocast follows audiocraft's rule
+    for a model loaded on ``device`` (float16 off the CPU); the text encoder keeps
+    the precision it was loaded with.
+    """
+    from audiocraft.utils.autocast import TorchAutocast
+
+    device = torch.device(device)
+    model.lm.to(device)
+    model.compression_model.to(device)
+    for conditioner in model.lm.condition_provider.conditioners.values():
+        for value in vars(conditioner).values():
+            if isinstance(value, torch.nn.Module):  # registered submodules live in _modules, not here
+                value.to(device)
+        if hasattr(conditioner, "device"):
+            conditioner.device = device
+    model.device = device
+    model.autocast = TorchAutocast(enabled=device.type != "cpu", device_type=device.type, dtype=torch.float16)
+
+
 def check_text_tokenizer(model, name: str) -> None:
     """Refuse a T5 tokenizer that loaded offline with a truncated vocabulary."""
     conds = model.lm.condition_provider.conditioners
