@@ -249,8 +249,16 @@ def beat_alignment(beats: np.ndarray, targets: np.ndarray, sigma: float = BAS_SI
         return math.nan
     if len(targets) == 0:
         return 0.0
-    d = np.abs(beats[:, None] - targets[None, :]).min(axis=1)
+    d = nearest_distance(beats, targets)
     return float(np.exp(-(d**2) / (2 * sigma**2)).mean())
+
+
+def nearest_distance(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Distance from each of ``times`` to the nearest of (non-empty) ``targets``."""
+    targets = np.sort(targets)
+    right = np.clip(np.searchsorted(targets, times), 0, len(targets) - 1)
+    left = np.clip(right - 1, 0, len(targets) - 1)
+    return np.minimum(np.abs(times - targets[left]), np.abs(times - targets[right]))
 
 
 def autocorrelation_tempo(signal: np.ndarray, fps: float, bpm_range: tuple[float, float] = (rhythm.MIN_BPM, rhythm.MAX_BPM)
