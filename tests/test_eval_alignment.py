@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from eval_synth import beat_times, burst_offsets, click_track, oscillation_offsets, write_pan_video
+from eval_synth import burst_offsets, click_track, oscillation_offsets, write_pan_video
 from scipy.special import erf
 
 from expotion.evaluation import alignment, rhythm

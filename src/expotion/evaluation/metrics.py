@@ -272,7 +272,6 @@ class Evaluator:
             self.rows[i]["chroma"] = per_clip[i]
         return mean_result("chroma", per_clip, excluded, "chroma similarity (silent clip)")
 
-
     def video_music(self) -> tuple[list[MetricResult], list[MetricResult], dict[str, list[MetricResult]]]:
         """AV-Align, beat alignment and motion tempo of generated and reference audio against each clip's video,
         and the shuffled-pairs control: the same scores with each audio against other clips' videos."""
