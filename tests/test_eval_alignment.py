@@ -143,6 +143,18 @@ def test_farneback_flow_of_the_synthetic_bursts(burst_motion):
     np.testing.assert_allclose(burst_motion.peaks(), (BURST_FRAMES + 1) / BURST_FPS)
 
 
+def test_motion_from_decoded_frames_equals_motion_from_the_file(tmp_path):
+    import av
+
+    path = write_pan_video(tmp_path / "v.mp4", burst_offsets([0.5, 1.2], 2.0, BURST_FPS), BURST_FPS)
+    with av.open(str(path)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    from_file = alignment.Motion.from_arrays(alignment.video_motion(path))
+    from_frames = alignment.Motion.from_frames(frames, BURST_FPS)
+    np.testing.assert_array_equal(from_frames.pair_flow, from_file.pair_flow)
+    assert from_frames.fps == from_file.fps
+
+
 def test_av_align_of_clicks_at_the_bursts(burst_motion):
     music = music_of(clicks_at(BURSTS))
     assert len(music.onsets) == len(BURSTS)

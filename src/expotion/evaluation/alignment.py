@@ -69,18 +69,24 @@ def video_motion(path: Path) -> dict[str, np.ndarray]:
         rate = stream.guessed_rate or stream.average_rate
         if not rate:
             raise MediaError(f"{path}: video stream has no frame rate")
-        flows, previous = [], None
         try:
-            for frame in container.decode(stream):
-                current = cv2.cvtColor(frame.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
-                if previous is not None:
-                    flows.append(mean_flow(previous, current))
-                previous = current
+            flows = pair_flows(frame.to_ndarray(format="rgb24") for frame in container.decode(stream))
         except (av.error.FFmpegError, cv2.error) as err:
             raise MediaError(f"{path}: cannot read the video's frames ({type(err).__name__}: {err})") from err
-    if previous is None:
+    if flows is None:
         raise MediaError(f"{path}: the video has no frames")
-    return {"pair_flow": np.asarray(flows, np.float32), "fps": np.float64(rate)}
+    return {"pair_flow": flows, "fps": np.float64(rate)}
+
+
+def pair_flows(frames) -> np.ndarray | None:
+    """Mean Farneback flow magnitude between consecutive RGB frames (an iterable, read once); None without frames."""
+    flows, previous = [], None
+    for frame in frames:
+        current = cv2.cvtColor(np.ascontiguousarray(frame, np.uint8), cv2.COLOR_RGB2GRAY)
+        if previous is not None:
+            flows.append(mean_flow(previous, current))
+        previous = current
+    return None if previous is None else np.asarray(flows, np.float32)
 
 
 def opencv_version() -> str:
@@ -153,6 +159,14 @@ class Motion:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Motion:
         return cls(np.asarray(arrays["pair_flow"], np.float64), float(arrays["fps"]))
+
+    @classmethod
+    def from_frames(cls, frames: np.ndarray, fps: float) -> Motion:
+        """From decoded RGB frames (N, H, W, 3) uint8 at ``fps``, as :func:`video_motion` reads a file."""
+        flows = pair_flows(frames)
+        if flows is None:
+            raise AlignmentFailure("no frames")
+        return cls(flows.astype(np.float64), float(fps))
 
     @property
     def duration(self) -> float:

@@ -24,8 +24,11 @@ OTHER_COLORS = ("tab:green", "tab:purple", "tab:brown")
 MOTION_COLOR, PEAK_COLOR, STOP_COLOR, MATCH_COLOR = "0.35", "tab:red", "black", "tab:green"
 
 
-def analyse_video(video: Path) -> alignment.Motion:
-    return alignment.Motion.from_arrays(alignment.video_motion(Path(video)))
+def analyse_video(video: Path | tuple[np.ndarray, float]) -> alignment.Motion:
+    """Motion of a video file, or of ``(frames, fps)`` with RGB frames (N, H, W, 3)."""
+    if isinstance(video, (str, Path)):
+        return alignment.Motion.from_arrays(alignment.video_motion(Path(video)))
+    return alignment.Motion.from_frames(*video)
 
 
 def analyse_audio(audio: Path | tuple[np.ndarray, int]) -> alignment.Music:
@@ -35,14 +38,16 @@ def analyse_audio(audio: Path | tuple[np.ndarray, int]) -> alignment.Music:
     return alignment.Music.from_arrays(alignment.audio_onsets(samples, sr), beats)
 
 
-def clip_figure(video: Path | alignment.Motion,
-                audio: Path | alignment.Music | dict[str, Path | tuple[np.ndarray, int] | alignment.Music],
+def clip_figure(video: Path | tuple[np.ndarray, float] | alignment.Motion,
+                audio: Path | tuple[np.ndarray, int] | alignment.Music | dict[str, Path | tuple[np.ndarray, int] | alignment.Music],
                 title: str = "") -> Figure:
     """The per-clip figure: motion speed with its peaks and kinematic beats, each track's onsets and beats,
     and which peaks and beats match.
 
-    ``audio`` is one track (labelled "generated") or ``{label: track}``; the
-    labels "generated" and "reference" get the evaluation's colours.
+    ``video`` is a file, ``(rgb_frames, fps)`` or a :class:`~.alignment.Motion`;
+    ``audio`` is one track (labelled "generated") or ``{label: track}``, each a
+    file, ``(samples, sample_rate)`` or a :class:`~.alignment.Music`. The labels
+    "generated" and "reference" get the evaluation's colours.
     """
     motion = video if isinstance(video, alignment.Motion) else analyse_video(video)
     tracks = audio if isinstance(audio, dict) else {"generated": audio}
@@ -51,7 +56,7 @@ def clip_figure(video: Path | alignment.Motion,
     return draw_clip(motion, music, title)
 
 
-def save_clip_figure(video: Path | alignment.Motion, audio, out: Path, title: str = "") -> Path:
+def save_clip_figure(video, audio, out: Path, title: str = "") -> Path:
     """:func:`clip_figure` written as a PNG to ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
