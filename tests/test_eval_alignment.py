@@ -15,6 +15,7 @@ from eval_synth import burst_offsets, click_track, oscillation_offsets, write_pa
 from scipy.special import erf
 
 from expotion.evaluation import alignment, rhythm
+from expotion.evaluation.video import VideoClip
 from expotion.media import MediaError
 
 SR = 22050
@@ -153,6 +154,15 @@ def test_motion_from_decoded_frames_equals_motion_from_the_file(tmp_path):
     from_frames = alignment.Motion.from_frames(frames, BURST_FPS)
     np.testing.assert_array_equal(from_frames.pair_flow, from_file.pair_flow)
     assert from_frames.fps == from_file.fps
+
+
+def test_motion_of_a_span_is_that_part_of_the_whole_file(tmp_path):
+    """A clip cut from a source recording by a cached span: frames in [2, 6) s are frames 48..143 at 24 fps."""
+    path = write_pan_video(tmp_path / "v.mp4", burst_offsets(BURSTS, SECONDS, BURST_FPS), BURST_FPS)
+    whole = alignment.video_motion(path)["pair_flow"]
+    span = alignment.video_motion(VideoClip(path, start_s=2.0, duration_s=4.0))
+    assert span["fps"] == BURST_FPS
+    np.testing.assert_array_equal(span["pair_flow"], whole[48:143])
 
 
 def test_av_align_of_clicks_at_the_bursts(burst_motion):

@@ -139,7 +139,7 @@ def test_second_run_reads_the_video_features_from_the_cache(data, first_run, tmp
 def test_without_videos_the_group_is_missing_and_no_video_is_read(data, tmp_path):
     assert run_eval(data, tmp_path / "out", videos=False) == 0
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert doc["metrics"]["av_align"] == {**doc["metrics"]["av_align"], "status": "missing", "reason": "no --videos given"}
+    assert doc["metrics"]["av_align"] == {**doc["metrics"]["av_align"], "status": "missing", "reason": "no video given (--videos, or --cache with the source videos)"}
     assert "motion" not in doc["models"] and "onsets" not in doc["models"]
 
 

@@ -31,6 +31,7 @@ from scipy.ndimage import gaussian_filter1d
 from ..media import MediaError, open_container
 from . import rhythm
 from .audio import resample
+from .video import VideoClip, decode_span
 
 # AV-Align, as in the reference script.
 FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2, "flags": 0}
@@ -54,27 +55,29 @@ class AlignmentFailure(ValueError):
 # Stage 1: features from the files (cached per input by the evaluation).
 
 
-def video_motion(path: Path) -> dict[str, np.ndarray]:
-    """Stage-1 video features: the flow magnitude of every consecutive frame pair, and the frame rate.
+def video_motion(clip: VideoClip | Path) -> dict[str, np.ndarray]:
+    """Stage-1 video features: the flow magnitude of every consecutive frame pair of a clip, and the frame rate.
 
+    ``clip`` is a file or a span of one (its frames in ``[start, start + duration)``).
     Frames are decoded one at a time at the stream's own size and rate, and go
     through RGB and OpenCV's luma weights, as the reference's
     ``cv2.VideoCapture`` + ``COLOR_BGR2GRAY`` path does.
     """
-    with open_container(path) as container:
+    clip = clip if isinstance(clip, VideoClip) else VideoClip(Path(clip))
+    with open_container(clip.path) as container:
         if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
+            raise MediaError(f"{clip.path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.guessed_rate or stream.average_rate
         if not rate:
-            raise MediaError(f"{path}: video stream has no frame rate")
+            raise MediaError(f"{clip.path}: video stream has no frame rate")
         try:
-            flows = pair_flows(frame.to_ndarray(format="rgb24") for frame in container.decode(stream))
+            flows = pair_flows(frame.to_ndarray(format="rgb24") for _, frame in decode_span(container, clip))
         except (av.error.FFmpegError, cv2.error) as err:
-            raise MediaError(f"{path}: cannot read the video's frames ({type(err).__name__}: {err})") from err
+            raise MediaError(f"{clip}: cannot read the video's frames ({type(err).__name__}: {err})") from err
     if flows is None:
-        raise MediaError(f"{path}: the video has no frames")
+        raise MediaError(f"{clip}: the video has no frames")
     return {"pair_flow": flows, "fps": np.float64(rate)}
 
 
