@@ -2,7 +2,7 @@
 cached split (batch mode, one wav per clip id, for evaluation).
 
     expotion generate --video V.mp4 --prompt "..." [--checkpoint adaptor.pt] [--musicgen DIR|NAME]
-                      --out out.wav [--mux out.mp4] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
+                      --out out.wav [--mux out.mp4] [--plot] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
 
 Without --checkpoint this is plain text-only MusicGen (the paper's baseline row).
@@ -373,6 +373,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--musicgen", help=f"hub name or local dir (default: the checkpoint's, else {DEFAULT_MUSICGEN})")
     p.add_argument("--out", type=Path, help="output wav (single video)")
     p.add_argument("--mux", type=Path, help="also write this mp4: the original video stream plus the music as AAC")
+    p.add_argument("--plot", action="store_true",
+                   help="also write the clip's figure (motion speed with the music's onsets and beats) next to --out, "
+                        "as a .png")
     p.add_argument("--out-dir", type=Path, help="batch mode: one <clip_id>.wav per clip")
     p.add_argument("--reference-dir", type=Path,
                    help="batch mode: also write each clip's original music here (the reference for `expotion eval`)")
@@ -453,12 +456,19 @@ def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: Samp
           + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
     if result.mux:
         print(f"wrote {result.mux}")
+    if args.plot:
+        from .evaluation.plots import save_clip_figure
+
+        figure = save_clip_figure(args.video, result.wav, result.wav.with_suffix(".png"), f"{args.video.name}: {args.prompt}")
+        print(f"wrote {figure}")
     return 0
 
 
 def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: SamplingSettings) -> int:
     if args.out_dir is None:
         raise GenerationError("--cache needs --out-dir")
+    if args.plot:
+        raise GenerationError("--plot draws one video's figure; for a cached split use `expotion eval --plots`")
     progress = ProgressBars()
     models = load_models(settings, progress)
     result = generate_for_cache(models, args.cache, args.out_dir, reference_dir=args.reference_dir,
