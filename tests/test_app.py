@@ -65,7 +65,7 @@ def test_generate_returns_video_and_wav_of_the_video_duration(served, tmp_path):
         assert [s.type for s in c.streams] == ["video", "audio"]
         assert float(c.streams.audio[0].duration * c.streams.audio[0].time_base) == pytest.approx(3.0, abs=0.05)
         assert sum(1 for _ in c.decode(video=0)) == 75
-    assert status.startswith("Generated 3.00 s of music with adaptor good")
+    assert status.startswith("Generated 3.00 s of music with adaptor `good`")
     assert "dance.mp4: no face detected" in status  # a notice, not an error: moving squares hold no face
     _, wav2, status2 = generate(client, video, "upbeat pop", served["good"], box="20 20 80 80")
     assert "no face" not in status2  # a fixed face box replaces detection

@@ -148,7 +148,7 @@ def build_generate_tab(place: ModelPlace, output_root: Path, demo_manifest: Path
     with gr.Row():
         with gr.Column():
             video_in = gr.Video(label="Video (face and upper body)", sources=["upload"], format=None,
-                                elem_id="gen-video-in")
+                                height=360, elem_id="gen-video-in")
             prompt = gr.Textbox(label="Prompt", placeholder="e.g. slow jazz ballad with brushed drums", lines=2,
                                 elem_id="gen-prompt")
             checkpoint = gr.Dropdown(choices, value=choices[0], label="Checkpoint", elem_id="gen-checkpoint")
@@ -161,7 +161,7 @@ def build_generate_tab(place: ModelPlace, output_root: Path, demo_manifest: Path
                                       elem_id="gen-face-box")
             run = gr.Button("Generate", variant="primary", elem_id="gen-run")
         with gr.Column():
-            video_out = gr.Video(label="Video with music", interactive=False, elem_id="gen-video-out")
+            video_out = gr.Video(label="Video with music", interactive=False, height=360, elem_id="gen-video-out")
             wav_out = gr.Audio(label="Music (wav)", type="filepath", interactive=False, elem_id="gen-wav-out")
             status = gr.Markdown(elem_id="gen-status")
     examples = demo_examples(demo_manifest)
@@ -185,7 +185,7 @@ def build_generate_tab(place: ModelPlace, output_root: Path, demo_manifest: Path
         for notice in result.notices:
             gr.Warning(notice)
         lines = [f"Generated {result.duration_s:.2f} s of music with "
-                 f"{'adaptor ' + Path(ckpt).parent.name if request.checkpoint else 'plain MusicGen'}."]
+                 f"{f'adaptor `{Path(ckpt).parent.name}`' if request.checkpoint else 'plain MusicGen'}."]
         lines += [f"Note: {n}" for n in result.notices]
         return str(result.video), str(result.wav), "\n\n".join(lines)
 

@@ -78,7 +78,7 @@ def plot(study: Study, rows: list[Summary], path: Path) -> None:
         ax.bar(x + (i - (len(systems) - 1) / 2) * width, means, width, yerr=err, capsize=3, label=system,
                edgecolor="black", linewidth=0.5)
     low, high = study.scale
-    ax.set_ylim(low - 0.5 if low > 0 else 0, high)
+    ax.set_ylim(min(0, low), high + 0.25)
     ax.set_xticks(x, [q.label for q in study.questions])
     ax.set_ylabel(f"mean rating ({low}–{high})")
     ax.grid(axis="y", linestyle=":", linewidth=0.6)

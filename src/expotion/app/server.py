@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from .study import StudyError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     try:
         page, served = build_app(args)
     except StudyError as err:

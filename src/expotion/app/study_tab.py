@@ -85,7 +85,7 @@ def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
     participant, position = gr.State(""), gr.State(-1)
     with gr.Column(visible=False) as trial_box:
         header = gr.Markdown(elem_id="study-header")
-        video = gr.Video(label="Video with music", interactive=False, elem_id="study-video")
+        video = gr.Video(label="Video with music", interactive=False, height=420, elem_id="study-video")
         prompt = gr.Markdown(elem_id="study-prompt")
         radios = [gr.Radio([str(v) for v in range(low, high + 1)], label=q.text, elem_id=f"study-q-{q.id}")
                   for q in study.questions]
