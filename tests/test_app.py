@@ -191,3 +191,19 @@ def test_two_participants_submitting_through_the_server_lose_no_row(served):
         rows = db.execute("SELECT participant, position, question, score FROM responses "
                           "WHERE participant LIKE 'conc-%'").fetchall()
     assert len(rows) == len(set(rows)) == 2 * 4 * 4
+
+
+def test_study_only_page_names_no_model(tiny_profile_cfg, tmp_path):
+    """What participants get: the study tab alone, with no model or checkpoint name anywhere in the page."""
+    tiny_checkpoint(tiny_profile_cfg, tmp_path / "runs" / "expotion_face_motion" / "adaptor.pt")
+    study = make_study(tmp_path / "study")
+    page, allowed = build_app(parse_app_args(app_args(tiny_profile_cfg, tmp_path / "runs", tmp_path / "outputs",
+                                                      "--study", str(study), "--study-only")))
+    _, url, _ = page.launch(server_port=free_port(), prevent_thread_lock=True, allowed_paths=allowed, quiet=True)
+    try:
+        text = httpx.get(url).text + httpx.get(url + "config").text
+    finally:
+        page.close()
+    assert "study-start" in text and "Music for movement" in text
+    for word in ("gen-run", "musicgen", "expotion", "adaptor.pt", *SYSTEMS, *SYSTEMS.values()):
+        assert word not in text.lower(), word

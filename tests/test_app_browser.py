@@ -149,5 +149,8 @@ def test_study_resumes_after_reload_and_stores_rows(app, browser, capsys):
     assert rows == expected  # the first two trials of the recorded order, with the clicked scores
 
     assert cli_main(["study", "results", str(app["study"]), "--resamples", "1000"]) == 0
-    assert "1 participants" in capsys.readouterr().out
-    shutil.copy(study.database.parent / "study-results" / "ratings.png", ARTIFACTS / "study-ratings.png")
+    table = capsys.readouterr().out
+    assert "1 participants" in table
+    (ARTIFACTS / "study-results.txt").write_text(table)
+    for name in ("ratings.png", "results.csv"):
+        shutil.copy(study.database.parent / "study-results" / name, ARTIFACTS / f"study-{name}")

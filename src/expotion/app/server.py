@@ -56,7 +56,9 @@ def build_app(args: argparse.Namespace):
                 with gr.Tab("Generate", id="generate"):
                     build_generate_tab(place, args.outputs, args.demo_manifest)
     page.queue(default_concurrency_limit=1)  # one generation at a time on a CPU
-    return page, [str(args.outputs.resolve()), *([str(study.media_dir)] if study else [])]
+    served = [args.outputs.resolve(), *([study.media_dir] if study else []),
+              *([args.demo_manifest.resolve().parent] if args.demo_manifest.is_file() else [])]
+    return page, [str(p) for p in served]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -73,7 +73,7 @@ def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
     """Lay out the tab inside ``page`` and wire its events (``page.load`` resumes a remembered participant)."""
     study = runner.study
     low, high = study.scale
-    stored_id = gr.BrowserState("", storage_key="expotion-study-participant")
+    stored_id = gr.BrowserState("", storage_key="study-participant")
     gr.Markdown(f"## {study.title}\n"
                 "Watch each video with its music, then rate the music on every question "
                 f"({low} = lowest, {high} = highest). Your answers are saved after every trial, so you can "
