@@ -88,12 +88,13 @@ def test_bad_input_gets_a_readable_message(served, tmp_path):
         "no video stream": (audio_only(tmp_path / "song.mp4"), "jazz", served["good"],
                             "song.mp4: the file has no video frames to follow"),
         "not a video": (garbage(tmp_path / "broken.mp4"), "jazz", served["good"], "broken.mp4"),
+        "bad face box": (video, "jazz", served["good"], "face_box must be four numbers 'x0 y0 x1 y1', got '1 2 3'"),
         "mismatched checkpoint": (video, "jazz", served["wide"],
                                   "adaptor expects 'marlin' features of shape (768,), the 'tiny' extractors give (32,)"),
     }
     for name, (path, prompt, ckpt, message) in cases.items():
         with pytest.raises(AppError) as err:
-            generate(client, path, prompt, ckpt)
+            generate(client, path, prompt, ckpt, box="1 2 3" if name == "bad face box" else "")
         assert message in str(err.value), name
         assert "Traceback" not in str(err.value) and 'File "' not in str(err.value), name
     with pytest.raises(AppError, match="Upload a video or pick a demo clip"):
@@ -207,3 +208,16 @@ def test_study_only_page_names_no_model(tiny_profile_cfg, tmp_path):
     assert "study-start" in text and "Music for movement" in text
     for word in ("gen-run", "musicgen", "expotion", "adaptor.pt", *SYSTEMS, *SYSTEMS.values()):
         assert word not in text.lower(), word
+
+
+def test_checkpoints_trained_after_start_are_listed_on_page_load(served, tiny_profile_cfg):
+    session = Session(served["url"], "reloadtest01")
+    config = session.get("/config").json()
+    dropdown = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "gen-checkpoint")
+    load = next(i for i, d in enumerate(config["dependencies"])
+                if d["outputs"] == [dropdown] and any(t[1] == "load" for t in d["targets"]))
+    newer = tiny_checkpoint(tiny_profile_cfg, served["root"] / "runs" / "later" / "adaptor.pt")
+    session.fn_index["checkpoint list"] = load
+    update = session.call("checkpoint list", [])[0]
+    assert [c[0] for c in update["choices"]][:1] == [str(newer)]
+    assert [c[0] for c in update["choices"]][-1] == generate_tab.PLAIN_MUSICGEN

@@ -142,8 +142,8 @@ def demo_examples(manifest: Path | None, limit: int = 6) -> list[list[str]]:
     return [[str(r.video), r.caption, " ".join(map(str, r.face_box)) if r.face_box else ""] for r in rows[:limit]]
 
 
-def build_generate_tab(place: ModelPlace, output_root: Path, demo_manifest: Path | None = None) -> None:
-    """Lay out the tab inside the current Blocks and wire its event."""
+def build_generate_tab(page: gr.Blocks, place: ModelPlace, output_root: Path, demo_manifest: Path | None = None) -> None:
+    """Lay out the tab inside ``page`` and wire its events (``page.load`` lists checkpoints trained since start)."""
     choices = checkpoint_choices(place.runs_dir)
     with gr.Row():
         with gr.Column():
@@ -189,5 +189,9 @@ def build_generate_tab(place: ModelPlace, output_root: Path, demo_manifest: Path
         lines += [f"Note: {n}" for n in result.notices]
         return str(result.video), str(result.wav), "\n\n".join(lines)
 
+    def on_load() -> dict:
+        return gr.update(choices=checkpoint_choices(place.runs_dir))
+
+    page.load(on_load, None, checkpoint, api_name=False, concurrency_limit=8)
     run.click(on_generate, [video_in, prompt, checkpoint, seed, cfg, top_k, face_box], [video_out, wav_out, status],
               api_name="generate", concurrency_limit=1, concurrency_id="generate")

@@ -54,7 +54,7 @@ def build_app(args: argparse.Namespace):
                     build_study_tab(StudyRunner(study), page)
             if not args.study_only:
                 with gr.Tab("Generate", id="generate"):
-                    build_generate_tab(place, args.outputs, args.demo_manifest)
+                    build_generate_tab(page, place, args.outputs, args.demo_manifest)
     page.queue(default_concurrency_limit=1)  # one generation at a time on a CPU
     served = [args.outputs.resolve(), *([study.media_dir] if study else []),
               *([args.demo_manifest.resolve().parent] if args.demo_manifest.is_file() else [])]
