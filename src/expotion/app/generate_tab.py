@@ -177,8 +177,8 @@ def build_generate_tab(page: gr.Blocks, place: ModelPlace, output_root: Path, de
         out_dir = Path(tempfile.mkdtemp(prefix="gen-", dir=output_root))
         try:
             result = generate_music(place, request, out_dir, lambda f, desc: progress(f, desc=desc))
-        except USER_ERRORS as err:
-            raise gr.Error(str(err), print_exception=False) from None
+        except USER_ERRORS as err:  # the upload's temporary folder means nothing to the user: name the file
+            raise gr.Error(str(err).replace(str(request.video), request.video.name), print_exception=False) from None
         except Exception as err:  # the page gets one readable line; the server log keeps the traceback
             log.exception("generation failed")
             raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", print_exception=False) from None
