@@ -35,7 +35,7 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/precompute.txt \
-		-r requirements/eval.txt -r requirements/test.txt
+		-r requirements/eval.txt -r requirements/app.txt -r requirements/test.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	echo $(REQUIREMENTS_HASH) > $(STAMP)
