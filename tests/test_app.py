@@ -86,7 +86,7 @@ def test_bad_input_gets_a_readable_message(served, tmp_path):
     cases = {
         "empty prompt": (video, "   ", served["good"], "the prompt is empty"),
         "no video stream": (audio_only(tmp_path / "song.mp4"), "jazz", served["good"],
-                            "song.mp4: the file has no video frames to follow"),
+                            "song.mp4: the video has no frames to follow"),
         "not a video": (garbage(tmp_path / "broken.mp4"), "jazz", served["good"], "broken.mp4"),
         "bad face box": (video, "jazz", served["good"], "face_box must be four numbers 'x0 y0 x1 y1', got '1 2 3'"),
         "mismatched checkpoint": (video, "jazz", served["wide"],

@@ -1,12 +1,11 @@
 """The Generate tab: a video and a prompt in, the video with its new music and the wav out.
 
-All generation goes through ``expotion.generate``, the code behind the command line;
+All generation goes through the library API behind ``expotion generate``;
 ``generate_music`` is the one place that calls it. Models are loaded once per
-(checkpoint, MusicGen) and kept; the queue runs one request at a time.
+setting and kept; the queue runs one request at a time.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import threading
@@ -17,18 +16,24 @@ from pathlib import Path
 import gradio as gr
 import soundfile as sf
 
-from .. import generate as cli_generate
 from ..checkpoint import CheckpointMismatch
-from ..generation import GenerationError, check_prompt, decode_audio, generate_tokens
-from ..manifest import ManifestError, load_manifest
-from ..media import MediaError, has_video_frames, mux_audio, probe_video
+from ..files import OutputError
+from ..generate import Models, ModelSettings, SamplingSettings, generate_for_video, load_models
+from ..generation import GenerationError
+from ..manifest import ManifestError, load_manifest, parse_face_box
+from ..media import MediaError
 from ..weights import MissingWeightsError
 
 log = logging.getLogger("expotion.app")
 PLAIN_MUSICGEN = "plain MusicGen (no video)"
-USER_ERRORS = (GenerationError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch, FileNotFoundError)
+USER_ERRORS = (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch,
+               FileNotFoundError)
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
+
+# The library's progress stages as (start, end) of the page's bar and what the user reads.
+STAGES = {"load": (0.0, 0.05, "loading models"), "faces": (0.05, 0.15, "finding the face"),
+          "features": (0.15, 0.35, "extracting visual features"), "generate": (0.35, 0.95, "generating music")}
 
 
 @dataclass(frozen=True)
@@ -72,59 +77,37 @@ class NoticeCollector(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-_models: dict[tuple, tuple] = {}
+_models: dict[ModelSettings, Models] = {}
 _models_lock = threading.Lock()
 
 
-def cached_models(args: argparse.Namespace) -> tuple:
-    """``expotion.generate.load_models``, once per (checkpoint, MusicGen)."""
-    key = (str(args.checkpoint), args.musicgen)
-    with _models_lock:
-        if key not in _models:
-            _models[key] = cli_generate.load_models(args)
-        return _models[key]
-
-
 def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, progress: Progress) -> GenerateResult:
-    """The app's only coupling to generation: run the command line's generate path for one video."""
-    parser = argparse.ArgumentParser()
-    cli_generate.add_arguments(parser)
-    args = parser.parse_args(["--video", str(request.video), "--prompt", request.prompt,
-                              "--seed", str(request.seed), "--cfg", str(request.cfg), "--top-k", str(request.top_k),
-                              "--profile", place.profile, "--tiny-dir", str(place.tiny_dir),
-                              *(["--checkpoint", str(request.checkpoint)] if request.checkpoint else []),
-                              *(["--musicgen", place.musicgen] if place.musicgen else []),
-                              *(["--weights-dir", str(place.weights_dir)] if place.weights_dir else []),
-                              *(["--face-box", request.face_box] if request.face_box else [])])
-    prompt = check_prompt(args.prompt)
-    if not has_video_frames(args.video):
-        raise GenerationError(f"{args.video.name}: the file has no video frames to follow")
-    info = probe_video(args.video)
-    progress(0.0, "loading models")
-    musicgen, adaptor, spec = cached_models(args)
+    """The app's only coupling to generation: ``expotion.generate``'s library API, models cached per setting."""
+
+    def on_stage(stage: str, done: int, total: int) -> None:
+        if stage in STAGES:
+            low, high, what = STAGES[stage]
+            progress(low + (high - low) * done / max(total, 1), f"{what} ({done}/{total})")
+
+    settings = ModelSettings(checkpoint=request.checkpoint, musicgen=place.musicgen, profile=place.profile,
+                             weights_dir=place.weights_dir, tiny_dir=place.tiny_dir)
+    face_box = parse_face_box(request.face_box, where="face box")
+    with _models_lock:
+        if settings not in _models:
+            _models[settings] = load_models(settings, on_stage)
+        models = _models[settings]
     notices = NoticeCollector()
     logging.getLogger("expotion.generate").addHandler(notices)
     try:
-        feats = None
-        if adaptor is not None:
-            progress(0.05, "extracting visual features")
-            feats = cli_generate.video_features(args, args.video, info.duration_s, spec)
-        musicgen.set_custom_progress_callback(lambda done, total: progress(0.1 + 0.8 * done / total,
-                                                                           f"generating music: step {done}/{total}"))
-        tokens = generate_tokens(musicgen, [prompt], info.duration_s, adaptor, feats, spec.rates if spec else None,
-                                 seed=args.seed, cfg_coef=args.cfg, top_k=args.top_k, progress=True)
+        stem = request.video.stem
+        result = generate_for_video(models, request.video, request.prompt, out_dir / f"{stem}-music.wav",
+                                    mux=out_dir / f"{stem}-with-music.mp4", face_box=face_box,
+                                    sampling=SamplingSettings(request.seed, request.cfg, request.top_k),
+                                    progress=on_stage)
     finally:
-        musicgen.set_custom_progress_callback(None)
         logging.getLogger("expotion.generate").removeHandler(notices)
-    progress(0.92, "decoding audio")
-    wav = decode_audio(musicgen, tokens, info.duration_s)[0]
-    stem = Path(args.video).stem
-    wav_path, video_path = out_dir / f"{stem}-music.wav", out_dir / f"{stem}-with-music.mp4"
-    sf.write(wav_path, wav, musicgen.sample_rate)
-    progress(0.97, "muxing the music into the video")
-    mux_audio(args.video, wav, musicgen.sample_rate, video_path)
-    return GenerateResult(wav_path, video_path, len(wav) / musicgen.sample_rate,
-                          [m.replace(str(args.video), args.video.name) for m in notices.messages])
+    return GenerateResult(result.wav, result.mux, sf.info(result.wav).duration,
+                          [m.replace(str(request.video), request.video.name) for m in notices.messages])
 
 
 def checkpoint_choices(runs_dir: Path) -> list[str]:

@@ -25,9 +25,12 @@ import hashlib
 import hmac
 import os
 import random
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import soundfile as sf
 import yaml
 
 from ..evaluation.audio import load_audio
@@ -144,16 +147,21 @@ def blinded_name(secret: str, clip: str, system: str) -> str:
     return hmac.new(secret.encode(), f"{clip}\0{system}".encode(), hashlib.sha256).hexdigest()[:24] + ".mp4"
 
 
+_media_lock = threading.Lock()  # muxing writes a per-process temporary name: one trial file at a time
+
+
 def trial_media(study: Study, secret: str, clip: str, system: str) -> Path:
     """The clip's video muxed with the system's music (cut to the video's length), made once and kept."""
     out = study.media_dir / blinded_name(secret, clip, system)
-    if out.exists():
-        return out
-    video = study.videos[clip]
-    music, sample_rate = load_audio(study.systems[system][clip])
-    music = music[: int(round(probe_video(video).duration_s * sample_rate))]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}-{random.getrandbits(32):08x}.mp4")
-    mux_audio(video, music, sample_rate, tmp)
-    os.replace(tmp, out)  # atomic: two participants may ask for the same trial at once
+    with _media_lock:
+        if out.exists():
+            return out
+        video = study.videos[clip]
+        music, sample_rate = load_audio(study.systems[system][clip])
+        music = music[: int(round(probe_video(video).duration_s * sample_rate))]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as work:
+            cut = Path(work) / "music.wav"
+            sf.write(cut, music, sample_rate)
+            mux_audio(video, cut, out)  # written under a temporary name and renamed when complete
     return out
