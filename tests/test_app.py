@@ -59,6 +59,7 @@ def test_generate_returns_video_and_wav_of_the_video_duration(served, tmp_path):
     client = Client(served["url"], verbose=False)
     video = write_video(tmp_path / "dance.mp4", moving_frames(75, 96, 128), fps=25)
     muxed, wav, status = generate(client, video, "upbeat pop", served["good"])
+    (loaded,) = generate_tab._models.values()
     data, sr = sf.read(wav)
     assert sr == 32000 and len(data) == 3 * 32000 and np.abs(data).max() > 0
     with av.open(muxed) as c:
@@ -70,7 +71,7 @@ def test_generate_returns_video_and_wav_of_the_video_duration(served, tmp_path):
     _, wav2, status2 = generate(client, video, "upbeat pop", served["good"], box="20 20 80 80")
     assert "no face" not in status2  # a fixed face box replaces detection
     assert not np.array_equal(sf.read(wav2)[0], data)  # ... and the face features change the music
-    assert len(generate_tab._models) == 1  # models were loaded once and kept
+    assert [id(m) for m in generate_tab._models.values()] == [id(loaded)]  # loaded once and kept
 
 
 def test_plain_musicgen_choice(served, tmp_path):
@@ -78,6 +79,7 @@ def test_plain_musicgen_choice(served, tmp_path):
     video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)
     _, wav, status = generate(client, video, "jazz", generate_tab.PLAIN_MUSICGEN)
     assert sf.info(wav).duration == pytest.approx(2.0, abs=0.001) and "plain MusicGen" in status
+    assert [m.settings.checkpoint for m in generate_tab._models.values()] == [None]  # one set of models in memory
 
 
 def test_bad_input_gets_a_readable_message(served, tmp_path):

@@ -1,8 +1,8 @@
 """The Generate tab: a video and a prompt in, the video with its new music and the wav out.
 
 All generation goes through the library API behind ``expotion generate``;
-``generate_music`` is the one place that calls it. Models are loaded once per
-setting and kept; the queue runs one request at a time.
+``generate_music`` is the one place that calls it. The models of the checkpoint
+in use stay loaded until another is chosen; the queue runs one request at a time.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ _models_lock = threading.Lock()
 
 
 def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, progress: Progress) -> GenerateResult:
-    """The app's only coupling to generation: ``expotion.generate``'s library API, models cached per setting."""
+    """The app's only coupling to generation: ``expotion.generate``'s library API, with the models kept loaded."""
 
     def on_stage(stage: str, done: int, total: int) -> None:
         if stage in STAGES:
@@ -94,6 +94,7 @@ def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, p
     face_box = parse_face_box(request.face_box, where="face box")
     with _models_lock:
         if settings not in _models:
+            _models.clear()  # one set in memory: a second MusicGen large would not fit beside the first
             _models[settings] = load_models(settings, on_stage)
         models = _models[settings]
     notices = NoticeCollector()
