@@ -224,3 +224,16 @@ def test_checkpoints_trained_after_start_are_listed_on_page_load(served, tiny_pr
     update = session.call("checkpoint list", [])[0]
     assert [c[0] for c in update["choices"]][:1] == [str(newer)]
     assert [c[0] for c in update["choices"]][-1] == generate_tab.PLAIN_MUSICGEN
+
+
+def test_study_asks_for_every_answer_and_does_not_store_a_partial_trial(served):
+    client = Client(served["url"], verbose=False)
+    with pytest.raises(AppError, match="Press 'Start / resume' first"):
+        client.predict("3", "3", "3", "3", api_name="/study_submit")
+    client.predict("partial-1", api_name="/study_start")
+    with pytest.raises(AppError, match=r"answer every question before continuing \(missing: Musicality, Creativity\)"):
+        client.predict(None, "3", "3", None, api_name="/study_submit")
+    with sqlite3.connect(served["study"].with_suffix(".sqlite")) as db:
+        assert db.execute("SELECT COUNT(*) FROM responses WHERE participant = 'partial-1'").fetchone() == (0,)
+    header = client.predict("2", "3", "4", "5", api_name="/study_submit")[2]
+    assert "Trial 2 of 4" in header

@@ -130,6 +130,7 @@ def test_results_command_writes_table_csv_and_figure(study, capsys):
             trial = runner.trials(who)[position]
             score = 5 if trial.system == "zebra_secret_system" else 2
             runner.submit(who, position, {q.id: score for q in study.questions})
+    assert runner.next_trial("ann") is None  # every trial answered: the page thanks them
     assert cli_main(["study", "results", str(study.path), "--resamples", "500"]) == 0
     out = capsys.readouterr().out
     assert "2 participants" in out and "zebra_secret_system" in out
