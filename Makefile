@@ -26,7 +26,7 @@ ARGS ?=
 LOGDIR ?= runs
 DEMO_RUN := runs/tiny_cpu
 
-.PHONY: install demo demo-data features train generate eval tensorboard test test-all clean-cache
+.PHONY: install demo demo-data features train generate eval tensorboard app browser-deps test test-all clean-cache
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/precompute.txt \
-		-r requirements/eval.txt -r requirements/test.txt
+		-r requirements/eval.txt -r requirements/app.txt -r requirements/test.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	echo $(REQUIREMENTS_HASH) > $(STAMP)
@@ -78,10 +78,23 @@ eval: install
 tensorboard: install
 	$(PY) -m tensorboard.main --logdir $(LOGDIR)
 
-test: install
+# The browser app on the demo checkpoint and tiny models (after `make demo`); STUDY=study.yaml adds the study tab.
+APP_ARGS ?= --profile tiny --musicgen cache/tiny-weights/musicgen_tiny --tiny-dir cache/tiny-weights
+STUDY ?=
+app: install
+	@test -f cache/tiny-weights/musicgen_tiny/state_dict.bin || { echo "no demo models yet: run 'make demo' first"; exit 1; }
+	$(PY) -m expotion.cli app $(APP_ARGS) $(if $(STUDY),--study $(STUDY))
+
+# Debian's chromium and chromedriver for the browser test (root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; fi
+
+test: install browser-deps
 	$(PY) -m pytest -x -q
 
-test-all: install
+test-all: install browser-deps
 	$(PY) -m pytest -x -q -m ""
 
 clean-cache:

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(sysconfig.get_paths()["purelib"])
-EXTRAS = ("precompute", "eval", "test")
+EXTRAS = ("precompute", "eval", "app", "test")
 # Requirements expotion never imports itself, with the installed sources that import them.
 IMPORTED_BY_DEPENDENCIES = {
     "torchmetrics": "lightning/pytorch",
@@ -69,7 +69,7 @@ def test_pyproject_requirement_files_and_conda_pin_the_same_stack():
     assert project["dependencies"] == pins("base")
     extras = project["optional-dependencies"]
     assert {name: extras[name] for name in EXTRAS} == {name: pins(name) for name in EXTRAS}
-    assert extras["all"] == ["expotion[precompute,eval]"]
+    assert extras["all"] == ["expotion[precompute,eval,app]"]
     files = ("base", *EXTRAS)
     conda = (ROOT / "environment.yml").read_text()
     assert re.findall(r"^\s*- -r requirements/(\w+)\.txt", conda, re.M) == list(files)
@@ -78,8 +78,8 @@ def test_pyproject_requirement_files_and_conda_pin_the_same_stack():
     assert "--no-deps -r requirements/nodeps.txt" in makefile
 
 
-@pytest.mark.parametrize("folders, groups", [(("src", "precompute", "bench"), ("base", "precompute", "eval", "nodeps")),
-                                             (("tests",), ("base", "precompute", "eval", "nodeps", "test"))])
+@pytest.mark.parametrize("folders, groups", [(("src", "precompute", "bench"), ("base", "precompute", "eval", "app", "nodeps")),
+                                             (("tests",), ("base", "precompute", "eval", "app", "nodeps", "test"))])
 def test_every_imported_package_is_declared(folders, groups):
     declared = {dist_name(r) for group in groups for r in pins(group)}
     local = {p.stem for folder in folders for p in (ROOT / folder).rglob("*.py")}

@@ -16,6 +16,8 @@ from .known_warnings import silence_known_warnings  # noqa: E402
 SUBSYSTEMS = {
     "generate": "expotion.generate",
     "eval": "expotion.evaluation.cli",
+    "app": "expotion.app.server",
+    "study": "expotion.app.results",
 }
 
 # modules whose import registers their weight files
