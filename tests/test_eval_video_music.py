@@ -154,7 +154,7 @@ def test_clip_figure_takes_paths_or_arrays(data, tmp_path):
 
 
 def test_generate_plot_writes_the_figure_next_to_the_wav(tmp_path, tiny_profile_cfg):
-    video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)
+    video = write_video(tmp_path / "v.mp4", moving_frames(30, 64, 80), fps=25)
     out = tmp_path / "music" / "o.wav"
     code = expotion_main(["generate", "--video", str(video), "--prompt", "jazz", "--out", str(out), "--plot",
                           "--musicgen", tiny_profile_cfg.musicgen, "--profile", "tiny", "--top-k", "50"])
