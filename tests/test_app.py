@@ -1,4 +1,6 @@
 """The app through ``gradio_client`` against a launched server: generate, bad input, study blinding and concurrency."""
+import base64
+import io
 import json
 import sqlite3
 import threading
@@ -52,7 +54,7 @@ def wide_checkpoint(tiny_profile_cfg, path: Path) -> Path:
 
 
 def generate(client: Client, video: Path, prompt: str, checkpoint: str, box: str = "") -> tuple:
-    return client.predict(handle_file(str(video)), prompt, checkpoint, 0, 3.0, 50, box, api_name="/generate")
+    return client.predict(handle_file(str(video)), prompt, checkpoint, 0, 3.0, 50, box, api_name="/generate")[:3]
 
 
 def test_generate_returns_video_and_wav_of_the_video_duration(served, tmp_path):
@@ -72,6 +74,19 @@ def test_generate_returns_video_and_wav_of_the_video_duration(served, tmp_path):
     assert "no face" not in status2  # a fixed face box replaces detection
     assert not np.array_equal(sf.read(wav2)[0], data)  # ... and the face features change the music
     assert [id(m) for m in generate_tab._models.values()] == [id(loaded)]  # loaded once and kept
+
+
+def test_generate_shows_the_alignment_figure_of_the_video_and_its_music(served, tmp_path):
+    """The evaluation's per-clip figure (motion speed with the music's onsets and beats) comes back as a picture."""
+    client = Client(served["url"], verbose=False)
+    video = write_video(tmp_path / "dance.mp4", moving_frames(75, 96, 128), fps=25)
+    plot = client.predict(handle_file(str(video)), "upbeat pop", served["good"], 0, 3.0, 50, "",
+                          api_name="/generate")[3]
+    assert plot["type"] == "matplotlib"
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(plot["plot"].split(",", 1)[1])))
+    assert image.size[0] > 800 and np.asarray(image.convert("L")).std() > 10  # a drawn figure, not a blank
 
 
 def test_plain_musicgen_choice(served, tmp_path):

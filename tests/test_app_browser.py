@@ -108,6 +108,8 @@ def test_generate_in_the_browser(app, browser, tmp_path):
         "v.play().then(() => setTimeout(() => done(v.currentTime), 700), e => done(String(e)));", player)
     assert isinstance(played, (int, float)) and played > 0, played  # the browser decodes and plays it
     assert "Generated 3.00 s of music" in text_of(browser, "gen-status")
+    figure = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "#gen-figure img"))
+    assert browser.execute_script("return arguments[0].naturalWidth;", figure) > 800  # the alignment figure
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "app-generate.png"))
 

@@ -1,4 +1,5 @@
-"""The Generate tab: a video and a prompt in, the video with its new music and the wav out.
+"""The Generate tab: a video and a prompt in; the video with its new music, the wav, and the evaluation's
+per-clip figure (motion speed against the music's onsets and beats) out.
 
 All generation goes through the library API behind ``expotion generate``;
 ``generate_music`` is the one place that calls it. The models of the checkpoint
@@ -17,6 +18,8 @@ import gradio as gr
 import soundfile as sf
 
 from ..checkpoint import CheckpointMismatch
+from ..evaluation.alignment import AlignmentFailure
+from ..evaluation.plots import clip_figure
 from ..files import OutputError
 from ..generate import Models, ModelSettings, SamplingSettings, generate_for_video, load_models
 from ..generation import GenerationError
@@ -148,6 +151,7 @@ def build_generate_tab(page: gr.Blocks, place: ModelPlace, output_root: Path, de
             video_out = gr.Video(label="Video with music", interactive=False, height=360, elem_id="gen-video-out")
             wav_out = gr.Audio(label="Music (wav)", type="filepath", interactive=False, elem_id="gen-wav-out")
             status = gr.Markdown(elem_id="gen-status")
+    figure_out = gr.Plot(label="Motion speed and the music's onsets and beats", elem_id="gen-figure")
     examples = demo_examples(demo_manifest)
     if examples:
         gr.Examples(examples, [video_in, prompt, face_box], label="Demo clips", cache_examples=False)
@@ -166,16 +170,22 @@ def build_generate_tab(page: gr.Blocks, place: ModelPlace, output_root: Path, de
         except Exception as err:  # the page gets one readable line; the server log keeps the traceback
             log.exception("generation failed")
             raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", print_exception=False) from None
+        progress(0.97, desc="drawing motion against the music's beats")
+        try:
+            figure = clip_figure(request.video, result.wav, f"{request.video.name}: {request.prompt.strip()}")
+        except (AlignmentFailure, MediaError) as err:  # the music is there; only the picture is missing
+            figure = None
+            result.notices.append(f"no alignment figure: {str(err).replace(str(request.video), request.video.name)}")
         for notice in result.notices:
             gr.Warning(notice)
         lines = [f"Generated {result.duration_s:.2f} s of music with "
                  f"{f'adaptor `{Path(ckpt).parent.name}`' if request.checkpoint else 'plain MusicGen'}."]
         lines += [f"Note: {n}" for n in result.notices]
-        return str(result.video), str(result.wav), "\n\n".join(lines)
+        return str(result.video), str(result.wav), "\n\n".join(lines), figure
 
     def on_load() -> dict:
         return gr.update(choices=checkpoint_choices(place.runs_dir))
 
     page.load(on_load, None, checkpoint, api_name=False, concurrency_limit=8)
-    run.click(on_generate, [video_in, prompt, checkpoint, seed, cfg, top_k, face_box], [video_out, wav_out, status],
+    run.click(on_generate, [video_in, prompt, checkpoint, seed, cfg, top_k, face_box], [video_out, wav_out, status, figure_out],
               api_name="generate", concurrency_limit=1, concurrency_id="generate")
