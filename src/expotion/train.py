@@ -1,7 +1,7 @@
 """Training entry point (LightningCLI).
 
     python -m expotion.train fit --config lightning_configs/tiny_cpu.yaml [--trainer.max_epochs=3 ...]
-    python -m expotion.train fit --config ... --ckpt_path last      # resume exactly
+    python -m expotion.train fit --config ... --ckpt_path last      # resume at the next step
 
 Everything a run writes lives under ``--trainer.default_root_dir``, so rerunning the
 same command with ``--ckpt_path last`` continues from its latest checkpoint. Bad
