@@ -24,11 +24,13 @@ TINY_DIR ?= cache/tiny-weights
 DEVICE ?=
 FEATURE_ARGS ?=
 # Training: one or more LightningCLI configs (later ones override), plus CLI overrides.
+# A run writes everything under its trainer.default_root_dir (tiny_cpu.yaml: runs/tiny_cpu).
 CONFIG ?= lightning_configs/tiny_cpu.yaml
 ARGS ?=
 LOGDIR ?= runs
+DEMO_RUN := runs/tiny_cpu
 
-.PHONY: install demo demo-data tiny-weights features train generate eval tensorboard test test-all clean-cache
+.PHONY: install demo demo-data tiny-weights features train generate eval tensorboard app browser-deps test test-all clean-cache
 
 install: $(STAMP)
 
@@ -39,7 +41,7 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/precompute.txt \
-		-r requirements/eval.txt -r requirements/test.txt
+		-r requirements/eval.txt -r requirements/app.txt -r requirements/test.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	echo $(REQUIREMENTS_HASH) > $(STAMP)
@@ -54,8 +56,9 @@ tiny-weights: install
 demo: demo-data tiny-weights
 	$(MAKE) --no-print-directory features
 	@echo "demo features written to $(CACHE); inspect with: $(EXPOTION) cache inspect $(CACHE)"
-	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml ARGS="--trainer.enable_progress_bar=false"
-	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint runs/tiny_cpu/adaptor.pt
+	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml \
+		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(DEMO_RUN)"
+	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_RUN)/adaptor.pt
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
@@ -65,10 +68,10 @@ features: install
 train: install
 	$(EXPOTION) train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
-# Batch generation for a cached split (GEN_ARGS e.g. --checkpoint runs/tiny_cpu/adaptor.pt --profile tiny ...)
+# Batch generation for a cached split (the checkpoint names its MusicGen and extractor profile)
 SPLIT ?= $(CACHE)/val
 OUT_DIR ?= outputs/generated
-GEN_ARGS ?= --checkpoint runs/tiny_cpu/adaptor.pt --musicgen cache/tiny-weights/musicgen_tiny --profile tiny --reference-dir outputs/reference
+GEN_ARGS ?= --checkpoint $(DEMO_RUN)/adaptor.pt --reference-dir outputs/reference
 generate: install
 	$(EXPOTION) generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(GEN_ARGS)
 
@@ -83,10 +86,23 @@ eval: install
 tensorboard: install
 	$(PY) -m tensorboard.main --logdir $(LOGDIR)
 
-test: install
+# The browser app on the demo checkpoint and tiny models (after `make demo`); STUDY=study.yaml adds the study tab.
+APP_ARGS ?= --profile tiny --musicgen cache/tiny-weights/musicgen_tiny --tiny-dir cache/tiny-weights
+STUDY ?=
+app: install
+	@test -f cache/tiny-weights/musicgen_tiny/state_dict.bin || { echo "no demo models yet: run 'make demo' first"; exit 1; }
+	$(EXPOTION) app $(APP_ARGS) $(if $(STUDY),--study $(STUDY))
+
+# Debian's chromium and chromedriver for the browser test (root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; fi
+
+test: install browser-deps
 	$(PY) -m pytest -x -q
 
-test-all: install
+test-all: install browser-deps
 	$(PY) -m pytest -x -q -m ""
 
 clean-cache:

@@ -10,8 +10,17 @@ later runs read the cache. CLAP uses transformers' default ClapConfig
 (HTSAT-tiny audio, RoBERTa-base-sized text), which may be smaller than the
 checkpoint you load; LanguageBind towers are ViT-L/14.
 
+The video–music group has no model and no batches. Its table splits a clip's
+cost into the audio onsets, the video's decoding and its Farneback flow (at the
+published settings: every frame, at the video's own size, so at each of
+``--video-sizes``), and the stage-2 scores of one (video, audio) pair. It gives
+CPU seconds beside wall seconds: Farneback may use both cores, and CPU time
+stays comparable when other jobs share the machine. (madmom's beats, which it
+shares with the rhythm metrics, are not counted.)
+
     HF_HUB_OFFLINE=1 .venv/bin/python bench/eval_models.py [--device cuda] [--batch-size 8] [--clips 8] \\
-        [--models vggish,passt,clap_audio,languagebind_audio,languagebind_video] [--repeats 3]
+        [--models vggish,passt,clap_audio,languagebind_audio,languagebind_video] [--repeats 3] \\
+        [--video-sizes 320x256,1280x720]      # --models "" times the video–music group alone
 """
 from __future__ import annotations
 
@@ -25,10 +34,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import av  # noqa: E402
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from expotion.evaluation import languagebind, passt, vggish  # noqa: E402
+from expotion.evaluation import alignment, languagebind, passt, rhythm, vggish  # noqa: E402
+from expotion.evaluation.audio import resample  # noqa: E402
 from expotion.evaluation.batching import run_windows  # noqa: E402
 from expotion.evaluation.embed import catalog  # noqa: E402
 from expotion.evaluation.video import VideoClip  # noqa: E402
@@ -96,6 +107,43 @@ def spread(values: list[float]) -> str:
     return f"{min(values):6.3f} {statistics.median(values):6.3f} {max(values):6.3f}"
 
 
+def decode_gray(clip: VideoClip) -> None:
+    """Decoding and grayscale conversion alone: the part of the motion features that is not optical flow."""
+    with av.open(str(clip.path)) as container:
+        for frame in container.decode(video=0):
+            cv2.cvtColor(frame.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+
+
+def video_music_table(audio: tuple[np.ndarray, int], tmp: Path, sizes: list[tuple[int, int]], repeats: int) -> None:
+    """Seconds per 10 s clip of each part of the video–music group, the parts interleaved in every repeat."""
+    ex = catalog()
+    videos = {size: video(tmp / f"vm-{size[0]}x{size[1]}.mp4", 0, size=size) for size in sizes}
+    motion = alignment.Motion.from_arrays(ex["motion"].prepare(None, videos[sizes[0]]))
+    music = alignment.Music.from_arrays(ex["onsets"].prepare(None, audio),
+                                        rhythm.track_beats(resample(*audio, rhythm.SAMPLE_RATE)))
+    parts = {"onsets (audio, stage 1)": lambda: ex["onsets"].prepare(None, audio)}
+    for (w, h), clip_video in videos.items():
+        parts[f"decode + gray, {w}x{h} @30 fps"] = lambda v=clip_video: decode_gray(v)
+        parts[f"motion features, {w}x{h} @30 fps (stage 1)"] = lambda v=clip_video: ex["motion"].prepare(None, v)
+    parts["scores of one pair (stage 2)"] = lambda: alignment.score_clip(motion, music)
+    wall: dict[str, list[float]] = {name: [] for name in parts}
+    cpu: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, fn in parts.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    print(f"video–music group: seconds per 10 s clip, min / median / max of {repeats} interleaved repeats")
+    print(f"  {'part':44s} {'wall':>20s} {'CPU':>20s}")
+    for name in parts:
+        print(f"  {name:44s} {spread(wall[name]):>20s} {spread(cpu[name]):>20s}")
+    for w, h in sizes:
+        total = statistics.median(cpu[f"motion features, {w}x{h} @30 fps (stage 1)"])
+        decode = statistics.median(cpu[f"decode + gray, {w}x{h} @30 fps"])
+        print(f"  {w}x{h}: Farneback is {(total - decode) / total:.0%} of the motion features' CPU time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -103,6 +151,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--video-sizes", default="320x256,1280x720",
+                        help="frame sizes for the video–music group ('' to leave it out)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -112,7 +162,7 @@ def main() -> None:
     print(f"  {'model':22s} {'batch 1':>20s} {f'batch {args.batch_size}':>20s}  speed-up (medians)")
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         videos = [video(Path(tmp) / f"v{seed}.mp4", seed) for seed in range(args.clips)]
-        for name in args.models.split(","):
+        for name in [n for n in args.models.split(",") if n]:
             model = released_model(name, device)
             inputs = videos if name == "languagebind_video" else audio
             embed_all(name, model, inputs[:1], 1, device)  # warm-up
@@ -125,6 +175,9 @@ def main() -> None:
             one, many = times[1], times[args.batch_size]
             print(f"  {name:22s} {spread(one):>20s} {spread(many):>20s}  "
                   f"{statistics.median(one) / statistics.median(many):5.2f}x")
+        sizes = [tuple(int(v) for v in size.split("x")) for size in args.video_sizes.split(",") if size]
+        if sizes:
+            video_music_table(audio[0], Path(tmp), sizes, args.repeats)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,47 @@ def write_video(path: Path, n_frames: int = 12, size: tuple[int, int] = (80, 64)
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_pan_video(path: Path, offsets: np.ndarray, fps: int, size: tuple[int, int] = (96, 64), seed: int = 0) -> Path:
+    """An h264 mp4 whose frame ``i`` shows a smooth random texture panned left by ``offsets[i]`` pixels.
+
+    The whole frame translates, so the true optical flow between two frames is
+    the offset difference everywhere; sub-pixel offsets are interpolated.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    w, h = size
+    offsets = np.asarray(offsets, np.float64) - np.min(offsets)
+    rng = np.random.default_rng(seed)
+    texture = gaussian_filter(rng.normal(size=(h, w + int(np.ceil(offsets.max())) + 2)), 1.5)
+    texture = 40 + 175 * (texture - texture.min()) / np.ptp(texture)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "10"}
+        for x in offsets:
+            i, f = int(np.floor(x)), x - np.floor(x)
+            gray = (1 - f) * texture[:, i : i + w] + f * texture[:, i + 1 : i + 1 + w]
+            img = np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, axis=2)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def burst_offsets(burst_times: np.ndarray, seconds: float, fps: int, amplitude: float = 6.0, width_s: float = 0.025) -> np.ndarray:
+    """Pan offsets at each frame time: still, except a quick smooth step of ``amplitude`` px at each burst time."""
+    from scipy.special import ndtr
+
+    t = np.arange(int(round(seconds * fps))) / fps
+    return amplitude * sum(ndtr((t - b) / width_s) for b in burst_times)
+
+
+def oscillation_offsets(stroke_hz: float, seconds: float, fps: int, amplitude: float = 8.0, first_stop_s: float = 0.5) -> np.ndarray:
+    """Back-and-forth pan that stops and turns ``stroke_hz`` times a second, first at ``first_stop_s``."""
+    t = np.arange(int(round(seconds * fps))) / fps
+    return amplitude * np.cos(np.pi * stroke_hz * (t - first_stop_s))

@@ -18,6 +18,22 @@ def test_subcommands_share_the_model_and_device_options():
     evaluation = parser.parse_args(["eval", "--generated", "g", "--reference", "r", "--out", "o", "--device", "cuda",
                                     "--weights-dir", "w"])
     assert (evaluation.device, str(evaluation.weights_dir)) == ("cuda", "w")
+    app = parser.parse_args(["app", "--device", "cpu", "--profile", "tiny", "--tiny-dir", "t"])
+    assert (app.device, app.profile, str(app.tiny_dir)) == ("cpu", "tiny", "t")
+    # generate and app take the profile the checkpoint records unless told; features defaults to the released weights
+    assert parser.parse_args(["generate", "--video", "v.mp4"]).profile is None
+    assert parser.parse_args(["app"]).tiny_dir is None
+    assert parser.parse_args(["features", "--manifest", "m.csv", "--cache", "c"]).profile == "real"
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    for command in ("features", "train", "generate", "eval", "weights", "cache", "app", "study"):
+        assert f"\n    {command} " in printed
+    assert "95% bootstrap" in printed  # a literal % in a subcommand's help
 
 
 def test_train_hands_its_arguments_to_lightning_cli(capsys):

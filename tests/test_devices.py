@@ -42,8 +42,9 @@ def test_moving_musicgen_takes_the_t5_audiocraft_keeps_outside_the_module_tree(t
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     cond = musicgen.lm.condition_provider.conditioners["description"]
     cond.__dict__["t5"] = torch.nn.Linear(4, 4)  # where audiocraft's T5Conditioner keeps its encoder
+    cond.device = "cpu"  # and the device it tokenizes onto
     module = MusicGenModule(musicgen).to(META)
-    assert devices(cond.t5) == {META} and cond.device == "meta"
+    assert devices(cond.t5) == {META} and str(cond.device) == "meta" and musicgen.device == META
     assert all(p.device == META for p in module.parameters())
 
 

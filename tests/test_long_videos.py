@@ -47,8 +47,13 @@ def test_windowed_features_equal_one_pass(tmp_path, tiny_profile_cfg):
     stitched = video_features(ex, video, duration, box, window_s=1.6)  # four windows, the last 2.48 s long
     assert len(plan_windows(duration, 1.6, ex.rates, ex.cfg.face_detect_fps)) == 4
     assert sorted(stitched.arrays) == sorted(whole.arrays) == ["marlin", "marlin_mask", "raft", "synchformer"]
+    # A window runs the encoders on fewer segments than one pass, and CPU matmul kernels may
+    # block other batch shapes differently, so float streams agree to float32 rounding.
     for name, expected in whole.arrays.items():
-        assert np.array_equal(stitched.arrays[name], expected), name  # bit for bit
+        if expected.dtype == bool:
+            assert np.array_equal(stitched.arrays[name], expected), name
+        else:
+            np.testing.assert_allclose(stitched.arrays[name], expected, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_windowed_face_tracking_equals_one_pass(tmp_path, tiny_profile_cfg):

@@ -1,3 +1,4 @@
+import av
 import numpy as np
 import pytest
 from conftest import moving_frames, write_video
@@ -91,3 +92,28 @@ def test_aac_audio_is_aligned_to_the_first_video_frame(tmp_path):
     got = read_audio(path, sr, align_to_video=True)
     onset = int(np.argmax(np.abs(got) > 0.2))
     assert abs(onset - sr) < 0.005 * sr  # within 5 ms: the AAC priming samples are removed
+
+
+def test_clip_video_starting_between_frames_of_an_ntsc_source(tmp_path):
+    """A 29.97 fps source cut at 1 s: the held first frame and x264's reordering still give a valid mp4."""
+    from fractions import Fraction
+
+    import soundfile as sf
+
+    from expotion.media import ClipVideo, write_clip_videos
+
+    src = tmp_path / "ntsc.mp4"
+    frames = moving_frames(120, h=64, w=80)
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=Fraction(30000, 1001))
+        vs.width, vs.height, vs.pix_fmt = 80, 64, "yuv420p"
+        for img in frames:
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(vs.encode())
+    wav = tmp_path / "music.wav"
+    sf.write(wav, np.zeros(32000 * 2, dtype=np.float32), 32000)
+    clip = ClipVideo(1.0, 2.0, wav, tmp_path / "clip.mp4")
+    assert list(write_clip_videos(src, [clip])) == [(0, None)]
+    with av.open(str(clip.out)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert n in (60, 61)  # the frames in [1, 3) s, plus the one held at the start

@@ -29,8 +29,9 @@ def assert_relative(actual, expected, rtol: float = RTOL) -> None:
 # ---- PaSST against hear21passt ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hear21passt_models():
-    preprocess = pytest.importorskip("hear21passt.models.preprocess")
-    original = pytest.importorskip("hear21passt.models.passt")
+    from hear21passt.models import passt as original
+    from hear21passt.models import preprocess
+
     original.first_RUN = False  # its debug prints
     torch.manual_seed(0)
     # the released model's layout at a small width: two heads of 64, as every released PaSST

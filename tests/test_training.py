@@ -1,4 +1,5 @@
 """Training system: cached text conditioning, data module, adaptor checkpoints, CLI, resume."""
+import os
 import re
 import shutil
 import signal
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from expotion.cache import CacheError
-from expotion.checkpoint import CheckpointMismatch, load_adaptor, read_adaptor, save_adaptor
+from expotion.checkpoint import CheckpointError, CheckpointMismatch, load_adaptor, read_adaptor, save_adaptor
 from expotion.conditioning import text_condition
 from expotion.data import ClipDataset, collate
 from expotion.musicgen import load_musicgen, model_signature, text_hidden
@@ -97,7 +98,7 @@ def test_dataset_refuses_bad_shards(demo_cache, tmp_path):
     shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(CacheError, match="truncated or corrupt"):
         ClipDataset(tmp_path / "val", STREAMS, 2.0, False)
-    with pytest.raises(CacheError, match="no clip has"):
+    with pytest.raises(CacheError, match=r"no clip has .* >= 30 s \(all 2 cached clips were skipped"):
         ClipDataset(cache / "val", STREAMS, crop_seconds=30.0, random_crop=False)
 
 
@@ -124,75 +125,108 @@ def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_pa
         load_adaptor(path, musicgen.lm, sig, wrong)
     (tmp_path / "junk.pt").write_bytes(b"")
     torch.save({"state_dict": {}}, tmp_path / "junk.pt")
-    with pytest.raises(CheckpointMismatch, match="not an expotion adaptor checkpoint"):
+    with pytest.raises(CheckpointError, match="not an expotion adaptor checkpoint"):
         read_adaptor(tmp_path / "junk.pt")
 
 
-def tiny_config(tmp_path: Path, demo_cache, tiny_profile_cfg, every_n_steps: int, batch_size: int = 2) -> Path:
+def tiny_config(tmp_path: Path, cache: Path, tiny_profile_cfg, every_n_steps: int = 2, batch_size: int = 2,
+                musicgen: str | None = None) -> Path:
+    """tiny_cpu.yaml on the test cache, with short crops; every output goes under --trainer.default_root_dir."""
     cfg = yaml.safe_load((ROOT / "lightning_configs" / "tiny_cpu.yaml").read_text())
-    cfg["model"]["musicgen"] = tiny_profile_cfg.musicgen
+    cfg["model"]["musicgen"] = musicgen or tiny_profile_cfg.musicgen
     cfg["model"]["adaptor"]["max_seconds"] = 2.0
-    cfg["data"].update(cache_dir=str(demo_cache[0]), crop_seconds=1.0, batch_size=batch_size, num_workers=0)
+    cfg["data"].update(cache_dir=str(cache), crop_seconds=1.0, batch_size=batch_size, num_workers=0)
     cfg["trainer"].update(default_root_dir=str(tmp_path / "run"), enable_progress_bar=False)
-    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
-    cfg["trainer"]["callbacks"][0]["init_args"].update(every_n_train_steps=every_n_steps, dirpath=str(tmp_path / "ckpt"))
-    cfg["trainer"]["callbacks"][2]["init_args"].update(dirpath=str(tmp_path / "export"))
+    cfg["trainer"]["callbacks"][0]["init_args"].update(every_n_train_steps=every_n_steps)
     cfg["trainer"]["callbacks"][3]["init_args"].update(every_n_epochs=1, seconds=0.5)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def test_cli_trains_logs_and_exports_adaptor(tmp_path, demo_cache, tiny_profile_cfg, musicgen):
+def scalar_steps(log_dir: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_cli_trains_logs_and_exports_adaptor(tmp_path, demo_cache, tiny_profile_cfg, musicgen, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from expotion.train import main
 
-    config = tiny_config(tmp_path, demo_cache, tiny_profile_cfg, every_n_steps=2)
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg, every_n_steps=2)
     cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2"])
     assert cli.trainer.global_step == 4  # 4 train clips, batch 2, 2 epochs
-    run_dir = Path(cli.trainer.log_dir)
-    adaptor, _ = load_adaptor(tmp_path / "export" / "adaptor.pt", musicgen.lm, model_signature(musicgen))
+    run = tmp_path / "run"
+    log_dir = Path(cli.trainer.log_dir)
+    assert log_dir == run / "lightning_logs" / "version_0"
+    payload = read_adaptor(run / "adaptor.pt")
+    assert payload["extractors"]["profile"] == "tiny"  # the cache's extractor profile travels with the adaptor
+    adaptor, _ = load_adaptor(run / "adaptor.pt", musicgen.lm, model_signature(musicgen))
     assert adaptor.gates.abs().sum() > 0  # the gates moved from zero
-    events = EventAccumulator(str(run_dir), size_guidance={"audio": 0, "scalars": 0})
+    events = EventAccumulator(str(log_dir), size_guidance={"audio": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
     assert {"train/loss", "val/loss", "train/acc_q0", "gates/layer_02", "gates/layer_03"} <= set(tags["scalars"])
     assert any(t.startswith("lr-") for t in tags["scalars"])
     assert {"samples/generated", "samples/reference"} <= set(tags["audio"])
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(k.startswith("adaptor.") for k in ckpt["state_dict"])  # MusicGen is not copied into checkpoints
+    assert not (tmp_path / "runs").exists()  # nothing of the config's own default_root_dir
 
 
-def test_training_killed_mid_epoch_resumes_at_the_same_step(tmp_path, demo_cache, tiny_profile_cfg):
-    config = tiny_config(tmp_path, demo_cache, tiny_profile_cfg, every_n_steps=1, batch_size=1)  # 4 steps/epoch
-    cmd = [sys.executable, "-m", "expotion.train", "fit", "--config", str(config), "--trainer.max_epochs=50"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = tmp_path / "ckpt" / "last.ckpt"
-    deadline = time.time() + 240
-    step = 0
+def make_train(config: Path, *args: str, **popen) -> subprocess.Popen:
+    """``make train CONFIG=... ARGS="..."`` from the repository root, as a user types it.
+
+    ``-o install`` only keeps make from ever reinstalling the shared venv from a test."""
+    cmd = ["make", "--no-print-directory", "-o", "install", "train", f"CONFIG={config}", f"ARGS={' '.join(args)}"]
+    return subprocess.Popen(cmd, cwd=ROOT, text=True, **popen)
+
+
+def step_checkpoints(run: Path) -> set[int]:
+    return {int(re.search(r"step=(\d+)", p.stem).group(1)) for p in (run / "checkpoints").glob("epoch=*.ckpt")}
+
+
+def test_make_train_ckpt_path_last_resumes_at_the_next_step(tmp_path, demo_cache, tiny_profile_cfg):
+    """Killed mid-epoch, the same `make train` with --ckpt_path last continues at the next step: none redone or skipped."""
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg, every_n_steps=1, batch_size=1)  # 4 steps/epoch
+    run = tmp_path / "run"
+    root = f"--trainer.default_root_dir={run}"
+    fresh = make_train(config, root, "--ckpt_path last", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = fresh.communicate(timeout=300)
+    assert fresh.returncode != 0 and "Traceback" not in err
+    assert f"error: --ckpt_path last: no last.ckpt in {run / 'checkpoints'}" in err
+    assert not (run / "checkpoints").exists()  # nothing was trained
+
+    proc = make_train(config, root, "--trainer.max_epochs=50", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                      start_new_session=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline, step = time.time() + 240, 0
     while time.time() < deadline and step < 3:
         time.sleep(0.5)
         if last.exists():
-            try:
-                step = torch.load(last, weights_only=False)["global_step"]
-            except Exception:  # noqa: BLE001 - the file may be mid-write
-                step = 0
-    proc.send_signal(signal.SIGKILL)
+            step = torch.load(last, weights_only=True)["global_step"]  # saved atomically by Lightning
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    saved = torch.load(last, weights_only=False)
-    killed_at = saved["global_step"]
+    killed_at = torch.load(last, weights_only=True)["global_step"]
     assert killed_at >= 3
-    before = set((tmp_path / "ckpt").glob("epoch=*.ckpt"))
-    result = subprocess.run(cmd[:-1] + [f"--trainer.max_steps={killed_at + 2}", "--ckpt_path", str(last)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = torch.load(last, weights_only=False)
-    assert resumed["global_step"] == killed_at + 2
-    assert resumed["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == killed_at + 2
-    new_steps = sorted(int(re.search(r"step=(\d+)", p.stem).group(1))
-                       for p in set((tmp_path / "ckpt").glob("epoch=*.ckpt")) - before)
-    assert new_steps == [killed_at + 1, killed_at + 2]  # continued from the killed step: none redone or skipped
+    before = step_checkpoints(run)
+
+    resumed = make_train(config, root, f"--trainer.max_steps={killed_at + 2}", "--ckpt_path last",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == killed_at + 2
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == killed_at + 2
+    assert step_checkpoints(run) - before == {killed_at + 1, killed_at + 2}
+    versions = sorted((run / "lightning_logs").glob("version_*"))
+    assert len(versions) == 2  # the logger opened a new version; the checkpoints were found all the same
+    assert scalar_steps(versions[-1], "train/loss") == [killed_at, killed_at + 1]
 
 
 def test_every_config_parses(tmp_path):
@@ -218,7 +252,7 @@ def test_every_config_parses(tmp_path):
         assert cfg.model.adaptor.n_adapted >= 1
         if files[-1].name == "musicgen_small.yaml":
             assert cfg.model.musicgen == "facebook/musicgen-small" and cfg.model.adaptor.n_adapted == 24
-            assert cfg.trainer.logger.init_args.name == "musicgen_small" and cfg.model.lr == 0.01  # base kept
+            assert cfg.trainer.default_root_dir == "runs/musicgen_small" and cfg.model.lr == 0.01  # base kept
         if files[-1].name == "face.yaml":
             assert cfg.model.adaptor.visual.face and cfg.model.adaptor.visual.motion is None
             assert cfg.model.adaptor.n_adapted == 48  # the overlay keeps the size config's other fields
@@ -226,3 +260,163 @@ def test_every_config_parses(tmp_path):
             assert cfg.data.generic_prompt
         if files[-1].name == "ddp_4gpu.yaml":
             assert cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp" and cfg.data.batch_size == 10
+
+
+def test_runs_in_different_root_dirs_keep_their_own_exports(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch, caplog):
+    from expotion.train import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
+    exports = []
+    for name, seed in (("a", 0), ("b", 1)):
+        main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path / name}", "--trainer.max_steps=1",
+              f"--seed_everything={seed}"])
+        exports.append(read_adaptor(tmp_path / name / "adaptor.pt")["state_dict"])
+        assert (tmp_path / name / "checkpoints" / "last.ckpt").exists()
+    assert not torch.equal(exports[0]["h0"], exports[1]["h0"])  # two runs, two exports
+    assert "holds the adaptor of an earlier run" not in caplog.text
+    main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path / 'a'}", "--trainer.max_steps=1"])
+    assert f"{tmp_path / 'a' / 'adaptor.pt'} holds the adaptor of an earlier run" in caplog.text
+    assert torch.equal(read_adaptor(tmp_path / "b" / "adaptor.pt")["state_dict"]["h0"], exports[1]["h0"])
+
+
+def tampered_copy(cache: Path, dest: Path, edits: dict[tuple[str, str, str], float]) -> Path:
+    """A copy of ``cache`` with one value of (split, clip, stream) set to each given value."""
+    shutil.copytree(cache, dest)
+    for (split, clip, stream), value in edits.items():
+        for shard in (dest / split).glob("shard-*.h5"):
+            with h5py.File(shard, "a") as f:
+                if clip in f["clips"]:
+                    data = f["clips"][clip][stream]
+                    row = data[0]
+                    row.flat[0] = value
+                    data[0] = row
+    return dest
+
+
+def test_nonfinite_features_skip_the_clip(tmp_path, demo_cache, tiny_profile_cfg, caplog, monkeypatch):
+    from expotion.train import main
+
+    cache = tampered_copy(demo_cache[0], tmp_path / "cache", {("train", "demo-000-000", "synchformer"): float("nan"),
+                                                              ("val", "demo-002-000", "marlin"): float("inf")})
+    train = ClipDataset(cache / "train", STREAMS, crop_seconds=1.0, random_crop=True)
+    index = [r.clip_id for r in train.refs].index("demo-000-000")
+    assert train[index] is None and train[index - 1 if index else 1] is not None
+    assert f"skip demo-000-000 in {cache / 'train'}" in caplog.text and "non-finite values (NaN/inf) in synchformer" in caplog.text
+    batch = collate([train[index], train[(index + 1) % len(train)]])
+    assert batch["codes"].shape[0] == 1 and collate([None, None]) is None
+    val = ClipDataset(cache / "val", STREAMS, crop_seconds=1.0, random_crop=False)
+    assert val[0] is None and val.first_usable()["clip_id"] == "demo-002-001"
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, cache, tiny_profile_cfg, batch_size=1)
+    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    assert cli.trainer.global_step == 3  # 4 train clips, one skipped
+    losses = cli.trainer.logged_metrics
+    assert torch.isfinite(losses["train/loss"]) and torch.isfinite(losses["val/loss"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"audio": 0})
+    events.Reload()
+    assert "samples/generated" in events.Tags()["audio"]  # from the first finite validation clip
+
+
+def run_train(args: list[str], capsys) -> tuple[int, str]:
+    """Exit code and the one error line of ``python -m expotion.train ARGS`` (no traceback allowed)."""
+    from expotion.train import run
+
+    code = run(args)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return code, errors[0]
+
+
+def test_unusable_caches_are_refused_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys, monkeypatch):
+    from expotion.cache import ShardWriter
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
+    empty = tmp_path / "empty"
+    for split in ("train", "val"):
+        writer = ShardWriter(empty / split / "shard-00000.h5", {"split": split})
+        writer.skip("short-01", "recording is 4.0 s, shorter than one 10 s clip")
+        writer.commit()
+    code, err = run_train(["fit", "--config", str(config), f"--data.cache_dir={empty}"], capsys)
+    assert code == 2
+    assert err.startswith(f"error: {empty / 'train'}: the cache holds no clips (1 shard(s); precompute skipped 1, "
+                          "e.g. short-01: recording is 4.0 s, shorter than one 10 s clip)")
+    assert "--clip-seconds (FEATURE_ARGS)" in err
+
+    code, err = run_train(["fit", "--config", str(config), "--data.crop_seconds=30"], capsys)
+    assert code == 2
+    assert f"{demo_cache[0] / 'train'}: no clip has codes, t5 and marlin, synchformer of >= 30 s" in err
+
+    no_val = tmp_path / "no-val"
+    shutil.copytree(demo_cache[0] / "train", no_val / "train")
+    code, err = run_train(["fit", "--config", str(config), f"--data.cache_dir={no_val}"], capsys)
+    assert code == 2
+    assert f"{no_val} has no 'val' split (it has: train)" in err and "--data.val_split" in err
+    assert "make features` first" not in err
+
+    code, err = run_train(["fit", "--config", str(config), f"--data.cache_dir={tmp_path / 'nothing'}"], capsys)
+    assert code == 2 and "no feature shards (run `make features` first)" in err
+
+
+def test_on_fit_start_places_every_musicgen_part_on_the_module_device(tmp_path, demo_cache, tiny_profile_cfg):
+    """Device plumbing on CPU: what audiocraft keeps outside the LM's module tree follows the module's device."""
+    import lightning as L
+
+    from expotion.adaptor import AdaptorConfig
+    from expotion.data import ShardDataModule
+    from expotion.embedding import VisualConfig
+    from expotion.training import ExpotionModule
+
+    module = ExpotionModule(tiny_profile_cfg.musicgen, AdaptorConfig(2, VisualConfig(), max_seconds=2.0))
+    mg = module.musicgen
+    mg.device = mg.lm.condition_provider.conditioners["description"].device = "elsewhere"
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, ShardDataModule(str(demo_cache[0]), batch_size=2, num_workers=0, crop_seconds=1.0))
+    assert_placed(mg, module.device)
+
+
+def assert_placed(mg, device: torch.device) -> None:
+    conditioners = mg.lm.condition_provider.conditioners.values()
+    parts = [mg.lm, mg.compression_model, *(v for c in conditioners for v in vars(c).values()
+                                            if isinstance(v, torch.nn.Module))]
+    assert all(p.device == device for part in parts for p in part.parameters())
+    assert all(c.device == device for c in conditioners if hasattr(c, "device"))
+    assert mg.device == device
+    assert (mg.autocast.autocast is not None) == (device.type != "cpu")
+
+
+def test_place_musicgen_moves_parts_outside_the_module_tree(tiny_profile_cfg):
+    """A text encoder held in a conditioner's __dict__ (as audiocraft's T5Conditioner does) moves with the rest."""
+    from expotion.musicgen import place_musicgen
+
+    mg = load_musicgen(tiny_profile_cfg.musicgen)
+    conditioner = mg.lm.condition_provider.conditioners["description"]
+    conditioner.__dict__["t5"] = torch.nn.Linear(2, 2)
+    conditioner.device = "elsewhere"
+    mg.device = "elsewhere"
+    place_musicgen(mg, "cpu")
+    assert conditioner.device == torch.device("cpu") and mg.device == torch.device("cpu")
+    assert_placed(mg, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+def test_two_training_steps_with_audio_samples_on_cuda(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from expotion.train import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
+    cli = main(["fit", "--config", str(config), "--trainer.accelerator=gpu", "--trainer.devices=1",
+                "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"])
+    assert cli.trainer.global_step == 2
+    assert_placed(cli.model.musicgen, torch.device("cuda", 0))
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"audio": 0})
+    events.Reload()
+    assert {"samples/generated", "samples/reference"} <= set(events.Tags()["audio"])

@@ -1,25 +1,63 @@
-"""Training callbacks: the adaptor-only checkpoint, and audio samples in TensorBoard."""
+"""Training callbacks: checkpoints a rerun finds, the adaptor-only export, and audio samples in TensorBoard.
+
+Every output of a run lives under ``trainer.default_root_dir``: Lightning
+checkpoints in ``checkpoints/``, ``adaptor.pt``, and the TensorBoard logs in
+``lightning_logs/version_N``. Runs with different root directories never share a file.
+"""
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .checkpoint import save_adaptor
 from .data import collate
 from .generation import decode_audio, generate_tokens
 
+log = logging.getLogger("expotion.callbacks")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` writing to ``<default_root_dir>/checkpoints`` unless given a ``dirpath``.
+
+    Lightning's default is the logger's version directory, which is new for every
+    run, so ``--ckpt_path last`` in a rerun of the same command would find nothing.
+    """
+
+    def run_dirpath(self, trainer: L.Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+            self._fs = get_filesystem(self.dirpath)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        self.run_dirpath(trainer)  # "last" is resolved before setup
+        return super()._find_last_checkpoints(trainer)
+
 
 class AdaptorExport(L.Callback):
     """Writes ``adaptor.pt`` (adaptor weights + what they expect) after every epoch, into ``dirpath``
-    (default: the run's log directory)."""
+    (default: the run's ``default_root_dir``). Replacing the export of an earlier run is announced."""
 
     def __init__(self, dirpath: str | None = None, filename: str = "adaptor.pt"):
         self.dirpath, self.filename = dirpath, filename
 
     def path(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir) / self.filename
+        return Path(self.dirpath or trainer.default_root_dir) / self.filename
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        path = self.path(trainer)
+        if trainer.is_global_zero and trainer.ckpt_path is None and path.exists():
+            log.warning("%s holds the adaptor of an earlier run; this run replaces it after its first epoch "
+                        "(give --trainer.default_root_dir another directory to keep both)", path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
@@ -27,7 +65,7 @@ class AdaptorExport(L.Callback):
 
 
 class AudioSamples(L.Callback):
-    """Every ``every_n_epochs``, generate music for the first validation clip and log it with its reference."""
+    """Every ``every_n_epochs``, generate music for the first usable validation clip and log it with its reference."""
 
     def __init__(self, every_n_epochs: int = 1, seconds: float = 5.0, seed: int = 0):
         self.every_n_epochs, self.seconds, self.seed = every_n_epochs, seconds, seed
@@ -41,8 +79,12 @@ class AudioSamples(L.Callback):
         experiment = getattr(trainer.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_audio"):
             return
+        item = trainer.datamodule.val_set.first_usable()
+        if item is None:
+            log.warning("no audio sample: every validation clip was skipped")
+            return
         mg = pl_module.musicgen
-        batch = collate([trainer.datamodule.val_set[0]])
+        batch = collate([item])
         feats = {k: v.to(pl_module.device) for k, v in pl_module.visual_inputs(batch).items()}
         seconds = min(self.seconds, batch["codes"].shape[-1] / mg.frame_rate)
         tokens = generate_tokens(mg, batch["caption"], seconds, pl_module.adaptor, feats, pl_module.spec.rates,

@@ -1,13 +1,17 @@
 """The adaptor-only checkpoint: a few MB of weights plus what they were trained against.
 
-It records the MusicGen it adapts (width, depth, codebooks) and the visual
-features it reads (streams, shapes, rates), and holds only tensors and plain
-Python values, so it loads with ``torch.load(weights_only=True)``. Loading it
-for another MusicGen or other features is refused with a message saying what differs.
+It records the MusicGen it adapts (width, depth, codebooks, and where a local
+model directory was), the visual features it reads (streams, shapes, rates)
+and the extractor profile that computed them. It holds only tensors and plain
+Python values, so it loads with ``torch.load(weights_only=True)``. A file that
+cannot be read, or that was made for another MusicGen or other features, is
+refused with one line naming it and saying what is wrong.
 """
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,14 +21,62 @@ from .adaptor import AdaptorConfig, ConditionAdaptor
 from .atomic import atomic_path
 from .data import FeatureSpec
 from .rates import StreamRate
+from .weights import MissingWeightsError
 
 FORMAT = "expotion-adaptor"
 VERSION = 1
 STRUCTURE = ("dim", "num_layers", "n_q", "card", "frame_rate")
+DEFAULT_PROFILE = "real"
+DEFAULT_TINY_DIR = Path("cache/tiny-weights")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and what is wrong."""
+
+
+class CheckpointMismatch(CheckpointError):
     """An adaptor checkpoint does not fit the MusicGen or the features it is used with."""
+
+
+def load_file(path: str | os.PathLike) -> object:
+    """``torch.load(weights_only=True)`` of a checkpoint, with a one-line refusal for a file it cannot use.
+
+    ``weights_only`` never runs code stored in a pickle; such a file is refused, as is
+    an empty, truncated or otherwise corrupt one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused: it holds pickled Python objects{what} besides tensors and plain "
+                              "values, which a checkpoint never needs; they were not run") from None
+    except Exception as err:  # noqa: BLE001 - any failure to parse the file is reported the same way
+        detail = str(err).strip().split("\n")[0].split(". ")[0]
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt): "
+                              f"{type(err).__name__}{': ' + detail if detail else ''}") from None
+
+
+def local_dir(where: str | os.PathLike, run_dir: Path) -> dict:
+    """Where a local directory is, absolute and relative to the run that used it (so it is found after a move)."""
+    absolute = Path(where).expanduser().resolve()
+    return {"path": str(absolute), "from_run": os.path.relpath(absolute, run_dir.resolve())}
+
+
+def find_local_dir(record: dict, checkpoint: Path) -> Path:
+    """A recorded directory: where it was, else at the same place relative to the checkpoint, else beside it."""
+    recorded = Path(record["path"])
+    candidates = [recorded, checkpoint.parent / record["from_run"], checkpoint.parent / recorded.name]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise MissingWeightsError(f"{checkpoint}: it was trained with {recorded.name} from {recorded}; not found there "
+                              f"nor at {', '.join(str(c) for c in candidates[1:])}")
 
 
 def spec_to_dict(spec: FeatureSpec) -> dict:
@@ -40,12 +92,19 @@ def spec_from_dict(d: dict) -> FeatureSpec:
 def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: dict, spec: FeatureSpec) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    musicgen = dict(musicgen)
+    if Path(musicgen["name"]).expanduser().is_dir():
+        musicgen["local"] = local_dir(musicgen["name"], path.parent)
+    extractors = dict(spec.extractors)
+    if extractors.get("weights_dir"):
+        extractors["weights_dir"] = local_dir(extractors["weights_dir"], path.parent)
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "config": adaptor.cfg.to_dict(),
-        "musicgen": dict(musicgen),
+        "musicgen": musicgen,
         "features": spec_to_dict(spec),
+        "extractors": extractors,
         "state_dict": {k: v.detach().cpu() for k, v in adaptor.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -54,15 +113,30 @@ def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: d
 
 
 def read_adaptor(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"adaptor checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointMismatch(f"{path}: not an expotion adaptor checkpoint")
+        raise CheckpointError(f"{path}: not an expotion adaptor checkpoint")
     if payload.get("version") != VERSION:
-        raise CheckpointMismatch(f"{path}: adaptor checkpoint version {payload.get('version')}, expected {VERSION}")
+        raise CheckpointError(f"{path}: adaptor checkpoint version {payload.get('version')}, expected {VERSION}")
     return payload
+
+
+def musicgen_source(path: str | os.PathLike, payload: dict) -> str:
+    """What to load the adaptor's MusicGen from: its recorded local directory (found even after a move), or its name."""
+    saved = payload["musicgen"]
+    return str(find_local_dir(saved["local"], Path(path))) if "local" in saved else saved["name"]
+
+
+def extractor_profile(path: str | os.PathLike | None, payload: dict, profile: str | None = None,
+                      tiny_dir: Path | None = None) -> tuple[str, Path]:
+    """The extractor profile (and tiny weights directory) to compute features with: the ones given, else the
+    ones the adaptor was trained with, else the real profile."""
+    saved = payload.get("extractors", {})
+    profile = profile or saved.get("profile") or DEFAULT_PROFILE
+    if tiny_dir is None:
+        trained_here = profile == "tiny" and saved.get("profile") == "tiny" and saved.get("weights_dir")
+        tiny_dir = find_local_dir(saved["weights_dir"], Path(path)) if trained_here else DEFAULT_TINY_DIR
+    return profile, tiny_dir
 
 
 def check_compatible(path: Path, payload: dict, musicgen: dict, spec: FeatureSpec | None) -> None:
@@ -93,5 +167,25 @@ def build_adaptor(path: Path, payload: dict, lm: torch.nn.Module, musicgen: dict
     check_compatible(path, payload, musicgen, spec)
     saved_spec = spec_from_dict(payload["features"])
     adaptor = ConditionAdaptor(lm, AdaptorConfig.from_dict(payload["config"]), saved_spec.dims, musicgen["frame_rate"])
+    check_state_dict(path, payload["state_dict"], adaptor.state_dict())
     adaptor.load_state_dict(payload["state_dict"], strict=True)
     return adaptor, saved_spec
+
+
+def check_state_dict(path: Path, saved: dict, expected: dict) -> None:
+    """Refuse adaptor weights whose names or shapes differ from the adaptor they are loaded into, in one line."""
+    problems = [f"missing {name}" for name in sorted(expected.keys() - saved.keys())]
+    problems += [f"unexpected {name}" for name in sorted(saved.keys() - expected.keys())]
+    problems += [f"{name} has shape {tuple(saved[name].shape)}, the adaptor {tuple(expected[name].shape)}"
+                 for name in sorted(expected.keys() & saved.keys()) if saved[name].shape != expected[name].shape]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointMismatch(f"{path}: the adaptor weights do not fit: {'; '.join(problems[:3])}{more}")
+
+
+def check_feature_shapes(path: Path, spec: FeatureSpec, feats: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse features (batch, time, ...) whose shapes are not the ones the adaptor was trained on."""
+    for name, shape in spec.shapes.items():
+        got = tuple(feats[name].shape[2:]) if name in feats else None
+        if got != shape:
+            raise CheckpointMismatch(f"{path}: adaptor expects '{name}' features of shape {shape}, {source} has {got}")

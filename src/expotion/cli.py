@@ -6,10 +6,12 @@
     expotion eval      ...   the Table 1 metrics
     expotion weights   check | make-tiny
     expotion cache     inspect PATH
+    expotion app       ...   the browser app (requirements/app.txt)
+    expotion study     results STUDY.yaml
 
 ``features`` and ``generate`` share one group of options for the models and the device
 (``--profile``, ``--weights-dir``, ``--tiny-dir``, ``--device``); ``eval`` takes ``--weights-dir``
-and ``--device`` from the same group.
+and ``--device`` from the same group, and ``app`` the whole group.
 """
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ from .known_warnings import silence_known_warnings  # noqa: E402
 
 TINY_DIR = Path("cache/tiny-weights")
 
+# subcommands offered only when their package is part of the install
+OPTIONAL_SUBSYSTEMS = {
+    "app": "expotion.app.server",
+    "study": "expotion.app.results",
+}
+
 # modules whose import registers their weight files
 WEIGHT_MODULES = (
     "expotion.musicgen",
@@ -37,14 +45,19 @@ WEIGHT_MODULES = (
 )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, profiles: bool = True) -> None:
-    """The options every stage that runs pretrained models shares."""
+def add_model_arguments(parser: argparse.ArgumentParser, profiles: bool = True, from_checkpoint: bool = False) -> None:
+    """The options every stage that runs pretrained models shares.
+
+    With ``from_checkpoint`` the profile and tiny folder default to None: the adaptor checkpoint records them.
+    """
     group = parser.add_argument_group("models and device")
     if profiles:
-        group.add_argument("--profile", choices=("real", "tiny"), default="real",
-                           help="real: released weights; tiny: small random models of the same classes (offline demo)")
-        group.add_argument("--tiny-dir", type=Path, default=TINY_DIR,
-                           help=f"tiny profile: where `expotion weights make-tiny` wrote them (default {TINY_DIR})")
+        recorded = "the checkpoint's, else " if from_checkpoint else ""
+        group.add_argument("--profile", choices=("real", "tiny"), default=None if from_checkpoint else "real",
+                           help="real: released weights; tiny: small random models of the same classes "
+                                f"(offline demo; default: {recorded}real)")
+        group.add_argument("--tiny-dir", type=Path, default=None if from_checkpoint else TINY_DIR,
+                           help=f"tiny profile: where `expotion weights make-tiny` wrote them (default: {recorded}{TINY_DIR})")
     group.add_argument("--weights-dir", type=Path, default=None,
                        help="weights directory (default $EXPOTION_WEIGHTS or ./weights)")
     group.add_argument("--device", default=default_device(),
@@ -72,14 +85,20 @@ def features(args: argparse.Namespace) -> int:
         return 2
 
 
+def optional_import(module: str):
+    """The module, or None when it is not part of this install (a missing dependency of it still raises)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if not err.name or not module.startswith(err.name):
+            raise
+        return None
+
+
 # ---- weights ----------------------------------------------------------------------------------
 def import_weight_modules() -> None:
     for module in WEIGHT_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if not err.name or not module.startswith(err.name):
-                raise
+        optional_import(module)
 
 
 def weights_check(args: argparse.Namespace) -> int:
@@ -131,6 +150,12 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     tiny.set_defaults(func=weights_make_tiny)
 
 
+def first_line(module) -> str:
+    """A module docstring's first line as argparse help (which treats ``%`` as a format character)."""
+    line = (module.__doc__ or "").strip().split("\n")[0]
+    return line.split("``: ", 1)[-1].replace("%", "%%")  # "``expotion x``: does y" -> "does y"
+
+
 # ---- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import cache, extract, generate
@@ -139,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="expotion", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("features", help=extract.__doc__.split("\n")[0].strip("`: "))
+    p = sub.add_parser("features", help=first_line(extract))
     extract.add_arguments(p)
     add_model_arguments(p)
     p.set_defaults(func=features)
@@ -147,12 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="LightningCLI (fit, validate, ...): `expotion train fit --config CONFIG.yaml`",
                    add_help=False)
 
-    p = sub.add_parser("generate", help=(generate.__doc__ or "").strip().split("\n")[0])
+    p = sub.add_parser("generate", help=first_line(generate))
     generate.add_arguments(p)
-    add_model_arguments(p)
+    add_model_arguments(p, from_checkpoint=True)
     p.set_defaults(func=generate.run)
 
-    p = sub.add_parser("eval", help=(evaluation.__doc__ or "").strip().split("\n")[0])
+    p = sub.add_parser("eval", help=first_line(evaluation))
     evaluation.add_arguments(p)
     add_model_arguments(p, profiles=False)
     p.set_defaults(func=evaluation.run)
@@ -162,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="the feature cache: inspect")
     cache.add_arguments(p)
     p.set_defaults(func=cache.run)
+
+    for name, module in OPTIONAL_SUBSYSTEMS.items():
+        mod = optional_import(module)
+        if mod is None:
+            continue
+        p = sub.add_parser(name, help=first_line(mod))
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
     return parser
 
 
@@ -170,10 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:
-        from .train import main as train
+        from .train import run as train
 
-        train(argv[1:])  # LightningCLI parses everything after `train`, unchanged
-        return 0
+        return train(argv[1:])  # LightningCLI parses everything after `train`, unchanged
     args = build_parser().parse_args(argv)
     args.started = started
     return int(args.func(args) or 0)

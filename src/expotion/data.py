@@ -4,13 +4,15 @@ Shards are validated when the dataset is built (schema version, truncation)
 and opened lazily, once per worker process, when items are read. Each item is a
 random crop of ``crop_seconds`` (training) or the clip start (validation): the
 codes are sliced, and the visual streams are kept whole with the crop's start
-time, so temporal smoothing (Eq. 1/3) places the crop exactly.
+time, so temporal smoothing (Eq. 1/3) places the crop exactly. A clip whose
+features hold NaN or inf is skipped when it is read, with the reason logged.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -36,11 +38,16 @@ class ClipRef:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What the cache provides for the chosen streams: feature shapes (without time) and rates."""
+    """What the cache provides for the chosen streams: feature shapes (without time) and rates.
+
+    ``extractors`` is provenance, not layout (so not compared): the profile that
+    computed the features (``profile``, ``weights_dir``), empty if the cache does not record it.
+    """
 
     shapes: dict[str, tuple[int, ...]]
     rates: dict[str, StreamRate]
     text_dim: int
+    extractors: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -50,6 +57,18 @@ class FeatureSpec:
 def visual_names(streams: tuple[str, ...]) -> tuple[str, ...]:
     """The datasets a clip's visual input consists of: the streams, plus the face mask with MARLIN."""
     return (*streams, *(("marlin_mask",) if "marlin" in streams else ()))
+
+
+def shard_profile(f: h5py.File) -> dict[str, str]:
+    """The extractor profile a shard records in its ``models`` attribute."""
+    models = json.loads(f.attrs.get("models", "{}"))
+    return {key: models[key] for key in ("profile", "weights_dir") if models.get(key)}
+
+
+def nonfinite(item: dict) -> list[str]:
+    """Names of an item's float tensors that hold NaN or inf."""
+    return [name for name, value in item.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def read_visual(datasets, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -74,15 +93,31 @@ class ClipDataset(Dataset):
         self.spec: FeatureSpec | None = None
         shards = list_shards(self.root)
         if not shards:
-            raise CacheError(f"{self.root}: no shards (run `make features` first)")
+            raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
+        seen, recordings_skipped = 0, []
         for path in shards:
             with open_shard(path) as f:
+                seen += len(f["clips"])
+                recordings_skipped += json.loads(f.attrs.get("skipped", "[]"))
                 self.scan(path, f)
         if not self.refs:
-            raise CacheError(f"{self.root}: no clip has codes, t5 and {', '.join(streams)} of >= {crop_seconds:g} s")
+            raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped))
         self._files: dict[Path, h5py.File] = {}
         self._handles: dict[ClipRef, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
+        self._reported: set[ClipRef] = set()
+
+    def no_clips_message(self, n_shards: int, seen: int, recordings_skipped: list[dict]) -> str:
+        """Why no clip can be used: nothing was cached (and what precompute skipped), or every clip was refused."""
+        if seen:
+            return (f"{self.root}: no clip has codes, t5 and {', '.join(self.streams)} of >= {self.crop_seconds:g} s "
+                    f"(all {seen} cached clips were skipped, see the warnings above)")
+        why = ""
+        if recordings_skipped:
+            first = recordings_skipped[0]
+            why = f"; precompute skipped {len(recordings_skipped)}, e.g. {first['clip']}: {first['reason']}"
+        return (f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); check the recordings' lengths "
+                "against --clip-seconds (FEATURE_ARGS) and rerun `make features`")
 
     def scan(self, path: Path, f: h5py.File) -> None:
         needed = ("codes", "t5", *self.streams)
@@ -99,6 +134,7 @@ class ClipDataset(Dataset):
                         shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
                         rates={n: StreamRate(float(g[n].attrs["fps"]), float(g[n].attrs["t0"])) for n in self.streams},
                         text_dim=int(g["t5"].shape[1]),
+                        extractors=shard_profile(f),
                     )
 
     def __len__(self) -> int:
@@ -117,7 +153,8 @@ class ClipDataset(Dataset):
             self._handles[ref] = {n: g[n] for n in names} | {"text": f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]}
         return self._handles[ref]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict | None:
+        """The clip's crop, or None (skipped, reason logged once) if any of its features is not finite."""
         ref = self.refs[index]
         ds = self.datasets(ref)
         n_frames = ds["codes"].shape[1]
@@ -128,12 +165,28 @@ class ClipDataset(Dataset):
             "codes": torch.from_numpy(ds["codes"][:, start : start + self.crop_frames].astype(np.int64)),
             "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
             "text": torch.from_numpy(ds["text"][()].astype(np.float32)),
-        }
-        return item | read_visual(ds, self.streams)
+        } | read_visual(ds, self.streams)
+        bad = nonfinite(item)
+        if bad:
+            if ref not in self._reported:
+                self._reported.add(ref)
+                log.warning("skip %s in %s: non-finite values (NaN/inf) in %s", ref.clip_id, ref.path, ", ".join(bad))
+            return None
+        return item
+
+    def first_usable(self) -> dict | None:
+        """The first clip whose features are all finite (for audio samples), or None."""
+        return next((item for item in map(self.__getitem__, range(len(self))) if item is not None), None)
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack fixed-size fields; pad text states with zeros and a 0/1 mask (never with real values)."""
+def collate(items: list[dict | None]) -> dict | None:
+    """Stack fixed-size fields; pad text states with zeros and a 0/1 mask (never with real values).
+
+    Skipped clips (None) are left out; a batch of only skipped clips is None, and its step is skipped.
+    """
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
     batch = {"clip_id": [i["clip_id"] for i in items], "caption": [i["caption"] for i in items]}
     for key in items[0]:
         if key not in batch and key != "text":
@@ -164,15 +217,20 @@ class ShardDataModule(L.LightningDataModule):
             return tuple(self.hparams.streams)
         return tuple(self.trainer.lightning_module.streams)
 
-    def dataset(self, split: str, random_crop: bool) -> ClipDataset:
-        return ClipDataset(Path(self.hparams.cache_dir) / split, self.required_streams(), self.hparams.crop_seconds,
-                           random_crop, self.hparams.generic_prompt)
+    def dataset(self, split: str, option: str, random_crop: bool) -> ClipDataset:
+        cache = Path(self.hparams.cache_dir)
+        others = sorted(p.name for p in cache.iterdir() if p.is_dir() and list_shards(p)) if cache.is_dir() else []
+        if not list_shards(cache / split) and others:
+            raise CacheError(f"{cache} has no '{split}' split (it has: {', '.join(others)}); give some manifest rows "
+                             f"split={split} and rerun `make features`, or choose a split with --data.{option}")
+        return ClipDataset(cache / split, self.required_streams(), self.hparams.crop_seconds, random_crop,
+                           self.hparams.generic_prompt)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = self.dataset(self.hparams.train_split, random_crop=True)
+            self.train_set = self.dataset(self.hparams.train_split, "train_split", random_crop=True)
         if self.val_set is None and stage in (None, "fit", "validate"):
-            self.val_set = self.dataset(self.hparams.val_split, random_crop=False)
+            self.val_set = self.dataset(self.hparams.val_split, "val_split", random_crop=False)
 
     def loader(self, dataset: ClipDataset, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers

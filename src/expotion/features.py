@@ -41,8 +41,10 @@ GENERIC_PROMPT = "music with catchy melody"
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """Which weights each extractor loads, the sizes it runs at, and the device it runs on."""
+    """Which weights each extractor loads, the sizes it runs at, the device it runs on, and the profile that chose them."""
 
+    profile: str = "real"
+    weights_dir: str = ""
     musicgen: str = "facebook/musicgen-small"
     marlin_path: str = ""
     synchformer_path: str = ""
@@ -66,6 +68,7 @@ def real_profile(wdir: str | Path | None = None, **overrides) -> ExtractorConfig
     root = weights_dir(wdir)
     return replace(
         ExtractorConfig(
+            weights_dir=str(root),
             marlin_path=str(root / MARLIN_FILE),
             synchformer_path=str(root / WEIGHTS_SUBDIR / CHECKPOINT_FILENAME),
         ),
@@ -81,6 +84,8 @@ def tiny_profile(root: str | Path, **overrides) -> ExtractorConfig:
                                   f"with `expotion weights make-tiny {root}`")
     return replace(
         ExtractorConfig(
+            profile="tiny",
+            weights_dir=str(root),
             musicgen=str(tiny_path(root, "musicgen")),
             marlin_path=str(tiny_path(root, "marlin")),
             synchformer_path=str(tiny_path(root, "synchformer")),

@@ -2,7 +2,7 @@
 cached split (batch mode, one wav per clip id, for evaluation).
 
     expotion generate --video V.mp4 --prompt "..." [--checkpoint adaptor.pt] [--musicgen DIR|NAME]
-                      --out out.wav [--mux out.mp4] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
+                      --out out.wav [--mux out.mp4] [--plot] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
 
 Without --checkpoint this is plain text-only MusicGen (the paper's baseline row).
@@ -33,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from .adaptor import ConditionAdaptor
-from .checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
+from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, check_feature_shapes, extractor_profile,
+                         musicgen_source, read_adaptor)
 from .data import CachedClip, FeatureSpec, read_clips
 from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
@@ -60,15 +61,15 @@ class ModelSettings:
 
     checkpoint: Path | None = None  # adaptor.pt; None: plain text-only MusicGen
     musicgen: str | None = None  # hub name or local directory (default: the checkpoint's, else DEFAULT_MUSICGEN)
-    profile: str = "real"  # feature extractors, as for precompute
+    profile: str | None = None  # feature extractors, as for precompute (default: the checkpoint's, else real)
     weights_dir: Path | None = None
-    tiny_dir: Path = Path("cache/tiny-weights")
+    tiny_dir: Path | None = None  # tiny profile weights (default: the checkpoint's, else cache/tiny-weights)
     device: str = field(default_factory=default_device)
     adaptor_dtype: str = "float32"  # the adaptor's precision: float32, bfloat16 or float16
     feature_window_s: float = DEFAULT_WINDOW_S  # seconds of video decoded at a time
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
+        if self.profile is not None and self.profile not in PROFILES:
             raise GenerationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         if self.adaptor_dtype not in ADAPTOR_DTYPES:
             raise GenerationError(f"adaptor dtype must be one of {tuple(ADAPTOR_DTYPES)}, got {self.adaptor_dtype!r}")
@@ -153,13 +154,15 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
     start = time.perf_counter()
     if progress:
         progress("load", 0, 1)
+    payload = read_adaptor(settings.checkpoint) if settings.checkpoint is not None else {}
+    profile, tiny_dir = extractor_profile(settings.checkpoint, payload, settings.profile, settings.tiny_dir)
+    settings = replace(settings, profile=profile, tiny_dir=tiny_dir)
     ext_cfg = extractor_config(settings)
     adaptor = spec = None
     if settings.checkpoint is None:
         musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)
     else:
-        payload = read_adaptor(settings.checkpoint)
-        musicgen = load_musicgen(settings.musicgen or payload["musicgen"]["name"], settings.device)
+        musicgen = load_musicgen(settings.musicgen or musicgen_source(settings.checkpoint, payload), settings.device)
         adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
         adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:
@@ -263,6 +266,9 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
     clips = list(read_clips(cache, tuple(models.spec.shapes) if models.spec else ()))
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")
+    for clip in clips:
+        if models.spec is not None and not clip.missing:
+            check_feature_shapes(models.settings.checkpoint, models.spec, clip.feats, f"{cache} clip {clip.clip_id}")
     for folder in (out_dir, reference_dir, mux_dir):
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -351,6 +357,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--musicgen", help=f"hub name or local dir (default: the checkpoint's, else {DEFAULT_MUSICGEN})")
     p.add_argument("--out", type=Path, help="output wav (single video)")
     p.add_argument("--mux", type=Path, help="also write this mp4: the original video stream plus the music as AAC")
+    p.add_argument("--plot", action="store_true",
+                   help="also write the clip's figure (motion speed with the music's onsets and beats) next to --out, "
+                        "as a .png")
     p.add_argument("--out-dir", type=Path, help="batch mode: one <clip_id>.wav per clip")
     p.add_argument("--reference-dir", type=Path,
                    help="batch mode: also write each clip's original music here (the reference for `expotion eval`)")
@@ -400,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
                                  device=args.device, adaptor_dtype=args.adaptor_dtype)
         sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
-    except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointMismatch,
+    except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointError,
             FileNotFoundError) as err:
         log.error("%s", err)
         return 2
@@ -425,12 +434,19 @@ def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: Samp
           + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
     if result.mux:
         print(f"wrote {result.mux}")
+    if args.plot:
+        from .evaluation.plots import save_clip_figure
+
+        figure = save_clip_figure(args.video, result.wav, result.wav.with_suffix(".png"), f"{args.video.name}: {args.prompt}")
+        print(f"wrote {figure}")
     return 0
 
 
 def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: SamplingSettings) -> int:
     if args.out_dir is None:
         raise GenerationError("--cache needs --out-dir")
+    if args.plot:
+        raise GenerationError("--plot draws one video's figure; for a cached split use `expotion eval --plots`")
     progress = ProgressBars()
     models = load_models(settings, progress)
     result = generate_for_cache(models, args.cache, args.out_dir, reference_dir=args.reference_dir,

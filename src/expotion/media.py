@@ -337,7 +337,7 @@ class ClipWriter:
         self.stream.pix_fmt = "yuv420p"
         self.stream.time_base = template.time_base
         self.audio = self.container.add_stream("aac", rate=self.wav.samplerate, layout="mono")
-        self.frames, self.last_t = 0, None
+        self.frames, self.last_t, self.last_pts = 0, None, None
 
     def offer(self, frame: av.VideoFrame, t: float, held: tuple[av.VideoFrame, float] | None) -> None:
         """Encode ``frame`` (shown ``t - start`` seconds into the clip) when it belongs to the clip."""
@@ -350,9 +350,14 @@ class ClipWriter:
     def encode(self, frame: av.VideoFrame, t: float) -> None:
         out = frame.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p")
         out.time_base = self.stream.time_base
-        out.pts = max(0, round((t - self.start) / self.stream.time_base))
+        # A held first frame is shown at the clip's start; later frames keep at least one frame
+        # period between them, or x264's B-frame reordering hands the muxer decreasing timestamps.
+        pts = max(0, round((t - self.start) / self.stream.time_base))
+        if self.last_pts is not None:
+            pts = max(pts, self.last_pts + round(self.period / self.stream.time_base))
+        out.pts = pts
         self.container.mux(self.stream.encode(out))
-        self.frames, self.last_t = self.frames + 1, t
+        self.frames, self.last_t, self.last_pts = self.frames + 1, t, pts
 
     def finish(self, source: Path, failure: str | None) -> MediaError | None:
         """Complete the mp4 and rename it into place; a clip the video does not cover is an error and leaves no file."""

@@ -172,21 +172,33 @@ def load_musicgen(name_or_dir: str, device: str | torch.device = "cpu"):
     return model
 
 
-def move_musicgen(model, device: str | torch.device) -> None:
-    """Put every part of a MusicGen on ``device``: the LM, EnCodec, ``model.device``, and the T5 encoder
-    that audiocraft keeps outside the module tree (so ``lm.to`` alone would leave it behind)."""
+def place_musicgen(model, device: str | torch.device) -> None:
+    """Move every part of a MusicGen to ``device``, not just what ``.to()`` on the LM reaches.
+
+    That misses the compression model, a text encoder that audiocraft keeps
+    outside the module tree (T5), the conditioners' ``device`` attributes and the
+    model's own ``device`` and autocast. The autocast follows audiocraft's rule
+    for a model loaded on ``device`` (float16 on an accelerator); the text encoder keeps
+    the precision it was loaded with.
+    """
+    from audiocraft.utils.autocast import TorchAutocast
+
     device = torch.device(device)
     model.lm.to(device)
     model.compression_model.to(device)
+    for conditioner in model.lm.condition_provider.conditioners.values():
+        for value in vars(conditioner).values():
+            if isinstance(value, torch.nn.Module):  # registered submodules live in _modules, not here
+                value.to(device)
+        if hasattr(conditioner, "device"):
+            conditioner.device = device
     model.device = device
-    for cond in model.lm.condition_provider.conditioners.values():
-        if "t5" in vars(cond):
-            cond.t5.to(device)
-            cond.device = str(device)
+    on_accelerator = device.type not in ("cpu", "meta")  # meta: shape and placement checks, nothing to autocast
+    model.autocast = TorchAutocast(enabled=on_accelerator, device_type=device.type, dtype=torch.float16)
 
 
 class MusicGenModule(torch.nn.Module):
-    """A loaded MusicGen as one module: ``.to(device)`` moves all of it (see :func:`move_musicgen`)."""
+    """A loaded MusicGen as one module: ``.to(device)`` moves all of it (see :func:`place_musicgen`)."""
 
     def __init__(self, model) -> None:
         super().__init__()
@@ -195,7 +207,7 @@ class MusicGenModule(torch.nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
-        move_musicgen(self.musicgen, next(self.lm.parameters()).device)
+        place_musicgen(self.musicgen, next(self.lm.parameters()).device)
         return self
 
 

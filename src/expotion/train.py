@@ -1,25 +1,75 @@
 """Training entry point (LightningCLI).
 
     python -m expotion.train fit --config lightning_configs/tiny_cpu.yaml [--trainer.max_epochs=3 ...]
-    python -m expotion.train fit --config ... --ckpt_path last      # resume exactly
+    python -m expotion.train fit --config ... --ckpt_path last      # resume at the next step
+
+Everything a run writes lives under ``--trainer.default_root_dir``, so rerunning the
+same command with ``--ckpt_path last`` continues from its latest checkpoint. Bad
+input (an unusable cache or checkpoint, missing weights) ends the command with
+one line naming the file and the problem.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
+from .cache import CacheError  # noqa: E402
+from .checkpoint import CheckpointError, load_file  # noqa: E402
 from .data import ShardDataModule  # noqa: E402
 from .known_warnings import silence_known_warnings  # noqa: E402
 from .training import ExpotionModule  # noqa: E402
+from .weights import MissingWeightsError  # noqa: E402
+
+USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError)
+
+
+class ExpotionCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        """Refuse an unusable ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in ckpt_path \
+                and not ckpt_path.startswith("registry"):
+            load_file(ckpt_path)
+
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path last``: the run's newest last checkpoint, which must exist and be readable."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = self.last_checkpoint()
+            load_file(config["ckpt_path"])
+
+    def last_checkpoint(self) -> str:
+        """The newest ``last*.ckpt`` of the run's checkpoint callbacks, where Lightning would look for it."""
+        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        found = {path for cb in callbacks for path in cb._find_last_checkpoints(self.trainer)}
+        if not found:
+            where = ", ".join(sorted({str(cb.dirpath) for cb in callbacks})) or "(no ModelCheckpoint configured)"
+            raise CheckpointError(f"--ckpt_path last: no last.ckpt in {where}; run without --ckpt_path to start "
+                                  "training, or pass a checkpoint file")
+        return max(found, key=os.path.getmtime)
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
     silence_known_warnings()
-    return LightningCLI(ExpotionModule, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return ExpotionCLI(ExpotionModule, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
+
+
+def run(args: list[str] | None = None) -> int:
+    """:func:`main` as a command: a problem with the user's files is one line on stderr and exit code 2."""
+    try:
+        main(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

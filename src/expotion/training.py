@@ -14,9 +14,10 @@ import lightning as L
 import torch
 
 from .adaptor import AdaptorConfig, ConditionAdaptor
+from .checkpoint import check_compatible, check_state_dict, spec_to_dict
 from .conditioning import text_condition
 from .data import FeatureSpec, visual_names
-from .musicgen import load_musicgen, model_signature
+from .musicgen import load_musicgen, model_signature, place_musicgen
 from .objective import codebook_cross_entropy
 from .rates import StreamRate
 
@@ -66,6 +67,10 @@ class ExpotionModule(L.LightningModule):
         if stage == "fit":
             self.lm.train()  # MusicGen's condition dropout acts in train mode, as in its own training; weights stay frozen
 
+    def on_fit_start(self) -> None:
+        """Lightning moved ``lm``; audio samples also need EnCodec, the text encoder and ``musicgen.device`` here."""
+        place_musicgen(self.musicgen, self.device)
+
     def build(self, spec: FeatureSpec) -> None:
         """Create the adaptor for the feature shapes the cache provides."""
         self.spec = spec
@@ -91,11 +96,12 @@ class ExpotionModule(L.LightningModule):
             self.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
         return loss
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.shared_step(batch, "train")
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        return None if batch is None else self.shared_step(batch, "train")  # None: every clip skipped, no step
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.shared_step(batch, "val")
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is not None:
+            self.shared_step(batch, "val")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         for i, gate in enumerate(self.adaptor.gates.detach()):
@@ -118,3 +124,15 @@ class ExpotionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("adaptor.")}
         checkpoint["musicgen_signature"] = self.signature
+        checkpoint["adaptor_features"] = spec_to_dict(self.spec)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, in one line, resuming from a run on another MusicGen or other features before loading it."""
+        if self.adaptor is None:  # not fitting: nothing of the adaptor is loaded yet
+            return
+        path = self.trainer.ckpt_path
+        if "adaptor_features" in checkpoint:
+            check_compatible(path, {"musicgen": checkpoint.get("musicgen_signature", {}),
+                                    "features": checkpoint["adaptor_features"]}, self.signature, self.spec)
+        saved = {k.removeprefix("adaptor."): v for k, v in checkpoint.get("state_dict", {}).items()}
+        check_state_dict(path, saved, self.adaptor.state_dict())

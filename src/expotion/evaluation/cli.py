@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .. import atomic
 from ..weights import weights_dir
-from . import embed, metrics, report
+from . import embed, metrics, plots, report
 from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
                     read_cache_split, read_captions)
 from .video import VideoClip
@@ -81,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="clips embedded together; a forward pass takes at most this many 10 s windows "
                              "(VGGish: ten times as many 0.96 s frames)")
+    parser.add_argument("--plots", action="store_true",
+                        help="also write a figure per clip (motion, onsets, beats, matched peaks) and a summary figure "
+                             "to RESULTS_DIR/plots, linked from results.md")
 
 
 def parse_groups(text: str) -> set[str]:
@@ -92,14 +96,10 @@ def parse_groups(text: str) -> set[str]:
 
 
 def extractors_for(groups: set[str], have_captions: bool, have_videos: bool) -> list[str]:
-    """The stage-1 extractors the requested metrics need (CLAP and LanguageBind only when their inputs exist),
-    and those every run needs."""
-    skip = set()
-    if not have_captions:
-        skip |= set(metrics.GROUP_EXTRACTORS["text_audio"])
-    if not have_videos:
-        skip |= set(metrics.GROUP_EXTRACTORS["video_audio"])
-    return sorted({e for g in groups for e in metrics.GROUP_EXTRACTORS[g]} - skip | set(metrics.ALWAYS))
+    """The stage-1 extractors the requested metrics need (those of the caption and video groups only when their
+    inputs exist), and those every run needs."""
+    usable = {g for g in groups if (have_captions or g != "text_audio") and (have_videos or g not in metrics.VIDEO_GROUPS)}
+    return sorted({e for g in usable for e in metrics.GROUP_EXTRACTORS[g]} | set(metrics.ALWAYS))
 
 
 def log(message: str) -> None:
@@ -179,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
     }
     report.write_json(out / "metrics.json", evaluation, states, options, summary, sys.argv)
     report.write_csv(out / "per_clip.csv", evaluation)
-    table = report.markdown(evaluation, label, pairing, options)
-    (out / "results.md").write_text(table)
+    figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else []
+    table = report.markdown(evaluation, label, pairing, options, figures)
+    atomic.write_text(out / "results.md", table)
     if args.tensorboard:
         report.write_tensorboard(out / "tensorboard", evaluation)
     print(table)

@@ -26,7 +26,7 @@ from .. import atomic
 from ..media import MediaError
 from ..weights import MissingWeightsError
 from . import audio as audio_mod
-from . import chroma, languagebind, models, passt, rhythm, vggish
+from . import alignment, chroma, languagebind, models, passt, rhythm, vggish
 from . import clap as clap_mod
 from .batching import full_precision, run_windows
 from .video import VideoClip
@@ -158,6 +158,12 @@ def catalog() -> dict[str, Extractor]:
         Extractor("chroma", "audio", {"sample_rate": chroma.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER,
                                       "n_fft": chroma.N_FFT, "hop": chroma.HOP, "tuning": chroma.TUNING},
                   None, lambda _m, item: {"chroma": chroma.chromagram(at(chroma.SAMPLE_RATE, item))}),
+        Extractor("motion", "video", {"flow": alignment.FARNEBACK, "frames": "all, own rate and size, RGB -> gray",
+                                      "opencv": alignment.opencv_version},
+                  None, lambda _m, path: alignment.video_motion(path)),
+        Extractor("onsets", "audio", {"sample_rate": alignment.ONSET_SAMPLE_RATE, "hop": alignment.ONSET_HOP,
+                                      "resampler": audio_mod.RESAMPLER, "librosa": alignment.librosa_version},
+                  None, lambda _m, item: alignment.audio_onsets(*item)),
     )}
 
 

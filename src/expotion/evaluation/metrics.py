@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import checks, maths, rhythm
+from . import alignment, checks, maths, rhythm
 from .embed import Item, Store
 from .files import Pairing
 from .video import VideoClip
@@ -46,6 +46,11 @@ SPECS = (
     MetricSpec("kl_both", "KL both", False, "kl"),
     MetricSpec("tempo_error_octave", "Tempo Err. octave (bpm)", False, "tempo"),
     MetricSpec("chroma", "Chroma", True, "chroma"),
+    MetricSpec("av_align", "AV-Align", True, "video_music"),
+    MetricSpec("bas_motion_music", "BAS motion→music", True, "video_music"),
+    MetricSpec("bas_music_motion", "BAS music→motion", True, "video_music"),
+    MetricSpec("motion_tempo_error", "Motion tempo err. (bpm)", False, "video_music"),
+    MetricSpec("motion_tempo_error_octave", "Motion tempo err. octave (bpm)", False, "video_music"),
 )
 SPEC_BY_KEY = {s.key: s for s in SPECS}
 GROUP_EXTRACTORS = {
@@ -57,10 +62,13 @@ GROUP_EXTRACTORS = {
     "text_audio": ("clap_audio", "clap_text"),
     "video_audio": ("languagebind_audio", "languagebind_video"),
     "chroma": ("chroma",),
+    "video_music": ("motion", "onsets", "beats"),
 }
 GROUPS = tuple(GROUP_EXTRACTORS)
 ALWAYS = ("signal",)  # extractors every run needs: clip durations and levels, for the suspicious-clip checks
 INPUT_FLAGS = {"caption": "--captions, or --cache", "video": "--videos, or --cache with the source videos"}
+VIDEO_GROUPS = ("video_audio", "video_music")  # groups that need --videos
+CONTROL_SHIFTS = 10  # wrong pairings per clip in the shuffled-pairs control
 
 
 @dataclass
@@ -101,6 +109,8 @@ class Evaluation:
     rows: dict[str, dict]
     suspicious: dict[str, list[str]] = field(default_factory=dict)  # clip id -> problems (kept in the metrics)
     excluded: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # clip id -> {reason: metric labels}
+    controls: dict[str, dict[str, MetricResult]] = field(default_factory=dict)  # extra table row -> results
+    clip_inputs: dict[str, alignment.ClipInputs] = field(default_factory=dict)  # clip id -> what its figure shows
 
 
 class Gathered:
@@ -151,6 +161,7 @@ class Evaluator:
                  options: Options, rows: dict[str, dict]) -> None:
         self.pairing, self.store, self.videos, self.captions = pairing, store, videos, captions
         self.options, self.rows = options, rows
+        self.clip_inputs: dict[str, alignment.ClipInputs] = {}
 
     def both(self, extractor: str) -> tuple[dict[str, dict], dict[str, dict], dict[str, str]]:
         """Outputs for generated and reference audio of the clips that have both; reasons for the rest."""
@@ -260,6 +271,64 @@ class Evaluator:
             self.rows[i]["chroma"] = per_clip[i]
         return mean_result("chroma", per_clip, excluded, "chroma similarity (silent clip)")
 
+    def video_music(self) -> tuple[list[MetricResult], list[MetricResult], dict[str, list[MetricResult]]]:
+        """AV-Align, beat alignment and motion tempo of generated and reference audio against each clip's video,
+        and the shuffled-pairs control: the same scores with each audio against other clips' videos."""
+        keys = alignment.KEYS
+        if not self.videos:
+            missing = [MetricResult(k, "missing", reason=f"no video given ({INPUT_FLAGS['video']})") for k in keys]
+            return missing, list(missing), {}
+        if (res := unavailable("video_music", self.store, GROUP_EXTRACTORS["video_music"])) is not None:
+            down = [MetricResult(k, res.status, reason=res.reason) for k in keys]
+            return down, list(down), {}
+        motion = Gathered(self.store, "motion", {i: self.videos[i] for i in self.pairing.ids if i in self.videos})
+        excluded = {i: "no video for this clip" for i in self.pairing.ids if i not in self.videos} | motion.absent
+        sides = {"generated": self.pairing.generated, "reference": self.pairing.reference}
+        music: dict[str, dict[str, alignment.Music]] = {}
+        for side, items in sides.items():
+            onsets, beats = Gathered(self.store, "onsets", dict(items)), Gathered(self.store, "beats", dict(items))
+            excluded |= {i: f"{side}: {why}" for i, why in (onsets.absent | beats.absent).items()}
+            music[side] = {i: alignment.Music.from_arrays(onsets.values[i], beats.values[i]["beats"])
+                           for i in onsets.values if i in beats.values}
+        ids = [i for i in self.pairing.ids if i in motion.values and all(i in m for m in music.values())]
+        clips = {i: alignment.ClipInputs(alignment.Motion.from_arrays(motion.values[i]),
+                                         {side: music[side][i] for side in sides}) for i in ids}
+        self.clip_inputs = clips
+        wrong_pairs = alignment.shifted_pairs(len(ids), CONTROL_SHIFTS, self.options.seed)
+        results: dict[str, list[MetricResult]] = {}
+        controls: dict[str, list[MetricResult]] = {}
+        for side in sides:
+            scored = alignment.score_pairs({i: (clips[i].motion, clips[i].music[side]) for i in ids})
+            self.alignment_rows(scored, "" if side == "generated" else "_reference")
+            failed = {i: f"{side}: {why}" for i, why in scored.failed.items()}
+            results[side] = [alignment_mean(k, scored, excluded | failed) for k in keys]
+            control = alignment.score_pairs({f"{ids[a]} with the video of {ids[v]}": (clips[ids[v]].motion,
+                                                                                      clips[ids[a]].music[side])
+                                             for a, v in wrong_pairs})
+            controls[f"shuffled pairs, {side}"] = (
+                [alignment_mean(k, control, dict(control.failed)) for k in keys] if wrong_pairs else
+                [MetricResult(k, "failed", reason="the shuffled-pairs control needs at least 2 clips with videos")
+                 for k in keys])
+        return results["generated"], results["reference"], controls
+
+    def alignment_rows(self, scored: alignment.PairScores, suffix: str) -> None:
+        for i, clip in scored.clips.items():
+            self.rows[i].update({f"{k}{suffix}": v for k, v in clip.values.items()})
+            self.rows[i].update({"motion_tempo": clip.motion_tempo, f"music_tempo{suffix}": clip.music_tempo})
+            if clip.notes:
+                self.rows[i]["alignment_notes"] = "; ".join(clip.notes)
+        for i, why in scored.failed.items():
+            self.rows[i][f"alignment_failed{suffix}"] = why
+
+
+def alignment_mean(key: str, scored: alignment.PairScores, excluded: dict[str, str]) -> MetricResult:
+    """The mean over scored pairs, with the count of pairs, and any per-pair notes (such as a duration mismatch)."""
+    result = mean_result(key, scored.values[key], excluded, alignment.UNDEFINED[key])
+    notes = {name: "; ".join(clip.notes) for name, clip in scored.clips.items() if clip.notes}
+    if notes:
+        result.details["notes"] = notes
+    return result
+
 
 def evaluate(pairing: Pairing, store: Store, groups: set[str], videos: dict[str, VideoClip], captions: dict[str, str],
              options: Options) -> Evaluation:
@@ -286,9 +355,16 @@ def evaluate(pairing: Pairing, store: Store, groups: set[str], videos: dict[str,
                                         "video"))
     if "chroma" in groups:
         found.append(ev.chroma())
+    controls: dict[str, list[MetricResult]] = {}
+    if "video_music" in groups:
+        generated_side, reference_side, controls = ev.video_music()
+        found += generated_side
+        reference += reference_side
     order = {s.key: n for n, s in enumerate(SPECS)}
     results = {r.key: r for r in sorted(found, key=lambda r: order[r.key])}
     reference_results = {r.key: r for r in sorted(reference, key=lambda r: order[r.key])}
     return Evaluation(results=results, reference=reference_results, rows=rows,
                       suspicious=checks.suspicious(pairing, store, rows),
-                      excluded=checks.excluded(results, reference_results, {s.key: s.label for s in SPECS}))
+                      excluded=checks.excluded(results, reference_results, {s.key: s.label for s in SPECS}),
+                      controls={label: {r.key: r for r in rs} for label, rs in controls.items()},
+                      clip_inputs=ev.clip_inputs)

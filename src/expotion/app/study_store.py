@@ -1,0 +1,135 @@
+"""SQLite storage for a listening study: participants, their trial order, and one row per answer.
+
+Each submitted trial is written in one transaction, so a closed tab loses at most the trial on
+screen, and two participants submitting at once never lose a row (SQLite serialises writers; each
+call opens its own connection, so any thread may call any method).
+"""
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS participants (participant TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    participant TEXT NOT NULL REFERENCES participants(participant),
+    position INTEGER NOT NULL,
+    clip TEXT NOT NULL,
+    system TEXT NOT NULL,
+    PRIMARY KEY (participant, position)
+);
+CREATE TABLE IF NOT EXISTS responses (
+    participant TEXT NOT NULL,
+    clip TEXT NOT NULL,
+    system TEXT NOT NULL,
+    question TEXT NOT NULL,
+    score INTEGER NOT NULL,
+    answered_at TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    UNIQUE (participant, position, question)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Trial:
+    position: int  # 0-based place in the participant's order
+    clip: str
+    system: str
+
+
+@dataclass(frozen=True)
+class Response:
+    participant: str
+    clip: str
+    system: str
+    question: str
+    score: int
+    answered_at: str
+
+
+class AlreadyAnswered(RuntimeError):
+    """The trial was submitted before (a double click, or a second tab)."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class StudyStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on a fresh connection: committed as a whole or not at all."""
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def secret(self) -> str:
+        """A random key made once per study database; it names the blinded media files."""
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+            if row:
+                return row[0]
+            value = secrets.token_hex(16)
+            db.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
+            return value
+
+    def trials(self, participant: str, order: Sequence[tuple[str, str]] | None = None) -> list[Trial]:
+        """The participant's recorded trial order; ``order`` is recorded first if they are new."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT position, clip, system FROM trials WHERE participant = ? ORDER BY position",
+                              (participant,)).fetchall()
+            if not rows and order is not None:
+                db.execute("INSERT INTO participants (participant, created_at) VALUES (?, ?)", (participant, now()))
+                rows = [(i, clip, system) for i, (clip, system) in enumerate(order)]
+                db.executemany("INSERT INTO trials (participant, position, clip, system) VALUES (?, ?, ?, ?)",
+                               [(participant, *row) for row in rows])
+        return [Trial(*row) for row in rows]
+
+    def answered_positions(self, participant: str) -> set[int]:
+        with self.transaction() as db:
+            rows = db.execute("SELECT DISTINCT position FROM responses WHERE participant = ?", (participant,))
+            return {r[0] for r in rows}
+
+    def submit(self, participant: str, trial: Trial, scores: dict[str, int]) -> None:
+        """Every answer of one trial, in one transaction; a trial is accepted once."""
+        stamp = now()
+        with self.transaction() as db:
+            done = db.execute("SELECT 1 FROM responses WHERE participant = ? AND position = ? LIMIT 1",
+                              (participant, trial.position)).fetchone()
+            if done:
+                raise AlreadyAnswered(f"trial {trial.position + 1} was already submitted")
+            db.executemany(
+                "INSERT INTO responses (participant, clip, system, question, score, answered_at, position) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(participant, trial.clip, trial.system, q, int(s), stamp, trial.position) for q, s in scores.items()])
+
+    def responses(self) -> list[Response]:
+        with self.transaction() as db:
+            rows = db.execute("SELECT participant, clip, system, question, score, answered_at FROM responses "
+                              "ORDER BY participant, position, question").fetchall()
+        return [Response(*row) for row in rows]

@@ -1,0 +1,135 @@
+"""The Study tab: a participant id, then one blinded trial after another, each stored as it is submitted.
+
+A returning participant (the id is kept in the browser, or typed in again) resumes at their
+first unanswered trial. The page never receives a system name: the server looks the trial up
+by participant and position, and the player gets a blinded file.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from .study import Study, trial_media, trial_order
+from .study_store import AlreadyAnswered, StudyStore, Trial
+
+PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """What the participant sees of one trial."""
+
+    position: int
+    total: int
+    video: Path
+    caption: str
+
+
+class StudyRunner:
+    """The study's server side: trial orders, blinded media and responses; callable from any thread."""
+
+    def __init__(self, study: Study):
+        self.study = study
+        self.store = StudyStore(study.database)
+        self.secret = self.store.secret()
+
+    def trials(self, participant: str) -> list[Trial]:
+        return self.store.trials(participant, trial_order(self.study, participant))
+
+    def next_trial(self, participant: str) -> TrialView | None:
+        """The participant's first unanswered trial (recording their order if they are new); None when done."""
+        trials = self.trials(participant)
+        answered = self.store.answered_positions(participant)
+        for trial in trials:
+            if trial.position not in answered:
+                return self.view(trial, len(trials))
+        return None
+
+    def view(self, trial: Trial, total: int) -> TrialView:
+        video = trial_media(self.study, self.secret, trial.clip, trial.system)
+        return TrialView(trial.position, total, video, self.study.captions.get(trial.clip, ""))
+
+    def submit(self, participant: str, position: int, scores: dict[str, int]) -> TrialView | None:
+        """Store one trial's answers in one transaction and return the next trial."""
+        trials = self.trials(participant)
+        if not 0 <= position < len(trials):
+            raise ValueError(f"there is no trial {position + 1} for participant '{participant}'")
+        self.store.submit(participant, trials[position], scores)
+        return self.next_trial(participant)
+
+
+def check_participant(text: str | None) -> str:
+    participant = (text or "").strip()
+    if not PARTICIPANT_ID.match(participant):
+        raise gr.Error("A participant id is 1–64 letters, digits, '-' or '_'. Leave it empty to get a new one.")
+    return participant
+
+
+def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
+    """Lay out the tab inside ``page`` and wire its events (``page.load`` resumes a remembered participant)."""
+    study = runner.study
+    low, high = study.scale
+    stored_id = gr.BrowserState("", storage_key="study-participant")
+    gr.Markdown(f"## {study.title}\n"
+                "Watch each video with its music, then rate the music on every question "
+                f"({low} = lowest, {high} = highest). Your answers are saved after every trial, so you can "
+                "stop and come back later with the same participant id.")
+    with gr.Row():
+        participant_box = gr.Textbox(label="Participant id", placeholder="leave empty to get a new id", scale=3,
+                                     elem_id="study-participant")
+        start = gr.Button("Start / resume", variant="primary", scale=1, elem_id="study-start")
+    participant, position = gr.State(""), gr.State(-1)
+    with gr.Column(visible=False) as trial_box:
+        header = gr.Markdown(elem_id="study-header")
+        video = gr.Video(label="Video with music", interactive=False, height=420, elem_id="study-video")
+        prompt = gr.Markdown(elem_id="study-prompt")
+        radios = [gr.Radio([str(v) for v in range(low, high + 1)], label=q.text, elem_id=f"study-q-{q.id}")
+                  for q in study.questions]
+        submit = gr.Button("Submit and continue", variant="primary", elem_id="study-submit")
+    finished = gr.Markdown(visible=False, elem_id="study-done")
+    outputs = [stored_id, participant, participant_box, position, trial_box, header, video, prompt, *radios, finished]
+
+    def show(who: str, view: TrialView | None) -> tuple:
+        clear = [None] * len(radios)
+        if view is None:
+            done = f"All {study.n_trials} trials are done. Thank you, participant **{who}**!"
+            return (who, who, who, -1, gr.update(visible=False), "", None, "", *clear,
+                    gr.update(value=done, visible=True))
+        header_text = (f"**Trial {view.position + 1} of {view.total}** · participant `{who}` "
+                       "(keep this id to resume later)")
+        caption = f"**Text prompt:** {view.caption}" if view.caption else ""
+        return (who, who, who, view.position, gr.update(visible=True), header_text, str(view.video),
+                caption, *clear, gr.update(value="", visible=False))
+
+    def on_start(text: str | None) -> tuple:
+        who = check_participant(text) if (text or "").strip() else f"p-{secrets.token_hex(4)}"
+        return show(who, runner.next_trial(who))
+
+    def on_load(remembered: str | None) -> tuple:
+        if not remembered or not PARTICIPANT_ID.match(remembered):
+            return (gr.skip(),) * len(outputs)
+        return show(remembered, runner.next_trial(remembered))
+
+    def on_submit(who: str, at: int, *answers: str | None) -> tuple:
+        if not who or at < 0:
+            raise gr.Error("Press 'Start / resume' first.")
+        missing = [q.label for q, a in zip(study.questions, answers, strict=True) if a is None]
+        if missing:
+            raise gr.Error(f"Please answer every question before continuing (missing: {', '.join(missing)}).")
+        scores = {q.id: int(a) for q, a in zip(study.questions, answers, strict=True)}
+        try:
+            view = runner.submit(who, int(at), scores)
+        except AlreadyAnswered:
+            gr.Warning("That trial was already saved; here is your next one.")
+            view = runner.next_trial(who)
+        return show(who, view)
+
+    # Light, short handlers: they need not wait behind a generation in the one-at-a-time queue.
+    start.click(on_start, participant_box, outputs, api_name="study_start", concurrency_limit=8)
+    participant_box.submit(on_start, participant_box, outputs, api_name=False, concurrency_limit=8)
+    submit.click(on_submit, [participant, position, *radios], outputs, api_name="study_submit", concurrency_limit=8)
+    page.load(on_load, stored_id, outputs, api_name=False, concurrency_limit=8)

@@ -1,0 +1,73 @@
+"""Shared pieces of the app tests: a tiny checkpoint, short videos, a two-system study, a launched app."""
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from conftest import moving_frames, write_video
+
+SYSTEMS = {"zebra_secret_system": "music_by_zebra_secret", "quokka_hidden_system": "music_by_quokka_hidden"}
+CLIPS = ("clip-a", "clip-b")
+CLIP_SECONDS = 2.0
+
+
+def tiny_checkpoint(tiny_profile_cfg, path: Path) -> Path:
+    """An adaptor checkpoint for the tiny MusicGen and the tiny extractors' feature shapes (non-zero gates)."""
+    import torch
+
+    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.checkpoint import save_adaptor
+    from expotion.data import FeatureSpec
+    from expotion.embedding import VisualConfig
+    from expotion.musicgen import load_musicgen, model_signature
+    from expotion.rates import DEFAULT_RATES
+
+    musicgen = load_musicgen(tiny_profile_cfg.musicgen)
+    streams = ("marlin", "synchformer")
+    spec = FeatureSpec({s: (32,) for s in streams}, {s: DEFAULT_RATES.stream(s) for s in streams}, 32)
+    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=10.0), spec.dims, 50.0)
+    with torch.no_grad():
+        adaptor.gates.fill_(0.5)
+    return save_adaptor(path, adaptor, model_signature(musicgen), spec)
+
+
+def make_study(root: Path) -> Path:
+    """Two clips, two systems (directories named after them), captions; returns the study file."""
+    (root / "videos").mkdir(parents=True)
+    for i, clip in enumerate(CLIPS):
+        write_video(root / "videos" / f"{clip}.mp4", moving_frames(int(CLIP_SECONDS * 25), 96, 128, seed=i), fps=25)
+    t = np.arange(int(CLIP_SECONDS * 32000)) / 32000
+    for j, directory in enumerate(SYSTEMS.values()):
+        (root / directory).mkdir()
+        for i, clip in enumerate(CLIPS):
+            tone = 0.3 * np.sin(2 * np.pi * (220 + 110 * j + 55 * i) * t)
+            sf.write(root / directory / f"{clip}.wav", tone.astype(np.float32), 32000)
+    (root / "captions.csv").write_text("id,caption\nclip-a,calm piano ballad\nclip-b,upbeat funk with slap bass\n")
+    systems = "\n".join(f"  {name}: {directory}" for name, directory in SYSTEMS.items())
+    study = root / "study.yaml"
+    study.write_text(f"title: Music for movement\nvideos: videos\ncaptions: captions.csv\nsystems:\n{systems}\n")
+    return study
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_args(tiny_profile_cfg, runs: Path, outputs: Path, *extra: str) -> list[str]:
+    """``expotion app`` options for the tiny models (as ``make app`` passes them)."""
+    return ["--profile", "tiny", "--musicgen", tiny_profile_cfg.musicgen, "--tiny-dir",
+            str(Path(tiny_profile_cfg.marlin_path).parent), "--runs", str(runs), "--outputs", str(outputs),
+            "--demo-manifest", str(runs / "none.csv"), *extra]
+
+
+def parse_app_args(argv: list[str]) -> argparse.Namespace:
+    from expotion.app.server import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)

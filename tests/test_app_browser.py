@@ -1,0 +1,158 @@
+"""The app in a real browser: headless Debian Chromium driven by Selenium against `expotion app`.
+
+Needs `chromium` and `chromedriver` (`make browser-deps`, which `make test` runs first). Screenshots of
+each tab and the study figure are saved under ``$EXPOTION_TEST_ARTIFACTS`` (default ``test-artifacts/``).
+"""
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from app_support import SYSTEMS, app_args, free_port, make_study, tiny_checkpoint
+from conftest import moving_frames, write_video
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from expotion.app.study import load_study, trial_order  # noqa: E402
+from expotion.cli import main as cli_main  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("EXPOTION_TEST_ARTIFACTS", "test-artifacts"))
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1500", "--autoplay-policy=no-user-gesture-required")
+
+
+def browser_binaries() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        reason = "needs Debian's chromium and chromium-driver: run `make browser-deps`"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return chromium, driver
+
+
+@pytest.fixture(scope="module")
+def app(tiny_profile_cfg, tmp_path_factory):
+    """`expotion app --study` as a user starts it, in its own process; yields its URL and files."""
+    root = tmp_path_factory.mktemp("browser")
+    tiny_checkpoint(tiny_profile_cfg, root / "runs" / "demo" / "adaptor.pt")
+    study = make_study(root / "study")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "-m", "expotion.cli", "app", *app_args(tiny_profile_cfg, root / "runs", root / "outputs"),
+           "--study", str(study), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, lines, deadline = None, [], time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if found := re.search(r"open (http://\S+) in a browser", line):
+            url = found.group(1)
+    if url is None:
+        proc.kill()
+        pytest.fail("the app did not print its URL:\n" + "".join(lines))
+    yield {"url": url, "root": root, "study": study}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium, driver_path = browser_binaries()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def open_tab(driver, name: str) -> None:
+    WebDriverWait(driver, 60).until(EC.element_to_be_clickable(
+        (By.XPATH, f"//button[@role='tab' and normalize-space()='{name}']"))).click()
+
+
+def text_of(driver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def test_generate_in_the_browser(app, browser, tmp_path):
+    video = write_video(tmp_path / "dance.mp4", moving_frames(75, 96, 128), fps=25)
+    browser.get(app["url"])
+    open_tab(browser, "Generate")
+    browser.find_element(By.CSS_SELECTOR, "#gen-video-in input[type=file]").send_keys(str(video))
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gen-video-in video"))
+    browser.find_element(By.CSS_SELECTOR, "#gen-prompt textarea").send_keys("upbeat pop with drums")
+    browser.find_element(By.ID, "gen-run").click()
+    player = WebDriverWait(browser, 90).until(lambda d: d.find_element(By.CSS_SELECTOR, "#gen-video-out video"))
+    state = WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "const v = arguments[0]; return v.readyState >= 1 ? {duration: v.duration, error: v.error} : null;", player))
+    assert state["error"] is None and abs(state["duration"] - 3.0) < 0.1
+    played = browser.execute_async_script(
+        "const [v, done] = arguments; v.muted = true;"
+        "v.play().then(() => setTimeout(() => done(v.currentTime), 700), e => done(String(e)));", player)
+    assert isinstance(played, (int, float)) and played > 0, played  # the browser decodes and plays it
+    assert "Generated 3.00 s of music" in text_of(browser, "gen-status")
+    figure = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, "#gen-figure img"))
+    assert browser.execute_script("return arguments[0].naturalWidth;", figure) > 800  # the alignment figure
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-generate.png"))
+
+
+def answer(driver, question: str, score: int) -> None:
+    driver.find_element(By.XPATH, f"//*[@id='study-q-{question}']//input[@value='{score}']/..").click()
+
+
+def test_study_resumes_after_reload_and_stores_rows(app, browser, capsys):
+    study = load_study(app["study"])
+    browser.get(app["url"])
+    open_tab(browser, "Study")
+    browser.find_element(By.ID, "study-start").click()
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "Trial 1 of 4" in text_of(d, "study-header"))
+    participant = re.search(r"participant\s+(p-[0-9a-f]+)", text_of(browser, "study-header")).group(1)
+    given = [(4, 3, 5, 2), (1, 2, 3, 4)]
+    for n, scores in enumerate(given, start=1):
+        for question, score in zip(study.questions, scores, strict=True):
+            answer(browser, question.id, score)
+        browser.find_element(By.ID, "study-submit").click()
+        wait.until(lambda d, n=n: f"Trial {n + 1} of 4" in text_of(d, "study-header"))
+    browser.refresh()
+    wait.until(lambda d: d.find_elements(By.ID, "study-header") and "Trial 3 of 4" in text_of(d, "study-header"))
+    wait.until(lambda d: d.execute_script("const v = document.querySelector('#study-video video');"
+                                          "return v && v.readyState >= 1;"))
+    page = browser.page_source
+    for name, directory in SYSTEMS.items():
+        assert name not in page and directory not in page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "app-study.png"))
+
+    order = trial_order(study, participant)
+    with sqlite3.connect(study.database) as db:
+        rows = db.execute("SELECT clip, system, question, score FROM responses WHERE participant = ? "
+                          "ORDER BY position, question", (participant,)).fetchall()
+    expected = [(*order[t], q.id, s) for t, scores in enumerate(given)
+                for q, s in sorted(zip(study.questions, scores, strict=True), key=lambda qs: qs[0].id)]
+    assert rows == expected  # the first two trials of the recorded order, with the clicked scores
+
+    assert cli_main(["study", "results", str(app["study"]), "--resamples", "1000"]) == 0
+    table = capsys.readouterr().out
+    assert "1 participants" in table
+    (ARTIFACTS / "study-results.txt").write_text(table)
+    for name in ("ratings.png", "results.csv"):
+        shutil.copy(study.database.parent / "study-results" / name, ARTIFACTS / f"study-{name}")

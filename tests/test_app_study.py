@@ -1,0 +1,144 @@
+"""The listening study without a server: study file, seeded recorded order, SQLite store, blinding, results."""
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+from app_support import CLIPS, SYSTEMS, make_study
+
+from expotion.app.results import bootstrap_ci, summarise
+from expotion.app.study import PAPER_QUESTIONS, StudyError, load_study, trial_order
+from expotion.app.study_store import AlreadyAnswered
+from expotion.cli import main as cli_main
+
+pytest.importorskip("gradio")
+from expotion.app.study_tab import StudyRunner  # noqa: E402
+
+
+@pytest.fixture
+def study(tmp_path):
+    return load_study(make_study(tmp_path))
+
+
+def test_study_file_defaults_and_pairs(study, tmp_path):
+    assert study.clips == CLIPS and set(study.systems) == set(SYSTEMS) and study.n_trials == 4
+    assert study.questions == PAPER_QUESTIONS and study.scale == (1, 5)
+    assert study.database == (tmp_path / "study.sqlite").resolve()
+    assert study.captions["clip-b"] == "upbeat funk with slap bass"
+
+
+def test_study_file_errors_name_the_problem(tmp_path):
+    path = make_study(tmp_path)
+    (tmp_path / "music_by_zebra_secret" / "clip-b.wav").unlink()
+    with pytest.raises(StudyError, match="clip 'clip-b' lacks: system 'zebra_secret_system'"):
+        load_study(_with(path, "clips: [clip-a, clip-b]\n"))
+    assert load_study(path).clips == ("clip-a",)  # by default, only complete clips are used
+    with pytest.raises(StudyError, match="'videos' is missing"):
+        load_study(_write(tmp_path / "bad.yaml", "systems: {a: music_by_zebra_secret}\n"))
+    with pytest.raises(StudyError, match="study file not found"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def _with(path, extra):
+    return _write(path.with_name("extra.yaml"), path.read_text() + extra)
+
+
+def test_trial_order_is_every_pair_seeded_by_participant(study):
+    a1, a2, b = trial_order(study, "alice"), trial_order(study, "alice"), trial_order(study, "bob")
+    assert a1 == a2 and sorted(a1) == sorted((c, s) for c in CLIPS for s in SYSTEMS)
+    orders = {tuple(trial_order(study, f"p{i}")) for i in range(20)}
+    assert len(orders) > 5  # participants get different orders
+    assert a1 != b or trial_order(study, "carol") != a1
+
+
+def test_order_is_recorded_and_resumed(study):
+    runner = StudyRunner(study)
+    first = runner.next_trial("alice")
+    assert first.position == 0 and first.total == 4 and first.video.suffix == ".mp4"
+    second = runner.submit("alice", 0, {q.id: 4 for q in study.questions})
+    assert second.position == 1
+    with pytest.raises(AlreadyAnswered):
+        runner.submit("alice", 0, {q.id: 1 for q in study.questions})
+    resumed = StudyRunner(study)  # a restarted server
+    assert resumed.next_trial("alice").position == 1
+    with sqlite3.connect(study.database) as db:
+        recorded = db.execute("SELECT clip, system FROM trials WHERE participant='alice' ORDER BY position").fetchall()
+        rows = db.execute("SELECT participant, clip, system, question, score FROM responses").fetchall()
+    assert recorded == trial_order(study, "alice")
+    assert sorted(rows) == sorted(("alice", *recorded[0], q.id, 4) for q in study.questions)
+
+
+def test_media_names_hide_the_system(study):
+    runner = StudyRunner(study)
+    view = runner.next_trial("alice")
+    data = view.video.read_bytes()
+    for name, directory in SYSTEMS.items():
+        assert name not in str(view.video) and directory not in str(view.video)
+        assert name.encode() not in data and directory.encode() not in data
+    import av
+
+    with av.open(str(view.video)) as c:
+        assert c.streams.video and c.streams.audio
+        assert float(c.streams.audio[0].duration * c.streams.audio[0].time_base) == pytest.approx(2.0, abs=0.1)
+
+
+def test_two_threads_submitting_at_once_lose_no_row(study):
+    runner = StudyRunner(study)
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def participant(who: str) -> None:
+        try:
+            for position in range(study.n_trials):
+                runner.next_trial(who)
+                barrier.wait(timeout=30)  # both submit the same step at the same moment
+                runner.submit(who, position, {q.id: 1 + (position + len(who)) % 5 for q in study.questions})
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=participant, args=(w,)) for w in ("ann", "bobby")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rows = runner.store.responses()
+    assert len(rows) == 2 * study.n_trials * len(study.questions)
+    assert {(r.participant, r.clip, r.system) for r in rows} == {
+        (w, c, s) for w in ("ann", "bobby") for c in CLIPS for s in SYSTEMS}
+
+
+def test_bootstrap_ci_matches_the_normal_approximation():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(1, 6, 400).astype(float)
+    low, high = bootstrap_ci(scores, 20000, np.random.default_rng(1))
+    half = 1.96 * scores.std() / np.sqrt(len(scores))
+    assert low == pytest.approx(scores.mean() - half, abs=0.02) and high == pytest.approx(scores.mean() + half, abs=0.02)
+    assert bootstrap_ci(np.full(5, 3.0), 100, np.random.default_rng(0)) == (3.0, 3.0)
+
+
+def test_results_command_writes_table_csv_and_figure(study, capsys):
+    runner = StudyRunner(study)
+    for who in ("ann", "bob"):
+        for position in range(study.n_trials):
+            trial = runner.trials(who)[position]
+            score = 5 if trial.system == "zebra_secret_system" else 2
+            runner.submit(who, position, {q.id: score for q in study.questions})
+    assert runner.next_trial("ann") is None  # every trial answered: the page thanks them
+    assert cli_main(["study", "results", str(study.path), "--resamples", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "2 participants" in out and "zebra_secret_system" in out
+    results = study.database.parent / "study-results"
+    lines = (results / "results.csv").read_text().splitlines()
+    assert lines[0] == "system,question,n,mean,ci95_low,ci95_high" and len(lines) == 1 + 2 * 4
+    assert "quokka_hidden_system,musicality,4,2.0000,2.0000,2.0000" in lines
+    assert (results / "ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = summarise(study, runner.store.responses(), 200)
+    assert [(r.system, r.question) for r in rows][:2] == [("quokka_hidden_system", "musicality"),
+                                                          ("quokka_hidden_system", "text_music")]

@@ -1,0 +1,159 @@
+"""Checkpoint faults on the command line: unreadable or mismatched files are refused in one line naming them,
+for `expotion generate --checkpoint` and for resuming training with `--ckpt_path`; an adaptor finds the MusicGen
+and the extractors it was trained with."""
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import moving_frames, write_video
+from test_training import run_train, tiny_config
+
+from expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.checkpoint import read_adaptor, save_adaptor
+from expotion.cli import main as cli_main
+from expotion.data import ClipDataset
+from expotion.embedding import VisualConfig
+from expotion.musicgen import load_musicgen, model_signature
+
+
+class WritesAFile:
+    """Pickled code: unpickling it would create ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.path),)
+
+
+def unusable_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
+    """Broken copies of ``good``, each with the words its refusal must contain."""
+    data = good.read_bytes()
+    empty, truncated, code = tmp_path / "empty.pt", tmp_path / "truncated.pt", tmp_path / "code.pt"
+    empty.write_bytes(b"")
+    truncated.write_bytes(data[: len(data) // 2])
+    torch.save({"format": "expotion-adaptor", "hook": WritesAFile(tmp_path / "ran")}, code)
+    return {"empty": (empty, "empty file (0 bytes), not a checkpoint"),
+            "truncated": (truncated, "unreadable checkpoint (truncated or corrupt): "),
+            "code": (code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors")}
+
+
+def narrowed_copy(cache: Path, dest: Path, stream: str, width: int) -> Path:
+    """A copy of ``cache`` whose ``stream`` features have another width (as another extractor would give)."""
+    shutil.copytree(cache, dest)
+    for shard in dest.rglob("shard-*.h5"):
+        with h5py.File(shard, "a") as f:
+            for group in f["clips"].values():
+                old = group[stream]
+                data, attrs = old[()][..., :width], dict(old.attrs)
+                del group[stream]
+                group.create_dataset(stream, data=data).attrs.update(attrs)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def musicgen(tiny_profile_cfg):
+    return load_musicgen(tiny_profile_cfg.musicgen)
+
+
+@pytest.fixture(scope="module")
+def adaptor_file(musicgen, demo_cache, tmp_path_factory) -> Path:
+    spec = ClipDataset(demo_cache[0] / "val", ("marlin", "synchformer"), 2.0, False).spec
+    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=2.0), spec.dims, 50.0)
+    return save_adaptor(tmp_path_factory.mktemp("ckpt") / "adaptor.pt", adaptor, model_signature(musicgen), spec)
+
+
+def generate_error(args: list[str], caplog) -> str:
+    """Run `expotion generate ARGS`; it must fail with exit code 2 and exactly one single-line error."""
+    caplog.clear()
+    assert cli_main(["generate", *args]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    return errors[0]
+
+
+def test_generate_refuses_unusable_adaptor_files_in_one_line(tmp_path, demo_cache, adaptor_file, caplog):
+    batch = ["--cache", str(demo_cache[0] / "val"), "--out-dir", str(tmp_path / "out")]
+    for name, (path, words) in unusable_files(tmp_path, adaptor_file).items():
+        assert generate_error([*batch, "--checkpoint", str(path)], caplog).startswith(f"{path}: {words}"), name
+    assert not (tmp_path / "ran").exists()  # the pickled code never ran
+
+    payload = torch.load(adaptor_file, weights_only=True)
+    n = payload["state_dict"]["h0"].shape[0]
+    payload["state_dict"]["h0"] = payload["state_dict"]["h0"][:, :5]
+    torch.save(payload, tmp_path / "reshaped.pt")
+    assert generate_error([*batch, "--checkpoint", str(tmp_path / "reshaped.pt")], caplog) == (
+        f"{tmp_path / 'reshaped.pt'}: the adaptor weights do not fit: h0 has shape ({n}, 5), the adaptor ({n}, 64)")
+
+    narrow = narrowed_copy(demo_cache[0], tmp_path / "narrow", "synchformer", 16)
+    message = generate_error(["--cache", str(narrow / "val"), "--out-dir", str(tmp_path / "out"),
+                              "--checkpoint", str(adaptor_file)], caplog)
+    assert message == (f"{adaptor_file}: adaptor expects 'synchformer' features of shape (32,), "
+                       f"{narrow / 'val'} clip demo-002-000 has (16,)")
+    assert not (tmp_path / "out").exists()  # refused before anything was generated
+
+
+def test_resume_refuses_unusable_checkpoints_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys, monkeypatch):
+    from expotion.musicgen import TinyMusicGenConfig, save_tiny
+    from expotion.train import run
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
+    fit = ["fit", "--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0"]
+    assert run(fit) == 0
+    capsys.readouterr()
+    good = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    elsewhere = [*fit, f"--trainer.default_root_dir={tmp_path / 'other'}"]
+    for name, (path, words) in unusable_files(tmp_path, good).items():
+        code, error = run_train([*elsewhere, "--ckpt_path", str(path)], capsys)
+        assert code == 2 and error.startswith(f"error: {path}: {words}"), name
+    assert not (tmp_path / "ran").exists()
+
+    narrow = narrowed_copy(demo_cache[0], tmp_path / "narrow", "synchformer", 16)
+    code, error = run_train([*elsewhere, f"--data.cache_dir={narrow}", "--ckpt_path", str(good)], capsys)
+    assert code == 2 and error.startswith(f"error: {good}: adaptor expects 'synchformer' features of shape (32,)")
+    assert "got (16,)" in error
+
+    other = save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))
+    (tmp_path / "other" / "checkpoints").mkdir(parents=True)
+    shutil.copy(good, tmp_path / "other" / "checkpoints" / "last.ckpt")
+    code, error = run_train([*elsewhere, f"--model.musicgen={other}", "--ckpt_path", "last"], capsys)
+    assert code == 2 and "num_layers: checkpoint 4 vs model 6" in error
+    assert error.startswith(f"error: {tmp_path / 'other' / 'checkpoints' / 'last.ckpt'}: ")
+
+
+def test_generate_uses_the_musicgen_and_extractors_it_was_trained_with(tmp_path, demo_cache, tiny_profile_cfg,
+                                                                       monkeypatch, caplog):
+    """Trained with a relative MusicGen path and the tiny extractors; generated from another folder, after the
+    project moved, without --musicgen or --profile."""
+    from expotion.train import main
+
+    project = tmp_path / "project"
+    shutil.copytree(Path(tiny_profile_cfg.musicgen), project / "models" / "musicgen_tiny")
+    monkeypatch.chdir(project)
+    config = tiny_config(project, demo_cache[0], tiny_profile_cfg, musicgen="models/musicgen_tiny")
+    main(["fit", "--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+    payload = read_adaptor(project / "run" / "adaptor.pt")
+    assert payload["musicgen"]["local"] == {"path": str(project / "models" / "musicgen_tiny"),
+                                            "from_run": "../models/musicgen_tiny"}
+    assert payload["extractors"]["profile"] == "tiny"
+    assert payload["extractors"]["weights_dir"]["path"] == str(Path(tiny_profile_cfg.weights_dir).resolve())
+
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    video = write_video(elsewhere / "v.mp4", moving_frames(50, 64, 80), fps=25)
+    code = cli_main(["generate", "--video", str(video), "--prompt", "calm piano", "--checkpoint",
+                     str(moved / "run" / "adaptor.pt"), "--out", "o.wav", "--top-k", "50"])
+    assert code == 0, caplog.text
+    wav, sr = sf.read(elsewhere / "o.wav")
+    assert sr == 32000 and len(wav) == 64000 and np.abs(wav).max() > 0
+    assert "MARLIN" not in caplog.text
