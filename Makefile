@@ -1,4 +1,5 @@
-# Expotion — one entry point per stage. Every target installs what it needs first.
+# Expotion — one target per stage, each a subcommand of `expotion` (src/expotion/cli.py).
+# Every target installs what it needs first.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,6 +8,7 @@ PY := $(VENV)/bin/python
 # holds their hash, so a fresh clone beside an installed .venv does not reinstall.
 REQUIREMENTS := $(sort $(wildcard requirements/*.txt)) pyproject.toml
 REQUIREMENTS_HASH := $(shell sha256sum $(REQUIREMENTS) | sha256sum | cut -c1-16)
+EXPOTION := $(PY) -m expotion.cli
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
@@ -18,6 +20,8 @@ CACHE ?= cache/demo
 PROFILE ?= tiny
 WORKERS ?= 2
 EXTRACTORS ?= marlin,synchformer,raft,codes,t5
+TINY_DIR ?= cache/tiny-weights
+DEVICE ?=
 FEATURE_ARGS ?=
 # Training: one or more LightningCLI configs (later ones override), plus CLI overrides.
 # A run writes everything under its trainer.default_root_dir (tiny_cpu.yaml: runs/tiny_cpu).
@@ -26,7 +30,7 @@ ARGS ?=
 LOGDIR ?= runs
 DEMO_RUN := runs/tiny_cpu
 
-.PHONY: install demo demo-data features train generate eval tensorboard app browser-deps test test-all clean-cache
+.PHONY: install demo demo-data tiny-weights features train generate eval tensorboard app browser-deps test test-all clean-cache
 
 install: $(STAMP)
 
@@ -45,27 +49,31 @@ $(STAMP):
 demo-data: install
 	$(PY) -m expotion.demo.synth $(DEMO_DIR)
 
-demo: demo-data
+# Small random models in the released formats, written once (the tiny profile and eval tests read them).
+tiny-weights: install
+	$(EXPOTION) weights make-tiny $(TINY_DIR)
+
+demo: demo-data tiny-weights
 	$(MAKE) --no-print-directory features
-	@echo "demo features written to $(CACHE); inspect with: $(PY) -m expotion.cache inspect $(CACHE)"
+	@echo "demo features written to $(CACHE); inspect with: $(EXPOTION) cache inspect $(CACHE)"
 	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml \
 		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(DEMO_RUN)"
 	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_RUN)/adaptor.pt
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
-	$(PY) precompute/extract.py --manifest $(MANIFEST) --cache $(CACHE) --profile $(PROFILE) \
-		--workers $(WORKERS) --extractors $(EXTRACTORS) $(FEATURE_ARGS)
+	$(EXPOTION) features --manifest $(MANIFEST) --cache $(CACHE) --profile $(PROFILE) --tiny-dir $(TINY_DIR) \
+		--workers $(WORKERS) --extractors $(EXTRACTORS) $(if $(DEVICE),--device $(DEVICE)) $(FEATURE_ARGS)
 
 train: install
-	$(PY) -m expotion.train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
+	$(EXPOTION) train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
 # Batch generation for a cached split (the checkpoint names its MusicGen and extractor profile)
 SPLIT ?= $(CACHE)/val
 OUT_DIR ?= outputs/generated
 GEN_ARGS ?= --checkpoint $(DEMO_RUN)/adaptor.pt --reference-dir outputs/reference
 generate: install
-	$(PY) -m expotion.cli generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(GEN_ARGS)
+	$(EXPOTION) generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(GEN_ARGS)
 
 # Table 1 metrics: generated vs reference audio, paired by clip id.
 GENERATED ?= $(OUT_DIR)
@@ -73,7 +81,7 @@ REFERENCE ?= outputs/reference
 RESULTS ?= results/demo
 EVAL_ARGS ?=
 eval: install
-	$(PY) -m expotion.cli eval --generated $(GENERATED) --reference $(REFERENCE) --out $(RESULTS) $(EVAL_ARGS)
+	$(EXPOTION) eval --generated $(GENERATED) --reference $(REFERENCE) --out $(RESULTS) $(EVAL_ARGS)
 
 tensorboard: install
 	$(PY) -m tensorboard.main --logdir $(LOGDIR)
@@ -83,7 +91,7 @@ APP_ARGS ?= --profile tiny --musicgen cache/tiny-weights/musicgen_tiny --tiny-di
 STUDY ?=
 app: install
 	@test -f cache/tiny-weights/musicgen_tiny/state_dict.bin || { echo "no demo models yet: run 'make demo' first"; exit 1; }
-	$(PY) -m expotion.cli app $(APP_ARGS) $(if $(STUDY),--study $(STUDY))
+	$(EXPOTION) app $(APP_ARGS) $(if $(STUDY),--study $(STUDY))
 
 # Debian's chromium and chromedriver for the browser test (root, or sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -8,7 +8,7 @@ import torch
 
 from expotion.adaptor import AdaptorConfig, ConditionAdaptor
 from expotion.embedding import VisualConfig
-from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny_musicgen
+from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
 
 FEATURE_DIMS = {"marlin": 768, "synchformer": 768}  # the released MARLIN and Synchformer widths
 
@@ -24,7 +24,7 @@ def random_musicgen(layers: int, dim: int, device: str, card: int = 2048):
     """A random MusicGen saved in the released format and loaded through ``MusicGen.get_pretrained``."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TinyMusicGenConfig(dim=dim, num_layers=layers, num_heads=8, card=card)
-        return load_musicgen(str(save_tiny_musicgen(tmp, cfg)), device=device)
+        return load_musicgen(str(save_tiny(tmp, cfg=cfg)), device=device)
 
 
 def trained_adaptor(lm, n_adapted: int, seconds: float, device: str) -> ConditionAdaptor:

@@ -23,6 +23,7 @@ from expotion.data import ClipDataset, collate, visual_names  # noqa: E402
 from expotion.demo.synth import synthesize_demo  # noqa: E402
 from expotion.embedding import VisualConfig  # noqa: E402
 from expotion.features import tiny_profile  # noqa: E402
+from expotion.tiny import PRECOMPUTE, make_tiny  # noqa: E402
 from expotion.musicgen import load_musicgen  # noqa: E402
 from expotion.objective import codebook_cross_entropy  # noqa: E402
 from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
@@ -90,6 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         manifest = synthesize_demo(work / "data", n_recordings=args.recordings, n_val=0)
+        make_tiny(work / "tiny", PRECOMPUTE)
         ext = tiny_profile(work / "tiny")
         run(PrecomputeConfig(manifest=manifest, cache=work / "cache", extractors=ext, workers=2))
         dataset = ClipDataset(work / "cache" / "train", STREAMS, crop_seconds=10.0, random_crop=True)

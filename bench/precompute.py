@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from expotion.demo.synth import synthesize_demo  # noqa: E402
 from expotion.features import tiny_profile  # noqa: E402
+from expotion.tiny import PRECOMPUTE, make_tiny  # noqa: E402
 from expotion.manifest import load_manifest  # noqa: E402
 from expotion.media import iter_clip_frames  # noqa: E402
 from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> None:
         work = Path(tmp)
         manifest = synthesize_demo(work / "data", n_recordings=args.recordings, n_val=0)
         tiny_dir = work / "tiny"
-        tiny_profile(tiny_dir)
+        make_tiny(tiny_dir, PRECOMPUTE)
         video = load_manifest(manifest)[0].video
 
         shared, separate = bench_decode(video)

@@ -28,8 +28,11 @@ def pytest_collection_modifyitems(config, items):
 def tiny_profile_cfg(tmp_path_factory):
     """Tiny random extractors and MusicGen, written once in the real on-disk formats."""
     from expotion.features import tiny_profile
+    from expotion.tiny import PRECOMPUTE, make_tiny
 
-    return tiny_profile(tmp_path_factory.mktemp("tiny-weights"))
+    root = tmp_path_factory.mktemp("tiny-weights")
+    make_tiny(root, PRECOMPUTE)
+    return tiny_profile(root)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ import torch
 
 from expotion.adaptor import AdaptorConfig, ConditionAdaptor
 from expotion.embedding import VisualConfig, temporal_smoothing
-from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny_musicgen
+from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
 from expotion.rates import DEFAULT_RATES, StreamRate
 
 DIMS = {"marlin": 24, "synchformer": 20, "raft": 2}
@@ -13,7 +13,7 @@ DIMS = {"marlin": 24, "synchformer": 20, "raft": 2}
 @pytest.fixture(scope="module", params=[(4, 1), (6, 3)], ids=["N4-L1", "N6-L3"])
 def model_and_l(request, tmp_path_factory):
     n_layers, n_adapted = request.param
-    path = save_tiny_musicgen(tmp_path_factory.mktemp(f"mg{n_layers}"), TinyMusicGenConfig(num_layers=n_layers), seed=1)
+    path = save_tiny(tmp_path_factory.mktemp(f"mg{n_layers}"), seed=1, cfg=TinyMusicGenConfig(num_layers=n_layers))
     return load_musicgen(str(path)), n_adapted
 
 

@@ -100,7 +100,7 @@ def test_generate_refuses_unusable_adaptor_files_in_one_line(tmp_path, demo_cach
 
 
 def test_resume_refuses_unusable_checkpoints_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys, monkeypatch):
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny_musicgen
+    from expotion.musicgen import TinyMusicGenConfig, save_tiny
     from expotion.train import run
 
     monkeypatch.chdir(tmp_path)
@@ -120,7 +120,7 @@ def test_resume_refuses_unusable_checkpoints_in_one_line(tmp_path, demo_cache, t
     assert code == 2 and error.startswith(f"error: {good}: adaptor expects 'synchformer' features of shape (32,)")
     assert "got (16,)" in error
 
-    other = save_tiny_musicgen(tmp_path / "mg6", TinyMusicGenConfig(num_layers=6))
+    other = save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))
     (tmp_path / "other" / "checkpoints").mkdir(parents=True)
     shutil.copy(good, tmp_path / "other" / "checkpoints" / "last.ckpt")
     code, error = run_train([*elsewhere, f"--model.musicgen={other}", "--ckpt_path", "last"], capsys)

@@ -12,7 +12,8 @@ import pytest
 from eval_synth import click_track, tone, write_video, write_wav
 
 from expotion.cli import main as expotion_main
-from expotion.evaluation import models, tiny
+from expotion import tiny
+from expotion.evaluation import models
 
 SR = 22050
 SECONDS = 6.0

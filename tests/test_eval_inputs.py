@@ -15,7 +15,8 @@ from eval_synth import click_track, tone, write_video, write_wav
 
 from expotion.cache import list_shards, open_shard
 from expotion.cli import main as expotion_main
-from expotion.evaluation import embed, languagebind, models, tiny
+from expotion import tiny
+from expotion.evaluation import embed, languagebind, models
 from expotion.evaluation.batching import full_precision
 from expotion.evaluation.files import captions_for_clips, read_captions
 from expotion.evaluation.video import VideoClip, uniform_frames
@@ -35,7 +36,7 @@ def empty_model_caches(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     wdir = tmp_path_factory.mktemp("weights")
-    for key in tiny.KEYS:
+    for key in tiny.EVALUATION:
         tiny.write(key, wdir)
     return wdir
 

@@ -10,7 +10,8 @@ import torch
 from eval_synth import tone, write_video
 
 from expotion.cli import main as expotion_main
-from expotion.evaluation import clap, languagebind, models, passt, tiny, vggish
+from expotion import tiny
+from expotion.evaluation import clap, languagebind, models, passt, vggish
 from expotion.weights import REGISTRY, MissingWeightsError
 
 EVAL_KEYS = ("vggish", "passt", "clap_music", "languagebind_video", "languagebind_audio")
@@ -106,15 +107,15 @@ def test_missing_weights_name_the_file_and_where(caches, key):
 
 def test_single_files_are_found_in_torch_hub_checkpoints(caches):
     hub = caches / "torch" / "hub" / "checkpoints"
-    vggish.save_random(hub / models.VGGISH_FILE)
+    vggish.save_tiny(hub / models.VGGISH_FILE)
     assert models.resolve("vggish", caches / "weights") == hub / models.VGGISH_FILE
-    passt.save_random(caches / "weights" / models.PASST_FILE)
+    passt.save_tiny(caches / "weights" / models.PASST_FILE)
     assert models.resolve("passt", caches / "weights") == caches / "weights" / models.PASST_FILE
 
 
 def test_hf_checkpoints_are_found_in_the_hub_cache(caches):
     snapshot = caches / "hf" / "models--LanguageBind--LanguageBind_Audio_FT" / "snapshots" / "0123abc"
-    languagebind.save_random(snapshot, tiny.TINY_AUDIO)
+    languagebind.save_tiny(snapshot, modality="audio")
     refs = caches / "hf" / "models--LanguageBind--LanguageBind_Audio_FT" / "refs"
     refs.mkdir(parents=True)
     (refs / "main").write_text("0123abc")
@@ -134,7 +135,7 @@ def test_hf_directory_without_weights_is_missing(caches):
 
 
 def test_vggish_loads_and_embeds(tmp_path):
-    model = models.load_vggish(vggish.save_random(tmp_path / models.VGGISH_FILE))
+    model = models.load_vggish(vggish.save_tiny(tmp_path / models.VGGISH_FILE))
     emb = vggish.embed(model, np.random.default_rng(0).normal(size=16000 * 5).astype(np.float32) * 0.1)
     assert emb.shape == (5, 128) and emb.dtype == np.float32
     assert (emb < 0).any()  # taken before the final ReLU
@@ -148,7 +149,7 @@ def test_vggish_rejects_a_foreign_state_dict(tmp_path):
 
 
 def test_passt_loads_and_tags_chunks(tmp_path):
-    tagger = models.load_passt(passt.save_random(tmp_path / models.PASST_FILE))
+    tagger = models.load_passt(passt.save_tiny(tmp_path / models.PASST_FILE))
     x = np.random.default_rng(0).normal(size=32000 * 25).astype(np.float32) * 0.1
     logits = passt.clip_logits(tagger, x)
     assert logits.shape == (3, 527)  # 10 s + 10 s + 5 s
@@ -195,7 +196,7 @@ def test_languagebind_config_is_read_from_the_released_layout(tmp_path):
     doc = json.loads((d / "config.json").read_text())
     assert doc["vision_config"]["num_frames"] == 8 and doc["vision_config"]["add_time_attn"] is True
     cfg = languagebind.TowerConfig.from_json(d / "config.json")
-    assert cfg == tiny.TINY_VIDEO
+    assert cfg == languagebind.TINY_VIDEO
 
 
 def test_clap_loads_and_embeds(tmp_path):
@@ -212,7 +213,7 @@ def test_clap_loads_and_embeds(tmp_path):
 
 
 def test_clap_refuses_a_tokenizer_smaller_than_the_text_encoder(tmp_path):
-    d = clap.save_random(tmp_path / "larger_clap_music", vocab_size=1000)
+    d = clap.save_tiny(tmp_path / "larger_clap_music", vocab_size=1000)
     with pytest.raises(clap.TokenizerError, match="261 tokens but the text encoder's vocabulary has 1000"):
         models.load_clap(d)
 

@@ -157,6 +157,7 @@ def test_generate_plot_writes_the_figure_next_to_the_wav(tmp_path, tiny_profile_
     video = write_video(tmp_path / "v.mp4", moving_frames(30, 64, 80), fps=25)
     out = tmp_path / "music" / "o.wav"
     code = expotion_main(["generate", "--video", str(video), "--prompt", "jazz", "--out", str(out), "--plot",
-                          "--musicgen", tiny_profile_cfg.musicgen, "--profile", "tiny", "--top-k", "50"])
+                          "--musicgen", tiny_profile_cfg.musicgen, "--profile", "tiny", "--tiny-dir", tiny_profile_cfg.weights_dir,
+                          "--top-k", "50"])
     assert code == 0
     assert (tmp_path / "music" / "o.png").read_bytes().startswith(PNG_MAGIC)

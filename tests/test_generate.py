@@ -17,7 +17,7 @@ from expotion.checkpoint import save_adaptor
 from expotion.cli import main as cli_main
 from expotion.data import ClipDataset
 from expotion.embedding import VisualConfig
-from expotion.files import atomic_output
+from expotion.atomic import atomic_path
 from expotion.generate import ModelSettings, SamplingSettings, generate_for_video, load_models
 from expotion.generation import GenerationError, decoding_steps, generate_tokens, generation_windows
 from expotion.media import iter_clip_frames
@@ -166,9 +166,9 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
         c.mux(a.encode(None))
     assert cli_main([*base[:2], str(empty), *base[3:], "--prompt", "x"]) == 2
     assert "empty.mp4: the video has no frames" in caplog.text
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny_musicgen
+    from expotion.musicgen import TinyMusicGenConfig, save_tiny
 
-    other = save_tiny_musicgen(tmp_path / "mg6", TinyMusicGenConfig(num_layers=6))
+    other = save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))
     args = [*base, "--prompt", "x", "--checkpoint", str(checkpoint)]
     args[args.index("--musicgen") + 1] = str(other)
     assert cli_main(args) == 2
@@ -216,14 +216,14 @@ def test_missing_mux_folder_is_created_and_a_blocked_one_refused_before_generati
     assert not (tmp_path / "o2.wav").exists() and time.perf_counter() - start < 5  # before loading any model
 
 
-def test_atomic_output_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
+def test_atomic_path_keeps_the_old_file_until_the_new_one_is_complete(tmp_path):
     target = tmp_path / "out.wav"
     target.write_bytes(b"previous")
-    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["out.wav"]
-    with atomic_output(target) as tmp:
+    with atomic_path(target) as tmp:
         assert tmp.parent == tmp_path and tmp.suffix == ".wav" and tmp != target
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["out.wav"]

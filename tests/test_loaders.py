@@ -11,9 +11,9 @@ from expotion.weights import MissingWeightsError
 # ---- MusicGen (audiocraft) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_musicgen_dir(tmp_path_factory):
-    from expotion.musicgen import save_tiny_musicgen
+    from expotion.musicgen import save_tiny
 
-    return save_tiny_musicgen(tmp_path_factory.mktemp("musicgen"))
+    return save_tiny(tmp_path_factory.mktemp("musicgen"))
 
 
 def test_tiny_musicgen_files_have_audiocraft_export_layout(tiny_musicgen_dir):
@@ -84,9 +84,9 @@ def test_truncated_t5_vocabulary_is_refused():
 
 # ---- MARLIN ------------------------------------------------------------------------------------
 def test_marlin_encoder_file_round_trip(tmp_path):
-    from expotion.extractors.marlin import load_marlin, save_tiny_marlin
+    from expotion.extractors.marlin import load_marlin, save_tiny
 
-    path = save_tiny_marlin(tmp_path, dim=32)
+    path = save_tiny(tmp_path / "marlin_vit_tiny.encoder.pt", dim=32)
     saved = torch.load(path, weights_only=True)
     assert all(k.startswith("encoder.") for k in saved)  # the released *.encoder.pt layout
     enc = load_marlin(path)
@@ -109,12 +109,12 @@ def test_marlin_missing_file_names_it(tmp_path):
 
 # ---- RAFT (torchvision) ------------------------------------------------------------------------
 def test_raft_from_torch_hub_cache(tmp_path, monkeypatch):
-    from expotion.extractors.raft import RAFT_FILES, load_raft, save_tiny_raft
+    from expotion.extractors.raft import RAFT_FILES, load_raft, save_tiny
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingWeightsError, match=RAFT_FILES["small"]):
         load_raft("small")
-    path = save_tiny_raft(tmp_path / "hub" / "checkpoints" / RAFT_FILES["small"], "small", seed=3)
+    path = save_tiny(tmp_path / "hub" / "checkpoints" / RAFT_FILES["small"], seed=3)
     model = load_raft("small")  # torchvision's own weights enum, offline from the cache
     saved = torch.load(path, weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
@@ -123,9 +123,9 @@ def test_raft_from_torch_hub_cache(tmp_path, monkeypatch):
 def test_raft_explicit_checkpoint_and_flow_shapes(tmp_path):
     from conftest import moving_frames
 
-    from expotion.extractors.raft import FlowConfig, compute_flow, load_raft, save_tiny_raft
+    from expotion.extractors.raft import FlowConfig, compute_flow, load_raft, save_tiny
 
-    model = load_raft("small", save_tiny_raft(tmp_path / "raft.pth", "small"))
+    model = load_raft("small", save_tiny(tmp_path / "raft.pth"))
     frames = moving_frames(4, 96, 120)
     flow = compute_flow(model, frames, FlowConfig(128, 128, updates=2, pool=8))
     assert flow.shape == (3, 2, 16, 16) and np.isfinite(flow).all()

@@ -239,13 +239,14 @@ def test_shard_writer_refuses_non_finite_values(tmp_path):
 
 def test_clips_with_non_finite_or_misshapen_features_are_skipped_with_a_reason(
         small_demo, tiny_profile_cfg, tmp_path, monkeypatch):
-    from expotion.features import Extractors
+    from expotion.features import STREAMS
 
-    extract = Extractors.synchformer_features
+    stream = STREAMS["synchformer"]
     calls = []
 
-    def faulty(self, clip, duration_s):
-        tokens = extract(self, clip, duration_s)
+    def faulty(ex, model, clip, duration_s, face_box, out):
+        stream.compute(ex, model, clip, duration_s, face_box, out)
+        tokens = out.arrays["synchformer"]
         calls.append(1)
         if len(calls) == 1:
             tokens[3, 5] = np.nan
@@ -253,9 +254,8 @@ def test_clips_with_non_finite_or_misshapen_features_are_skipped_with_a_reason(
             tokens[0, 0] = 1e5  # finite in float32, inf once stored as float16
         elif len(calls) == 3:
             check_shape("synchformer", tokens[1:].shape, tokens.shape, duration_s)
-        return tokens
 
-    monkeypatch.setattr(Extractors, "synchformer_features", faulty)
+    monkeypatch.setitem(STREAMS, "synchformer", replace(stream, compute=faulty))
     summary = run(config(small_demo, tmp_path / "cache", tiny_profile_cfg, names=("synchformer",)))
     reasons = {s["clip"]: s["reason"] for s in summary.skipped}
     assert sorted(reasons) == ["demo-000-000", "demo-000-001", "demo-001-000"]
@@ -300,8 +300,8 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     finished = subprocess.Popen(["true"])
     finished.wait()
     (tmp_path / "train").mkdir()
-    stale = tmp_path / "train" / f".shard-00000.h5.tmp-{finished.pid}"
-    live = tmp_path / "train" / f".shard-00001.h5.tmp-{os.getpid()}"
+    stale = tmp_path / "train" / f".shard-00000.tmp-{finished.pid}-0a1b.h5"
+    live = tmp_path / "train" / f".shard-00001.tmp-{os.getpid()}-2c3d.h5"
     stale.write_bytes(b"partial")
     live.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale]
@@ -430,7 +430,7 @@ def test_killing_a_two_worker_run_stops_its_workers(small_demo, tiny_profile_cfg
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, workers = time.time() + 600, set()
     while len(workers) < 2 and time.time() < deadline:  # each busy worker writes a temporary named by its pid
-        workers |= {int(p.name.rsplit("-", 1)[1]) for p in cache.rglob(".shard-*.h5.tmp-*")}
+        workers |= {int(p.name.split(".tmp-")[1].split("-")[0]) for p in cache.rglob(".shard-*.tmp-*.h5")}
         time.sleep(0.05)
     assert len(workers) == 2 and proc.pid not in workers
     killed = time.perf_counter()

@@ -105,7 +105,7 @@ def test_dataset_refuses_bad_shards(demo_cache, tmp_path):
 def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_path, tiny_profile_cfg):
     from expotion.adaptor import AdaptorConfig, ConditionAdaptor
     from expotion.embedding import VisualConfig
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny_musicgen
+    from expotion.musicgen import TinyMusicGenConfig, save_tiny
 
     spec = ClipDataset(demo_cache[0] / "val", STREAMS, 2.0, False).spec
     sig = model_signature(musicgen)
@@ -117,7 +117,7 @@ def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_pa
     loaded, loaded_spec = load_adaptor(path, musicgen.lm, sig, spec)
     assert loaded_spec == spec
     assert all(torch.equal(v, adaptor.state_dict()[k]) for k, v in loaded.state_dict().items())
-    other = load_musicgen(str(save_tiny_musicgen(tmp_path / "mg6", TinyMusicGenConfig(num_layers=6))))
+    other = load_musicgen(str(save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))))
     with pytest.raises(CheckpointMismatch, match="num_layers: checkpoint 4 vs model 6"):
         load_adaptor(path, other.lm, model_signature(other))
     wrong = type(spec)({**spec.shapes, "marlin": (768,)}, spec.rates, spec.text_dim)
@@ -240,14 +240,19 @@ def test_every_config_parses(tmp_path):
             pass
 
     configs = ROOT / "lightning_configs"
-    combos = [[configs / "tiny_cpu.yaml"]] + [[configs / f"musicgen_{s}.yaml"] for s in ("small", "medium", "large")]
-    combos += [[configs / "musicgen_large.yaml", a] for a in sorted((configs / "ablations").glob("*.yaml"))]
-    combos += [[configs / "musicgen_large.yaml", configs / "ddp_4gpu.yaml"]]
+    paper, large = configs / "paper.yaml", configs / "musicgen_large.yaml"
+    combos = [[configs / "tiny_cpu.yaml"], [paper]]
+    combos += [[paper, configs / f"musicgen_{s}.yaml"] for s in ("small", "medium", "large")]
+    combos += [[paper, large, a] for a in sorted((configs / "ablations").glob("*.yaml"))]
+    combos += [[paper, large, configs / "ddp_4gpu.yaml"]]
     for files in combos:
         args = [x for f in files for x in ("--config", str(f))]
         cli = ParseOnly(ExpotionModule, ShardDataModule, run=False, args=args)
         cfg = cli.config
         assert cfg.model.adaptor.n_adapted >= 1
+        if files[-1].name == "musicgen_small.yaml":
+            assert cfg.model.musicgen == "facebook/musicgen-small" and cfg.model.adaptor.n_adapted == 24
+            assert cfg.trainer.default_root_dir == "runs/musicgen_small" and cfg.model.lr == 0.01  # base kept
         if files[-1].name == "face.yaml":
             assert cfg.model.adaptor.visual.face and cfg.model.adaptor.visual.motion is None
             assert cfg.model.adaptor.n_adapted == 48  # the overlay keeps the size config's other fields

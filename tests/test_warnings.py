@@ -46,7 +46,8 @@ def test_a_generate_command_prints_none_of_the_known_warnings(tmp_path, tiny_pro
     video = write_video(tmp_path / "v.mp4", moving_frames(25, 64, 80), fps=25)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "expotion.cli", "generate", "--video", str(video), "--prompt", "pop",
-                           "--musicgen", tiny_profile_cfg.musicgen, "--profile", "tiny", "--top-k", "20",
+                           "--musicgen", tiny_profile_cfg.musicgen, "--profile", "tiny", "--tiny-dir", tiny_profile_cfg.weights_dir,
+                           "--top-k", "20",
                            "--out", str(tmp_path / "o.wav")], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for message in KNOWN:

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .embedding import JointVisualEmbedding, VisualConfig
+from .layers import merge_heads, split_heads
 from .rates import StreamRate
 
 PrefixState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # Q_p, K_p, V_p as (B, heads, S, head_dim)
@@ -56,16 +57,6 @@ def attention_weights(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     if attn.custom:
         return attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.weight, attn.out_proj.bias
     return attn.mha.in_proj_weight, attn.mha.in_proj_bias, attn.mha.out_proj.weight, attn.mha.out_proj.bias
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, t, d = x.shape
-    return x.view(b, t, heads, d // heads).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    b, h, t, dh = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * dh)
 
 
 def qkv_projection(x: torch.Tensor, attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

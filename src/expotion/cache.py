@@ -9,7 +9,7 @@ name and renamed when complete, so a killed run never leaves a partial shard.
 No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
 One run at a time writes a cache: :func:`cache_lock` holds ``<cache>/.lock``.
 
-Usage: ``python -m expotion.cache inspect PATH`` (a shard or a directory).
+Usage: ``expotion cache inspect PATH`` (a shard or a directory).
 """
 from __future__ import annotations
 
@@ -27,12 +27,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .atomic import AtomicFile
 from .rates import DEFAULT_RATES, Rates
 
 SCHEMA_VERSION = 1
 FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
 LOCK_NAME = ".lock"
-TEMPORARY = re.compile(r"^\.shard-\d+\.h5\.tmp-(\d+)$")
+TEMPORARY = re.compile(r"^\.shard-\d+\.tmp-(\d+)-[0-9a-f]+\.h5$")  # see expotion.atomic.temporary_path
 
 
 class CacheError(RuntimeError):
@@ -52,9 +53,8 @@ class ShardWriter:
 
     def __init__(self, path: Path, attrs: dict):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.file = h5py.File(self.tmp, "w")
+        self.target = AtomicFile(self.path)
+        self.file = h5py.File(self.target.tmp, "w")
         self.file.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in attrs.items():
             self.file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
@@ -97,13 +97,12 @@ class ShardWriter:
         self.file.attrs["coverage"] = json.dumps(self.coverage)
         self.file.attrs["complete"] = True
         self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return self.target.commit()
 
     def abort(self) -> None:
         if self.file.id.valid:
             self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.target.abort()
 
 
 def check_finite(arrays: dict[str, np.ndarray]) -> None:
@@ -149,7 +148,7 @@ def cache_lock(cache: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
 def remove_stale_temporaries(cache: Path) -> list[Path]:
     """Delete partial shards whose writing process is dead; a live run's temporaries are left alone."""
     removed = []
-    for tmp in sorted(Path(cache).rglob(".shard-*.h5.tmp-*")):
+    for tmp in sorted(Path(cache).rglob(".shard-*.tmp-*.h5")):
         match = TEMPORARY.match(tmp.name)
         if match and not pid_alive(int(match.group(1))):
             tmp.unlink(missing_ok=True)
@@ -234,12 +233,13 @@ def covered_seconds(name: str, ds: h5py.Dataset) -> dict:
     return {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m expotion.cache", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="cache_command", required=True)
     inspect = sub.add_parser("inspect", help="print a JSON summary of a shard or every shard under a directory")
     inspect.add_argument("path", type=Path)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     shards = list_shards(args.path)
     if not shards:
         print(f"no shards under {args.path}", file=sys.stderr)
@@ -251,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(summary[0] if args.path.is_file() else summary, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="expotion cache", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .adaptor import AdaptorConfig, ConditionAdaptor
+from .atomic import atomic_path
 from .data import FeatureSpec
 from .rates import StreamRate
 from .weights import MissingWeightsError
@@ -106,9 +107,8 @@ def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: d
         "extractors": extractors,
         "state_dict": {k: v.detach().cpu() for k, v in adaptor.state_dict().items()},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # unique per process: runs may share a directory
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -1,4 +1,18 @@
-"""The ``expotion`` command: ``weights check`` here; other subcommands live with their subsystems."""
+"""The ``expotion`` command: one entry point for every stage.
+
+    expotion features  ...   precompute features into HDF5 shards (src/expotion/extract.py)
+    expotion train     ...   LightningCLI, arguments passed through unchanged (``expotion train fit --config ...``)
+    expotion generate  ...   music for a video, or for every clip of a cached split
+    expotion eval      ...   the Table 1 metrics
+    expotion weights   check | make-tiny
+    expotion cache     inspect PATH
+    expotion app       ...   the browser app (requirements/app.txt)
+    expotion study     results STUDY.yaml
+
+``features`` and ``generate`` share one group of options for the models and the device
+(``--profile``, ``--weights-dir``, ``--tiny-dir``, ``--device``); ``eval`` takes ``--weights-dir``
+and ``--device`` from the same group, and ``app`` the whole group.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +24,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from .devices import default_device  # noqa: E402
 from .known_warnings import silence_known_warnings  # noqa: E402
 
-# subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``
-SUBSYSTEMS = {
-    "generate": "expotion.generate",
-    "eval": "expotion.evaluation.cli",
+TINY_DIR = Path("cache/tiny-weights")
+
+# subcommands offered only when their package is part of the install
+OPTIONAL_SUBSYSTEMS = {
     "app": "expotion.app.server",
     "study": "expotion.app.results",
 }
@@ -30,16 +45,67 @@ WEIGHT_MODULES = (
 )
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, profiles: bool = True, from_checkpoint: bool = False) -> None:
+    """The options every stage that runs pretrained models shares.
+
+    With ``from_checkpoint`` the profile and tiny folder default to None: the adaptor checkpoint records them.
+    """
+    group = parser.add_argument_group("models and device")
+    if profiles:
+        recorded = "the checkpoint's, else " if from_checkpoint else ""
+        group.add_argument("--profile", choices=("real", "tiny"), default=None if from_checkpoint else "real",
+                           help="real: released weights; tiny: small random models of the same classes "
+                                f"(offline demo; default: {recorded}real)")
+        group.add_argument("--tiny-dir", type=Path, default=None if from_checkpoint else TINY_DIR,
+                           help=f"tiny profile: where `expotion weights make-tiny` wrote them (default: {recorded}{TINY_DIR})")
+    group.add_argument("--weights-dir", type=Path, default=None,
+                       help="weights directory (default $EXPOTION_WEIGHTS or ./weights)")
+    group.add_argument("--device", default=default_device(),
+                       help="cpu, cuda (several workers: one GPU each, round robin) or cuda:k (default: cuda if available)")
+
+
+def extractor_config(args: argparse.Namespace):
+    """The feature extractors the shared options select (MusicGen and RAFT variant overridable)."""
+    from .features import real_profile, tiny_profile
+
+    if args.profile == "tiny":
+        return tiny_profile(args.tiny_dir, device=args.device)
+    overrides = {k: v for k, v in {"musicgen": args.musicgen, "raft_variant": args.raft_variant}.items() if v}
+    return real_profile(args.weights_dir, device=args.device, **overrides)
+
+
+# ---- features ---------------------------------------------------------------------------------
+def features(args: argparse.Namespace) -> int:
+    from . import extract
+
+    try:
+        return extract.run(args, extractor_config(args))
+    except extract.ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def optional_import(module: str):
+    """The module, or None when it is not part of this install (a missing dependency of it still raises)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if not err.name or not module.startswith(err.name):
+            raise
+        return None
+
+
+# ---- weights ----------------------------------------------------------------------------------
+def import_weight_modules() -> None:
+    for module in WEIGHT_MODULES:
+        optional_import(module)
+
+
 def weights_check(args: argparse.Namespace) -> int:
     """List every registered weight file: present (with path) or missing (with where it goes)."""
     from .weights import REGISTRY, weights_dir
 
-    for module in WEIGHT_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if not err.name or not module.startswith(err.name):
-                raise
+    import_weight_modules()
     wdir = weights_dir(args.weights_dir)
     missing = 0
     print(f"weights directory: {wdir.resolve()}")
@@ -54,22 +120,79 @@ def weights_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="expotion")
-    sub = parser.add_subparsers(dest="command", required=True)
-    weights = sub.add_parser("weights", help="pretrained weight files")
-    wsub = weights.add_subparsers(dest="weights_command", required=True)
-    check = wsub.add_parser("check", help="list present and missing weight files")
+def weights_make_tiny(args: argparse.Namespace) -> int:
+    """Write small random stand-ins in the released formats (see :mod:`expotion.tiny`)."""
+    from .tiny import TINY, make_tiny, tiny_path
+
+    keys = tuple(k.strip() for k in args.models.split(",") if k.strip())
+    unknown = sorted(set(keys) - set(TINY))
+    if unknown:
+        print(f"error: unknown tiny checkpoints {unknown}; choose from {', '.join(TINY)}", file=sys.stderr)
+        return 2
+    written = make_tiny(args.dir, keys, seed=args.seed, overwrite=args.overwrite)
+    for key in keys:
+        print(f"  {'written' if key in written else 'kept   '}  {key:20s} {tiny_path(args.dir, key)}")
+    return 0
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    from .tiny import TINY
+
+    sub = parser.add_subparsers(dest="weights_command", required=True)
+    check = sub.add_parser("check", help="list present and missing weight files")
     check.add_argument("--weights-dir", type=Path, default=None)
     check.set_defaults(func=weights_check)
-    for name, module in SUBSYSTEMS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and module.startswith(err.name):
-                continue
-            raise
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().split("\n")[0])
+    tiny = sub.add_parser("make-tiny", help="write small random models in the released formats (demo, tests)")
+    tiny.add_argument("dir", type=Path, nargs="?", default=TINY_DIR, help=f"where to write them (default {TINY_DIR})")
+    tiny.add_argument("--models", default=",".join(TINY), help=f"comma-separated subset of {','.join(TINY)}")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--overwrite", action="store_true", help="rewrite stand-ins that exist")
+    tiny.set_defaults(func=weights_make_tiny)
+
+
+def first_line(module) -> str:
+    """A module docstring's first line as argparse help (which treats ``%`` as a format character)."""
+    line = (module.__doc__ or "").strip().split("\n")[0]
+    return line.split("``: ", 1)[-1].replace("%", "%%")  # "``expotion x``: does y" -> "does y"
+
+
+# ---- the command ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import cache, extract, generate
+    from .evaluation import cli as evaluation
+
+    parser = argparse.ArgumentParser(prog="expotion", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("features", help=first_line(extract))
+    extract.add_arguments(p)
+    add_model_arguments(p)
+    p.set_defaults(func=features)
+
+    sub.add_parser("train", help="LightningCLI (fit, validate, ...): `expotion train fit --config CONFIG.yaml`",
+                   add_help=False)
+
+    p = sub.add_parser("generate", help=first_line(generate))
+    generate.add_arguments(p)
+    add_model_arguments(p, from_checkpoint=True)
+    p.set_defaults(func=generate.run)
+
+    p = sub.add_parser("eval", help=first_line(evaluation))
+    evaluation.add_arguments(p)
+    add_model_arguments(p, profiles=False)
+    p.set_defaults(func=evaluation.run)
+
+    add_weights_arguments(sub.add_parser("weights", help="pretrained weight files: check, make-tiny"))
+
+    p = sub.add_parser("cache", help="the feature cache: inspect")
+    cache.add_arguments(p)
+    p.set_defaults(func=cache.run)
+
+    for name, module in OPTIONAL_SUBSYSTEMS.items():
+        mod = optional_import(module)
+        if mod is None:
+            continue
+        p = sub.add_parser(name, help=first_line(mod))
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
     return parser
@@ -78,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # before the subcommands' imports, so that commands can report their whole time
     silence_known_warnings()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from .train import run as train
+
+        return train(argv[1:])  # LightningCLI parses everything after `train`, unchanged
     args = build_parser().parse_args(argv)
     args.started = started
     return int(args.func(args) or 0)

@@ -4,41 +4,44 @@ Both the precompute stage and ``generate`` build an :class:`Extractors` and call
 :meth:`Extractors.video_features` on decoded frames, so features seen at
 training and at inference come from the same code. Every output length is
 checked against :mod:`expotion.rates`.
+
+Each video stream is one :class:`Stream` in ``STREAMS``: its weights, its
+loader ``(path, device, cfg)``, its rate, its per-step shape and how it is
+computed. A new stream is one :func:`register_stream` call.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from .extractors.marlin import MARLIN_FILE, load_marlin, save_tiny_marlin
+from .extractors.marlin import MARLIN_FILE, load_marlin
 from .extractors.motionformer import (
     CHECKPOINT_FILENAME,
     WEIGHTS_SUBDIR,
-    MotionFormer,
     MotionFormerConfig,
     load_synchformer_visual,
     preprocess_segments,
-    save_synchformer_format,
 )
-from .extractors.raft import FlowConfig, compute_flow, load_raft, save_tiny_raft
+from .extractors.raft import RAFT_FILES, FlowConfig, compute_flow, load_raft
 from .face import FaceDetector, FaceTrack, crop_faces, smooth_track, square_boxes
 from .media import ClipFrames
-from .musicgen import TinyMusicGenConfig, check_musicgen_available, encode_audio, load_musicgen, save_tiny_musicgen, text_hidden
-from .rates import DEFAULT_RATES, Rates, check_shape, sample_indices
-from .weights import MissingWeightsError, weights_dir
+from .musicgen import MusicGenModule, check_musicgen_available, encode_audio, load_musicgen, text_hidden
+from .rates import DEFAULT_RATES, Rates, StreamRate, check_shape, sample_indices
+from .tiny import PRECOMPUTE, tiny_path
+from .weights import REGISTRY, MissingWeightsError, torch_hub_checkpoints, weights_dir
 
-VISUAL = ("marlin", "synchformer", "raft")
-EXTRACTORS = (*VISUAL, "codes", "t5")
 GENERIC_PROMPT = "music with catchy melody"
 
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """Which weights each extractor loads and the sizes it runs at, and the profile that chose them."""
+    """Which weights each extractor loads, the sizes it runs at, the device it runs on, and the profile that chose them."""
 
     profile: str = "real"
     weights_dir: str = ""
@@ -54,8 +57,10 @@ class ExtractorConfig:
     device: str = "cpu"
 
     def describe(self) -> dict:
-        """What a cache records about the models that produced it."""
-        return json.loads(json.dumps(asdict(self), default=str))
+        """What a cache records about the models that produced it (not where they ran)."""
+        doc = json.loads(json.dumps(asdict(self), default=str))
+        doc.pop("device")
+        return doc
 
 
 def real_profile(wdir: str | Path | None = None, **overrides) -> ExtractorConfig:
@@ -71,58 +76,27 @@ def real_profile(wdir: str | Path | None = None, **overrides) -> ExtractorConfig
     )
 
 
-def tiny_profile(root: str | Path, seed: int = 0) -> ExtractorConfig:
-    """Small random models of the same classes, written once in the released file formats."""
-    root = Path(root)
-    marlin = root / "marlin_vit_tiny.encoder.pt"
-    synch = root / "synchformer_tiny.pt"
-    raft = root / "raft_small_tiny.pth"
-    musicgen = root / "musicgen_tiny"
-    if not marlin.exists():
-        save_tiny_marlin(root, seed=seed)
-    if not synch.exists():
-        torch.manual_seed(seed)
-        save_synchformer_format(MotionFormer(MotionFormerConfig.tiny()), synch)
-    if not raft.exists():
-        save_tiny_raft(raft, "small", seed=seed)
-    if not (musicgen / "state_dict.bin").exists():
-        save_tiny_musicgen(musicgen, TinyMusicGenConfig(), seed=seed)
-    return ExtractorConfig(
-        profile="tiny",
-        weights_dir=str(root),
-        musicgen=str(musicgen),
-        marlin_path=str(marlin),
-        synchformer_path=str(synch),
-        synchformer=MotionFormerConfig.tiny(),
-        raft_variant="small",
-        raft_checkpoint=str(raft),
-        flow=FlowConfig(height=128, width=128, updates=6, pool=8),
-        max_short_side=256,
+def tiny_profile(root: str | Path, **overrides) -> ExtractorConfig:
+    """Small random models of the same classes, as ``expotion weights make-tiny ROOT`` writes them."""
+    missing = [str(tiny_path(root, key)) for key in PRECOMPUTE if not tiny_path(root, key).exists()]
+    if missing:
+        raise MissingWeightsError(f"tiny profile: {', '.join(missing)} not found; write the tiny stand-ins once "
+                                  f"with `expotion weights make-tiny {root}`")
+    return replace(
+        ExtractorConfig(
+            profile="tiny",
+            weights_dir=str(root),
+            musicgen=str(tiny_path(root, "musicgen")),
+            marlin_path=str(tiny_path(root, "marlin")),
+            synchformer_path=str(tiny_path(root, "synchformer")),
+            synchformer=MotionFormerConfig.tiny(),
+            raft_variant="small",
+            raft_checkpoint=str(tiny_path(root, "raft_small")),
+            flow=FlowConfig(height=128, width=128, updates=6, pool=8),
+            max_short_side=256,
+        ),
+        **overrides,
     )
-
-
-def check_available(cfg: ExtractorConfig, names: tuple[str, ...]) -> None:
-    """Raise one error listing every missing weight file, before any work starts."""
-    from .extractors.raft import RAFT_FILES
-    from .weights import torch_hub_checkpoints
-
-    problems = []
-    wanted = {
-        "marlin": [(cfg.marlin_path, "MARLIN encoder")],
-        "synchformer": [(cfg.synchformer_path, "Synchformer checkpoint")],
-        "raft": [(cfg.raft_checkpoint or str(torch_hub_checkpoints() / RAFT_FILES[cfg.raft_variant]), "RAFT weights")],
-    }
-    for name in names:
-        for path, what in wanted.get(name, []):
-            if not path or not Path(path).exists():
-                problems.append(f"{what}: '{Path(path).name}' not found at {path}")
-    if "codes" in names or "t5" in names:
-        try:
-            check_musicgen_available(cfg.musicgen)
-        except MissingWeightsError as err:
-            problems.append(str(err))
-    if problems:
-        raise MissingWeightsError("missing weights (see README, 'Real weights'):\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -133,70 +107,165 @@ class VideoFeatures:
     notes: list[str] = field(default_factory=list)
 
 
-class Extractors:
-    """Loaded, frozen models for the chosen extractors."""
+# ---- the registry of video feature streams ------------------------------------------------------
 
-    def __init__(self, cfg: ExtractorConfig, names: tuple[str, ...] = EXTRACTORS, rates: Rates = DEFAULT_RATES):
+
+@dataclass(frozen=True)
+class Stream:
+    """One video feature stream: the weights it reads, how to load them, its rate, shape and computation.
+
+    ``load(path, device, cfg)`` returns the frozen model on ``device``; ``compute(extractors, model, clip,
+    duration_s, face_box, out)`` adds the stream's arrays (and notes) for one clip to ``out``.
+    """
+
+    name: str
+    weight_key: Callable[[ExtractorConfig], str]  # the registered WeightSpec (``expotion weights check``)
+    path: Callable[[ExtractorConfig], str]
+    load: Callable[[str, torch.device, ExtractorConfig], nn.Module]
+    rate: Callable[[Rates], StreamRate]
+    shape: Callable[[nn.Module, ExtractorConfig], tuple[int, ...]]  # of one time step
+    compute: Callable[..., None]
+
+
+STREAMS: dict[str, Stream] = {}
+
+
+def register_stream(stream: Stream) -> Stream:
+    STREAMS[stream.name] = stream
+    return stream
+
+
+def face_features(ex: Extractors, enc: nn.Module, clip: ClipFrames, duration_s: float,
+                  face_box: tuple | FaceTrack | None, out: VideoFeatures) -> None:
+    """MARLIN features per 16-frame window at 80 fps; windows without a face are zero and masked."""
+    r = ex.rates
+    idx = sample_indices(clip.times, r.marlin_video_fps, r.marlin_frames(duration_s))
+    times = np.arange(len(idx)) / r.marlin_video_fps
+    boxes, valid = ex.face_track(clip, times, face_box)
+    n_win = r.marlin_windows(duration_s)
+    feats = np.zeros((n_win, enc.dim), np.float32)
+    mask = np.array([valid[w * r.marlin_stride : w * r.marlin_stride + r.marlin_window].all() for w in range(n_win)])
+    h, w = clip.frames.shape[1:3]
+    good = np.nonzero(mask)[0]
+    for chunk in np.array_split(good, max(1, len(good) // 8)) if len(good) else []:
+        starts = chunk * r.marlin_stride
+        frame_ids = (starts[:, None] + np.arange(r.marlin_window)[None]).reshape(-1)
+        crops = crop_faces(clip.frames[idx[frame_ids]], square_boxes(boxes[frame_ids], w, h), enc.input_size)
+        windows = crops.reshape(len(chunk), r.marlin_window, 3, enc.input_size, enc.input_size).transpose(1, 2)
+        feats[chunk] = enc(windows.to(ex.device)).cpu().numpy()
+    out.arrays["marlin"] = feats
+    out.arrays["marlin_mask"] = mask
+    if not mask.any():
+        out.notes.append("no face detected: MARLIN features are zero and fully masked")
+    elif not mask.all():
+        out.notes.append(f"face missing in {int((~mask).sum())}/{n_win} MARLIN windows (masked)")
+
+
+def synchformer_features(ex: Extractors, model: nn.Module, clip: ClipFrames, duration_s: float,
+                         face_box: tuple | None, out: VideoFeatures) -> None:
+    """Synchformer tokens: 16-frame segments at 25 fps, 8 vectors each, flattened in time."""
+    r, cfg = ex.rates, ex.cfg.synchformer
+    idx = sample_indices(clip.times, r.synchformer_video_fps, r.synchformer_frames(duration_s))
+    segments = preprocess_segments(clip.frames[idx], cfg, r.synchformer_stride)
+    with torch.no_grad():
+        feats = torch.cat([model(s[None].to(ex.device)) for s in segments.split(8)], dim=1)[0]
+    tokens = feats.reshape(-1, feats.shape[-1]).cpu().numpy()
+    check_shape("synchformer", tokens.shape, (r.synchformer_tokens(duration_s), cfg.dim), duration_s)
+    out.arrays["synchformer"] = tokens
+
+
+def raft_features(ex: Extractors, model: nn.Module, clip: ClipFrames, duration_s: float, face_box: tuple | None,
+                  out: VideoFeatures) -> None:
+    """RAFT flow between frames sampled at 5 fps, pooled for storage."""
+    idx = sample_indices(clip.times, ex.rates.raft_video_fps, ex.rates.raft_frames(duration_s))
+    flow = compute_flow(model, clip.frames[idx], ex.cfg.flow)
+    check_shape("raft", flow.shape[:1], (ex.rates.raft_flows(duration_s),), duration_s)
+    out.arrays["raft"] = flow
+
+
+def raft_path(cfg: ExtractorConfig) -> str:
+    return cfg.raft_checkpoint or str(torch_hub_checkpoints() / RAFT_FILES[cfg.raft_variant])
+
+
+register_stream(Stream(
+    "marlin", weight_key=lambda cfg: "marlin", path=lambda cfg: cfg.marlin_path,
+    load=lambda path, device, cfg: load_marlin(path, device),
+    rate=lambda r: r.marlin, shape=lambda enc, cfg: (enc.dim,), compute=face_features))
+register_stream(Stream(
+    "synchformer", weight_key=lambda cfg: "synchformer", path=lambda cfg: cfg.synchformer_path,
+    load=lambda path, device, cfg: load_synchformer_visual(path, cfg.synchformer, device=device),
+    rate=lambda r: r.synchformer, shape=lambda model, cfg: (cfg.synchformer.dim,), compute=synchformer_features))
+register_stream(Stream(
+    "raft", weight_key=lambda cfg: f"raft_{cfg.raft_variant}", path=raft_path,
+    load=lambda path, device, cfg: load_raft(cfg.raft_variant, cfg.raft_checkpoint, device),
+    rate=lambda r: r.raft, shape=lambda model, cfg: cfg.flow.stored_shape, compute=raft_features))
+
+VISUAL = tuple(STREAMS)
+AUDIO_TEXT = ("codes", "t5")  # EnCodec tokens and text states, both from the MusicGen being adapted
+EXTRACTORS = (*VISUAL, *AUDIO_TEXT)
+
+
+def check_available(cfg: ExtractorConfig, names: tuple[str, ...]) -> None:
+    """Raise one error listing every missing weight file, before any work starts."""
+    problems = []
+    for stream in (STREAMS[n] for n in names if n in STREAMS):
+        path = stream.path(cfg)
+        if not path or not Path(path).exists():
+            spec = REGISTRY[stream.weight_key(cfg)]
+            problems.append(f"{stream.name}: '{Path(path).name or spec.filename}' not found at {path or '(no path)'}"
+                            f" (it goes in {spec.where})")
+    if set(AUDIO_TEXT) & set(names):
+        try:
+            check_musicgen_available(cfg.musicgen)
+        except MissingWeightsError as err:
+            problems.append(str(err))
+    if problems:
+        raise MissingWeightsError("missing weights (see README, 'Real weights'):\n  " + "\n  ".join(problems))
+
+
+class Extractors(nn.Module):
+    """The frozen models of the chosen extractors, as one module: ``.to(device)`` moves every one of them."""
+
+    def __init__(self, cfg: ExtractorConfig, names: tuple[str, ...] = EXTRACTORS, rates: Rates = DEFAULT_RATES,
+                 device: str | torch.device | None = None):
+        super().__init__()
         unknown = set(names) - set(EXTRACTORS)
         if unknown:
             raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {EXTRACTORS}")
         check_available(cfg, names)
+        device = torch.device(device if device is not None else cfg.device)
         self.cfg, self.names, self.rates = cfg, tuple(names), rates
-        self.marlin = load_marlin(cfg.marlin_path) if "marlin" in names else None
-        self.synchformer = load_synchformer_visual(cfg.synchformer_path, cfg.synchformer) if "synchformer" in names else None
-        self.raft = load_raft(cfg.raft_variant, cfg.raft_checkpoint) if "raft" in names else None
-        self.musicgen = load_musicgen(cfg.musicgen, cfg.device) if {"codes", "t5"} & set(names) else None
-        self._detector: FaceDetector | None = None
+        self.streams = [STREAMS[n] for n in VISUAL if n in names]
+        self.models = nn.ModuleDict({s.name: s.load(s.path(cfg), device, cfg) for s in self.streams})
+        if set(AUDIO_TEXT) & set(names):
+            self.models["musicgen"] = MusicGenModule(load_musicgen(cfg.musicgen, device))
+        self._detector: tuple[torch.device, FaceDetector] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def musicgen(self):
+        """The audiocraft MusicGen behind ``codes`` and ``t5`` (None when neither is extracted)."""
+        return self.models["musicgen"].musicgen if "musicgen" in self.models else None
+
+    def held_models(self) -> dict[str, nn.Module]:
+        """Every model in use by name, the face detector included once it has run."""
+        detector = {"face_detector": self._detector[1].mtcnn} if self._detector is not None else {}
+        return {**self.models, **detector}
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-time-step shape of each visual stream."""
+        return {s.name: s.shape(self.models[s.name], self.cfg) for s in self.streams}
 
     # ---- video -----------------------------------------------------------------
     def video_features(self, clip: ClipFrames, duration_s: float,
                        face_box: tuple | FaceTrack | None = None) -> VideoFeatures:
         out = VideoFeatures(notes=list(clip.notes))
-        if self.marlin is not None:
-            self.face_features(clip, duration_s, face_box, out)
-        if self.synchformer is not None:
-            out.arrays["synchformer"] = self.synchformer_features(clip, duration_s)
-        if self.raft is not None:
-            idx = sample_indices(clip.times, self.rates.raft_video_fps, self.rates.raft_frames(duration_s))
-            flow = compute_flow(self.raft, clip.frames[idx], self.cfg.flow)
-            check_shape("raft", flow.shape[:1], (self.rates.raft_flows(duration_s),), duration_s)
-            out.arrays["raft"] = flow
+        for stream in self.streams:
+            stream.compute(self, self.models[stream.name], clip, duration_s, face_box, out)
         return out
-
-    def synchformer_features(self, clip: ClipFrames, duration_s: float) -> np.ndarray:
-        r = self.rates
-        idx = sample_indices(clip.times, r.synchformer_video_fps, r.synchformer_frames(duration_s))
-        segments = preprocess_segments(clip.frames[idx], self.cfg.synchformer, r.synchformer_stride)
-        with torch.no_grad():
-            feats = torch.cat([self.synchformer(s[None]) for s in segments.split(8)], dim=1)[0]
-        tokens = feats.reshape(-1, feats.shape[-1]).numpy()
-        check_shape("synchformer", tokens.shape, (r.synchformer_tokens(duration_s), self.cfg.synchformer.dim), duration_s)
-        return tokens
-
-    def face_features(self, clip: ClipFrames, duration_s: float, face_box: tuple | FaceTrack | None,
-                      out: VideoFeatures) -> None:
-        """MARLIN features per 16-frame window at 80 fps; windows without a face are zero and masked."""
-        r, enc = self.rates, self.marlin
-        idx = sample_indices(clip.times, r.marlin_video_fps, r.marlin_frames(duration_s))
-        times = np.arange(len(idx)) / r.marlin_video_fps
-        boxes, valid = self.face_track(clip, times, face_box)
-        n_win = r.marlin_windows(duration_s)
-        feats = np.zeros((n_win, enc.dim), np.float32)
-        mask = np.array([valid[w * r.marlin_stride : w * r.marlin_stride + r.marlin_window].all() for w in range(n_win)])
-        h, w = clip.frames.shape[1:3]
-        good = np.nonzero(mask)[0]
-        for chunk in np.array_split(good, max(1, len(good) // 8)) if len(good) else []:
-            starts = chunk * r.marlin_stride
-            frame_ids = (starts[:, None] + np.arange(r.marlin_window)[None]).reshape(-1)
-            crops = crop_faces(clip.frames[idx[frame_ids]], square_boxes(boxes[frame_ids], w, h), enc.input_size)
-            windows = crops.reshape(len(chunk), r.marlin_window, 3, enc.input_size, enc.input_size).transpose(1, 2)
-            feats[chunk] = enc(windows).numpy()
-        out.arrays["marlin"] = feats
-        out.arrays["marlin_mask"] = mask
-        if not mask.any():
-            out.notes.append("no face detected: MARLIN features are zero and fully masked")
-        elif not mask.all():
-            out.notes.append(f"face missing in {int((~mask).sum())}/{n_win} MARLIN windows (masked)")
 
     def face_track(self, clip: ClipFrames, times: np.ndarray,
                    face_box: tuple | FaceTrack | None) -> tuple[np.ndarray, np.ndarray]:
@@ -211,12 +280,14 @@ class Extractors:
         return smooth_track(det_times, boxes, times)
 
     def detect_faces(self, clip: ClipFrames, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """MTCNN boxes at ``face_detect_fps`` from the clip start: ``n`` of them, or as many as its frames span."""
-        if self._detector is None:
-            self._detector = FaceDetector(self.cfg.device)
+        """MTCNN boxes at ``face_detect_fps`` from the clip start: ``n`` of them, or as many as its frames span.
+
+        The detector runs on the extractors' current device (made again after a ``.to``)."""
+        if self._detector is None or self._detector[0] != self.device:
+            self._detector = (self.device, FaceDetector(str(self.device)))
         fps = self.cfg.face_detect_fps
         n = self.rates.frames_at(float(clip.times[-1]) + 1e-3, fps) + 1 if n is None else n
-        return np.arange(n) / fps, self._detector(clip.frames[sample_indices(clip.times, fps, n)])
+        return np.arange(n) / fps, self._detector[1](clip.frames[sample_indices(clip.times, fps, n)])
 
     # ---- audio and text ----------------------------------------------------------
     def codes(self, audio: np.ndarray, duration_s: float) -> np.ndarray:

@@ -1,34 +1,12 @@
-"""Writing outputs safely: never half-written, never over one of the inputs."""
+"""Writing outputs safely: never over one of the inputs (and, with :mod:`expotion.atomic`, never half-written)."""
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 
 class OutputError(ValueError):
     """An output path cannot be written safely; the message says why."""
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden name beside ``path``, unique per process, with the same suffix (writers pick the format from it)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only when the block completes.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

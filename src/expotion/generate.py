@@ -36,8 +36,10 @@ from .adaptor import ConditionAdaptor
 from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, check_feature_shapes, extractor_profile,
                          musicgen_source, read_adaptor)
 from .data import CachedClip, FeatureSpec, read_clips
+from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
-from .files import OutputError, atomic_output, prepare_output
+from .atomic import atomic_path
+from .files import OutputError, prepare_output
 from .generation import GenerationError, check_prompt, decoded_chunks, generate_tokens
 from .manifest import ManifestError, parse_face_box
 from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
@@ -51,10 +53,6 @@ PROFILES = ("real", "tiny")
 ADAPTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Progress = Callable[[str, int, int], None]
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -123,22 +121,8 @@ class Models:
         if self.adaptor is not None:
             parts["adaptor"] = self.adaptor
         if self._extractors is not None:
-            parts |= {f"extractor.{name}": m for name, m in held_modules(self._extractors).items()}
+            parts |= {f"extractor.{name}": m for name, m in self._extractors.held_models().items()}
         return {name: {str(t.device) for t in (*m.parameters(), *m.buffers())} for name, m in parts.items()}
-
-
-def held_modules(obj: object) -> dict[str, torch.nn.Module]:
-    """The torch models ``obj`` holds: itself if it is one, else its attributes that are (or wrap, as ``.model``
-    or ``.mtcnn``) a module."""
-    if isinstance(obj, torch.nn.Module):
-        return {type(obj).__name__: obj}
-    found = {}
-    for name, value in vars(obj).items():
-        for candidate in (value, getattr(value, "model", None), getattr(value, "mtcnn", None)):
-            if isinstance(candidate, torch.nn.Module):
-                found[name.lstrip("_")] = candidate
-                break
-    return found
 
 
 @dataclass(frozen=True)
@@ -222,7 +206,7 @@ def as_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def write_wav(models: Models, tokens: torch.Tensor, duration_s: float, path: Path) -> None:
     """Decode ``tokens`` chunk by chunk into a mono wav, renamed into place when complete."""
-    with atomic_output(path) as tmp, sf.SoundFile(tmp, "w", models.musicgen.sample_rate, 1) as f:
+    with atomic_path(path) as tmp, sf.SoundFile(tmp, "w", models.musicgen.sample_rate, 1) as f:
         for piece in decoded_chunks(models.musicgen, tokens, duration_s):
             f.write(piece[0])
 
@@ -357,7 +341,7 @@ def write_reference(clip: CachedClip, path: Path, sample_rate: int) -> None:
     """The clip's original music, cut from its source as the precompute stage cut it."""
     audio = read_music(clip.source, clip.audio_source, sample_rate)
     start = int(round(clip.start_s * sample_rate))
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         sf.write(tmp, audio[start : start + int(round(clip.duration_s * sample_rate))], sample_rate)
 
 
@@ -389,12 +373,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between windows for long videos (default: half the adaptor's window)")
     p.add_argument("--face-box", help="'x0 y0 x1 y1' in source pixels: a fixed face crop instead of detection "
                                       "(use the same box the training data used)")
-    p.add_argument("--profile", choices=PROFILES, default=None,
-                   help="feature extractors (as for precompute; default: the checkpoint's, else real)")
-    p.add_argument("--weights-dir", type=Path, default=None)
-    p.add_argument("--tiny-dir", type=Path, default=None,
-                   help="tiny profile weights (default: the checkpoint's, else cache/tiny-weights)")
-    p.add_argument("--device", default=None, help="torch device for every model (default: cuda if available, else cpu)")
     p.add_argument("--adaptor-dtype", choices=tuple(ADAPTOR_DTYPES), default="float32",
                    help="the adaptor's precision (MusicGen keeps its own: float32, with float16 autocast on CUDA)")
 
@@ -428,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ModelSettings(checkpoint=args.checkpoint, musicgen=args.musicgen, profile=args.profile,
                                  weights_dir=args.weights_dir, tiny_dir=args.tiny_dir,
-                                 device=args.device or default_device(), adaptor_dtype=args.adaptor_dtype)
+                                 device=args.device, adaptor_dtype=args.adaptor_dtype)
         sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
     except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointError,

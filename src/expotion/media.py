@@ -18,7 +18,8 @@ import av
 import numpy as np
 import soundfile as sf
 
-from .files import atomic_output, same_file, temporary_path
+from .atomic import atomic_path, temporary_path
+from .files import same_file
 
 MIN_SIDE = 32
 MAX_SIDE = 8192
@@ -249,7 +250,7 @@ def mux_audio(video: Path, audio: Path, out: Path) -> Path:
         if not src.streams.video:
             raise MediaError(f"{video}: no video stream to mux")
         vin = src.streams.video[0]
-        with atomic_output(out) as tmp, av.open(str(tmp), "w") as dst:
+        with atomic_path(out) as tmp, av.open(str(tmp), "w") as dst:
             vout = dst.add_stream_from_template(vin)
             aout = dst.add_stream("aac", rate=wav.samplerate, layout="mono")
             for packet in src.demux(vin):

@@ -122,7 +122,7 @@ def exported(state: dict, cfg: dict) -> dict:
             "version": audiocraft.__version__, "exported": True}
 
 
-def save_tiny_musicgen(out_dir: str | os.PathLike, cfg: TinyMusicGenConfig = TinyMusicGenConfig(), seed: int = 0) -> Path:
+def save_tiny(out_dir: str | os.PathLike, seed: int = 0, cfg: TinyMusicGenConfig = TinyMusicGenConfig()) -> Path:
     """Write a random tiny MusicGen as ``state_dict.bin`` + ``compression_state_dict.bin``."""
     from audiocraft.models import builders
 
@@ -150,7 +150,7 @@ def check_musicgen_available(name_or_dir: str) -> str:
         return str(path)
     if path.suffix or os.sep in name_or_dir and not name_or_dir.startswith("facebook/"):
         raise MissingWeightsError(f"MusicGen model directory not found: {path}")
-    needed = {name_or_dir: "state_dict.bin", **({} if name_or_dir == "debug" else HUB_COMPANIONS)}
+    needed = {name_or_dir: "state_dict.bin", **HUB_COMPANIONS}
     for repo, filename in needed.items():
         if hub_file(repo, filename) is None:
             raise MissingWeightsError(
@@ -161,11 +161,11 @@ def check_musicgen_available(name_or_dir: str) -> str:
     return name_or_dir
 
 
-def load_musicgen(name_or_dir: str, device: str = "cpu"):
-    """Load a frozen MusicGen through ``MusicGen.get_pretrained`` after checking its files exist."""
+def load_musicgen(name_or_dir: str, device: str | torch.device = "cpu"):
+    """Load a frozen MusicGen on ``device`` through ``MusicGen.get_pretrained`` after checking its files exist."""
     from audiocraft.models import MusicGen
 
-    model = MusicGen.get_pretrained(check_musicgen_available(name_or_dir), device=device)
+    model = MusicGen.get_pretrained(check_musicgen_available(name_or_dir), device=str(torch.device(device)))
     check_text_tokenizer(model, name_or_dir)
     model.lm.eval().requires_grad_(False)
     model.compression_model.eval().requires_grad_(False)
@@ -178,7 +178,7 @@ def place_musicgen(model, device: str | torch.device) -> None:
     That misses the compression model, a text encoder that audiocraft keeps
     outside the module tree (T5), the conditioners' ``device`` attributes and the
     model's own ``device`` and autocast. The autocast follows audiocraft's rule
-    for a model loaded on ``device`` (float16 off the CPU); the text encoder keeps
+    for a model loaded on ``device`` (float16 on an accelerator); the text encoder keeps
     the precision it was loaded with.
     """
     from audiocraft.utils.autocast import TorchAutocast
@@ -193,7 +193,22 @@ def place_musicgen(model, device: str | torch.device) -> None:
         if hasattr(conditioner, "device"):
             conditioner.device = device
     model.device = device
-    model.autocast = TorchAutocast(enabled=device.type != "cpu", device_type=device.type, dtype=torch.float16)
+    on_accelerator = device.type not in ("cpu", "meta")  # meta: shape and placement checks, nothing to autocast
+    model.autocast = TorchAutocast(enabled=on_accelerator, device_type=device.type, dtype=torch.float16)
+
+
+class MusicGenModule(torch.nn.Module):
+    """A loaded MusicGen as one module: ``.to(device)`` moves all of it (see :func:`place_musicgen`)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.lm, self.compression_model = model.lm, model.compression_model
+        self.__dict__["musicgen"] = model  # the audiocraft wrapper itself is not a module
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        place_musicgen(self.musicgen, next(self.lm.parameters()).device)
+        return self
 
 
 def check_text_tokenizer(model, name: str) -> None:

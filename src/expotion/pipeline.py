@@ -3,8 +3,8 @@
 Recordings of each split are sorted by id and grouped into fixed shards, so a
 shard's content does not depend on how many workers run or on earlier
 interruptions. Shard ``k`` goes to worker ``k mod N`` (each worker its own
-process, GPU ``k mod n_gpus`` when there are GPUs). Every worker, and the
-single in-process worker, runs the extractors with the same number of torch
+process; with ``device='cuda'`` worker ``k`` runs on GPU ``k mod n_gpus``, see :func:`worker_device`). Every
+worker, and the single in-process worker, runs the extractors with the same number of torch
 threads (``threads``), because float results depend on the thread count.
 Workers die with the run that started them. A shard is published by an
 atomic rename only when complete; a rerun skips shards that exist with the
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, atomic
 from .cache import NonFiniteError, ShardWriter, cache_lock, list_shards, remove_stale_temporaries, shard_attrs, shard_path
 from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
@@ -232,19 +232,24 @@ _WORKER: dict = {}
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
+def worker_device(device: str, rank: int) -> torch.device:
+    """Worker ``rank``'s device: a bare ``cuda`` spreads workers over the GPUs (``cuda:rank mod n``);
+    ``cuda:k`` puts every worker on GPU k; ``cpu`` keeps them on the CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
+    return dev
+
+
 def worker_init(cfg: PrecomputeConfig, counter, parent: int) -> None:
     die_with_parent(parent)
     with counter.get_lock():
         rank = counter.value
         counter.value += 1
-    ext = cfg.extractors
-    if torch.cuda.is_available():
-        from dataclasses import replace
-
-        ext = replace(ext, device=f"cuda:{rank % torch.cuda.device_count()}")
     torch.set_num_threads(cfg.threads)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
-    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(ext, cfg.names)
+    device = worker_device(cfg.extractors.device, rank)
+    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(cfg.extractors, cfg.names, device=device)
 
 
 def die_with_parent(parent: int) -> None:
@@ -286,7 +291,7 @@ def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
                 log.info("removed %s, left by a run that was killed", tmp)
             run_jobs(todo, cfg, rates)
         collect(summary, [j.path(cfg.cache) for j in jobs])
-        (Path(cfg.cache) / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+        atomic.write_text(Path(cfg.cache) / "summary.json", json.dumps(summary.to_json(), indent=2))
     return summary
 
 
@@ -295,7 +300,7 @@ def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig, rates: Rates) -> None:
     bar = tqdm(total=len(todo), desc="shards", unit="shard")
     if workers == 1:
         with torch_threads(cfg.threads):
-            ex = Extractors(cfg.extractors, cfg.names, rates)
+            ex = Extractors(cfg.extractors, cfg.names, rates, device=worker_device(cfg.extractors.device, 0))
             for job in todo:
                 process_shard(job, ex, cfg)
                 bar.update()
@@ -321,7 +326,7 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def worker_context(cfg: PrecomputeConfig) -> mp.context.BaseContext:
     """Fork on CPU so workers inherit the already-imported libraries; CUDA needs fresh (spawned) processes."""
-    if torch.cuda.is_available():
+    if torch.device(cfg.extractors.device).type == "cuda":
         return mp.get_context("spawn")
     if {"codes", "t5"} & set(cfg.names):
         import audiocraft.models  # noqa: F401  (imported once here instead of once per worker)

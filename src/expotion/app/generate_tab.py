@@ -18,6 +18,7 @@ import gradio as gr
 import soundfile as sf
 
 from ..checkpoint import CheckpointMismatch
+from ..devices import default_device
 from ..evaluation.alignment import AlignmentFailure
 from ..evaluation.plots import clip_figure
 from ..files import OutputError
@@ -45,9 +46,10 @@ class ModelPlace:
 
     runs_dir: Path = Path("runs")
     musicgen: str | None = None
-    profile: str = "real"
-    tiny_dir: Path = Path("cache/tiny-weights")
+    profile: str | None = None  # None: each checkpoint's own
+    tiny_dir: Path | None = None
     weights_dir: Path | None = None
+    device: str = field(default_factory=default_device)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, p
             progress(low + (high - low) * done / max(total, 1), f"{what} ({done}/{total})")
 
     settings = ModelSettings(checkpoint=request.checkpoint, musicgen=place.musicgen, profile=place.profile,
-                             weights_dir=place.weights_dir, tiny_dir=place.tiny_dir)
+                             weights_dir=place.weights_dir, tiny_dir=place.tiny_dir, device=place.device)
     face_box = parse_face_box(request.face_box, where="face box")
     with _models_lock:
         if settings not in _models:

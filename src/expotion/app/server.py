@@ -12,21 +12,21 @@ import logging
 import sys
 from pathlib import Path
 
+from ..cli import add_model_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a network)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where the checkpoint list looks for adaptor.pt")
     p.add_argument("--musicgen", help="hub name or local dir (default: each checkpoint's own)")
-    p.add_argument("--profile", choices=("real", "tiny"), default="real", help="feature extractors")
-    p.add_argument("--tiny-dir", type=Path, default=Path("cache/tiny-weights"))
-    p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--demo-manifest", type=Path, default=Path("demo_data/manifest.csv"),
                    help="recordings offered as demo clips, if the file exists")
     p.add_argument("--outputs", type=Path, default=Path("outputs/app"), help="where generated files are written")
     p.add_argument("--study", type=Path, help="a study file: adds the listening-study tab")
     p.add_argument("--study-only", action="store_true",
                    help="serve the study tab alone (what participants should get: no model names on the page)")
+    add_model_arguments(p, from_checkpoint=True)
 
 
 def build_app(args: argparse.Namespace):
@@ -44,7 +44,7 @@ def build_app(args: argparse.Namespace):
     if args.study_only and study is None:
         raise SystemExit("--study-only needs --study study.yaml")
     args.outputs.mkdir(parents=True, exist_ok=True)
-    place = ModelPlace(args.runs, args.musicgen, args.profile, args.tiny_dir, args.weights_dir)
+    place = ModelPlace(args.runs, args.musicgen, args.profile, args.tiny_dir, args.weights_dir, args.device)
     with gr.Blocks(title=study.title if study else "Expotion: music for a video") as page:
         if study is None:
             gr.Markdown("# Expotion\nMusic for a video of a person's face and upper-body motion, plus a text prompt.")

@@ -135,7 +135,7 @@ def byte_level_vocab() -> dict[str, int]:
     return vocab
 
 
-def save_random(out_dir: Path, vocab_size: int | None = None, seed: int = 0) -> Path:
+def save_tiny(out_dir: Path, seed: int = 0, vocab_size: int | None = None) -> Path:
     """A small random ClapModel with its processor, saved the way transformers saves the released one.
 
     The tokenizer is a complete byte-level vocabulary without merges, so the

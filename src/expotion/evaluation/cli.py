@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .. import atomic
 from ..weights import weights_dir
 from . import embed, metrics, plots, report
 from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
@@ -28,10 +29,6 @@ DEFAULT_BATCH_SIZE = 8
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("EXPOTION_EVAL_CACHE", "cache/eval"))
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def parse_device(text: str) -> torch.device:
@@ -69,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="captions by clip or recording id: the manifest (CSV or JSONL), JSON, CSV with id,caption "
                              "columns, or id<TAB>caption lines; takes precedence over --cache's captions")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
-    parser.add_argument("--weights-dir", type=Path, default=None,
-                        help="weights directory (default $EXPOTION_WEIGHTS or ./weights)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache (default $EXPOTION_EVAL_CACHE or ./cache/eval)")
     parser.add_argument("--metrics", default=",".join(metrics.GROUPS),
@@ -84,7 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beat-trim", type=float, default=metrics.rhythm.DEFAULT_TRIM_S,
                         help="drop beats before this time (s) on both sides before beat F1")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RESULTS_DIR/tensorboard")
-    parser.add_argument("--device", default=default_device(), help="device of the evaluation models (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                         help="clips embedded together; a forward pass takes at most this many 10 s windows "
                              "(VGGish: ten times as many 0.96 s frames)")
@@ -187,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     report.write_csv(out / "per_clip.csv", evaluation)
     figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else []
     table = report.markdown(evaluation, label, pairing, options, figures)
-    (out / "results.md").write_text(table)
+    atomic.write_text(out / "results.md", table)
     if args.tensorboard:
         report.write_tensorboard(out / "tensorboard", evaluation)
     print(table)

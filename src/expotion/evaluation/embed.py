@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .. import atomic
 from ..media import MediaError
 from ..weights import MissingWeightsError
 from . import audio as audio_mod
@@ -64,16 +63,8 @@ class FileHashes:
         digest = sha256_file(path)
         self.known[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
         self.index.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.index, json.dumps(self.known, indent=0).encode())
+        atomic.write_text(self.index, json.dumps(self.known, indent=0))
         return digest
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 class EmbeddingCache:
@@ -93,12 +84,8 @@ class EmbeddingCache:
             return {k: data[k] for k in data.files}
 
     def put(self, extractor: str, fingerprint: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-        path = self.path(extractor, fingerprint, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic.atomic_path(self.path(extractor, fingerprint, key)) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
+from ..layers import Mlp, SplitAttention, activation
 from .video import VideoClip, uniform_frames
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -87,56 +88,20 @@ class TowerConfig:
                 "text_config": {"hidden_size": self.hidden_size, "projection_dim": self.projection_dim}}
 
 
-def activation(name: str):
-    if name == "gelu":
-        return F.gelu
-    if name == "quick_gelu":
-        return lambda x: x * torch.sigmoid(1.702 * x)
-    raise ValueError(f"unsupported hidden_act {name!r}")
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)))
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, cfg: TowerConfig) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.act = activation(cfg.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class EncoderLayer(nn.Module):
     """Optional attention across frames (per patch position), then the usual pre-norm CLIP block."""
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
         d, eps = cfg.hidden_size, cfg.layer_norm_eps
-        self.self_attn = Attention(d, cfg.num_attention_heads)
+        self.self_attn = SplitAttention(d, cfg.num_attention_heads)
         self.layer_norm1 = nn.LayerNorm(d, eps=eps)
-        self.mlp = Mlp(cfg)
+        self.mlp = Mlp(d, cfg.intermediate_size, activation(cfg.hidden_act))
         self.layer_norm2 = nn.LayerNorm(d, eps=eps)
         self.frames = cfg.num_frames if cfg.add_time_attn else 0
         if self.frames:
             self.temporal_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames, d))
-            self.temporal_attn = Attention(d, cfg.num_attention_heads)
+            self.temporal_attn = SplitAttention(d, cfg.num_attention_heads)
             self.temporal_layer_norm1 = nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -255,12 +220,19 @@ def video_input(clip: VideoClip | Path, cfg: TowerConfig) -> torch.Tensor:
     return torch.stack(out)[None]
 
 
-def save_random(out_dir: Path, cfg: TowerConfig, seed: int = 0) -> Path:
+TINY_VIDEO = TowerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         projection_dim=16, add_time_attn=True, num_frames=8)
+TINY_AUDIO = TowerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         projection_dim=16, num_mel_bins=112, target_length=1036)
+
+
+def save_tiny(out_dir: Path, seed: int = 0, modality: str = "video", cfg: TowerConfig | None = None) -> Path:
     """A random checkpoint directory in the released layout: config.json + pytorch_model.bin.
 
     The state dict also carries text-tower entries and ``logit_scale`` as the
     released files do, so the loader's key filtering is exercised.
     """
+    cfg = cfg or {"video": TINY_VIDEO, "audio": TINY_AUDIO}[modality]
     torch.manual_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

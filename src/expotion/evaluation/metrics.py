@@ -69,7 +69,6 @@ ALWAYS = ("signal",)  # extractors every run needs: clip durations and levels, f
 INPUT_FLAGS = {"caption": "--captions, or --cache", "video": "--videos, or --cache with the source videos"}
 VIDEO_GROUPS = ("video_audio", "video_music")  # groups that need --videos
 CONTROL_SHIFTS = 10  # wrong pairings per clip in the shuffled-pairs control
-REFERENCE_SIDE = ("is", "text_audio", "video_audio")  # single-set scores also reported for the reference audio
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
+from ..layers import Attention, Mlp
 from .audio import split_chunks
 from .batching import device_of, run_windows
 
@@ -55,30 +56,6 @@ class MelFrontEnd(nn.Module):
                           center=True, return_complex=True)
         mel = torch.matmul(self.mel_basis, spec.abs() ** 2)
         return ((torch.log(mel + 1e-5) + 4.5) / 5.0)[:, None]
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -194,7 +171,7 @@ def clip_logits(tagger: Tagger, samples_32k: np.ndarray) -> np.ndarray:
     return run_windows(tagger, [windows(samples_32k)], 1, device_of(tagger))[0].numpy()
 
 
-def save_random(path: Path, dim: int = 64, depth: int = 2, mlp_hidden: int = 128, seed: int = 0) -> Path:
+def save_tiny(path: Path, seed: int = 0, dim: int = 64, depth: int = 2, mlp_hidden: int = 128) -> Path:
     """A randomly initialised PaSST in the released file's format (plain state dict), full 10 s patch grid."""
     torch.manual_seed(seed)
     path = Path(path)

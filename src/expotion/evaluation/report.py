@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, atomic
 from . import alignment, checks, chroma, passt, rhythm, vggish
 from .audio import RESAMPLER
 from .clap import MIN_TRAILING_SECONDS
@@ -175,7 +175,7 @@ def write_json(path: Path, evaluation: Evaluation, states: dict[str, ExtractorSt
         "versions": package_versions(),
         "command": command,
     }
-    path.write_text(json.dumps(clean(doc), indent=2, ensure_ascii=False))
+    atomic.write_text(path, json.dumps(clean(doc), indent=2, ensure_ascii=False))
 
 
 def format_cell(value) -> str:

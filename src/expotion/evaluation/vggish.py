@@ -128,8 +128,8 @@ def embed(model: VGGish, samples_16k: np.ndarray, batch: int = 64) -> np.ndarray
     return out.reshape(-1, model.dim).numpy()
 
 
-def save_random(path: Path, conv_channels: tuple[int, ...] = (4, 8, 8, 8, 16, 16),
-                linear_dims: tuple[int, ...] = (32, 32, 128), seed: int = 0) -> Path:
+def save_tiny(path: Path, seed: int = 0, conv_channels: tuple[int, ...] = (4, 8, 8, 8, 16, 16),
+              linear_dims: tuple[int, ...] = (32, 32, 128)) -> Path:
     """A randomly initialised VGGish state dict in the released file's format (plain ``torch.save``)."""
     torch.manual_seed(seed)
     path = Path(path)

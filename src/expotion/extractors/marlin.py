@@ -8,7 +8,6 @@ encoder through the same ``Marlin.from_file`` path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,18 +36,16 @@ def model_name_of(path: Path) -> str:
     return name[: -len(SUFFIX)]
 
 
-@dataclass(frozen=True)
-class FaceEncoder:
+class FaceEncoder(torch.nn.Module):
     """A loaded MARLIN encoder with the crop size and feature width it was built for."""
 
-    model: torch.nn.Module
-    name: str
-    input_size: int
-    dim: int
-    window: int
+    def __init__(self, model: torch.nn.Module, name: str, input_size: int, dim: int, window: int) -> None:
+        super().__init__()
+        self.model, self.name = model, name
+        self.input_size, self.dim, self.window = input_size, dim, window
 
     @torch.no_grad()
-    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """(W, 3, 16, S, S) face crops in [0, 1] -> (W, D) window features (token mean)."""
         expected = (3, self.window, self.input_size, self.input_size)
         assert windows.ndim == 5 and tuple(windows.shape[1:]) == expected, (tuple(windows.shape), expected)
@@ -57,8 +54,8 @@ class FaceEncoder:
         return feats
 
 
-def load_marlin(path: str | Path) -> FaceEncoder:
-    """A frozen MARLIN encoder from its ``.encoder.pt`` file."""
+def load_marlin(path: str | Path, device: str | torch.device = "cpu") -> FaceEncoder:
+    """A frozen MARLIN encoder from its ``.encoder.pt`` file, on ``device``."""
     from marlin_pytorch import Marlin
     from marlin_pytorch.config import register_model_from_yaml, resolve_config
 
@@ -70,16 +67,17 @@ def load_marlin(path: str | Path) -> FaceEncoder:
         register_model_from_yaml(name, str(config_yaml))
     model = Marlin.from_file(name, str(path)).eval().requires_grad_(False)
     cfg = resolve_config(name)
-    return FaceEncoder(model, name, int(cfg.img_size), int(cfg.encoder_embed_dim), int(cfg.n_frames))
+    return FaceEncoder(model, name, int(cfg.img_size), int(cfg.encoder_embed_dim), int(cfg.n_frames)).to(device)
 
 
-def save_tiny_marlin(out_dir: str | Path, name: str = "marlin_vit_tiny", img_size: int = 64, dim: int = 32,
-                     depth: int = 2, heads: int = 2, seed: int = 0) -> Path:
-    """A random MARLIN encoder in the released file format, plus its registration YAML."""
+def save_tiny(path: str | Path, seed: int = 0, img_size: int = 64, dim: int = 32, depth: int = 2,
+              heads: int = 2) -> Path:
+    """A random MARLIN encoder in the released file format (``<model_name>.encoder.pt``), plus its registration YAML."""
     from marlin_pytorch import Marlin
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    name = model_name_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = {
         "img_size": img_size, "patch_size": 16, "clip_frames": 16, "tubelet_size": 2,
         "encoder": {"embed_dim": dim, "depth": depth, "num_heads": heads},
@@ -87,12 +85,11 @@ def save_tiny_marlin(out_dir: str | Path, name: str = "marlin_vit_tiny", img_siz
         "mlp_ratio": 4.0, "qkv_bias": True, "qk_scale": None, "drop_rate": 0.0, "attn_drop_rate": 0.0,
         "norm_layer": "LayerNorm", "init_values": 0.0,
     }
-    (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    path.with_name(f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     torch.manual_seed(seed)
     model = Marlin(img_size=img_size, patch_size=16, n_frames=16, encoder_embed_dim=dim, encoder_depth=depth,
                    encoder_num_heads=heads, decoder_embed_dim=dim, decoder_depth=1, decoder_num_heads=heads,
                    mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
                    norm_layer="LayerNorm", init_values=0.0, tubelet_size=2, as_feature_extractor=True)
-    path = out / f"{name}{SUFFIX}"
     torch.save(model.state_dict(), path)
     return path

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from expotion.layers import Attention, Mlp, merge_heads
 from expotion.rates import DEFAULT_RATES, Rates
 from expotion.weights import WeightSpec, register, require, weights_dir
 
@@ -92,18 +93,7 @@ class _PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class _DividedAttention(nn.Module):
+class _DividedAttention(Attention):
     """Attention restricted to groups of patch tokens, plus a global CLS token.
 
     Patch tokens are split into groups (one per frame for spatial attention,
@@ -111,22 +101,14 @@ class _DividedAttention(nn.Module):
     itself and to the CLS token, while the CLS token attends to all tokens.
     """
 
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
     def forward(self, x: torch.Tensor, slots: int, over_time: bool) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.heads_qkv(x)
         cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v)
         gq, gk, gv = (self._group(t[:, :, 1:], slots, over_time) for t in (q, k, v))
         n_groups = gq.shape[2]
         cls_k, cls_v = (t[:, :, :1].unsqueeze(2).expand(-1, -1, n_groups, -1, -1) for t in (k, v))
         out = F.scaled_dot_product_attention(gq, torch.cat([cls_k, gk], 3), torch.cat([cls_v, gv], 3))
-        out = torch.cat([cls_out, self._ungroup(out, over_time)], dim=2)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(merge_heads(torch.cat([cls_out, self._ungroup(out, over_time)], dim=2)))
 
     @staticmethod
     def _group(t: torch.Tensor, slots: int, over_time: bool) -> torch.Tensor:
@@ -151,7 +133,7 @@ class _DividedBlock(nn.Module):
         self.attn = _DividedAttention(cfg.dim, cfg.heads)
         self.timeattn = _DividedAttention(cfg.dim, cfg.heads)
         self.norm2 = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
-        self.mlp = _Mlp(cfg.dim, cfg.mlp_ratio * cfg.dim)
+        self.mlp = Mlp(cfg.dim, cfg.mlp_ratio * cfg.dim)
         self.norm3 = nn.LayerNorm(cfg.dim, eps=LAYER_NORM_EPS)
 
     def forward(self, x: torch.Tensor, slots: int) -> torch.Tensor:
@@ -316,8 +298,9 @@ def load_synchformer_visual(
     cfg: MotionFormerConfig = MotionFormerConfig(),
     *,
     allow_pickle: bool = True,
+    device: str | torch.device = "cpu",
 ) -> MotionFormer:
-    """The frozen visual extractor from a Synchformer checkpoint (default: the registered location).
+    """The frozen visual extractor from a Synchformer checkpoint (default: the registered location), on ``device``.
 
     The file is first read with ``weights_only=True``. The official release
     cannot be read that way: besides tensors it pickles its OmegaConf training
@@ -334,7 +317,7 @@ def load_synchformer_visual(
     model = MotionFormer(cfg)
     _check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).to(device)
 
 
 def _read_checkpoint(path: Path, allow_pickle: bool) -> object:
@@ -399,3 +382,9 @@ def save_synchformer_format(model: MotionFormer, path: str | os.PathLike, extra:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({**extra, "model": weights, "model_type": "Synchformer"}, path)
     return path
+
+
+def save_tiny(path: str | os.PathLike, seed: int = 0, cfg: MotionFormerConfig = MotionFormerConfig.tiny()) -> Path:
+    """A random MotionFormer at ``cfg``'s sizes, laid out like the official Synchformer checkpoint."""
+    torch.manual_seed(seed)
+    return save_synchformer_format(MotionFormer(cfg), path)

@@ -39,8 +39,9 @@ def build_raft(variant: str, weights=None):
     return builder(weights=enum if weights == "released" else None)
 
 
-def load_raft(variant: str = "large", checkpoint: str | Path | None = None) -> torch.nn.Module:
-    """A frozen RAFT: torchvision's released weights from the hub cache, or an explicit state-dict file."""
+def load_raft(variant: str = "large", checkpoint: str | Path | None = None,
+              device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A frozen RAFT on ``device``: torchvision's released weights from the hub cache, or an explicit state-dict file."""
     if checkpoint is None:
         filename = RAFT_FILES.get(variant, "")
         require(torch_hub_checkpoints() / filename, what=f"RAFT-{variant} optical flow", filename=filename,
@@ -51,10 +52,10 @@ def load_raft(variant: str = "large", checkpoint: str | Path | None = None) -> t
                        where="the path given as raft_checkpoint")
         model = build_raft(variant)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).to(device)
 
 
-def save_tiny_raft(path: str | Path, variant: str = "small", seed: int = 0) -> Path:
+def save_tiny(path: str | Path, seed: int = 0, variant: str = "small") -> Path:
     """A randomly initialised RAFT state dict in torchvision's file format."""
     torch.manual_seed(seed)
     path = Path(path)
@@ -98,13 +99,13 @@ def compute_flow(model: torch.nn.Module, frames: np.ndarray, cfg: FlowConfig, ba
     if len(frames) < 2:
         raise ValueError(f"optical flow needs at least 2 frames, got {len(frames)} (a clip shorter than 2 frames "
                          f"at the flow rate)")
-    x = to_raft_input(frames, cfg)
+    x = to_raft_input(frames, cfg).to(next(model.parameters()).device)
     out = []
     for i in range(0, len(x) - 1, batch):
         a, b = x[i : i + batch], x[i + 1 : i + 1 + batch]
         a = a[: len(b)]
         flow = model(a, b, num_flow_updates=cfg.updates)[-1]
         out.append(F.avg_pool2d(flow, cfg.pool) / cfg.pool)
-    flows = torch.cat(out).numpy()
+    flows = torch.cat(out).cpu().numpy()
     assert flows.shape == (len(frames) - 1, *cfg.stored_shape), flows.shape
     return flows

@@ -1,0 +1,55 @@
+"""``expotion features``: write MARLIN, Synchformer and RAFT features, EnCodec tokens and T5 text
+embeddings of every clip in a manifest to HDF5 shards.
+
+    expotion features --manifest data/manifest.csv --cache cache [--profile real|tiny] [--device cuda]
+        [--extractors marlin,synchformer,raft,codes,t5] [--workers 2] [--threads 1] [--keep-tail]
+
+Interrupting is safe: rerun the same command and finished shards are kept. A
+second run on the same cache waits for the first. Exit status: 0 when every
+split got clips, 2 for unusable arguments or manifest, 3 when a split got no
+clips (the cache of the other splits is complete).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .cache import CacheError
+from .features import EXTRACTORS, ExtractorConfig
+from .manifest import ManifestError
+from .pipeline import PrecomputeConfig, run as run_pipeline
+from .weights import MissingWeightsError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", type=Path, required=True, help="CSV or JSONL, one row per recording")
+    p.add_argument("--cache", type=Path, required=True, help="output directory (<cache>/<split>/shard-NNNNN.h5)")
+    p.add_argument("--data-root", type=Path, default=None, help="root of the manifest's paths (default: its folder)")
+    p.add_argument("--musicgen", default=None, help="MusicGen hub name or local directory (real default facebook/musicgen-small)")
+    p.add_argument("--raft-variant", choices=("small", "large"), default=None)
+    p.add_argument("--extractors", default=",".join(EXTRACTORS), help=f"comma-separated subset of {','.join(EXTRACTORS)}")
+    p.add_argument("--clip-seconds", type=float, default=10.0)
+    p.add_argument("--keep-tail", action="store_true",
+                   help="also take a last clip ending with the recording, overlapping the one before it")
+    p.add_argument("--recordings-per-shard", type=int, default=4)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes; with --device cuda, worker k runs on GPU k mod n_gpus")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker; float16 features depend on it (not on --workers)")
+
+
+def run(args: argparse.Namespace, extractors: ExtractorConfig) -> int:
+    """Precompute with ``extractors`` (the profile the shared options chose)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    names = tuple(n.strip() for n in args.extractors.split(",") if n.strip())
+    cfg = PrecomputeConfig(manifest=args.manifest, cache=args.cache, extractors=extractors, names=names,
+                           data_root=args.data_root, clip_seconds=args.clip_seconds,
+                           recordings_per_shard=args.recordings_per_shard, workers=args.workers,
+                           threads=args.threads, keep_tail=args.keep_tail)
+    summary = run_pipeline(cfg)
+    print(summary.report())
+    return 3 if summary.empty_splits else 0
+
+
+ERRORS = (ManifestError, MissingWeightsError, CacheError, ValueError)
