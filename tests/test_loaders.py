@@ -56,6 +56,22 @@ def test_encodec_tokens_and_text_hidden(tiny_musicgen_dir):
     assert not np.array_equal(a, b)
 
 
+def test_tiny_encodec_tokens_follow_the_audio(tiny_musicgen_dir):
+    """Codes of the tiny EnCodec change with the audio, so a demo trained on them can learn from the video."""
+    from expotion.musicgen import encode_audio, load_musicgen
+
+    model = load_musicgen(str(tiny_musicgen_dir))
+    t = np.arange(64000) / 32000
+    noise = (0.3 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+    gated = (0.5 * np.sin(2 * np.pi * 110 * t) * (t % 0.5 < 0.25)).astype(np.float32)
+    noise_codes, gated_codes = encode_audio(model, noise), encode_audio(model, gated)
+    for codes in (noise_codes, gated_codes):
+        assert all(len(np.unique(row)) >= 5 for row in codes)  # every codebook uses several entries
+    assert (noise_codes[0] != gated_codes[0]).mean() > 0.5
+    tone, silence = gated_codes[0, 1:12], gated_codes[0, 16:24]  # inside the first tone and the first gap
+    assert len(set(silence)) == 1 and np.mean(tone != silence[0]) >= 0.75
+
+
 def test_musicgen_missing_files_named(tmp_path, monkeypatch):
     from expotion.musicgen import check_musicgen_available
 

@@ -7,6 +7,8 @@ in exactly that exported layout, so demos and tests exercise the real loader.
 """
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,6 +124,38 @@ def exported(state: dict, cfg: dict) -> dict:
             "version": audiocraft.__version__, "exported": True}
 
 
+def calibration_audio(sample_rate: int, generator: torch.Generator, count: int = 16, seconds: float = 2.0) -> torch.Tensor:
+    """Varied audio (count, 1, samples): gated tones over six octaves plus noise, at many levels."""
+    t = torch.arange(int(sample_rate * seconds)) / sample_rate
+    freqs = 55.0 * 2 ** (6 * torch.rand(count, 1, generator=generator))
+    levels = 0.05 + 0.8 * torch.rand(count, 1, generator=generator)
+    rates = 1.0 + 7.0 * torch.rand(count, 1, generator=generator)  # on/off gates from 1 to 8 per second
+    gates = (torch.sin(2 * math.pi * rates * t) > 0).float()
+    noise = torch.rand(count, 1, generator=generator) * torch.randn(count, t.numel(), generator=generator)
+    return (levels * gates * torch.sin(2 * math.pi * freqs * t) + 0.3 * noise).clamp(-1, 1).unsqueeze(1)
+
+
+@torch.no_grad()
+def seed_codebooks(compression, seed: int = 0) -> None:
+    """Draw every RVQ codebook from the encoder's residuals on varied audio, as k-means initialisation starts.
+
+    Random codebook vectors lie far from a random encoder's outputs, so every frame would take the
+    same nearest code and the tokens would say nothing about the audio: a model trained on them
+    could not show that the video helps.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    residual = compression.encoder(calibration_audio(compression.sample_rate, generator))  # (B, D, T)
+    for layer in compression.quantizer.vq.layers:
+        codebook = layer._codebook
+        frames = residual.transpose(1, 2).reshape(-1, residual.shape[1])
+        chosen = frames[torch.randperm(len(frames), generator=generator)[: codebook.embed.shape[0]]]
+        codebook.embed.copy_(chosen)
+        codebook.embed_avg.copy_(chosen)
+        codebook.cluster_size.fill_(1.0)
+        codebook.inited.fill_(True)
+        residual = residual - layer.decode(layer.encode(residual))
+
+
 def save_tiny(out_dir: str | os.PathLike, seed: int = 0, cfg: TinyMusicGenConfig = TinyMusicGenConfig()) -> Path:
     """Write a random tiny MusicGen as ``state_dict.bin`` + ``compression_state_dict.bin``."""
     from audiocraft.models import builders
@@ -132,6 +166,7 @@ def save_tiny(out_dir: str | os.PathLike, seed: int = 0, cfg: TinyMusicGenConfig
     lm_cfg, comp_cfg = tiny_lm_cfg(cfg), tiny_compression_cfg(cfg)
     lm = builders.get_lm_model(OmegaConf.create(lm_cfg))
     compression = builders.get_compression_model(OmegaConf.create(comp_cfg))
+    seed_codebooks(compression, seed)
     torch.save(exported(lm.state_dict(), lm_cfg), out / "state_dict.bin")
     torch.save(exported(compression.state_dict(), comp_cfg), out / "compression_state_dict.bin")
     return out
