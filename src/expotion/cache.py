@@ -2,7 +2,7 @@
 
 Layout: ``<cache>/<split>/shard-NNNNN.h5``, one group per clip under
 ``/clips/<clip_id>`` holding ``codes`` (K, T) with a ``frame_rate`` attribute,
-and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``t5`` with
+and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``clip``, ``farneback``, ``t5`` with
 ``fps``/``t0`` attributes where they are time series. ``/text/generic`` holds
 the generic prompt's text embedding. A shard is written under a temporary
 name and renamed when complete, so a killed run never leaves a partial shard.
@@ -31,7 +31,7 @@ from .atomic import AtomicFile
 from .rates import DEFAULT_RATES, Rates
 
 SCHEMA_VERSION = 1
-FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
+FLOAT_FEATURES = ("marlin", "synchformer", "raft", "clip", "farneback")  # stored as float16: half the disk, ample precision
 LOCK_NAME = ".lock"
 TEMPORARY = re.compile(r"^\.shard-\d+\.tmp-(\d+)-[0-9a-f]+\.h5$")  # see expotion.atomic.temporary_path
 

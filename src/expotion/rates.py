@@ -44,6 +44,10 @@ class Rates:
     synchformer_tubelet: int = 2
     # RAFT: optical flow between consecutive frames sampled at 5 fps.
     raft_video_fps: float = 5.0
+    # The second method (video-to-music-clip-flow §5.1): CLIP on frames at 2 fps,
+    # Farneback flow between consecutive grayscale frames at 4 fps.
+    clip_video_fps: float = 2.0
+    farneback_video_fps: float = 4.0
 
     # ---- lengths -------------------------------------------------------------
     @staticmethod
@@ -89,6 +93,15 @@ class Rates:
     def raft_flows(self, duration_s: float) -> int:
         return max(self.raft_frames(duration_s) - 1, 0)
 
+    def clip_frames(self, duration_s: float) -> int:
+        return self.frames_at(duration_s, self.clip_video_fps)
+
+    def farneback_frames(self, duration_s: float) -> int:
+        return self.frames_at(duration_s, self.farneback_video_fps)
+
+    def farneback_flows(self, duration_s: float) -> int:
+        return max(self.farneback_frames(duration_s) - 1, 0)
+
     # ---- stream rates --------------------------------------------------------
     @property
     def marlin(self) -> StreamRate:
@@ -112,11 +125,22 @@ class Rates:
         return StreamRate(self.raft_video_fps, 0.5 / self.raft_video_fps)
 
     @property
+    def clip(self) -> StreamRate:
+        """One vector per sampled frame, describing the instant it shows."""
+        return StreamRate(self.clip_video_fps, 0.0)
+
+    @property
+    def farneback(self) -> StreamRate:
+        """One magnitude map per consecutive frame pair, centred between the two frames."""
+        return StreamRate(self.farneback_video_fps, 0.5 / self.farneback_video_fps)
+
+    @property
     def codes(self) -> StreamRate:
         return StreamRate(self.codes_fps, 0.0)
 
     def stream(self, name: str) -> StreamRate:
-        return {"marlin": self.marlin, "synchformer": self.synchformer, "raft": self.raft, "codes": self.codes}[name]
+        return {"marlin": self.marlin, "synchformer": self.synchformer, "raft": self.raft, "clip": self.clip,
+                "farneback": self.farneback, "codes": self.codes}[name]
 
 
 

@@ -9,12 +9,13 @@ own files), which keeps them small and resumable.
 from __future__ import annotations
 
 import math
+import os
 
 import lightning as L
 import torch
 
 from .adaptor import AdaptorConfig, ConditionAdaptor
-from .checkpoint import check_compatible, check_state_dict, spec_to_dict
+from .checkpoint import check_compatible, check_state_dict, save_adaptor, spec_to_dict
 from .conditioning import text_condition
 from .data import FeatureSpec, visual_names
 from .musicgen import load_musicgen, model_signature, place_musicgen
@@ -34,6 +35,25 @@ def adapted_predictions(lm, adaptor: ConditionAdaptor, feats: dict[str, torch.Te
     condition = text_condition(lm, batch["text"], batch["text_mask"], batch["caption"])
     with adaptor.attached(prefix):
         return lm.compute_predictions(codes, [], condition_tensors=condition)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def logged_loss(module: L.LightningModule, out, codes: torch.Tensor, stage: str) -> torch.Tensor:
+    """MusicGen's loss of ``out`` (an ``LMOutput``) on ``codes``, logged with per-codebook CE and accuracy."""
+    loss, ce, acc = codebook_cross_entropy(out.logits, codes, out.mask)
+    size = codes.shape[0]
+    module.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
+    for k in range(len(ce)):
+        module.log(f"{stage}/ce_q{k}", ce[k], batch_size=size, sync_dist=stage == "val")
+        module.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
+    return loss
 
 
 class ExpotionModule(L.LightningModule):
@@ -87,14 +107,7 @@ class ExpotionModule(L.LightningModule):
         return adapted_predictions(self.lm, self.adaptor, self.visual_inputs(batch), self.spec.rates, batch)
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
-        out = self(batch)
-        loss, ce, acc = codebook_cross_entropy(out.logits, batch["codes"], out.mask)
-        size = batch["codes"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
-        for k in range(len(ce)):
-            self.log(f"{stage}/ce_q{k}", ce[k], batch_size=size, sync_dist=stage == "val")
-            self.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
-        return loss
+        return logged_loss(self, self(batch), batch["codes"], stage)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         return None if batch is None else self.shared_step(batch, "train")  # None: every clip skipped, no step
@@ -112,13 +125,7 @@ class ExpotionModule(L.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(self.hparams.warmup_fraction * total))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -136,3 +143,7 @@ class ExpotionModule(L.LightningModule):
                                     "features": checkpoint["adaptor_features"]}, self.signature, self.spec)
         saved = {k.removeprefix("adaptor."): v for k, v in checkpoint.get("state_dict", {}).items()}
         check_state_dict(path, saved, self.adaptor.state_dict())
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write the adaptor-only checkpoint (``adaptor.pt``) that ``expotion generate`` reads."""
+        save_adaptor(path, self.adaptor, self.signature, self.spec)
