@@ -41,6 +41,7 @@ WEIGHT_MODULES = (
     "expotion.extractors.marlin",
     "expotion.extractors.motionformer",
     "expotion.extractors.raft",
+    "expotion.extractors.clip",
     "expotion.evaluation.models",
 )
 

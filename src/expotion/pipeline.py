@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import __version__, atomic
 from .cache import NonFiniteError, ShardWriter, cache_lock, list_shards, remove_stale_temporaries, shard_attrs, shard_path
-from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
+from .features import DEFAULT_EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .rates import DEFAULT_RATES, FeatureShapeError, Rates
@@ -51,7 +51,7 @@ class PrecomputeConfig:
     manifest: Path
     cache: Path
     extractors: ExtractorConfig
-    names: tuple[str, ...] = EXTRACTORS
+    names: tuple[str, ...] = DEFAULT_EXTRACTORS
     data_root: Path | None = None
     clip_seconds: float = DEFAULT_RATES.clip_seconds
     recordings_per_shard: int = 4

@@ -106,3 +106,19 @@ def trained_decoder(lm: nn.Module, which: str) -> dict[str, nn.Parameter]:
     if which == "all":
         return dict(lm.named_parameters())
     raise ValueError(f"decoder must be none, cross_attention or all, got {which!r}")
+
+
+@contextlib.contextmanager
+def window_memory(conditioner: nn.Module, lm: nn.Module, feats: dict[str, torch.Tensor], rates: dict,
+                  start_s: float, seconds: float, compute_dtype: torch.dtype) -> Iterator[None]:
+    """Attach ``Z`` of the window ``[start_s, start_s + seconds)`` to one ``lm.generate`` call.
+
+    ``Z`` is computed once per window, at the conditioner's precision (under autocast
+    when reduced), and handed to MusicGen in its own dtype.
+    """
+    param = next(conditioner.parameters())
+    batch = len(next(iter(feats.values())))
+    with torch.autocast(param.device.type, dtype=param.dtype, enabled=param.dtype != torch.float32):
+        z = conditioner(feats, rates, torch.full((batch,), start_s, device=param.device), seconds)
+    with memory_attached(lm, z.to(compute_dtype), conditioner.cfg.text == "concat"):
+        yield

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from copy import deepcopy
 from dataclasses import dataclass
 
 import lightning as L
@@ -83,9 +84,24 @@ class ClipFlowModule(L.LightningModule):
         self.conditioner: ClipFlowConditioner | None = None
         self.spec: FeatureSpec | None = None
 
+    def __deepcopy__(self, memo: dict) -> ClipFlowModule:
+        """A copy (as ``EMAWeightAveraging`` makes) that shares audiocraft's MusicGen wrapper: its EnCodec's weight
+        norm cannot be deep-copied, and only the registered modules (``lm``, ``conditioner``) are averaged."""
+        memo[id(self.musicgen)] = self.musicgen
+        copy = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copy
+        copy.__dict__.update({k: deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return copy
+
     @property
     def streams(self) -> tuple[str, ...]:
         return self.cfg.streams
+
+    @property
+    def adaptor(self) -> ClipFlowConditioner | None:
+        """The video conditioning :func:`expotion.generation.generate_tokens` takes (read by the audio-sample callback
+        under the name both methods share)."""
+        return self.conditioner
 
     def configure_model(self) -> None:
         """Build the conditioner for the cache's feature shapes (once; Lightning and EMA callbacks both call this)."""

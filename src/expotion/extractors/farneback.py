@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,14 @@ def farneback_magnitudes(frames: np.ndarray, cfg: FarnebackConfig) -> np.ndarray
     maps = [cv2.resize(flow_magnitude(a, b, cfg), (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
             for a, b in zip(gray[:-1], gray[1:])]
     return np.stack(maps).astype(np.float32)
+
+
+class FarnebackFlow(nn.Module):
+    """The flow magnitudes as a module of the extractor registry: OpenCV on the CPU, no weights."""
+
+    def __init__(self, cfg: FarnebackConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, frames: np.ndarray) -> np.ndarray:
+        return farneback_magnitudes(frames, self.cfg)
