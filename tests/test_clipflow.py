@@ -149,6 +149,22 @@ def test_memory_projection_gives_p_tokens_per_frame_in_frame_order():
     assert torch.all(diff[15:18] > 1e-3) and torch.all(torch.cat([diff[:15], diff[18:]]) == 0)
 
 
+def test_standardization_by_training_statistics_is_saved_with_the_weights():
+    """Each element minus its training mean over its training std; a constant element is not blown up."""
+    from expotion.clipflow.conditioner import Standardization
+
+    samples = 5 + 2 * torch.randn(400, 3, 4)
+    samples[:, 0, 0] = 7.0  # a static background pixel
+    norm = Standardization((3, 4))
+    norm.fit(samples)
+    out = norm(samples)
+    torch.testing.assert_close(out.mean(0), torch.zeros(3, 4), rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.std(0)[1:], torch.ones(2, 4), rtol=0, atol=1e-5)
+    assert float(out[:, 0, 0].abs().max()) == 0.0
+    conditioner = ClipFlowConditioner(small_cfg(), SHAPES, 64, 50.0)
+    assert {"standardize.clip.mean", "standardize.farneback.std"} <= set(conditioner.state_dict())
+
+
 @pytest.mark.parametrize("motion", [True, False])
 def test_conditioner_gives_the_memory_of_a_window(motion):
     """Z of the window at 5 s equals Z of the same frames given as a stream that starts there."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -63,6 +64,23 @@ def test_precompute_writes_clip_and_farneback_streams(cache, spec, tiny_profile_
     assert float(item["farneback"].max()) > 0.5  # the performer moves
 
 
+def test_windowed_clip_and_farneback_equal_one_pass(tmp_path, tiny_profile_cfg):
+    """A long video's clip and farneback streams, read window by window, equal one pass over it bit for bit."""
+    from expotion.features import Extractors
+    from expotion.media import iter_clip_frames
+    from expotion.windowed import plan_windows, video_features
+
+    ex = Extractors(tiny_profile_cfg, STREAMS)
+    video = write_video(tmp_path / "v.mp4", moving_frames(int(5.3 * 25), 96, 128), fps=25)
+    (_, frames), = iter_clip_frames(video, [(0.0, 5.3)], ex.cfg.max_short_side)
+    whole = ex.video_features(frames, 5.3)
+    assert [w.start_s for w in plan_windows(5.3, 1.6, ex.rates, ex.cfg.face_detect_fps, STREAMS)] == [0.0, 1.5, 3.0]
+    stitched = video_features(ex, video, 5.3, window_s=1.6)  # the grid of 2 and 4 fps is 0.5 s
+    assert whole.arrays["clip"].shape == (10, 17, 32) and whole.arrays["farneback"].shape == (20, 112, 112)
+    for name, expected in whole.arrays.items():
+        assert np.array_equal(stitched.arrays[name], expected), name
+
+
 def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Path:
     cfg = yaml.safe_load((ROOT / "lightning_configs" / "clip_flow_tiny.yaml").read_text())
     model = cfg["model"]["init_args"]
@@ -70,10 +88,9 @@ def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Pa
     model["clip_flow"].update(max_seconds=CLIP_S, **clip_flow)
     cfg["data"].update(cache_dir=str(cache), crop_seconds=1.0, batch_size=2)
     cfg["trainer"].update(default_root_dir=str(tmp_path / "run"), enable_progress_bar=False, max_epochs=2)
-    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
     cfg["trainer"]["callbacks"] = [
         {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        {"class_path": "expotion.callbacks.RunCheckpoint",
          "init_args": {"save_last": True, "dirpath": str(tmp_path / "ckpt")}},
         {"class_path": "expotion.callbacks.AdaptorExport", "init_args": {"dirpath": str(tmp_path / "export")}},
         {"class_path": "expotion.callbacks.AudioSamples", "init_args": {"every_n_epochs": 1, "seconds": 0.5}},
@@ -187,3 +204,31 @@ def test_mismatched_features_and_methods_are_refused(tmp_path, musicgen, spec, t
     payload["method"] = "expotion"
     with pytest.raises(CheckpointMismatch, match="'expotion' method"):
         build_clip_flow(tmp_path / "c.pt", payload, musicgen)
+
+
+def test_configs_parse_with_the_paper_settings():
+    """clip_flow_small.yaml carries §5.1's numbers; the no-motion overlay changes only the motion stream."""
+    from expotion.data import ShardDataModule
+    from expotion.train import ExpotionCLI
+
+    class ParseOnly(ExpotionCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    configs = ROOT / "lightning_configs"
+    small = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_small.yaml")]).config
+    model = small.model.init_args
+    assert small.model.class_path == "expotion.clipflow.training.ClipFlowModule"
+    assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size, small.trainer.max_epochs) == (3.5e-5, 4000,
+                                                                                                           64, 10)
+    assert model.clip_flow.decoder == "all" and model.clip_flow.text == "none" and model.clip_flow.motion
+    ema = small.trainer.callbacks[0]
+    assert ema.class_path.endswith("EMAWeightAveraging") and ema.init_args.decay == 0.99
+    assert [c.class_path.rsplit(".", 1)[1] for c in small.trainer.callbacks].index("AdaptorExport") > 0  # after EMA
+    ablation = ParseOnly(None, ShardDataModule, run=False,
+                         args=["--config", str(configs / "clip_flow_small.yaml"),
+                               "--config", str(configs / "clip_flow_no_motion.yaml")]).config
+    assert not ablation.model.init_args.clip_flow.motion
+    assert ablation.model.init_args.clip_flow.tokens_per_frame == 8 and ablation.model.init_args.optim.lr == 3.5e-5
+    tiny = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_tiny.yaml")]).config
+    assert tiny.model.class_path == small.model.class_path and tiny.trainer.accelerator == "cpu"

@@ -11,6 +11,7 @@
 - §3.4 :class:`MemoryProjection`: each ``o_i`` -> ``P`` tokens at MusicGen's
   width ``M``, giving ``Z`` of shape (N_v * P, M).
 
+Each stream is first standardised by training-set statistics (:class:`Standardization`).
 The paper gives the cross-attention no notion of time, and MusicGen's
 cross-attention has none either, so ``v``, ``f`` and ``Z`` also get sinusoidal
 embeddings of their time in the window (:func:`time_embedding`). The one for
@@ -93,6 +94,31 @@ def encoder(dim: int, layers: int, heads: int, ff_mult: int, dropout: float) -> 
     layer = nn.TransformerEncoderLayer(dim, heads, ff_mult * dim, dropout, activation="gelu", batch_first=True,
                                        norm_first=True)
     return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
+
+
+class Standardization(nn.Module):
+    """Each element of a cached feature stream minus its training-set mean, over its training-set std.
+
+    Pre-extracted features share a large constant part from frame to frame (the
+    CLIP tokens of a fixed camera, the empty background of a flow map); what
+    tells clips and moments apart is the variation around it. The statistics
+    are buffers, so they travel with the conditioner's weights.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
+
+    @torch.no_grad()
+    def fit(self, samples: torch.Tensor) -> None:
+        """Statistics over ``samples`` (N, *shape); a std below 1e-3 of the overall std is raised to it."""
+        samples = samples.to(self.mean)
+        self.mean.copy_(samples.mean(0))
+        self.std.copy_(samples.std(0).clamp(min=1e-3 * float(samples.std()) + 1e-8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class VisualEmbedding(nn.Module):
@@ -216,6 +242,7 @@ class ClipFlowConditioner(nn.Module):
             raise ValueError(f"the conditioner needs the streams {cfg.streams}; the features lack {missing}")
         tokens, dim = shapes["clip"]
         self.cfg, self.frame_rate, self.dim, self.model_dim = cfg, frame_rate, dim, model_dim
+        self.standardize = nn.ModuleDict({name: Standardization(shapes[name]) for name in cfg.streams})
         self.visual = VisualEmbedding(tokens, dim, cfg)
         self.motion = MotionEmbedding(shapes["farneback"], dim, cfg) if cfg.motion else None
         self.fusion = CrossAttentionFusion(dim, cfg) if cfg.motion else None
@@ -227,6 +254,7 @@ class ClipFlowConditioner(nn.Module):
     def forward(self, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate], start_s: torch.Tensor,
                 seconds: float) -> torch.Tensor:
         """``Z`` (B, N_v * P, M) for the window ``[start_s, start_s + seconds)`` of each clip (``start_s`` (B,))."""
+        feats = {name: self.standardize[name](feats[name]) for name in self.cfg.streams}
         clip, frame_times = window(feats["clip"], rates["clip"], start_s, window_length("clip", rates["clip"], seconds))
         if clip.shape[1] == 0:
             raise ValueError(f"a {seconds:g} s window holds no CLIP frame at {rates['clip'].fps:g} fps")

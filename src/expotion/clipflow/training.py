@@ -8,8 +8,9 @@ the video reaches MusicGen (as its cross-attention memory). Select it with
 
 Lightning checkpoints hold only the parameters that train: MusicGen's frozen
 ones are reloaded from its own files. The conditioner is built in
-:meth:`ClipFlowModule.configure_model`, from the feature shapes of the cache,
-before a weight-averaging callback (``EMAWeightAveraging``) copies the model.
+:meth:`ClipFlowModule.configure_model`, from the feature shapes and statistics
+of the training split, before a weight-averaging callback (``EMAWeightAveraging``)
+copies the model.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
-from ..checkpoint import CheckpointMismatch
+from ..checkpoint import CheckpointMismatch, check_compatible, spec_to_dict
 from ..conditioning import text_embeddings
-from ..data import FeatureSpec, visual_names
-from ..musicgen import load_musicgen, model_signature
+from ..data import ClipDataset, FeatureSpec, visual_names
+from ..musicgen import load_musicgen, model_signature, place_musicgen
 from ..rates import StreamRate
 from ..training import logged_loss, warmup_cosine
 from .checkpoint import save_clip_flow
@@ -32,6 +33,7 @@ from .conditioner import ClipFlowConditioner, ClipFlowConfig
 from .memory import check_cross_attention, condition_dropout, memory_condition, trained_decoder
 
 log = logging.getLogger("expotion.clipflow")
+STATISTICS_CLIPS = 256  # clips read for the feature statistics
 
 
 def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str, torch.Tensor],
@@ -47,6 +49,13 @@ def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str,
     text = (text_embeddings(lm, batch["text"], batch["text_mask"], keep_text)
             if conditioner.cfg.text == "concat" else None)
     return lm.compute_predictions(codes, [], condition_tensors=memory_condition(z, keep_memory, text))
+
+
+def stream_samples(dataset: ClipDataset, streams: tuple[str, ...], clips: int = STATISTICS_CLIPS) -> dict[str, torch.Tensor]:
+    """Every time step of up to ``clips`` clips spread evenly over ``dataset``, per stream: (steps, *shape)."""
+    picks = sorted({round(i * (len(dataset) - 1) / max(1, clips - 1)) for i in range(min(clips, len(dataset)))})
+    items = [item for item in map(dataset.__getitem__, picks) if item is not None]  # None: non-finite, skipped
+    return {name: torch.cat([item[name] for item in items]) for name in streams}
 
 
 @dataclass(frozen=True)
@@ -85,9 +94,11 @@ class ClipFlowModule(L.LightningModule):
         self.spec: FeatureSpec | None = None
 
     def __deepcopy__(self, memo: dict) -> ClipFlowModule:
-        """A copy (as ``EMAWeightAveraging`` makes) that shares audiocraft's MusicGen wrapper: its EnCodec's weight
-        norm cannot be deep-copied, and only the registered modules (``lm``, ``conditioner``) are averaged."""
+        """A copy (as ``EMAWeightAveraging`` makes) that shares audiocraft's MusicGen wrapper and the trainer: the
+        EnCodec's weight norm cannot be deep-copied, nor can the datasets' open HDF5 files the trainer reaches, and
+        only the registered modules (``lm``, ``conditioner``) are averaged."""
         memo[id(self.musicgen)] = self.musicgen
+        memo[id(self._trainer)] = self._trainer
         copy = self.__class__.__new__(self.__class__)
         memo[id(self)] = copy
         copy.__dict__.update({k: deepcopy(v, memo) for k, v in self.__dict__.items()})
@@ -104,19 +115,27 @@ class ClipFlowModule(L.LightningModule):
         return self.conditioner
 
     def configure_model(self) -> None:
-        """Build the conditioner for the cache's feature shapes (once; Lightning and EMA callbacks both call this)."""
+        """Build the conditioner for the cache's feature shapes and statistics (once; Lightning and EMA callbacks
+        both call this)."""
         if self.conditioner is None:
             data = self.trainer.datamodule
-            self.build((data.train_set or data.val_set).spec)
+            self.build(data.train_set or data.val_set)
 
-    def build(self, spec: FeatureSpec) -> None:
-        self.spec = spec
-        self.conditioner = ClipFlowConditioner(self.cfg, spec.shapes, self.signature["dim"],
-                                               self.signature["frame_rate"]).to(self.device)
+    def build(self, dataset: ClipDataset) -> None:
+        self.spec = dataset.spec
+        self.conditioner = ClipFlowConditioner(self.cfg, self.spec.shapes, self.signature["dim"],
+                                               self.signature["frame_rate"])
+        for name, samples in stream_samples(dataset, self.streams).items():
+            self.conditioner.standardize[name].fit(samples)
+        self.conditioner.to(self.device)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.lm.train()  # MusicGen's condition dropout acts in train mode, as in its own training
+
+    def on_fit_start(self) -> None:
+        """Lightning moved ``lm``; audio samples also need EnCodec, the text encoder and ``musicgen.device`` here."""
+        place_musicgen(self.musicgen, self.device)
 
     def visual_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         feats = {name: batch[name] for name in visual_names(self.streams)}
@@ -125,11 +144,12 @@ class ClipFlowModule(L.LightningModule):
     def forward(self, batch: dict):
         return clip_flow_predictions(self.lm, self.conditioner, self.visual_inputs(batch), self.spec.rates, batch)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return logged_loss(self, self(batch), batch["codes"], "train")
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        return None if batch is None else logged_loss(self, self(batch), batch["codes"], "train")  # None: all skipped
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logged_loss(self, self(batch), batch["codes"], "val")
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is not None:
+            logged_loss(self, self(batch), batch["codes"], "val")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -152,6 +172,14 @@ class ClipFlowModule(L.LightningModule):
             if key in checkpoint:
                 checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k in keep}
         checkpoint["musicgen_signature"] = self.signature
+        checkpoint["adaptor_features"] = spec_to_dict(self.spec)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, in one line, resuming from a run on another MusicGen or other features before loading it."""
+        if self.conditioner is not None and "adaptor_features" in checkpoint:
+            check_compatible(self.trainer.ckpt_path, {"musicgen": checkpoint.get("musicgen_signature", {}),
+                                                      "features": checkpoint["adaptor_features"]}, self.signature,
+                             self.spec)
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Load the trained parameters; MusicGen's frozen ones are not in checkpoints and stay as loaded."""
@@ -164,5 +192,4 @@ class ClipFlowModule(L.LightningModule):
 
     def export(self, path: str | os.PathLike) -> None:
         """Write the checkpoint ``expotion generate`` reads: the conditioner, the trained MusicGen parameters, specs."""
-        save_clip_flow(path, self.conditioner, {name: p for name, p in self.decoder.items()}, self.signature,
-                       self.spec)
+        save_clip_flow(path, self.conditioner, self.decoder, self.signature, self.spec)
