@@ -165,6 +165,32 @@ def test_standardization_by_training_statistics_is_saved_with_the_weights():
     assert {"standardize.clip.mean", "standardize.farneback.std"} <= set(conditioner.state_dict())
 
 
+class NumberedClips:
+    """A stand-in for a ClipDataset whose clip i holds the value i in every stream (None: a skipped clip)."""
+
+    def __init__(self, n: int, skipped: tuple[int, ...] = ()):
+        self.n, self.skipped = n, skipped
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
+        if i in self.skipped:
+            return None
+        return {"clip": torch.full((2, 3), float(i)), "farneback": torch.full((1, 4), float(i))}
+
+
+def test_statistics_read_every_clip_of_a_small_split_and_spread_over_a_large_one():
+    """The statistics see all clips when there are fewer than asked, and evenly spread ones when there are more."""
+    from expotion.clipflow.training import stream_samples
+
+    small = stream_samples(NumberedClips(12, skipped=(5,)), ("clip", "farneback"), clips=256)
+    assert small["clip"].shape == (22, 3) and small["farneback"].shape == (11, 4)
+    assert small["clip"][::2, 0].tolist() == [float(i) for i in range(12) if i != 5]
+    large = stream_samples(NumberedClips(1000), ("clip",), clips=5)["clip"][::2, 0]
+    assert large.tolist() == [0.0, 250.0, 500.0, 749.0, 999.0]
+
+
 @pytest.mark.parametrize("motion", [True, False])
 def test_conditioner_gives_the_memory_of_a_window(motion):
     """Z of the window at 5 s equals Z of the same frames given as a stream that starts there."""

@@ -53,7 +53,8 @@ def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str,
 
 def stream_samples(dataset: ClipDataset, streams: tuple[str, ...], clips: int = STATISTICS_CLIPS) -> dict[str, torch.Tensor]:
     """Every time step of up to ``clips`` clips spread evenly over ``dataset``, per stream: (steps, *shape)."""
-    picks = sorted({round(i * (len(dataset) - 1) / max(1, clips - 1)) for i in range(min(clips, len(dataset)))})
+    count = min(clips, len(dataset))
+    picks = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)})
     items = [item for item in map(dataset.__getitem__, picks) if item is not None]  # None: non-finite, skipped
     return {name: torch.cat([item[name] for item in items]) for name in streams}
 
