@@ -83,7 +83,7 @@ def test_default_stride_is_half_a_window_capped_at_audiocrafts_18s(musicgen, spe
     assert musicgen.max_duration == 30.0
     generate_tokens(musicgen, ["x"], 0.1, seed=0, top_k=20)
     assert musicgen.extend_stride == 15.0  # plain MusicGen, 30 s window
-    generate_tokens(musicgen, ["x"], 0.1, adaptor_for(musicgen, spec, 0.0), random_features(0.1), spec.rates,
+    generate_tokens(musicgen, ["x"], 0.1, adaptor_for(musicgen, spec, 0.0), random_features(1.0), spec.rates,
                     seed=0, top_k=20)
     assert musicgen.extend_stride == 1.0  # the 2 s adaptor window
 
