@@ -52,13 +52,14 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():  # warm-up
         fn()
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for name, fn in runs.items():
             start = time.perf_counter()
             fn()
             if device == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items()), flush=True)
 
     print(f"MusicGen N={args.layers} layers, dim {args.dim}; {args.seconds:g} s, CFG 3.0, on {device}; "
           f"{args.repeats} interleaved repeats")
