@@ -94,18 +94,23 @@ def test_shard_with_other_schema_or_truncated_is_refused(demo_cache, tmp_path):
         open_shard(cut)
 
 
-def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_demo, tiny_profile_cfg, tmp_path):
+def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_demo, tiny_profile_cfg, tmp_path, capsys):
+    from expotion.cli import main as expotion
+
     paper = Rates(synchformer_stride=5)
     cache = tmp_path / "cache"
-    summary = run(config(small_demo, cache, tiny_profile_cfg, names=("synchformer",), rates=paper, workers=2, per_shard=1))
-    assert summary.new_shards == 3 and summary.skipped == []
+    features = ["features", "--manifest", str(small_demo), "--cache", str(cache), "--profile", "tiny",
+                "--tiny-dir", tiny_profile_cfg.weights_dir, "--device", "cpu", "--extractors", "synchformer",
+                "--clip-seconds", str(CLIP_S), "--recordings-per-shard", "1", "--workers", "2"]
+    assert expotion([*features, "--synchformer-stride", "5"]) == 0
+    assert "(3 new shards, 0 reused)" in capsys.readouterr().out
     with open_shard(cache / "train/shard-00000.h5") as f:
         assert json.loads(f.attrs["rates"])["synchformer_stride"] == 5
         tokens = f["clips/demo-000-000/synchformer"]
         assert tokens.shape[0] == paper.synchformer_tokens(CLIP_S) == 7 * 8  # (50 - 16) // 5 + 1 segments
         assert StreamRate.from_attrs(tokens.attrs) == paper.synchformer
-    rerun = run(config(small_demo, cache, tiny_profile_cfg, names=("synchformer",), per_shard=1))
-    assert rerun.new_shards == 3  # another stride is another assignment: every shard is redone
+    assert expotion(features) == 0
+    assert "(3 new shards, 0 reused)" in capsys.readouterr().out  # another stride is another assignment
     with open_shard(cache / "train/shard-00000.h5") as f:
         assert f["clips/demo-000-000/synchformer"].shape[0] == DEFAULT_RATES.synchformer_tokens(CLIP_S)
 
