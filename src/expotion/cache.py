@@ -3,7 +3,8 @@
 Layout: ``<cache>/<split>/shard-NNNNN.h5``, one group per clip under
 ``/clips/<clip_id>`` holding ``codes`` (K, T) with a ``frame_rate`` attribute,
 and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``t5`` with
-``fps``/``t0`` attributes where they are time series. ``/text/generic`` holds
+their :class:`~expotion.rates.StreamRate` as attributes where they are time
+series (``fps``, ``t0``, and for Synchformer ``segment_len``/``segment_hop``). ``/text/generic`` holds
 the generic prompt's text embedding. A shard is written under a temporary
 name and renamed when complete, so a killed run never leaves a partial shard.
 No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
@@ -28,9 +29,9 @@ import h5py
 import numpy as np
 
 from .atomic import AtomicFile
-from .rates import DEFAULT_RATES, Rates
+from .rates import DEFAULT_RATES, Rates, StreamRate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: Synchformer datasets record their segment layout (token times)
 FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
 LOCK_NAME = ".lock"
 TEMPORARY = re.compile(r"^\.shard-\d+\.tmp-(\d+)-[0-9a-f]+\.h5$")  # see expotion.atomic.temporary_path
@@ -76,8 +77,7 @@ class ShardWriter:
             if name == "codes":
                 ds.attrs["frame_rate"] = rates.codes_fps
             elif name in FLOAT_FEATURES:
-                stream = rates.stream(name)
-                ds.attrs["fps"], ds.attrs["t0"] = stream.fps, stream.t0
+                ds.attrs.update(rates.stream(name).to_attrs())
 
     def add_text(self, key: str, hidden: np.ndarray) -> None:
         hidden = hidden.astype(np.float32)
@@ -229,7 +229,7 @@ def covered_seconds(name: str, ds: h5py.Dataset) -> dict:
     if name == "codes":
         return {"seconds": ds.shape[1] / float(ds.attrs["frame_rate"])}
     if "fps" in ds.attrs:
-        return {"seconds": ds.shape[0] / float(ds.attrs["fps"])}
+        return {"seconds": StreamRate.from_attrs(ds.attrs).end(ds.shape[0])}
     return {}
 
 

@@ -71,6 +71,11 @@ def nonfinite(item: dict) -> list[str]:
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
+def stream_rates(group: h5py.Group, streams: tuple[str, ...]) -> dict[str, StreamRate]:
+    """The timing of each of a clip's feature streams, as the precompute stage recorded it."""
+    return {name: StreamRate.from_attrs(group[name].attrs) for name in streams if name in group}
+
+
 def read_visual(datasets, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """A clip's visual input from its HDF5 datasets: features as float32, the face mask as bool."""
     out = {}
@@ -127,12 +132,15 @@ class ClipDataset(Dataset):
                 log.warning("skip %s in %s: no %s", clip_id, path, ", ".join(missing))
             elif g["codes"].shape[1] < self.crop_frames:
                 log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
+            elif self.spec is not None and stream_rates(g, self.streams) != self.spec.rates:
+                log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip_id, path,
+                            stream_rates(g, self.streams), self.spec.rates)
             else:
                 self.refs.append(ClipRef(path, clip_id, str(g.attrs["caption"])))
                 if self.spec is None:
                     self.spec = FeatureSpec(
                         shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
-                        rates={n: StreamRate(float(g[n].attrs["fps"]), float(g[n].attrs["t0"])) for n in self.streams},
+                        rates=stream_rates(g, self.streams),
                         text_dim=int(g["t5"].shape[1]),
                         extractors=shard_profile(f),
                     )
@@ -256,6 +264,7 @@ class CachedClip:
     audio_source: Path | None
     feats: dict[str, torch.Tensor]
     missing: list[str]
+    rates: dict[str, StreamRate]
 
 
 def read_clips(root: str | os.PathLike, streams: tuple[str, ...]):
@@ -271,4 +280,4 @@ def read_clips(root: str | os.PathLike, streams: tuple[str, ...]):
             audio = str(g.attrs["audio_source"])
             yield CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]), float(g.attrs["duration_s"]),
                              data_root / str(g.attrs["source"]), None if audio == VIDEO_AUDIO else data_root / audio,
-                             feats, [n for n in streams if n not in g])
+                             feats, [n for n in streams if n not in g], stream_rates(g, streams))

@@ -44,6 +44,7 @@ from .generation import GenerationError, check_prompt, decoded_chunks, generate_
 from .manifest import ManifestError, parse_face_box
 from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
 from .musicgen import load_musicgen, model_signature
+from .rates import DEFAULT_RATES, Rates
 from .weights import MissingWeightsError
 from .windowed import DEFAULT_WINDOW_S, video_features
 
@@ -107,7 +108,8 @@ class Models:
     def extractors(self) -> Extractors:
         """The video feature extractors the adaptor reads, built on first use (batch mode never needs them)."""
         if self._extractors is None:
-            self._extractors = Extractors(self.extractor_cfg, tuple(self.spec.shapes))
+            self._extractors = Extractors(self.extractor_cfg, tuple(self.spec.shapes),
+                                          extraction_rates(self.settings.checkpoint, self.spec))
         return self._extractors
 
     def devices(self) -> dict[str, set[str]]:
@@ -149,6 +151,14 @@ def extractor_config(settings: ModelSettings) -> ExtractorConfig:
     return replace(cfg, device=settings.device)
 
 
+def extraction_rates(checkpoint: Path, spec: FeatureSpec) -> Rates:
+    """The rates to extract video features at for an adaptor, e.g. the Synchformer stride it was trained with."""
+    try:
+        return DEFAULT_RATES.matching(spec.rates)
+    except ValueError as err:
+        raise CheckpointMismatch(f"{checkpoint}: {err}") from err
+
+
 def load_models(settings: ModelSettings, progress: Progress | None = None) -> Models:
     """Load MusicGen (and the adaptor, when there is a checkpoint) onto ``settings.device``."""
     start = time.perf_counter()
@@ -164,6 +174,7 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
     else:
         musicgen = load_musicgen(settings.musicgen or musicgen_source(settings.checkpoint, payload), settings.device)
         adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
+        extraction_rates(settings.checkpoint, spec)  # refuse features this version cannot extract before any work
         adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:
         progress("load", 1, 1)
@@ -296,6 +307,8 @@ def generate_clip(models: Models, clip: CachedClip, out_dir: Path, reference_dir
     """Write one clip's wav (and reference); the reason it was skipped, or None."""
     if clip.missing:
         return f"cache lacks {', '.join(clip.missing)}"
+    if models.spec and clip.rates != models.spec.rates:
+        return f"features timed as {clip.rates}, the adaptor was trained on {models.spec.rates}"
     wav = Path(out_dir) / f"{clip.clip_id}.wav"
     reference = Path(reference_dir) / f"{clip.clip_id}.wav" if reference_dir is not None else None
     sources = {"source video": clip.source, "source audio": clip.audio_source}

@@ -23,6 +23,7 @@ from .rates import StreamRate
 MAX_PROMPT_CHARS = 2000  # T5 was trained on inputs of up to 512 tokens
 DECODE_CHUNK = 1500  # EnCodec frames decoded at a time (30 s at 50 Hz)
 DECODE_CONTEXT = 50  # frames of context decoded and dropped on either side of a chunk (1 s)
+AUDIOCRAFT_EXTEND_STRIDE = 18.0  # MusicGen.set_generation_params' default
 
 
 class GenerationError(ValueError):
@@ -126,6 +127,11 @@ def windowed_generation(musicgen, windows: list[Window], adaptor: ConditionAdapt
         del lm.generate
 
 
+def default_extend_stride(window: float) -> float:
+    """Seconds between generation windows: half a window, at most audiocraft's default of 18 s."""
+    return min(AUDIOCRAFT_EXTEND_STRIDE, window / 2)
+
+
 @torch.no_grad()
 def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: ConditionAdaptor | None = None,
                     feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
@@ -134,15 +140,16 @@ def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: Co
     """Tokens (B, K, T) for ``duration_s`` seconds, one sample per prompt.
 
     Windows are at most the adaptor's training length (MusicGen's own maximum
-    without one); the stride between windows defaults to half a window (18 s,
-    audiocraft's default, for plain MusicGen with a 30 s window). The features
-    go to the adaptor's device and precision. ``on_step(done, total)`` reports
-    sampling steps over all windows.
+    without one). The stride between windows defaults to half a window, capped at
+    audiocraft's default of 18 s: 5 s with a 10 s adaptor, 15 s for plain MusicGen
+    with its 30 s window (see :func:`default_extend_stride`). The features go to the
+    adaptor's device and precision. ``on_step(done, total)`` reports sampling steps
+    over all windows.
     """
     prompts = [check_prompt(p) for p in prompts]
     full_window = musicgen.max_duration
     window = min(full_window, adaptor.cfg.max_seconds) if adaptor is not None else full_window
-    stride = extend_stride if extend_stride is not None else (window / 2 if adaptor is not None else min(18.0, window / 2))
+    stride = extend_stride if extend_stride is not None else default_extend_stride(window)
     if stride >= window:
         raise GenerationError(f"extend stride {stride} s must be shorter than the window of {window} s")
     musicgen.set_generation_params(duration=duration_s, top_k=min(top_k, musicgen.lm.card), cfg_coef=cfg_coef,

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -58,6 +58,7 @@ class PrecomputeConfig:
     workers: int = 1
     threads: int = 1  # torch intra-op threads per worker; results depend on it, not on ``workers``
     keep_tail: bool = False  # also take a last clip, overlapping the previous one, that ends with the recording
+    rates: Rates = DEFAULT_RATES  # e.g. the Synchformer segment stride
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def assignment(job: ShardJob, cfg: PrecomputeConfig) -> str:
         "extractors": list(cfg.names),
         "clip_seconds": cfg.clip_seconds,
         "models": cfg.extractors.describe(),
+        "rates": asdict(cfg.rates),
     }
     if cfg.keep_tail:  # only when set, so caches written before the option existed stay valid
         spec["keep_tail"] = True
@@ -214,7 +216,7 @@ def skip(writer: ShardWriter, clip_id: str, reason: str) -> None:
 
 def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
     attrs = {"split": job.split, "assignment": assignment(job, cfg), "extractors": list(cfg.names),
-             "models": cfg.extractors.describe(), "expotion_version": __version__,
+             "models": cfg.extractors.describe(), "rates": asdict(cfg.rates), "expotion_version": __version__,
              "recordings": [r.id for r in job.recordings], "data_root": str(job.recordings[0].root)}
     writer = ShardWriter(job.path(cfg.cache), attrs)
     try:
@@ -249,7 +251,7 @@ def worker_init(cfg: PrecomputeConfig, counter, parent: int) -> None:
     torch.set_num_threads(cfg.threads)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
     device = worker_device(cfg.extractors.device, rank)
-    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(cfg.extractors, cfg.names, device=device)
+    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(cfg.extractors, cfg.names, cfg.rates, device=device)
 
 
 def die_with_parent(parent: int) -> None:
@@ -277,7 +279,7 @@ def worker_run(job: ShardJob) -> Path:
     return process_shard(job, _WORKER["ex"], _WORKER["cfg"])
 
 
-def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
+def run(cfg: PrecomputeConfig) -> Summary:
     """Write every missing shard of the manifest to ``cfg.cache`` (holding the cache's lock) and summarise."""
     recordings = load_manifest(cfg.manifest, cfg.data_root)
     jobs = plan(recordings, cfg.recordings_per_shard)
@@ -289,18 +291,18 @@ def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
             check_available(cfg.extractors, cfg.names)
             for tmp in remove_stale_temporaries(cfg.cache):
                 log.info("removed %s, left by a run that was killed", tmp)
-            run_jobs(todo, cfg, rates)
+            run_jobs(todo, cfg)
         collect(summary, [j.path(cfg.cache) for j in jobs])
         atomic.write_text(Path(cfg.cache) / "summary.json", json.dumps(summary.to_json(), indent=2))
     return summary
 
 
-def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig, rates: Rates) -> None:
+def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig) -> None:
     workers = max(1, min(cfg.workers, len(todo)))
     bar = tqdm(total=len(todo), desc="shards", unit="shard")
     if workers == 1:
         with torch_threads(cfg.threads):
-            ex = Extractors(cfg.extractors, cfg.names, rates, device=worker_device(cfg.extractors.device, 0))
+            ex = Extractors(cfg.extractors, cfg.names, cfg.rates, device=worker_device(cfg.extractors.device, 0))
             for job in todo:
                 process_shard(job, ex, cfg)
                 bar.update()

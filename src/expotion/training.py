@@ -18,7 +18,7 @@ from .checkpoint import check_compatible, check_state_dict, spec_to_dict
 from .conditioning import text_condition
 from .data import FeatureSpec, visual_names
 from .musicgen import load_musicgen, model_signature, place_musicgen
-from .objective import codebook_cross_entropy
+from .objective import ObjectiveConfig, codebook_cross_entropy
 from .rates import StreamRate
 
 
@@ -36,21 +36,32 @@ def adapted_predictions(lm, adaptor: ConditionAdaptor, feats: dict[str, torch.Te
         return lm.compute_predictions(codes, [], condition_tensors=condition)
 
 
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class ExpotionModule(L.LightningModule):
     """Trains only H_0, the visual projections, z_pos, W_e, the flow CNN and the gates.
 
     ``zero_visual`` feeds zeros instead of the video features (the control run
-    that shows the video is used). The learning-rate schedule is a linear warmup
-    over ``warmup_fraction`` of the steps, then cosine decay to zero.
+    that shows the video is used). AdamW with ``weight_decay``; the learning rate
+    warms up linearly over ``warmup_epochs`` epochs when set, else over
+    ``warmup_fraction`` of all steps, then follows a cosine down to ``min_lr``.
     """
 
     def __init__(self, musicgen: str = "facebook/musicgen-small", adaptor: AdaptorConfig = AdaptorConfig(),
                  lr: float = 1e-2, weight_decay: float = 0.0, warmup_fraction: float = 0.05,
-                 zero_visual: bool = False):
+                 zero_visual: bool = False, objective: ObjectiveConfig = ObjectiveConfig(),
+                 warmup_epochs: float | None = None, min_lr: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints carry the adaptor only
         self.adaptor_cfg = adaptor if isinstance(adaptor, AdaptorConfig) else AdaptorConfig.from_dict(adaptor)
+        self.objective = objective if isinstance(objective, ObjectiveConfig) else ObjectiveConfig(**objective)
         self.musicgen = load_musicgen(musicgen)
         self.lm = self.musicgen.lm
         self.signature = model_signature(self.musicgen)
@@ -88,7 +99,7 @@ class ExpotionModule(L.LightningModule):
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
         out = self(batch)
-        loss, ce, acc = codebook_cross_entropy(out.logits, batch["codes"], out.mask)
+        loss, ce, acc = codebook_cross_entropy(out.logits, batch["codes"], out.mask, pooled=self.objective.pooled)
         size = batch["codes"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
         for k in range(len(ce)):
@@ -111,14 +122,13 @@ class ExpotionModule(L.LightningModule):
         params = [p for p in self.adaptor.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(self.hparams.warmup_fraction * total))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        if self.hparams.warmup_epochs is None:
+            warmup = max(1, int(self.hparams.warmup_fraction * total))
+        else:
+            per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            warmup = max(1, int(self.hparams.warmup_epochs * per_epoch))
+        floor = self.hparams.min_lr / self.hparams.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
