@@ -16,8 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .generate import (BatchResult, CacheJob, ModelSettings, Progress, SamplingSettings, cached_clips, load_models,
-                       share_of)
+from .generate import (DEFAULT_BATCH_SIZE, BatchResult, CacheJob, ModelSettings, Progress, SamplingSettings, cached_clips,
+                       load_models, share_of)
 
 
 class CacheGeneration(L.LightningModule):
@@ -52,7 +52,7 @@ class CacheGeneration(L.LightningModule):
 
 def generate_on_devices(settings: ModelSettings, cache: Path, out_dir: Path, *, devices: int, num_nodes: int = 1,
                         reference_dir: Path | None = None, mux_dir: Path | None = None,
-                        sampling: SamplingSettings = SamplingSettings(), batch_size: int = 8,
+                        sampling: SamplingSettings = SamplingSettings(), batch_size: int = DEFAULT_BATCH_SIZE,
                         progress: Progress | None = None) -> BatchResult | None:
     """Batch mode over ``devices`` processes on each of ``num_nodes`` machines (DDP; gloo on CPU).
 

@@ -4,6 +4,7 @@ cached split (batch mode, one wav per clip id, for evaluation).
     expotion generate --video V.mp4 --prompt "..." [--checkpoint adaptor.pt] [--musicgen DIR|NAME]
                       --out out.wav [--mux out.mp4] [--plot] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
+                      [--batch-size 8] [--devices N [--num-nodes M]]
 
 Without --checkpoint this is plain text-only MusicGen (the paper's baseline row).
 
@@ -475,7 +476,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch mode: also write <clip_id>.mp4 per clip here: its span of the source video, cut as "
                         "the cache cut it, with the generated music (for `expotion eval --videos`)")
     p.add_argument("--seed", type=int, default=0,
-                   help="batch mode: each clip samples from its own seed, derived from this one and its clip id")
+                   help="random seed; in batch mode each clip samples from its own seed, derived from this one and its id")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="batch mode: clips per MusicGen call; a clip's music does not depend on it")
     p.add_argument("--devices", type=int, default=1,
