@@ -51,6 +51,23 @@ def test_a_clip_gets_the_same_tokens_alone_and_inside_any_batch_in_any_order(mus
     assert not torch.equal(other_video, alone[0]) and not torch.equal(other_seed, alone[0])
 
 
+@pytest.mark.gpu
+def test_per_row_generators_sample_on_the_gpu(tiny_profile_cfg, spec):  # noqa: F811
+    from expotion.musicgen import load_musicgen
+
+    musicgen = load_musicgen(tiny_profile_cfg.musicgen, device="cuda")
+    adaptor = adaptor_for(musicgen, spec, 1.0).cuda()
+    feats = stacked(batch_features(1.5, 3))
+    kw = dict(adaptor=adaptor, feats=feats, rates=spec.rates, seed=[11, 22, 33], top_k=50)
+    first = generate_tokens(musicgen, ["a", "b", "c"], 1.5, **kw)
+    assert first.device.type == "cuda" and first.shape == (3, 4, 75)
+    assert torch.equal(first, generate_tokens(musicgen, ["a", "b", "c"], 1.5, **kw))  # reproducible batch
+    plain = generate_tokens(musicgen, ["a"], 1.5, seed=7, top_k=50)
+    musicgen.set_generation_params(duration=1.5, top_k=50, cfg_coef=3.0)
+    torch.manual_seed(7)  # one prompt: the row generator draws what the global CUDA generator draws
+    assert torch.equal(plain, musicgen.generate(["a"], return_tokens=True)[1])
+
+
 def test_clip_seeds_are_fixed_by_seed_and_clip_id():
     assert clip_seed(0, "demo-002-000") == clip_seed(0, "demo-002-000") == 3380236382001906091
     assert len({clip_seed(s, c) for s in (0, 1) for c in ("a", "b")}) == 4

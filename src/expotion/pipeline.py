@@ -319,6 +319,8 @@ def merge_summary(cfg: PrecomputeConfig) -> Summary:
     Raises :class:`CacheError` naming the shards still missing.
     """
     jobs = plan(load_manifest(cfg.manifest, cfg.data_root), cfg.recordings_per_shard)
+    if not Path(cfg.cache).is_dir():
+        raise CacheError(f"{cfg.cache}: no such cache; run the nodes first")
     with file_lock(Path(cfg.cache) / LOCK_NAME, False, lambda holder: log.warning(
             "%s is being written by another precompute run (%s); waiting for it to finish", cfg.cache, holder)):
         summary = summarise(jobs, cfg, Summary(reused_shards=len(jobs), clip_seconds=cfg.clip_seconds))
