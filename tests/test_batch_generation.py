@@ -105,6 +105,7 @@ def test_batch_mode_wavs_and_summary_do_not_depend_on_the_batch_size(models, dem
                      str(checkpoint), "--seed", "5", "--batch-size", "4", *tiny_args(tiny_profile_cfg)]) == 0
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["written"] == one.written and summary["batches"] == 1 and summary["processes"] == 1
+    assert summary["devices"] == [["cpu"]]
     assert summary["sampling"] == {"seed": 5, "cfg_coef": 3.0, "top_k": 50, "extend_stride": None}
     for clip in one.written:
         assert (tmp_path / "cli" / f"{clip}.wav").read_bytes() == (tmp_path / "b1" / f"{clip}.wav").read_bytes()
@@ -133,4 +134,18 @@ def test_two_lightning_processes_write_the_wavs_of_one(demo_cache, checkpoint, t
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["written"] == [w[:-4] for w in wavs] and summary["batches"] == 2
+    assert summary["devices"] == [["cpu"], ["cpu"]]  # every model of each process on that process's device
     assert "generated 2 of 2 clips" in done.stdout and "on 2 processes" in done.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+def test_each_lightning_process_puts_every_model_on_its_own_gpu(demo_cache, checkpoint, tiny_profile_cfg,  # noqa: F811
+                                                                 tmp_path):
+    args = ["generate", "--cache", str(demo_cache[0] / "val"), "--checkpoint", str(checkpoint), "--batch-size", "2",
+            "--device", "cuda", "--devices", "2", "--out-dir", str(tmp_path / "two"), *tiny_args(tiny_profile_cfg)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "expotion.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["devices"] == [["cuda:0"], ["cuda:1"]]

@@ -80,18 +80,20 @@ def test_nodes_of_one_run_share_the_cache_and_a_second_copy_of_a_node_waits(tmp_
 
 def test_temporaries_of_other_machines_are_removed_only_from_the_shards_a_node_owns(tmp_path):
     writer = ShardWriter(tmp_path / "train" / "shard-00000.h5", {"split": "train"})
-    assert writer.tmp.name == f".shard-00000.h5.tmp-{socket.gethostname()}-{os.getpid()}"
+    host = socket.gethostname()
+    assert writer.target.tmp.name.startswith(f".shard-00000.tmp-{os.getpid()}-")
+    assert writer.target.tmp.name.endswith(f"-{host}.h5")
     finished = subprocess.Popen(["true"])
     finished.wait()
     train = tmp_path / "train"
-    dead_here = train / f".shard-00001.h5.tmp-{socket.gethostname()}-{finished.pid}"
-    owned_there = train / ".shard-00002.h5.tmp-node-b.cluster-1234"
-    other_there = train / ".shard-00003.h5.tmp-node-b.cluster-1234"
+    dead_here = train / f".shard-00001.tmp-{finished.pid}-0a1b2c3d-{host}.h5"
+    owned_there = train / ".shard-00002.tmp-1234-0a1b2c3d-node-b.cluster.h5"
+    other_there = train / ".shard-00003.tmp-1234-0a1b2c3d-node-b.cluster.h5"
     for tmp in (dead_here, owned_there, other_there):
         tmp.write_bytes(b"partial")
     removed = remove_stale_temporaries(tmp_path, owned=[train / "shard-00000.h5", train / "shard-00002.h5"])
     assert removed == [dead_here, owned_there]
-    assert writer.tmp.exists() and other_there.exists()  # a live writer here; another machine's other shard
+    assert writer.target.tmp.exists() and other_there.exists()  # a live writer here; another machine's other shard
     writer.abort()
 
 

@@ -148,11 +148,13 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (the slowest process's)
     batches: int = 0  # MusicGen calls
     processes: int = 1
+    devices: list[list[str]] = field(default_factory=list)  # the devices of each process's models, by rank
 
     @classmethod
     def merged(cls, parts: list[BatchResult]) -> BatchResult:
         """One result from every process's share, in clip-id order."""
-        merged = cls(sum(p.clips for p in parts), batches=sum(p.batches for p in parts), processes=len(parts))
+        merged = cls(sum(p.clips for p in parts), batches=sum(p.batches for p in parts), processes=len(parts),
+                     devices=[device for p in parts for device in p.devices])
         for name in ("written", "skipped", "videos", "videos_skipped"):
             setattr(merged, name, sorted(x for p in parts for x in getattr(p, name)))
         for part in parts:
@@ -363,6 +365,7 @@ class CacheJob:
                 result.skipped.append((clip.clip_id, reason))
         batches = plan_batches(models, ready, batch_size)
         result.batches = len(batches)
+        result.devices = [sorted(set().union(*models.devices().values()))]
         return cls(models, Path(out_dir), reference_dir, mux_dir, sampling, batches, result)
 
     @property
@@ -600,7 +603,8 @@ def write_batch_summary(path: Path, result: BatchResult, settings: ModelSettings
         "cache": str(args.cache), "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
         "musicgen": settings.musicgen, "profile": settings.profile, "adaptor_dtype": settings.adaptor_dtype,
         "sampling": asdict(sampling), "clip_seed": "sha256('{seed}:{clip_id}'), first 8 bytes little-endian >> 1",
-        "batch_size": args.batch_size, "processes": result.processes, "batches": result.batches,
+        "batch_size": args.batch_size, "processes": result.processes, "devices": result.devices,
+        "batches": result.batches,
         "clips": result.clips, "written": result.written, "skipped": dict(result.skipped),
         "references": str(args.reference_dir) if args.reference_dir else None,
         "videos": result.videos if args.mux_dir else None, "videos_skipped": dict(result.videos_skipped),
