@@ -1,11 +1,16 @@
 """The condition adaptor against plain audiocraft MusicGen: identity at zero gates, training, streaming."""
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-from expotion.embedding import VisualConfig, temporal_smoothing
+from expotion.embedding import JointVisualEmbedding, VisualConfig, temporal_smoothing
 from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
-from expotion.rates import DEFAULT_RATES, StreamRate
+from expotion.rates import DEFAULT_RATES, Rates, StreamRate
+
+OFFICIAL_YAML = Path(__file__).resolve().parents[1] / "lightning_configs" / "official.yaml"
 
 DIMS = {"marlin": 24, "synchformer": 20, "raft": 2}
 
@@ -36,10 +41,15 @@ def text_tensors(lm, captions):
     return lm.condition_provider(lm.condition_provider.tokenize(attrs))
 
 
-def make_adaptor(lm, n_adapted, motion="synchformer", seconds=2.0, per_layer=True):
+def make_adaptor(lm, n_adapted, motion="synchformer", seconds=2.0, per_layer=True, **options):
     cfg = AdaptorConfig(n_adapted=n_adapted, visual=VisualConfig(face=True, motion=motion), per_layer_we=per_layer,
-                        max_seconds=seconds)
+                        max_seconds=seconds, **options)
     return ConditionAdaptor(lm, cfg, DIMS, 50.0)
+
+
+def official_adaptor_options() -> dict:
+    """The adaptor keys ``lightning_configs/official.yaml`` sets."""
+    return yaml.safe_load(OFFICIAL_YAML.read_text())["model"]["adaptor"]
 
 
 @pytest.mark.parametrize("motion", ["synchformer", "raft"])
@@ -63,6 +73,69 @@ def test_zero_gates_reproduce_musicgen_logits_bit_for_bit(model_and_l, motion):
     assert (moved[valid] - ref[valid]).abs().max() > 1e-3
     # hooks are gone after the context: MusicGen is plain again
     assert torch.equal(lm.compute_predictions(codes, [], condition_tensors=cond).logits[valid], ref[valid])
+
+
+@pytest.mark.parametrize("options", [{"prefix_causal": True}, {"pos_embedding": "official"}, "official.yaml"],
+                         ids=["causal-prefix", "official-pos", "official.yaml"])
+def test_zero_gates_reproduce_musicgen_with_the_official_options(model_and_l, options):
+    mg, n_adapted = model_and_l
+    lm = mg.lm
+    options = official_adaptor_options() if options == "official.yaml" else options
+    codes = torch.randint(0, lm.card, (2, 4, 100), generator=torch.Generator().manual_seed(0))
+    cond = text_tensors(lm, ["calm piano", "fast drums"])
+    ref = lm.compute_predictions(codes, [], condition_tensors=cond).logits
+    adaptor = make_adaptor(lm, n_adapted, **options)
+    feats, rates = features(2, 2.0)
+    prefix = adaptor.prefix(feats, rates, lm.pattern_provider.get_pattern(100).num_sequence_steps)
+    with adaptor.attached(prefix):
+        out = lm.compute_predictions(codes, [], condition_tensors=cond).logits
+    valid = ~torch.isnan(ref)
+    assert torch.equal(out[valid], ref[valid])
+
+
+def test_causal_prefix_keeps_each_position_independent_of_later_ones(model_and_l):
+    mg, n_adapted = model_and_l
+    feats, rates = features(1, 1.0)
+    t = 20
+    for causal in (True, False):
+        adaptor = make_adaptor(mg.lm, n_adapted, prefix_causal=causal)
+        before = adaptor.prefix(feats, rates, 50)
+        with torch.no_grad():
+            adaptor.h0[t + 1 :] += torch.randn_like(adaptor.h0[t + 1 :])  # change every prefix position after t
+        after = adaptor.prefix(feats, rates, 50)
+        # each layer's prefix Q, K, V at positions <= t
+        unchanged = [torch.equal(a[..., : t + 1, :], b[..., : t + 1, :]) for sa, sb in zip(before, after) for a, b in zip(sa, sb)]
+        if causal:
+            assert all(unchanged)
+        elif n_adapted > 1:  # without the mask, later positions reach earlier ones from the second layer on
+            assert not all(unchanged)
+
+
+def test_official_positional_embedding_has_a_model_width_table_per_layer(model_and_l):
+    mg, n_adapted = model_and_l
+    width, steps = mg.lm.dim, mg.lm.pattern_provider.get_pattern(100).num_sequence_steps
+    official = make_adaptor(mg.lm, n_adapted, pos_embedding="official")
+    paper = make_adaptor(mg.lm, n_adapted)
+    # official: (L + 1) tables of (steps, d), H_0 being the first, all with std-1 initialisation
+    assert official.h0.numel() + official.embed.layer_pos.numel() == (n_adapted + 1) * steps * width
+    assert not hasattr(official.embed, "z_pos")
+    assert 0.9 < official.embed.layer_pos.std() < 1.1 and 0.9 < official.h0.std() < 1.1
+    # paper: z_pos in the d1 + d2 space before W_e, and H_0
+    assert paper.embed.z_pos.shape == (steps, 24) and paper.h0.shape == (steps, width)
+    assert not hasattr(paper.embed, "layer_pos")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(official) - count(paper) == n_adapted * steps * width - steps * 24
+    shared = make_adaptor(mg.lm, n_adapted, per_layer=False, pos_embedding="official")
+    z = shared.embed(*features(1, 1.0), shared.step_times(10, torch.zeros(1)))
+    assert all(not torch.equal(z[0], zi) for zi in z[1:])  # one W_e, but each layer its own positions
+
+
+def test_official_low_rank_setting_projects_one_256d_stream_to_48():
+    embed = JointVisualEmbedding(VisualConfig(face=False, motion="raft", d2=48), DIMS, 64, 2, 100)
+    assert embed.w_f is None and embed.w_m.weight.shape == (48, 256)
+    feats, rates = features(1, 1.0, "raft")
+    z = embed(feats, rates, torch.arange(50)[None] / 50)
+    assert len(z) == 2 and z[0].shape == (1, 50, 64)
 
 
 def test_only_the_adaptor_learns(model_and_l):
@@ -150,6 +223,51 @@ def test_temporal_smoothing_is_linear_interpolation():
     assert batched[:, 0, 0].tolist() == pytest.approx([5.0, 20.0])
 
 
+def synchformer_stream_of_own_times(stride: int, duration: float) -> torch.Tensor:
+    """Synchformer tokens (1, tokens, 1) whose value is their true time: token j of segment k
+    covers frames stride*k + 2j and stride*k + 2j + 1 at 25 fps."""
+    segments = (int(round(duration * 25)) - 16) // stride + 1
+    times = [(stride * k + 2 * j + 1) / 25 for k in range(segments) for j in range(8)]
+    return torch.tensor(times, dtype=torch.float32)[None, :, None]
+
+
+@pytest.mark.parametrize("stride", [8, 5], ids=["synchformer-stride-8", "paper-stride-5"])
+def test_smoothed_synchformer_stream_gives_each_encodec_frame_its_time(stride):
+    rates = Rates(synchformer_stride=stride)
+    half_token = 0.5 * rates.synchformer_tubelet / rates.synchformer_video_fps
+    covered = {8: 9.92, 5: 9.84}[stride]  # the segments end exactly at the clip end
+    for duration in (covered, 10.0):
+        z = synchformer_stream_of_own_times(stride, duration)
+        assert z.shape[1] == rates.synchformer_tokens(duration)
+        frames = torch.arange(rates.codes_frames(duration)) / rates.codes_fps
+        smoothed = temporal_smoothing(z, rates.synchformer, frames, "synchformer")[0, :, 0]
+        inside = frames < covered
+        assert (smoothed[inside] - frames[inside]).abs().max() <= half_token + 1e-6
+        assert torch.equal(smoothed[~inside], z[0, -1, 0].expand(int((~inside).sum())))  # past the last segment: held
+    crop = 3.3 + torch.arange(100) / rates.codes_fps  # a training crop starting 3.3 s into the clip
+    smoothed = temporal_smoothing(synchformer_stream_of_own_times(stride, 10.0), rates.synchformer, crop)[0, :, 0]
+    assert (smoothed - crop).abs().max() <= 1e-5
+
+
+def test_overlapping_synchformer_tokens_are_averaged():
+    rate = DEFAULT_RATES.synchformer
+    z = torch.zeros(1, 16, 1)
+    z[0, 4:8, 0] = 1.0  # tokens 4-7 of segment 0 ...
+    z[0, 8:12, 0] = 3.0  # ... describe the instants of tokens 0-3 of segment 1
+    shared_instants = torch.tensor([9, 11, 13, 15]) / 25
+    assert temporal_smoothing(z, rate, shared_instants)[0, :, 0].tolist() == pytest.approx([2.0] * 4, abs=1e-5)
+
+
+def test_empty_stream_is_refused_by_name():
+    with pytest.raises(ValueError, match="'synchformer' stream is empty"):
+        temporal_smoothing(torch.zeros(1, 0, 4), DEFAULT_RATES.synchformer, torch.arange(5) / 50, "synchformer")
+    embed = JointVisualEmbedding(VisualConfig(), DIMS, 64, 1, 100)
+    feats, rates = features(1, 1.0)
+    feats["synchformer"] = feats["synchformer"][:, :0]
+    with pytest.raises(ValueError, match="'synchformer' stream is empty"):
+        embed(feats, rates, torch.arange(50)[None] / 50)
+
+
 def test_adaptor_rejects_bad_configuration(model_and_l):
     mg, _ = model_and_l
     with pytest.raises(ValueError, match="n_adapted must be in 1.."):
@@ -158,3 +276,5 @@ def test_adaptor_rejects_bad_configuration(model_and_l):
         VisualConfig(face=False, motion=None)
     with pytest.raises(ValueError, match="motion must be one of"):
         VisualConfig(motion="optical")
+    with pytest.raises(ValueError, match="pos_embedding must be one of"):
+        make_adaptor(mg.lm, 1, pos_embedding="learned")

@@ -15,8 +15,9 @@ from expotion.checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
 from expotion.clipflow.checkpoint import build_clip_flow, save_clip_flow
 from expotion.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig
 from expotion.clipflow.memory import trained_decoder
-from expotion.data import ClipDataset, FeatureSpec
-from expotion.generate import ModelSettings, SamplingSettings, generate_for_cache, generate_for_video, load_models
+from expotion.data import ClipDataset, FeatureSpec, read_clips
+from expotion.generate import (ModelSettings, SamplingSettings, check_clip, generate_for_cache, generate_for_video,
+                               load_models, plan_batches)
 from expotion.generation import GenerationError, generate_tokens, generation_windows
 from expotion.musicgen import load_musicgen, model_signature
 
@@ -161,6 +162,29 @@ def test_generate_single_long_and_batch(tmp_path, cache, spec, musicgen, tiny_pr
                                                                      text="concat")))
     with pytest.raises(GenerationError, match="prompt is empty"):
         generate_for_video(concat, video, None, tmp_path / "c.wav")
+
+
+@pytest.mark.parametrize("text", ["none", "concat"])
+def test_batch_mode_wavs_do_not_depend_on_the_batch_size(tmp_path, cache, spec, musicgen, tiny_profile_cfg, text):
+    """Batched CLIP + flow generation: each clip's wav is the one it gets alone; without text, captions
+    (even empty ones) neither split batches nor skip clips."""
+    models = load_models(ModelSettings(checkpoint=checkpoint_for(tmp_path / "a.pt", musicgen, spec, text=text),
+                                       profile="tiny", tiny_dir=Path(tiny_profile_cfg.musicgen).parent, device="cpu"))
+    clips = read_clips(cache / "val", STREAMS)
+    odd = [replace(clips[0], caption=""), replace(clips[1], caption="a caption of many more words than the other")]
+    if text == "none":
+        assert [len(b) for b in plan_batches(models, odd, 8)] == [2]
+        assert check_clip(odd[0], tmp_path, None, models.spec, text=False) is None
+    assert "prompt is empty" in check_clip(odd[0], tmp_path, None, models.spec)
+    wavs = {}
+    for size in (1, 2):
+        result = generate_for_cache(models, cache / "val", tmp_path / f"b{size}", batch_size=size,
+                                    sampling=SamplingSettings(seed=3, top_k=20))
+        assert result.batches == 2 // size and result.written == ["demo-002-000", "demo-002-001"]
+        wavs[size] = {clip: sf.read(tmp_path / f"b{size}" / f"{clip}.wav")[0] for clip in result.written}
+    for clip, wav in wavs[1].items():
+        np.testing.assert_array_equal(wav, wavs[2][clip])
+    assert not np.array_equal(*wavs[2].values())  # each clip has its own video and seed
 
 
 def test_each_generation_window_gets_the_memory_of_its_span(musicgen, spec):

@@ -19,7 +19,8 @@ from expotion.data import ClipDataset
 from expotion.embedding import VisualConfig
 from expotion.atomic import atomic_path
 from expotion.generate import ModelSettings, SamplingSettings, generate_for_video, load_models
-from expotion.generation import GenerationError, decoding_steps, generate_tokens, generation_windows
+from expotion.generation import (GenerationError, decoding_steps, default_extend_stride, generate_tokens,
+                                 generation_windows)
 from expotion.media import iter_clip_frames
 from expotion.musicgen import load_musicgen, model_signature
 
@@ -75,6 +76,16 @@ def test_each_window_gets_its_own_slice_of_the_video(musicgen, spec):
     adaptor.prefix = lambda feats, rates, steps, start_s=None: starts.append(float(start_s[0])) or original(feats, rates, steps, start_s)
     generate_tokens(musicgen, ["x"], 4.0, adaptor, random_features(4.0), spec.rates, seed=0, top_k=20)
     assert starts == [0.0, 1.0, 2.0]
+
+
+def test_default_stride_is_half_a_window_capped_at_audiocrafts_18s(musicgen, spec):
+    assert [default_extend_stride(w) for w in (10.0, 30.0, 40.0)] == [5.0, 15.0, 18.0]
+    assert musicgen.max_duration == 30.0
+    generate_tokens(musicgen, ["x"], 0.1, seed=0, top_k=20)
+    assert musicgen.extend_stride == 15.0  # plain MusicGen, 30 s window
+    generate_tokens(musicgen, ["x"], 0.1, adaptor_for(musicgen, spec, 0.0), random_features(1.0), spec.rates,
+                    seed=0, top_k=20)
+    assert musicgen.extend_stride == 1.0  # the 2 s adaptor window
 
 
 @pytest.fixture(scope="module")

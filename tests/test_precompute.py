@@ -23,7 +23,7 @@ from expotion.cache import SCHEMA_VERSION, CacheError, NonFiniteError, ShardWrit
 from expotion.cache import main as cache_main
 from expotion.cache import remove_stale_temporaries
 from expotion.pipeline import run, written_clip_ids
-from expotion.rates import DEFAULT_RATES, FeatureShapeError, check_shape
+from expotion.rates import DEFAULT_RATES, FeatureShapeError, Rates, StreamRate, check_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,8 @@ def test_every_clip_written_with_schema(demo_cache):
         assert clip["codes"].shape == (4, r.codes_frames(CLIP_S)) and clip["codes"].attrs["frame_rate"] == 50
         assert clip["marlin"].shape[0] == r.marlin_windows(CLIP_S) and clip["marlin"].attrs["fps"] == 5
         assert clip["marlin_mask"][()].all()  # the manifest's face box covers every window
-        assert clip["synchformer"].shape[0] == r.synchformer_tokens(CLIP_S) and clip["synchformer"].attrs["fps"] == 25
+        assert clip["synchformer"].shape[0] == r.synchformer_tokens(CLIP_S)
+        assert StreamRate.from_attrs(clip["synchformer"].attrs) == r.synchformer  # tokens at their true times
         assert clip["raft"].shape == (r.raft_flows(CLIP_S), 2, 16, 16) and clip["raft"].attrs["fps"] == 5
         assert np.abs(clip["raft"][()]).max() > 0  # the arms move
 
@@ -66,7 +67,8 @@ def test_inspect_prints_rates_and_lengths(demo_cache, capsys):
     ds = summary["clips"]["demo-000-000"]["datasets"]
     assert ds["codes"]["frame_rate"] == 50 and ds["codes"]["seconds"] == pytest.approx(CLIP_S)
     assert ds["marlin"]["fps"] == 5 and ds["marlin"]["seconds"] == pytest.approx(CLIP_S)
-    assert ds["synchformer"]["fps"] == 25 and ds["raft"]["fps"] == 5
+    assert ds["synchformer"]["fps"] == 12.5 and ds["synchformer"]["segment_hop"] == pytest.approx(0.32)
+    assert ds["synchformer"]["seconds"] == pytest.approx(1.92) and ds["raft"]["fps"] == 5  # 5 segments end at frame 48
 
 
 def test_rerun_reuses_finished_shards(demo_cache, small_demo, tiny_profile_cfg):
@@ -90,6 +92,27 @@ def test_shard_with_other_schema_or_truncated_is_refused(demo_cache, tmp_path):
     cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(CacheError, match="cut.h5: not a readable HDF5 shard"):
         open_shard(cut)
+
+
+def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_demo, tiny_profile_cfg, tmp_path, capsys):
+    from expotion.cli import main as expotion
+
+    paper = Rates(synchformer_stride=5)
+    cache = tmp_path / "cache"
+    features = ["features", "--manifest", str(small_demo), "--cache", str(cache), "--profile", "tiny",
+                "--tiny-dir", tiny_profile_cfg.weights_dir, "--device", "cpu", "--extractors", "synchformer",
+                "--clip-seconds", str(CLIP_S), "--recordings-per-shard", "1", "--workers", "2"]
+    assert expotion([*features, "--synchformer-stride", "5"]) == 0
+    assert "(3 new shards, 0 reused)" in capsys.readouterr().out
+    with open_shard(cache / "train/shard-00000.h5") as f:
+        assert json.loads(f.attrs["rates"])["synchformer_stride"] == 5
+        tokens = f["clips/demo-000-000/synchformer"]
+        assert tokens.shape[0] == paper.synchformer_tokens(CLIP_S) == 7 * 8  # (50 - 16) // 5 + 1 segments
+        assert StreamRate.from_attrs(tokens.attrs) == paper.synchformer
+    assert expotion(features) == 0
+    assert "(3 new shards, 0 reused)" in capsys.readouterr().out  # another stride is another assignment
+    with open_shard(cache / "train/shard-00000.h5") as f:
+        assert f["clips/demo-000-000/synchformer"].shape[0] == DEFAULT_RATES.synchformer_tokens(CLIP_S)
 
 
 def test_missing_weights_fail_before_any_work(small_demo, tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from expotion.rates import DEFAULT_RATES, Rates, sample_indices
+from expotion.rates import DEFAULT_RATES, Rates, StreamRate, sample_indices
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,8 @@ def test_lengths_for_clip_duration(duration, codes, marlin, synch_segments, raft
 def test_stream_rates_match_the_paper():
     r = DEFAULT_RATES
     assert r.marlin.fps == 5.0 and r.marlin.t0 == pytest.approx(0.1)  # centre of a 16-frame window at 80 fps
-    assert r.synchformer.fps == 25.0 and r.synchformer.t0 == pytest.approx(0.04)
+    # Synchformer: a 2-frame tubelet every 0.08 s inside 16-frame segments starting every 8 frames (0.32 s)
+    assert r.synchformer == StreamRate(12.5, pytest.approx(0.04), 8, pytest.approx(0.32))
     assert r.raft.fps == 5.0 and r.raft.t0 == pytest.approx(0.1)
     assert r.codes.fps == 50.0
     # 10 s of MARLIN windows cover exactly the clip
@@ -82,3 +83,40 @@ def test_config_checks_are_exceptions_not_asserts():
     result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "ValueError: flow_dim must be a multiple of 16 (channels pooled to 4x4), got 100" in result.stderr
+
+
+@pytest.mark.parametrize("stride", [8, 5, 16])
+def test_synchformer_tokens_at_their_true_times(stride):
+    """Token j of segment k covers frames stride*k + 2j and stride*k + 2j + 1 at 25 fps."""
+    r = Rates(synchformer_stride=stride)
+    n = r.synchformer_tokens(10.0)
+    expected = [(stride * k + 2 * j + 1) / 25 for k in range(n // 8) for j in range(8)]
+    assert r.synchformer.times(n) == pytest.approx(expected, abs=1e-9)
+    instants, owner = r.synchformer.instants(n)
+    assert instants == pytest.approx(sorted(set(round(t, 9) for t in expected)), abs=1e-9)
+    assert instants[owner] == pytest.approx(expected, abs=1e-9)
+
+
+def test_stride_8_tokens_pair_up_on_a_12_5_hz_grid():
+    rate = DEFAULT_RATES.synchformer
+    instants, owner = rate.instants(240)  # 10 s: 30 segments
+    assert len(instants) == 4 * 30 + 4 and np.allclose(np.diff(instants), 0.08)
+    counts = np.bincount(owner)
+    assert counts[:4].tolist() == [1] * 4 and counts[-4:].tolist() == [1] * 4 and set(counts[4:-4]) == {2}
+    assert rate.end(240) == pytest.approx(9.92)  # the last segment ends at frame 248
+
+
+def test_stream_rate_attrs_round_trip():
+    for rate in (DEFAULT_RATES.marlin, DEFAULT_RATES.synchformer, Rates(synchformer_stride=5).synchformer):
+        assert StreamRate.from_attrs(rate.to_attrs()) == rate
+    assert set(DEFAULT_RATES.marlin.to_attrs()) == {"fps", "t0"}
+
+
+def test_rates_matching_a_checkpoint_take_its_stride():
+    paper = Rates(synchformer_stride=5)
+    streams = {"marlin": paper.marlin, "synchformer": paper.synchformer}
+    assert DEFAULT_RATES.matching(streams).synchformer_stride == 5
+    assert DEFAULT_RATES.matching({"marlin": paper.marlin}) == DEFAULT_RATES
+    old_reading = StreamRate(25.0, 0.04)  # the flattened tokens read as one uniform stream
+    with pytest.raises(ValueError, match="'synchformer' features at .* cannot be extracted"):
+        DEFAULT_RATES.matching({"synchformer": old_reading})

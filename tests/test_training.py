@@ -245,6 +245,8 @@ def test_every_config_parses(tmp_path):
     combos += [[paper, configs / f"musicgen_{s}.yaml"] for s in ("small", "medium", "large")]
     combos += [[paper, large, a] for a in sorted((configs / "ablations").glob("*.yaml"))]
     combos += [[paper, large, configs / "ddp_4gpu.yaml"]]
+    combos += [[paper, large, configs / "official.yaml"],
+               [paper, large, configs / "ablations" / "raft.yaml", configs / "official.yaml"]]
     for files in combos:
         args = [x for f in files for x in ("--config", str(f))]
         cli = ParseOnly(ExpotionModule, ShardDataModule, run=False, args=args)
@@ -260,6 +262,16 @@ def test_every_config_parses(tmp_path):
             assert cfg.data.generic_prompt
         if files[-1].name == "ddp_4gpu.yaml":
             assert cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp" and cfg.data.batch_size == 10
+        if files[-1].name == "official.yaml":
+            model = cfg.model
+            assert model.adaptor.prefix_causal and model.adaptor.pos_embedding == "official"
+            assert model.objective.pooled and model.weight_decay == 0.02 and model.warmup_epochs == 2
+            assert model.min_lr == 1e-4 and model.lr == 0.01 and model.adaptor.n_adapted == 48
+            assert cfg.trainer.precision == "16-mixed" and cfg.trainer.gradient_clip_val == 0.1
+            assert cfg.trainer.max_epochs == 20 and cfg.trainer.default_root_dir == "runs/musicgen_large"
+            assert cfg.trainer.callbacks[0].class_path == "expotion.callbacks.RunCheckpoint"  # paper.yaml's kept
+            raft = configs / "ablations" / "raft.yaml" in files
+            assert model.adaptor.visual.motion == ("raft" if raft else "synchformer")
 
 
 def test_runs_in_different_root_dirs_keep_their_own_exports(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch, caplog):
@@ -420,3 +432,100 @@ def test_two_training_steps_with_audio_samples_on_cuda(tmp_path, demo_cache, tin
     events = EventAccumulator(cli.trainer.log_dir, size_guidance={"audio": 0})
     events.Reload()
     assert {"samples/generated", "samples/reference"} <= set(events.Tags()["audio"])
+
+
+def test_pooled_loss_is_one_cross_entropy_over_every_valid_position():
+    from expotion.objective import codebook_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 30, 16, generator=g)
+    codes = torch.randint(0, 16, (2, 4, 30), generator=g)
+    mask = torch.ones(2, 4, 30, dtype=torch.bool)
+    for k in range(4):  # the delay pattern: codebook k has k fewer valid positions
+        mask[:, k, :k] = False
+    log_p = logits.log_softmax(-1).gather(-1, codes[..., None])[..., 0]
+    by_hand = -(log_p * mask).sum() / mask.sum()
+    pooled, ce, _ = codebook_cross_entropy(logits, codes, mask, pooled=True)
+    assert pooled.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    default, ce_default, _ = codebook_cross_entropy(logits, codes, mask)
+    per_codebook = torch.stack([-(log_p[:, k] * mask[:, k]).sum() / mask[:, k].sum() for k in range(4)])
+    assert default.item() == pytest.approx(per_codebook.mean().item(), abs=1e-6)
+    assert torch.equal(ce, ce_default)
+    assert abs(pooled.item() - default.item()) > 1e-5
+
+
+def test_warmup_cosine_schedule():
+    from expotion.training import warmup_cosine
+
+    factors = [warmup_cosine(step, 4, 20, 0.01) for step in range(21)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert factors[20] == pytest.approx(0.01) and factors[12] == pytest.approx(0.505)
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+
+
+def official_config(tmp_path: Path, demo_cache, tiny_profile_cfg, accelerator: str, precision: str) -> Path:
+    """The tiny config with ``official.yaml`` on top (3 epochs of 2 steps, no audio samples)."""
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg, every_n_steps=100)
+    cfg = yaml.safe_load(config.read_text())
+    official = yaml.safe_load((ROOT / "lightning_configs" / "official.yaml").read_text())
+    cfg["model"]["adaptor"].update(official["model"]["adaptor"])
+    cfg["model"].update({k: v for k, v in official["model"].items() if k != "adaptor"})
+    cfg["trainer"].update(official["trainer"], max_epochs=3, accelerator=accelerator, precision=precision)
+    cfg["trainer"]["callbacks"][3]["init_args"]["every_n_epochs"] = 0
+    config.write_text(yaml.safe_dump(cfg))
+    return config
+
+
+def lr_per_step(log_dir: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    tag = next(t for t in events.Tags()["scalars"] if t.startswith("lr-"))
+    return [e.value for e in events.Scalars(tag)]
+
+
+def test_official_options_train_with_their_schedule(tmp_path, demo_cache, tiny_profile_cfg, musicgen, monkeypatch):
+    """official.yaml on CPU (full precision: fp16 needs a GPU): causal prefix, official positions, pooled loss,
+    weight decay, clipping, 2 warmup epochs and a cosine down to 1e-4."""
+    from expotion.train import main
+    from expotion.training import warmup_cosine
+
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(official_config(tmp_path, demo_cache, tiny_profile_cfg, "cpu", "32-true"))])
+    module = cli.model
+    assert module.adaptor.cfg.prefix_causal and module.objective.pooled and cli.trainer.gradient_clip_val == 0.1
+    assert cli.trainer.global_step == 6  # 4 train clips, batch 2, 3 epochs
+    lr = module.hparams.lr
+    expected = [lr * warmup_cosine(step, 4, 6, 1e-4 / lr) for step in range(6)]  # warmup: 2 epochs = 4 steps
+    assert lr_per_step(cli.trainer.log_dir) == pytest.approx(expected, rel=1e-5)
+    assert module.adaptor.gates.abs().sum() > 0
+    adaptor, _ = load_adaptor(tmp_path / "run" / "adaptor.pt", musicgen.lm, model_signature(musicgen))
+    assert adaptor.cfg.pos_embedding == "official" and adaptor.cfg.prefix_causal
+
+
+@pytest.mark.gpu
+def test_official_options_train_in_fp16_with_a_grad_scaler(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch):
+    from expotion.train import main
+
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(official_config(tmp_path, demo_cache, tiny_profile_cfg, "gpu", "16-mixed"))])
+    assert cli.trainer.precision_plugin.scaler is not None and cli.trainer.global_step == 6
+    assert torch.isfinite(cli.model.adaptor.gates).all() and cli.model.adaptor.gates.abs().sum() > 0
+
+
+def test_checkpoint_records_the_synchformer_stride(musicgen, demo_cache, tmp_path):
+    from dataclasses import replace
+
+    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.embedding import VisualConfig
+    from expotion.rates import Rates
+
+    spec = ClipDataset(demo_cache[0] / "val", STREAMS, 2.0, False).spec
+    paper = replace(spec, rates={**spec.rates, "synchformer": Rates(synchformer_stride=5).synchformer})
+    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=2.0), spec.dims, 50.0)
+    path = save_adaptor(tmp_path / "adaptor.pt", adaptor, model_signature(musicgen), paper)
+    saved = torch.load(path, weights_only=True)["features"]["rates"]["synchformer"]
+    assert saved["segment_len"] == 8 and saved["segment_hop"] == pytest.approx(5 / 25)
+    with pytest.raises(CheckpointMismatch, match="expects 'synchformer' features of shape .* segment_hop=0.2"):
+        load_adaptor(path, musicgen.lm, model_signature(musicgen), spec)

@@ -1,7 +1,8 @@
 """Files that appear complete or not at all.
 
 A file is written under a temporary name beside its destination
-(``.<stem>.tmp-<pid>-<random><suffix>``: concurrent writers never share one,
+(``.<stem>.tmp-<pid>-<random>-<host><suffix>``: concurrent writers never share
+one, a temporary on a shared file system names the machine of its process,
 and writers that pick the format from the suffix still can) and renamed over
 the destination only when complete; a killed writer leaves a hidden
 temporary, never a truncated file under the real name.
@@ -11,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 
 def temporary_path(path: Path) -> Path:
     """A fresh hidden name beside ``path`` (created by its writer, with the usual permissions)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}-{socket.gethostname()}{path.suffix}")
 
 
 class AtomicFile:

@@ -3,11 +3,13 @@
 Layout: ``<cache>/<split>/shard-NNNNN.h5``, one group per clip under
 ``/clips/<clip_id>`` holding ``codes`` (K, T) with a ``frame_rate`` attribute,
 and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``clip``, ``farneback``, ``t5`` with
-``fps``/``t0`` attributes where they are time series. ``/text/generic`` holds
+their :class:`~expotion.rates.StreamRate` as attributes where they are time
+series (``fps``, ``t0``, and for Synchformer ``segment_len``/``segment_hop``). ``/text/generic`` holds
 the generic prompt's text embedding. A shard is written under a temporary
 name and renamed when complete, so a killed run never leaves a partial shard.
 No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
-One run at a time writes a cache: :func:`cache_lock` holds ``<cache>/.lock``.
+One run at a time writes a cache, or one run per node of a multi-node run:
+see :func:`cache_lock`.
 
 Usage: ``expotion cache inspect PATH`` (a shard or a directory).
 """
@@ -20,7 +22,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,12 +30,16 @@ import h5py
 import numpy as np
 
 from .atomic import AtomicFile
-from .rates import DEFAULT_RATES, Rates
+from .nodes import SINGLE_NODE, NodeShare
+from .rates import DEFAULT_RATES, Rates, StreamRate
 
-SCHEMA_VERSION = 1
-FLOAT_FEATURES = ("marlin", "synchformer", "raft", "clip", "farneback")  # stored as float16: half the disk, ample precision
+SCHEMA_VERSION = 2  # 2: Synchformer datasets record their segment layout (token times)
+# stored as float16: half the disk, ample precision
+FLOAT_FEATURES = ("marlin", "synchformer", "raft", "clip", "farneback")
 LOCK_NAME = ".lock"
-TEMPORARY = re.compile(r"^\.shard-\d+\.tmp-(\d+)-[0-9a-f]+\.h5$")  # see expotion.atomic.temporary_path
+# ``.shard-NNNNN.tmp-<pid>-<random>-<host>.h5`` (see expotion.atomic.temporary_path): the shard being written,
+# the process writing it and its machine (no host: a temporary of an earlier version, from this machine)
+TEMPORARY = re.compile(r"^\.(?P<shard>shard-\d+)\.tmp-(?P<pid>\d+)-[0-9a-f]+(?:-(?P<host>.+))?\.h5$")
 
 
 class CacheError(RuntimeError):
@@ -76,8 +82,7 @@ class ShardWriter:
             if name == "codes":
                 ds.attrs["frame_rate"] = rates.codes_fps
             elif name in FLOAT_FEATURES:
-                stream = rates.stream(name)
-                ds.attrs["fps"], ds.attrs["t0"] = stream.fps, stream.t0
+                ds.attrs.update(rates.stream(name).to_attrs())
 
     def add_text(self, key: str, hidden: np.ndarray) -> None:
         hidden = hidden.astype(np.float32)
@@ -114,43 +119,78 @@ def check_finite(arrays: dict[str, np.ndarray]) -> None:
 
 
 @contextmanager
-def cache_lock(cache: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
-    """Hold ``<cache>/.lock`` for one run. If another run holds it, call ``on_wait`` once and wait for it.
+def cache_lock(cache: Path, on_wait: Callable[[str], None], node: NodeShare = SINGLE_NODE) -> Iterator[None]:
+    """Hold the cache for one run, or for one node of a multi-node run; call ``on_wait`` once if it must wait.
 
-    The lock is ``flock``-based, so the kernel releases it when its holder dies,
-    even by SIGKILL: a killed run never leaves the cache locked. The file names
-    its holder while held and is emptied on release.
+    A single-node run holds ``<cache>/.lock`` alone. Node r of n holds ``.lock``
+    shared with the other nodes (so nodes run together, and a single-node run
+    and a multi-node run exclude each other) and ``.lock-node-r-of-n`` alone (so a
+    second copy of the same node waits). The nodes of one run write disjoint
+    shards, so no node ever waits for another. The locks are ``flock``-based: the
+    kernel releases them when their holder dies, even by SIGKILL, so a killed run
+    never leaves the cache locked. An exclusive lock's file names its holder while held.
     """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / LOCK_NAME
+    if node.count == 1:
+        with file_lock(cache / LOCK_NAME, True, lambda holder: on_wait(
+                f"{cache} is being written by another precompute run ({holder}); "
+                "waiting for it to finish (Ctrl-C to stop)")):
+            yield
+        return
+    with file_lock(cache / LOCK_NAME, False, lambda holder: on_wait(
+            f"{cache} is being written by another precompute run ({holder}); waiting for it to finish before "
+            f"{node} starts (Ctrl-C to stop)")), \
+            file_lock(cache / f"{LOCK_NAME}-node-{node.rank}-of-{node.count}", True, lambda holder: on_wait(
+                f"{cache}: {node} is already running ({holder}); waiting for it to finish (Ctrl-C to stop)")):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, exclusive: bool, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold an ``flock`` on ``path`` (exclusive or shared); ``on_wait(holder)`` once before waiting for it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            on_wait(f"{cache} is being written by another precompute run ({holder}); "
-                    f"waiting for it to finish (Ctrl-C to stop)")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process")
+            fcntl.flock(fd, mode)
         except OSError as err:
-            raise CacheError(f"{path}: cannot lock the cache ({err}); use a cache on a local file system") from err
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            raise CacheError(f"{path}: cannot lock the cache ({err}); its file system must support flock "
+                             "(local disks and NFSv4 do; Lustre when mounted with -o flock)") from err
+        if exclusive:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            if exclusive:
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)
 
 
-def remove_stale_temporaries(cache: Path) -> list[Path]:
-    """Delete partial shards whose writing process is dead; a live run's temporaries are left alone."""
+def remove_stale_temporaries(cache: Path, owned: Collection[Path] = ()) -> list[Path]:
+    """Delete partial shards that nobody is writing; a live run's temporaries are left alone.
+
+    A temporary names the machine and process writing it. One from this machine
+    is stale when its process is dead. One from another machine is stale only
+    when its shard is in ``owned``: shards the caller's lock reserves to it (see
+    :func:`cache_lock`), so no live process anywhere can be writing them.
+    """
+    host, owned = socket.gethostname(), {Path(p) for p in owned}
     removed = []
     for tmp in sorted(Path(cache).rglob(".shard-*.tmp-*.h5")):
         match = TEMPORARY.match(tmp.name)
-        if match and not pid_alive(int(match.group(1))):
+        if match is None:
+            continue
+        if match["host"] in (None, host):
+            stale = not pid_alive(int(match["pid"]))
+        else:
+            stale = tmp.with_name(f"{match['shard']}.h5") in owned
+        if stale:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -229,7 +269,7 @@ def covered_seconds(name: str, ds: h5py.Dataset) -> dict:
     if name == "codes":
         return {"seconds": ds.shape[1] / float(ds.attrs["frame_rate"])}
     if "fps" in ds.attrs:
-        return {"seconds": ds.shape[0] / float(ds.attrs["fps"])}
+        return {"seconds": StreamRate.from_attrs(ds.attrs).end(ds.shape[0])}
     return {}
 
 

@@ -203,9 +203,9 @@ def check_state_dict(path: Path, saved: dict, expected: dict) -> None:
         raise CheckpointMismatch(f"{path}: the adaptor weights do not fit: {'; '.join(problems[:3])}{more}")
 
 
-def check_feature_shapes(path: Path, spec: FeatureSpec, feats: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse features (batch, time, ...) whose shapes are not the ones the adaptor was trained on."""
+def check_feature_shapes(path: Path, spec: FeatureSpec, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Refuse features whose shapes per time step are not the ones the adaptor was trained on."""
     for name, shape in spec.shapes.items():
-        got = tuple(feats[name].shape[2:]) if name in feats else None
+        got = tuple(shapes[name]) if name in shapes else None
         if got != shape:
             raise CheckpointMismatch(f"{path}: adaptor expects '{name}' features of shape {shape}, {source} has {got}")

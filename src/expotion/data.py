@@ -71,6 +71,11 @@ def nonfinite(item: dict) -> list[str]:
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
+def stream_rates(group: h5py.Group, streams: tuple[str, ...]) -> dict[str, StreamRate]:
+    """The timing of each of a clip's feature streams, as the precompute stage recorded it."""
+    return {name: StreamRate.from_attrs(group[name].attrs) for name in streams if name in group}
+
+
 def read_visual(datasets, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """A clip's visual input from its HDF5 datasets: features as float32, the face mask as bool."""
     out = {}
@@ -127,12 +132,15 @@ class ClipDataset(Dataset):
                 log.warning("skip %s in %s: no %s", clip_id, path, ", ".join(missing))
             elif g["codes"].shape[1] < self.crop_frames:
                 log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
+            elif self.spec is not None and stream_rates(g, self.streams) != self.spec.rates:
+                log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip_id, path,
+                            stream_rates(g, self.streams), self.spec.rates)
             else:
                 self.refs.append(ClipRef(path, clip_id, str(g.attrs["caption"])))
                 if self.spec is None:
                     self.spec = FeatureSpec(
                         shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
-                        rates={n: StreamRate(float(g[n].attrs["fps"]), float(g[n].attrs["t0"])) for n in self.streams},
+                        rates=stream_rates(g, self.streams),
                         text_dim=int(g["t5"].shape[1]),
                         extractors=shard_profile(f),
                     )
@@ -246,7 +254,7 @@ class ShardDataModule(L.LightningDataModule):
 
 @dataclass
 class CachedClip:
-    """A clip read back from the cache for generation: its prompt, span, source and features (batch of 1)."""
+    """A clip of the cache for generation: its prompt, span and source; its features are read when needed."""
 
     clip_id: str
     caption: str
@@ -254,21 +262,33 @@ class CachedClip:
     duration_s: float
     source: Path
     audio_source: Path | None
-    feats: dict[str, torch.Tensor]
+    shard: Path
+    shapes: dict[str, tuple[int, ...]]  # (time, ...) of each visual dataset it has (features and mask)
     missing: list[str]
+    rates: dict[str, StreamRate]
+
+    @property
+    def vector_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one time step of each visual dataset."""
+        return {name: shape[1:] for name, shape in self.shapes.items()}
+
+    def features(self, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The clip's visual input, read from its shard (no batch dimension)."""
+        with h5py.File(self.shard, "r") as f:
+            return read_visual(f["clips"][self.clip_id], streams)
 
 
-def read_clips(root: str | os.PathLike, streams: tuple[str, ...]):
-    """Every cached clip under ``root``, in id order."""
-    refs = []
+def read_clips(root: str | os.PathLike, streams: tuple[str, ...]) -> list[CachedClip]:
+    """Every cached clip under ``root``, in id order, without reading its features."""
+    clips = []
     for path in list_shards(Path(root)):
         with open_shard(path) as f:
-            refs += [(clip_id, path) for clip_id in f["clips"]]
-    for clip_id, path in sorted(refs):
-        with h5py.File(path, "r") as f:
-            g, data_root = f["clips"][clip_id], Path(f.attrs.get("data_root", "."))
-            feats = {name: value[None] for name, value in read_visual(g, streams).items()}
-            audio = str(g.attrs["audio_source"])
-            yield CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]), float(g.attrs["duration_s"]),
-                             data_root / str(g.attrs["source"]), None if audio == VIDEO_AUDIO else data_root / audio,
-                             feats, [n for n in streams if n not in g])
+            data_root = Path(f.attrs.get("data_root", "."))
+            for clip_id, g in f["clips"].items():
+                audio = str(g.attrs["audio_source"])
+                clips.append(CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]),
+                                        float(g.attrs["duration_s"]), data_root / str(g.attrs["source"]),
+                                        None if audio == VIDEO_AUDIO else data_root / audio, path,
+                                        {n: g[n].shape for n in visual_names(streams) if n in g},
+                                        [n for n in streams if n not in g], stream_rates(g, streams)))
+    return sorted(clips, key=lambda clip: clip.clip_id)

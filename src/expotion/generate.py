@@ -4,6 +4,7 @@ cached split (batch mode, one wav per clip id, for evaluation).
     expotion generate --video V.mp4 --prompt "..." [--checkpoint adaptor.pt] [--musicgen DIR|NAME]
                       --out out.wav [--mux out.mp4] [--plot] [--seed S] [--cfg 3.0] [--top-k 250] [--device cuda]
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
+                      [--batch-size 8] [--devices N [--num-nodes M]]
 
 Without --checkpoint this is plain text-only MusicGen (the paper's baseline row). The checkpoint
 names its method (Expotion's adaptor, or the CLIP + flow conditioner), which decides the video
@@ -24,6 +25,7 @@ windows), ``"clips"`` and ``"videos"``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -42,18 +44,22 @@ from .clipflow.checkpoint import build_clip_flow
 from .data import CachedClip, FeatureSpec, read_clips
 from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text
 from .files import OutputError, prepare_output
-from .generation import Conditioning, GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt
+from .generation import (Conditioning, GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt,
+                         reads_text, text_lengths)
 from .manifest import ManifestError, parse_face_box
 from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
 from .musicgen import load_musicgen, model_signature
+from .rates import DEFAULT_RATES, Rates
+from .sampling import clip_seed
 from .weights import MissingWeightsError
 from .windowed import DEFAULT_WINDOW_S, video_features
 
 log = logging.getLogger("expotion.generate")
 DEFAULT_MUSICGEN = "facebook/musicgen-small"
 PROFILES = ("real", "tiny")
+DEFAULT_BATCH_SIZE = 8
 ADAPTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Progress = Callable[[str, int, int], None]
@@ -112,7 +118,8 @@ class Models:
     def extractors(self) -> Extractors:
         """The video feature extractors the adaptor reads, built on first use (batch mode never needs them)."""
         if self._extractors is None:
-            self._extractors = Extractors(self.extractor_cfg, tuple(self.spec.shapes))
+            self._extractors = Extractors(self.extractor_cfg, tuple(self.spec.shapes),
+                                          extraction_rates(self.settings.checkpoint, self.spec))
         return self._extractors
 
     def devices(self) -> dict[str, set[str]]:
@@ -146,12 +153,35 @@ class BatchResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (clip id, reason) without one
     videos: list[str] = field(default_factory=list)  # clip ids with a muxed mp4
     videos_skipped: list[tuple[str, str]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (the slowest process's)
+    batches: int = 0  # MusicGen calls
+    processes: int = 1
+    devices: list[list[str]] = field(default_factory=list)  # the devices of each process's models, by rank
+
+    @classmethod
+    def merged(cls, parts: list[BatchResult]) -> BatchResult:
+        """One result from every process's share, in clip-id order."""
+        merged = cls(sum(p.clips for p in parts), batches=sum(p.batches for p in parts), processes=len(parts),
+                     devices=[device for p in parts for device in p.devices])
+        for name in ("written", "skipped", "videos", "videos_skipped"):
+            setattr(merged, name, sorted(x for p in parts for x in getattr(p, name)))
+        for part in parts:
+            for stage, seconds in part.timings.items():
+                merged.timings[stage] = max(merged.timings.get(stage, 0.0), seconds)
+        return merged
 
 
 def extractor_config(settings: ModelSettings) -> ExtractorConfig:
     cfg = tiny_profile(settings.tiny_dir) if settings.profile == "tiny" else real_profile(settings.weights_dir)
     return replace(cfg, device=settings.device)
+
+
+def extraction_rates(checkpoint: Path, spec: FeatureSpec) -> Rates:
+    """The rates to extract video features at for an adaptor, e.g. the Synchformer stride it was trained with."""
+    try:
+        return DEFAULT_RATES.matching(spec.rates)
+    except ValueError as err:
+        raise CheckpointMismatch(f"{checkpoint}: {err}") from err
 
 
 def load_models(settings: ModelSettings, progress: Progress | None = None) -> Models:
@@ -172,6 +202,7 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
             adaptor, spec = build_clip_flow(settings.checkpoint, payload, musicgen)
         else:
             adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
+        extraction_rates(settings.checkpoint, spec)  # refuse features this version cannot extract before any work
         adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:
         progress("load", 1, 1)
@@ -266,61 +297,162 @@ def generate_for_video(models: Models, video: Path, prompt: str | None, out: Pat
 
 def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_dir: Path | None = None,
                        mux_dir: Path | None = None, sampling: SamplingSettings = SamplingSettings(),
+                       batch_size: int = DEFAULT_BATCH_SIZE, share: tuple[int, int] = (0, 1),
                        progress: Progress | None = None) -> BatchResult:
     """One ``<clip_id>.wav`` per cached clip of the split ``cache``, from the cached features.
 
+    Up to ``batch_size`` clips share one MusicGen call (:func:`plan_batches`);
+    each clip samples from its own seed (:func:`clip_seed`), so its music does
+    not depend on the batch size or on the other clips. ``share=(rank, ranks)``
+    takes every ``ranks``-th clip, for one of several processes.
     ``reference_dir`` also gets each clip's original music and ``mux_dir`` each
     clip's video (cut from its source as the cache cut it) with the generated
     music, both named by clip id, for ``expotion eval``.
     """
     start = time.perf_counter()
-    clips = list(read_clips(cache, tuple(models.spec.shapes) if models.spec else ()))
+    job = CacheJob.plan(models, share_of(cached_clips(models, cache), *share), out_dir, reference_dir=reference_dir,
+                        mux_dir=mux_dir, sampling=sampling, batch_size=batch_size)
+    for batch in job.batches:
+        job.generate(batch)
+        if progress:
+            progress("clips", job.done, job.result.clips)
+    job.result.timings["music"] = time.perf_counter() - start
+    job.write_videos(progress)
+    return job.result
+
+
+def cached_clips(models: Models, cache: Path) -> list[CachedClip]:
+    clips = read_clips(cache, tuple(models.spec.shapes) if models.spec else ())
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")
     for clip in clips:
         if models.spec is not None and not clip.missing:
-            check_feature_shapes(models.settings.checkpoint, models.spec, clip.feats, f"{cache} clip {clip.clip_id}")
-    for folder in (out_dir, reference_dir, mux_dir):
-        if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-    result = BatchResult(len(clips))
-    generated: list[CachedClip] = []
-    for i, clip in enumerate(clips):
-        reason = generate_clip(models, clip, out_dir, reference_dir, sampling)
-        if reason is None:
-            result.written.append(clip.clip_id)
-            generated.append(clip)
-        else:
-            result.skipped.append((clip.clip_id, reason))
-        if progress:
-            progress("clips", i + 1, len(clips))
-    result.timings["music"] = time.perf_counter() - start
-    if mux_dir is not None:
-        start = time.perf_counter()
-        write_videos(generated, out_dir, Path(mux_dir), result, progress)
-        result.timings["videos"] = time.perf_counter() - start
-    return result
+            check_feature_shapes(models.settings.checkpoint, models.spec, clip.vector_shapes,
+                                 f"{cache} clip {clip.clip_id}")
+    return clips
 
 
-def generate_clip(models: Models, clip: CachedClip, out_dir: Path, reference_dir: Path | None,
-                  sampling: SamplingSettings) -> str | None:
-    """Write one clip's wav (and reference); the reason it was skipped, or None."""
+def share_of(clips: list[CachedClip], rank: int, ranks: int) -> list[CachedClip]:
+    """The clips process ``rank`` of ``ranks`` generates: every ``ranks``-th (shares differ by one clip at most)."""
+    return clips[rank::ranks]
+
+
+def plan_batches(models: Models, clips: list[CachedClip], batch_size: int) -> list[list[CachedClip]]:
+    """``clips`` in batches of at most ``batch_size``, one MusicGen call each.
+
+    A batch holds clips of one duration (so their windows line up), whose captions
+    give as many text tokens (:func:`~expotion.generation.text_lengths`) and which
+    have the same visual streams. Every clip then gets exactly the tokens it gets
+    alone: grouped by duration, not padded and cut, since the adaptor's prefix (or
+    the CLIP + flow memory) and MusicGen's windows depend on the length generated.
+    Captions do not split batches for a model that reads no text.
+    """
+    if batch_size < 1:
+        raise GenerationError(f"batch size must be at least 1, got {batch_size}")
+    text = reads_text(models.adaptor)
+    captions = sorted({clip.caption for clip in clips}) if text else []
+    lengths = dict(zip(captions, text_lengths(models.musicgen, captions))) if captions else {}
+    groups: dict[tuple, list[CachedClip]] = {}
+    for clip in clips:
+        key = (clip.duration_s, lengths[clip.caption] if text else (), tuple(sorted(clip.shapes.items())))
+        groups.setdefault(key, []).append(clip)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+@dataclass
+class CacheJob:
+    """One process's part of batch mode: its checked clips in batches, and what became of each.
+
+    The single-process loop and Lightning's ``predict`` both run it batch by batch.
+    """
+
+    models: Models
+    out_dir: Path
+    reference_dir: Path | None
+    mux_dir: Path | None
+    sampling: SamplingSettings
+    batches: list[list[CachedClip]]
+    result: BatchResult
+    generated: list[CachedClip] = field(default_factory=list)
+
+    @classmethod
+    def plan(cls, models: Models, clips: list[CachedClip], out_dir: Path, *, reference_dir: Path | None,
+             mux_dir: Path | None, sampling: SamplingSettings, batch_size: int) -> CacheJob:
+        """Check every clip (its features, caption and output paths) and batch the ones that pass."""
+        for folder in (out_dir, reference_dir, mux_dir):
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+        result, ready = BatchResult(len(clips)), []
+        for clip in clips:
+            reason = check_clip(clip, Path(out_dir), reference_dir, models.spec, reads_text(models.adaptor))
+            if reason is None:
+                ready.append(clip)
+            else:
+                result.skipped.append((clip.clip_id, reason))
+        batches = plan_batches(models, ready, batch_size)
+        result.batches = len(batches)
+        result.devices = [sorted(set().union(*models.devices().values()))]
+        return cls(models, Path(out_dir), reference_dir, mux_dir, sampling, batches, result)
+
+    @property
+    def done(self) -> int:
+        return len(self.result.written) + len(self.result.skipped)
+
+    def generate(self, batch: list[CachedClip]) -> None:
+        """One MusicGen call for ``batch``: each clip's reference (if asked) and generated wav."""
+        ready = []
+        for clip in batch:
+            try:
+                if self.reference_dir is not None:
+                    write_reference(clip, Path(self.reference_dir) / f"{clip.clip_id}.wav",
+                                    self.models.musicgen.sample_rate)
+                ready.append(clip)
+            except MediaError as err:
+                self.result.skipped.append((clip.clip_id, str(err)))
+        if not ready:
+            return
+        models, streams = self.models, tuple(self.models.spec.shapes) if self.models.spec else ()
+        feats = None
+        if models.adaptor is not None:
+            per_clip = [clip.features(streams) for clip in ready]
+            feats = {name: torch.stack([f[name] for f in per_clip]) for name in per_clip[0]}
+        seeds = [clip_seed(self.sampling.seed, clip.clip_id) for clip in ready]
+        try:
+            tokens = generate_tokens(models.musicgen, [clip.caption for clip in ready], ready[0].duration_s,
+                                     models.adaptor, feats, models.spec.rates if models.spec else None,
+                                     **{**asdict(self.sampling), "seed": seeds})
+        except GenerationError as err:
+            self.result.skipped += [(clip.clip_id, str(err)) for clip in ready]
+            return
+        for row, clip in enumerate(ready):  # decoded one by one, so a wav does not depend on its batch either
+            write_wav(models, tokens[row : row + 1], clip.duration_s, self.out_dir / f"{clip.clip_id}.wav")
+            self.result.written.append(clip.clip_id)
+            self.generated.append(clip)
+
+    def write_videos(self, progress: Progress | None) -> None:
+        if self.mux_dir is not None:
+            start = time.perf_counter()
+            write_videos(self.generated, self.out_dir, Path(self.mux_dir), self.result, progress)
+            self.result.timings["videos"] = time.perf_counter() - start
+
+
+def check_clip(clip: CachedClip, out_dir: Path, reference_dir: Path | None, spec: FeatureSpec | None,
+               text: bool = True) -> str | None:
+    """Why ``clip`` cannot be generated (missing features or features timed otherwise than the model's, a bad
+    caption when the model reads ``text``, an output over its sources), or None."""
     if clip.missing:
         return f"cache lacks {', '.join(clip.missing)}"
-    wav = Path(out_dir) / f"{clip.clip_id}.wav"
-    reference = Path(reference_dir) / f"{clip.clip_id}.wav" if reference_dir is not None else None
+    if spec is not None and clip.rates != spec.rates:
+        return f"features timed as {clip.rates}, the adaptor was trained on {spec.rates}"
     sources = {"source video": clip.source, "source audio": clip.audio_source}
     try:
-        prepare_output(wav, sources, "generated wav")
-        if reference is not None:
-            prepare_output(reference, sources, "reference wav")
-            write_reference(clip, reference, models.musicgen.sample_rate)
-        tokens = generate_tokens(models.musicgen, [clip.caption], clip.duration_s, models.adaptor,
-                                 clip.feats if models.adaptor else None, models.spec.rates if models.spec else None,
-                                 **asdict(sampling))
-    except (GenerationError, MediaError, OutputError) as err:
+        if text:
+            check_prompt(clip.caption)
+        prepare_output(out_dir / f"{clip.clip_id}.wav", sources, "generated wav")
+        if reference_dir is not None:
+            prepare_output(Path(reference_dir) / f"{clip.clip_id}.wav", sources, "reference wav")
+    except (GenerationError, OutputError) as err:
         return str(err)
-    write_wav(models, tokens, clip.duration_s, wav)
     return None
 
 
@@ -378,7 +510,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mux-dir", type=Path,
                    help="batch mode: also write <clip_id>.mp4 per clip here: its span of the source video, cut as "
                         "the cache cut it, with the generated music (for `expotion eval --videos`)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed; in batch mode each clip samples from its own seed, derived from this one and its id")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="batch mode: clips per MusicGen call; a clip's music does not depend on it")
+    p.add_argument("--devices", type=int, default=1,
+                   help="batch mode: processes (GPUs with --device cuda) on this machine, through Lightning's DDP")
+    p.add_argument("--num-nodes", type=int, default=1, help="batch mode: machines, each running --devices processes")
     p.add_argument("--cfg", type=float, default=3.0,
                    help="classifier-free guidance coefficient on the conditions (the text; with a CLIP + flow "
                         "checkpoint, its video memory)")
@@ -462,11 +600,26 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         raise GenerationError("--cache needs --out-dir")
     if args.plot:
         raise GenerationError("--plot draws one video's figure; for a cached split use `expotion eval --plots`")
+    if args.devices < 1 or args.num_nodes < 1:
+        raise GenerationError(f"--devices and --num-nodes must be at least 1, got {args.devices} and {args.num_nodes}")
     progress = ProgressBars()
-    models = load_models(settings, progress)
-    result = generate_for_cache(models, args.cache, args.out_dir, reference_dir=args.reference_dir,
-                                mux_dir=args.mux_dir, sampling=sampling, progress=progress)
-    print(f"generated {len(result.written)} of {result.clips} clips into {args.out_dir}"
+    if args.devices * args.num_nodes > 1:
+        from .distributed_generation import generate_on_devices
+
+        result = generate_on_devices(settings, args.cache, args.out_dir, devices=args.devices,
+                                     num_nodes=args.num_nodes, reference_dir=args.reference_dir,
+                                     mux_dir=args.mux_dir, sampling=sampling, batch_size=args.batch_size,
+                                     progress=progress)
+        if result is None:  # not global rank 0: rank 0 reports for every process
+            return 0
+    else:
+        models = load_models(settings, progress)
+        result = generate_for_cache(models, args.cache, args.out_dir, reference_dir=args.reference_dir,
+                                    mux_dir=args.mux_dir, sampling=sampling, batch_size=args.batch_size,
+                                    progress=progress)
+    summary = write_batch_summary(Path(args.out_dir) / "summary.json", result, settings, sampling, args)
+    print(f"generated {len(result.written)} of {result.clips} clips into {args.out_dir} in {result.batches} batches "
+          f"of up to {args.batch_size} on {result.processes} process{'es' if result.processes > 1 else ''}"
           + (f" (references in {args.reference_dir})" if args.reference_dir else ""))
     for clip_id, reason in result.skipped:
         print(f"  skipped {clip_id}: {reason}")
@@ -474,4 +627,22 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         print(f"wrote {len(result.videos)} of {len(result.written)} clip videos into {args.mux_dir}")
         for clip_id, reason in result.videos_skipped:
             print(f"  no video for {clip_id}: {reason}")
+    print(f"summary: {summary}")
     return 0 if result.written else 1
+
+
+def write_batch_summary(path: Path, result: BatchResult, settings: ModelSettings, sampling: SamplingSettings,
+                        args: argparse.Namespace) -> Path:
+    """``summary.json`` beside the wavs: what was generated from what, with which settings, and what was skipped."""
+    summary = {
+        "cache": str(args.cache), "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
+        "musicgen": settings.musicgen, "profile": settings.profile, "adaptor_dtype": settings.adaptor_dtype,
+        "sampling": asdict(sampling), "clip_seed": "sha256('{seed}:{clip_id}'), first 8 bytes little-endian >> 1",
+        "batch_size": args.batch_size, "processes": result.processes, "devices": result.devices,
+        "batches": result.batches,
+        "clips": result.clips, "written": result.written, "skipped": dict(result.skipped),
+        "references": str(args.reference_dir) if args.reference_dir else None,
+        "videos": result.videos if args.mux_dir else None, "videos_skipped": dict(result.videos_skipped),
+        "seconds": {stage: round(seconds, 3) for stage, seconds in result.timings.items()},
+    }
+    return write_text(path, json.dumps(summary, indent=2) + "\n")

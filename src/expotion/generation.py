@@ -9,11 +9,16 @@ With zero gates the result is therefore token for token plain MusicGen's.
 A CLIP + flow model joins the same way, with its memory ``Z`` for the window
 (:func:`expotion.clipflow.memory.window_memory`) instead of a prefix.
 The same wrapper counts sampling steps over all windows for progress reports.
+
+Many clips can share one call: each row has its own prompt, visual prefix and
+random stream (:mod:`.sampling`), so a clip's tokens do not depend on the clips
+beside it, provided they last as long and their captions give as many text
+tokens (:func:`text_lengths`).
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +28,13 @@ from .adaptor import ConditionAdaptor
 from .clipflow.conditioner import ClipFlowConditioner
 from .clipflow.memory import window_memory
 from .rates import StreamRate
+from .sampling import per_row_sampling
 
 MAX_PROMPT_CHARS = 2000  # T5 was trained on inputs of up to 512 tokens
 DECODE_CHUNK = 1500  # EnCodec frames decoded at a time (30 s at 50 Hz)
 DECODE_CONTEXT = 50  # frames of context decoded and dropped on either side of a chunk (1 s)
 Conditioning = ConditionAdaptor | ClipFlowConditioner  # what a checkpoint adds to MusicGen, by method
+AUDIOCRAFT_EXTEND_STRIDE = 18.0  # MusicGen.set_generation_params' default
 
 
 class GenerationError(ValueError):
@@ -151,23 +158,36 @@ def windowed_generation(musicgen, windows: list[Window], adaptor: Conditioning |
         del lm.generate
 
 
+def default_extend_stride(window: float) -> float:
+    """Seconds between generation windows: half a window, at most audiocraft's default of 18 s."""
+    return min(AUDIOCRAFT_EXTEND_STRIDE, window / 2)
+
+
 @torch.no_grad()
 def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adaptor: Conditioning | None = None,
                     feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
-                    seed: int = 0, cfg_coef: float = 3.0, top_k: int = 250, extend_stride: float | None = None,
+                    seed: int | Sequence[int] = 0, cfg_coef: float = 3.0, top_k: int = 250,
+                    extend_stride: float | None = None,
                     on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Tokens (B, K, T) for ``duration_s`` seconds, one sample per prompt.
 
-    Windows are at most the adaptor's training length (MusicGen's own maximum
-    without one); the stride between windows defaults to half a window (18 s,
-    audiocraft's default, for plain MusicGen with a 30 s window). The features
-    go to the adaptor's device and precision. ``on_step(done, total)`` reports
-    sampling steps over all windows.
+    Row b samples from its own generator, seeded with ``seed[b]`` (an int seeds
+    every row alike), so its tokens do not depend on the other rows as long as
+    their prompts give as many text tokens (:func:`text_lengths`). Windows are
+    at most the adaptor's training length (MusicGen's own maximum without one).
+    The stride between windows defaults to half a window, capped at audiocraft's
+    default of 18 s: 5 s with a 10 s adaptor, 15 s for plain MusicGen with its
+    30 s window (see :func:`default_extend_stride`). The features (B rows) go to
+    the adaptor's device and precision. ``on_step(done, total)`` reports sampling
+    steps over all windows.
     """
     prompts = [model_prompt(adaptor, p) for p in prompts]
+    seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(prompts):
+        raise GenerationError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     full_window = musicgen.max_duration
     window = min(full_window, adaptor.cfg.max_seconds) if adaptor is not None else full_window
-    stride = extend_stride if extend_stride is not None else (window / 2 if adaptor is not None else min(18.0, window / 2))
+    stride = extend_stride if extend_stride is not None else default_extend_stride(window)
     if stride >= window:
         raise GenerationError(f"extend stride {stride} s must be shorter than the window of {window} s")
     musicgen.set_generation_params(duration=duration_s, top_k=min(top_k, musicgen.lm.card), cfg_coef=cfg_coef,
@@ -176,13 +196,31 @@ def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adap
         param = next(adaptor.parameters())
         feats = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
     windows = generation_windows(duration_s, window, stride, musicgen.frame_rate)
-    torch.manual_seed(seed)
     musicgen.max_duration = window
     try:
-        with windowed_generation(musicgen, windows, adaptor, feats, rates, on_step):
+        device = next(musicgen.lm.parameters()).device
+        with per_row_sampling(seeds, device), windowed_generation(musicgen, windows, adaptor, feats, rates, on_step):
             return musicgen.generate(prompts, return_tokens=True)[1]
     finally:
         musicgen.max_duration = full_window
+
+
+@torch.no_grad()
+def text_lengths(musicgen, prompts: list[str]) -> list[tuple[int, ...]]:
+    """The tokens each prompt gives each of MusicGen's conditioners when it is conditioned on alone.
+
+    audiocraft pads a batch's text conditions to the longest and its
+    cross-attention attends to the padding (zero vectors, without a mask), so a
+    prompt conditions the music exactly as it does alone only beside prompts of
+    the same length. Batches group prompts by this value.
+    """
+    lm = musicgen.lm
+    attributes, _ = musicgen._prepare_tokens_and_attributes(prompts, None)
+    lengths = []
+    for attribute in attributes:
+        conditions = lm.condition_provider(lm.condition_provider.tokenize([attribute]))
+        lengths.append(tuple(conditions[name][0].shape[1] for name in sorted(conditions)))
+    return lengths
 
 
 @torch.no_grad()

@@ -1,16 +1,32 @@
-"""MusicGen's training loss: cross-entropy per codebook over the delay pattern's valid positions."""
+"""MusicGen's training loss: cross-entropy over the delay pattern's valid positions."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-def codebook_cross_entropy(logits: torch.Tensor, codes: torch.Tensor,
-                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean over codebooks of each codebook's mean cross-entropy, as audiocraft's MusicGen solver computes it.
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """How the cross-entropy is reduced.
+
+    ``pooled=False`` (default) is audiocraft's MusicGen solver: the mean over codebooks
+    of each codebook's mean. ``pooled=True`` is the official code: one mean over every
+    valid position of every codebook. The delay pattern leaves codebook k with k fewer
+    valid positions per sequence, so the two weigh positions slightly differently.
+    """
+
+    pooled: bool = False
+
+
+def codebook_cross_entropy(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
+                           pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training loss, with per-codebook cross-entropy and top-1 accuracy for logging.
 
     ``logits`` (B, K, T, card) and ``mask`` (B, K, T) come from ``lm.compute_predictions``.
-    Returns (loss, per-codebook cross-entropy (K,), per-codebook top-1 accuracy (K,)).
+    The loss is reduced as :class:`ObjectiveConfig` describes. Returns (loss, per-codebook
+    cross-entropy (K,), per-codebook top-1 accuracy (K,)).
     """
     ce, acc = [], []
     for k in range(codes.shape[1]):
@@ -19,4 +35,5 @@ def codebook_cross_entropy(logits: torch.Tensor, codes: torch.Tensor,
         ce.append(F.cross_entropy(logits_k, target_k))
         acc.append((logits_k.argmax(-1) == target_k).float().mean())
     ce_k = torch.stack(ce)
-    return ce_k.mean(), ce_k.detach(), torch.stack(acc).detach()
+    loss = F.cross_entropy(logits[mask], codes[mask].long()) if pooled else ce_k.mean()
+    return loss, ce_k.detach(), torch.stack(acc).detach()

@@ -11,6 +11,12 @@ atomic rename only when complete; a rerun skips shards that exist with the
 same assignment, so a killed run resumes where it stopped. One run at a time
 writes a cache: a second run on the same cache waits for the first.
 
+Several machines share the work as nodes of one run (:mod:`.nodes`): node r of n
+writes the shards k of the whole plan with ``k mod n == r``, with its own workers.
+Nodes write disjoint shards and never wait for each other. The node that finds
+every shard written (the last to finish, any node on a rerun, or
+:func:`merge_summary`) writes the one ``summary.json``.
+
 Bad input never stops the run: each problem is logged and recorded in the
 shard (``skipped``) and in the end summary, which also lists the seconds each
 recording loses after its last whole clip and names every split left empty.
@@ -30,17 +36,19 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import __version__, atomic
-from .cache import NonFiniteError, ShardWriter, cache_lock, list_shards, remove_stale_temporaries, shard_attrs, shard_path
+from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lock, file_lock, list_shards,
+                    remove_stale_temporaries, shard_attrs, shard_path)
 from .features import DEFAULT_EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
+from .nodes import SINGLE_NODE, NodeShare
 from .rates import DEFAULT_RATES, FeatureShapeError, Rates
 
 log = logging.getLogger("expotion.precompute")
@@ -58,6 +66,8 @@ class PrecomputeConfig:
     workers: int = 1
     threads: int = 1  # torch intra-op threads per worker; results depend on it, not on ``workers``
     keep_tail: bool = False  # also take a last clip, overlapping the previous one, that ends with the recording
+    rates: Rates = DEFAULT_RATES  # e.g. the Synchformer segment stride
+    node: NodeShare = SINGLE_NODE  # which shards this machine writes
 
 
 @dataclass(frozen=True)
@@ -80,13 +90,21 @@ class Summary:
     reused_shards: int = 0
     new_shards: int = 0
     clip_seconds: float = DEFAULT_RATES.clip_seconds
+    node: NodeShare = SINGLE_NODE
+    missing: list[str] = field(default_factory=list)  # shards of the plan not written yet (by other nodes)
 
     @property
     def empty_splits(self) -> list[str]:
-        return [s for s in self.splits if not self.written[s]]
+        """Splits without a clip; only known once every shard is written."""
+        return [] if self.missing else [s for s in self.splits if not self.written[s]]
 
     def report(self) -> str:
-        lines = [f"clips written: {dict(self.written)} ({self.new_shards} new shards, {self.reused_shards} reused)"]
+        lines = [f"clips written: {dict(self.written)} ({self.new_shards} new shards, {self.reused_shards} reused"
+                 + (f" by {self.node})" if self.node.count > 1 else ")")]
+        if self.missing:
+            lines.append(f"{len(self.missing)} shards are not written yet (the other nodes write them): "
+                         f"{', '.join(self.missing[:4])}{' ...' if len(self.missing) > 4 else ''}. The last node "
+                         "to finish writes summary.json; or run the same command with --merge-summary then.")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)}:")
             lines += [f"  {s['clip']}: {s['reason']}" for s in self.skipped]
@@ -130,6 +148,7 @@ def assignment(job: ShardJob, cfg: PrecomputeConfig) -> str:
         "extractors": list(cfg.names),
         "clip_seconds": cfg.clip_seconds,
         "models": cfg.extractors.describe(),
+        "rates": asdict(cfg.rates),
     }
     if cfg.keep_tail:  # only when set, so caches written before the option existed stay valid
         spec["keep_tail"] = True
@@ -214,7 +233,7 @@ def skip(writer: ShardWriter, clip_id: str, reason: str) -> None:
 
 def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
     attrs = {"split": job.split, "assignment": assignment(job, cfg), "extractors": list(cfg.names),
-             "models": cfg.extractors.describe(), "expotion_version": __version__,
+             "models": cfg.extractors.describe(), "rates": asdict(cfg.rates), "expotion_version": __version__,
              "recordings": [r.id for r in job.recordings], "data_root": str(job.recordings[0].root)}
     writer = ShardWriter(job.path(cfg.cache), attrs)
     try:
@@ -249,7 +268,7 @@ def worker_init(cfg: PrecomputeConfig, counter, parent: int) -> None:
     torch.set_num_threads(cfg.threads)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
     device = worker_device(cfg.extractors.device, rank)
-    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(cfg.extractors, cfg.names, device=device)
+    _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(cfg.extractors, cfg.names, cfg.rates, device=device)
 
 
 def die_with_parent(parent: int) -> None:
@@ -277,30 +296,59 @@ def worker_run(job: ShardJob) -> Path:
     return process_shard(job, _WORKER["ex"], _WORKER["cfg"])
 
 
-def run(cfg: PrecomputeConfig, rates: Rates = DEFAULT_RATES) -> Summary:
-    """Write every missing shard of the manifest to ``cfg.cache`` (holding the cache's lock) and summarise."""
-    recordings = load_manifest(cfg.manifest, cfg.data_root)
-    jobs = plan(recordings, cfg.recordings_per_shard)
-    with cache_lock(cfg.cache, on_wait=log.warning):
-        todo = [j for j in jobs if not is_done(j, cfg)]
-        summary = Summary(reused_shards=len(jobs) - len(todo), new_shards=len(todo),
-                          splits=sorted({j.split for j in jobs}), clip_seconds=cfg.clip_seconds)
+def run(cfg: PrecomputeConfig) -> Summary:
+    """Write this node's missing shards of the manifest to ``cfg.cache`` (holding its lock) and summarise.
+
+    ``summary.json`` is written once every shard of the plan exists.
+    """
+    jobs = plan(load_manifest(cfg.manifest, cfg.data_root), cfg.recordings_per_shard)
+    mine = [job for k, job in enumerate(jobs) if cfg.node.takes(k)]
+    with cache_lock(cfg.cache, on_wait=log.warning, node=cfg.node):
+        todo = [j for j in mine if not is_done(j, cfg)]
         if todo:
             check_available(cfg.extractors, cfg.names)
-            for tmp in remove_stale_temporaries(cfg.cache):
+            for tmp in remove_stale_temporaries(cfg.cache, owned=[j.path(cfg.cache) for j in mine]):
                 log.info("removed %s, left by a run that was killed", tmp)
-            run_jobs(todo, cfg, rates)
-        collect(summary, [j.path(cfg.cache) for j in jobs])
+            run_jobs(todo, cfg)
+        summary = summarise(jobs, cfg, Summary(reused_shards=len(mine) - len(todo), new_shards=len(todo),
+                                               clip_seconds=cfg.clip_seconds, node=cfg.node))
+    return summary
+
+
+def merge_summary(cfg: PrecomputeConfig) -> Summary:
+    """Write ``summary.json`` from the shards every node wrote, extracting nothing.
+
+    Raises :class:`CacheError` naming the shards still missing.
+    """
+    jobs = plan(load_manifest(cfg.manifest, cfg.data_root), cfg.recordings_per_shard)
+    if not Path(cfg.cache).is_dir():
+        raise CacheError(f"{cfg.cache}: no such cache; run the nodes first")
+    with file_lock(Path(cfg.cache) / LOCK_NAME, False, lambda holder: log.warning(
+            "%s is being written by another precompute run (%s); waiting for it to finish", cfg.cache, holder)):
+        summary = summarise(jobs, cfg, Summary(reused_shards=len(jobs), clip_seconds=cfg.clip_seconds))
+    if summary.missing:
+        raise CacheError(f"{cfg.cache}: {len(summary.missing)} of {len(jobs)} shards are not written yet: "
+                         f"{', '.join(summary.missing)}; run the nodes that write them (shard k is node k mod N's), "
+                         "then merge again")
+    return summary
+
+
+def summarise(jobs: list[ShardJob], cfg: PrecomputeConfig, summary: Summary) -> Summary:
+    """Fill ``summary`` from the shards on disk; write ``summary.json`` when every shard of the plan is there."""
+    summary.splits = sorted({j.split for j in jobs})
+    summary.missing = [j.path(cfg.cache).relative_to(cfg.cache).as_posix() for j in jobs if not is_done(j, cfg)]
+    collect(summary, [j.path(cfg.cache) for j in jobs])
+    if not summary.missing:
         atomic.write_text(Path(cfg.cache) / "summary.json", json.dumps(summary.to_json(), indent=2))
     return summary
 
 
-def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig, rates: Rates) -> None:
+def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig) -> None:
     workers = max(1, min(cfg.workers, len(todo)))
     bar = tqdm(total=len(todo), desc="shards", unit="shard")
     if workers == 1:
         with torch_threads(cfg.threads):
-            ex = Extractors(cfg.extractors, cfg.names, rates, device=worker_device(cfg.extractors.device, 0))
+            ex = Extractors(cfg.extractors, cfg.names, cfg.rates, device=worker_device(cfg.extractors.device, 0))
             for job in todo:
                 process_shard(job, ex, cfg)
                 bar.update()

@@ -1,29 +1,74 @@
 """Every frame rate and sequence length of the pipeline, in one place.
 
-Each visual stream is a sequence of feature vectors at a uniform rate ``fps``
-whose first vector describes the instant ``t0`` seconds after the clip start
-(the centre of the window it summarises). Temporal smoothing (Eq. 1/3) maps
-EnCodec frame times onto these grids, so the precompute stage, training and
-generation all read the rates from here instead of re-deriving them.
+Each visual stream is a sequence of feature vectors, each describing one
+instant of the clip (the centre of the window it summarises). A
+:class:`StreamRate` says which instant: a uniform grid for MARLIN and RAFT,
+and for Synchformer the layout of its overlapping segments. Temporal smoothing
+(Eq. 1/3) maps EnCodec frame times onto these instants, so the precompute
+stage, training and generation all read the rates from here instead of
+re-deriving them.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
+TIME_RESOLUTION_S = 1e-9  # vectors whose centres agree to this describe the same instant
+
+
 @dataclass(frozen=True)
 class StreamRate:
-    """A feature stream: ``fps`` vectors per second, the first centred at ``t0``."""
+    """When each vector of a feature stream happens.
+
+    A continuous stream (``segment_len == 0``) has ``fps`` vectors per second, the
+    first centred at ``t0``. A segmented stream is an encoder's output on
+    segments taken every ``segment_hop`` seconds, ``segment_len`` vectors each,
+    flattened in time: vector j of segment k is centred at
+    ``t0 + k * segment_hop + j / fps``. Overlapping segments give several
+    vectors for the same instant.
+    """
 
     fps: float
     t0: float
+    segment_len: int = 0
+    segment_hop: float = 0.0
+
+    @property
+    def vectors_per_second(self) -> float:
+        """Vectors stored per second of video: ``fps``, or ``segment_len`` per ``segment_hop`` when segmented."""
+        return self.segment_len / self.segment_hop if self.segment_len else self.fps
 
     def times(self, n: int) -> np.ndarray:
-        """Centre time in seconds of each of ``n`` feature vectors."""
-        return self.t0 + np.arange(n) / self.fps
+        """Centre time in seconds of each of ``n`` feature vectors, in stored order."""
+        if not self.segment_len:
+            return self.t0 + np.arange(n) / self.fps
+        segment, slot = np.divmod(np.arange(n), self.segment_len)
+        return self.t0 + segment * self.segment_hop + slot / self.fps
+
+    def instants(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct centre times of ``n`` vectors, ascending, and the instant each vector belongs to."""
+        ticks = np.round(self.times(n) / TIME_RESOLUTION_S).astype(np.int64)
+        unique, inverse = np.unique(ticks, return_inverse=True)
+        return unique * TIME_RESOLUTION_S, inverse
+
+    def end(self, n: int) -> float:
+        """Seconds from the clip start to the end of the last of ``n`` vectors (each spans ``1 / fps``)."""
+        return float(self.times(n).max() + 0.5 / self.fps) if n else 0.0
+
+    def to_attrs(self) -> dict[str, float | int]:
+        """The fields a shard stores on the stream's dataset (the segment layout only when segmented)."""
+        attrs = {"fps": self.fps, "t0": self.t0}
+        if self.segment_len:
+            attrs |= {"segment_len": self.segment_len, "segment_hop": self.segment_hop}
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs) -> StreamRate:
+        return cls(float(attrs["fps"]), float(attrs["t0"]), int(attrs.get("segment_len", 0)),
+                   float(attrs.get("segment_hop", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -37,7 +82,8 @@ class Rates:
     marlin_video_fps: float = 80.0
     marlin_window: int = 16
     marlin_stride: int = 16
-    # Synchformer: 25 fps, 16-frame segments with stride 8, tubelets of 2 frames.
+    # Synchformer: 25 fps, 16-frame segments every 8 frames (Synchformer's own stride;
+    # the paper states 5), tubelets of 2 frames.
     synchformer_video_fps: float = 25.0
     synchformer_segment: int = 16
     synchformer_stride: int = 8
@@ -111,13 +157,16 @@ class Rates:
 
     @property
     def synchformer(self) -> StreamRate:
-        """The (segments, 8) output flattened in time, read as a uniform stream.
+        """The (segments, 8) output flattened in time, each token at its true time.
 
-        Eight tokens per ``stride`` frames gives 25 tokens/s at the defaults; the
-        first token covers the first tubelet of the first segment.
+        Token j of segment k covers frames ``s*k + 2j`` and ``s*k + 2j + 1`` of the
+        25 fps video (``s`` the stride), so it is centred at ``(s*k + 2j + 1) / 25`` s.
+        With ``s < 16`` segments overlap: at the default stride of 8, tokens 4-7 of
+        segment k describe the same instants as tokens 0-3 of segment k + 1.
         """
-        fps = self.synchformer_tokens_per_segment * self.synchformer_video_fps / self.synchformer_stride
-        return StreamRate(fps, 0.5 * self.synchformer_tubelet / self.synchformer_video_fps)
+        fps = self.synchformer_video_fps
+        return StreamRate(fps / self.synchformer_tubelet, 0.5 * self.synchformer_tubelet / fps,
+                          self.synchformer_tokens_per_segment, self.synchformer_stride / fps)
 
     @property
     def raft(self) -> StreamRate:
@@ -142,6 +191,20 @@ class Rates:
         return {"marlin": self.marlin, "synchformer": self.synchformer, "raft": self.raft, "clip": self.clip,
                 "farneback": self.farneback, "codes": self.codes}[name]
 
+    def matching(self, streams: dict[str, StreamRate]) -> Rates:
+        """These rates with the Synchformer stride that ``streams`` (e.g. an adaptor's) were written with.
+
+        Raises ValueError naming the first stream these rates cannot reproduce.
+        """
+        rates = self
+        synch = streams.get("synchformer")
+        if synch is not None and synch.segment_len:
+            rates = replace(self, synchformer_stride=int(round(synch.segment_hop * self.synchformer_video_fps)))
+        for name, rate in streams.items():
+            if rates.stream(name) != rate:
+                raise ValueError(f"'{name}' features at {rate} cannot be extracted by this version, which "
+                                 f"writes them at {rates.stream(name)}; rebuild the cache and retrain")
+        return rates
 
 
 class FeatureShapeError(ValueError):

@@ -19,7 +19,7 @@ from .checkpoint import check_compatible, check_state_dict, save_adaptor, spec_t
 from .conditioning import text_condition
 from .data import FeatureSpec, visual_names
 from .musicgen import load_musicgen, model_signature, place_musicgen
-from .objective import codebook_cross_entropy
+from .objective import ObjectiveConfig, codebook_cross_entropy
 from .rates import StreamRate
 
 
@@ -37,7 +37,7 @@ def adapted_predictions(lm, adaptor: ConditionAdaptor, feats: dict[str, torch.Te
         return lm.compute_predictions(codes, [], condition_tensors=condition)
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
     """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``."""
     if step < warmup:
         return (step + 1) / warmup
@@ -45,9 +45,12 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def logged_loss(module: L.LightningModule, out, codes: torch.Tensor, stage: str) -> torch.Tensor:
-    """MusicGen's loss of ``out`` (an ``LMOutput``) on ``codes``, logged with per-codebook CE and accuracy."""
-    loss, ce, acc = codebook_cross_entropy(out.logits, codes, out.mask)
+def logged_loss(module: L.LightningModule, out, codes: torch.Tensor, stage: str, pooled: bool = False) -> torch.Tensor:
+    """MusicGen's loss of ``out`` (an ``LMOutput``) on ``codes``, logged with per-codebook CE and accuracy.
+
+    ``pooled`` chooses the reduction over codebooks (see :func:`expotion.objective.codebook_cross_entropy`).
+    """
+    loss, ce, acc = codebook_cross_entropy(out.logits, codes, out.mask, pooled=pooled)
     size = codes.shape[0]
     module.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
     for k in range(len(ce)):
@@ -60,17 +63,20 @@ class ExpotionModule(L.LightningModule):
     """Trains only H_0, the visual projections, z_pos, W_e, the flow CNN and the gates.
 
     ``zero_visual`` feeds zeros instead of the video features (the control run
-    that shows the video is used). The learning-rate schedule is a linear warmup
-    over ``warmup_fraction`` of the steps, then cosine decay to zero.
+    that shows the video is used). AdamW with ``weight_decay``; the learning rate
+    warms up linearly over ``warmup_epochs`` epochs when set, else over
+    ``warmup_fraction`` of all steps, then follows a cosine down to ``min_lr``.
     """
 
     def __init__(self, musicgen: str = "facebook/musicgen-small", adaptor: AdaptorConfig = AdaptorConfig(),
                  lr: float = 1e-2, weight_decay: float = 0.0, warmup_fraction: float = 0.05,
-                 zero_visual: bool = False):
+                 zero_visual: bool = False, objective: ObjectiveConfig = ObjectiveConfig(),
+                 warmup_epochs: float | None = None, min_lr: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints carry the adaptor only
         self.adaptor_cfg = adaptor if isinstance(adaptor, AdaptorConfig) else AdaptorConfig.from_dict(adaptor)
+        self.objective = objective if isinstance(objective, ObjectiveConfig) else ObjectiveConfig(**objective)
         self.musicgen = load_musicgen(musicgen)
         self.lm = self.musicgen.lm
         self.signature = model_signature(self.musicgen)
@@ -107,7 +113,7 @@ class ExpotionModule(L.LightningModule):
         return adapted_predictions(self.lm, self.adaptor, self.visual_inputs(batch), self.spec.rates, batch)
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
-        return logged_loss(self, self(batch), batch["codes"], stage)
+        return logged_loss(self, self(batch), batch["codes"], stage, pooled=self.objective.pooled)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         return None if batch is None else self.shared_step(batch, "train")  # None: every clip skipped, no step
@@ -124,8 +130,13 @@ class ExpotionModule(L.LightningModule):
         params = [p for p in self.adaptor.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(self.hparams.warmup_fraction * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        if self.hparams.warmup_epochs is None:
+            warmup = max(1, int(self.hparams.warmup_fraction * total))
+        else:
+            per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
+            warmup = max(1, int(self.hparams.warmup_epochs * per_epoch))
+        floor = self.hparams.min_lr / self.hparams.lr
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, floor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -105,7 +105,7 @@ def scan_faces(extractors: Extractors, video: Path, windows: list[FeatureWindow]
 
 def stream_rate_of(rates: Rates, name: str) -> float:
     """Vectors per second of the array ``name`` (a mask shares its stream's rate)."""
-    return rates.stream(name.removesuffix("_mask")).fps
+    return rates.stream(name.removesuffix("_mask")).vectors_per_second
 
 
 def video_features(extractors: Extractors, video: Path, duration_s: float, face_box: tuple | None = None,

@@ -160,7 +160,8 @@ class ClipFlowModule(L.LightningModule):
         if warmup >= total:
             log.warning("the learning-rate warmup (%d steps) lasts the whole run (%d steps): the rate never reaches "
                         "%g; lower --model.optim.warmup_steps", warmup, total, self.optim.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        # §5.1: cosine decay to zero
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, 0.0))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints: only what trains ---------------------------------------------------------
