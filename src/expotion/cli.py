@@ -67,12 +67,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, profiles: bool = True, 
 
 def extractor_config(args: argparse.Namespace):
     """The feature extractors the shared options select (MusicGen and RAFT variant overridable)."""
-    from .features import real_profile, tiny_profile
+    from .features import profile_config
 
-    if args.profile == "tiny":
-        return tiny_profile(args.tiny_dir, device=args.device)
-    overrides = {k: v for k, v in {"musicgen": args.musicgen, "raft_variant": args.raft_variant}.items() if v}
-    return real_profile(args.weights_dir, device=args.device, **overrides)
+    chosen = {"musicgen": args.musicgen, "raft_variant": args.raft_variant} if args.profile == "real" else {}
+    return profile_config(args.profile, args.weights_dir, args.tiny_dir, args.device,
+                          **{k: v for k, v in chosen.items() if v})
 
 
 # ---- features ---------------------------------------------------------------------------------

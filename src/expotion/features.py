@@ -105,6 +105,15 @@ def tiny_profile(root: str | Path, **overrides) -> ExtractorConfig:
     )
 
 
+
+def profile_config(profile: str, weights_dir: str | Path | None, tiny_dir: str | Path, device: str,
+                   **overrides) -> ExtractorConfig:
+    """The extractors a profile names, on ``device``: the tiny stand-ins in ``tiny_dir`` or the released weights."""
+    if profile == "tiny":
+        return tiny_profile(tiny_dir, device=device, **overrides)
+    return real_profile(weights_dir, device=device, **overrides)
+
+
 @dataclass
 class VideoFeatures:
     """Visual features of one clip, plus masks and notes on what was substituted."""

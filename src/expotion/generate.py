@@ -43,7 +43,7 @@ from .clipflow.checkpoint import METHOD as CLIP_FLOW
 from .clipflow.checkpoint import build_clip_flow
 from .data import CachedClip, FeatureSpec, read_clips
 from .devices import default_device
-from .features import ExtractorConfig, Extractors, VideoFeatures, real_profile, tiny_profile
+from .features import ExtractorConfig, Extractors, VideoFeatures, profile_config
 from .atomic import atomic_path, write_text
 from .files import OutputError, prepare_output
 from .generation import (Conditioning, GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt,
@@ -171,11 +171,6 @@ class BatchResult:
         return merged
 
 
-def extractor_config(settings: ModelSettings) -> ExtractorConfig:
-    cfg = tiny_profile(settings.tiny_dir) if settings.profile == "tiny" else real_profile(settings.weights_dir)
-    return replace(cfg, device=settings.device)
-
-
 def extraction_rates(checkpoint: Path, spec: FeatureSpec) -> Rates:
     """The rates to extract video features at for an adaptor, e.g. the Synchformer stride it was trained with."""
     try:
@@ -192,7 +187,7 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
     payload = read_adaptor(settings.checkpoint) if settings.checkpoint is not None else {}
     profile, tiny_dir = extractor_profile(settings.checkpoint, payload, settings.profile, settings.tiny_dir)
     settings = replace(settings, profile=profile, tiny_dir=tiny_dir)
-    ext_cfg = extractor_config(settings)
+    ext_cfg = profile_config(settings.profile, settings.weights_dir, settings.tiny_dir, settings.device)
     adaptor = spec = None
     if settings.checkpoint is None:
         musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)
