@@ -10,6 +10,7 @@ import torch
 
 from expotion.features import AUDIO_TEXT, EXTRACTORS, STREAMS, VISUAL, Extractors
 from expotion.pipeline import worker_device
+from expotion.rates import VIDEO_STREAMS
 
 META = torch.device("meta")
 
@@ -19,7 +20,7 @@ def devices(module: torch.nn.Module) -> set[torch.device]:
 
 
 def test_every_registered_stream_loads_onto_the_device_it_is_given(tiny_profile_cfg):
-    assert set(VISUAL) == set(STREAMS) and EXTRACTORS == (*VISUAL, *AUDIO_TEXT)
+    assert set(VISUAL) == set(STREAMS) == set(VIDEO_STREAMS) and EXTRACTORS == (*VISUAL, *AUDIO_TEXT)
     for stream in STREAMS.values():
         model = stream.load(stream.path(tiny_profile_cfg), META, tiny_profile_cfg)
         cpu = stream.load(stream.path(tiny_profile_cfg), torch.device("cpu"), tiny_profile_cfg)

@@ -22,6 +22,7 @@ import torch
 from .adaptor import AdaptorConfig, ConditionAdaptor
 from .atomic import atomic_path
 from .data import FeatureSpec
+from . import tiny
 from .rates import StreamRate
 from .weights import MissingWeightsError
 
@@ -29,7 +30,6 @@ FORMAT = "expotion-adaptor"
 VERSION = 1
 STRUCTURE = ("dim", "num_layers", "n_q", "card", "frame_rate")
 DEFAULT_PROFILE = "real"
-DEFAULT_TINY_DIR = Path("cache/tiny-weights")
 EXPOTION = "expotion"
 
 
@@ -153,7 +153,7 @@ def extractor_profile(path: str | os.PathLike | None, payload: dict, profile: st
     profile = profile or saved.get("profile") or DEFAULT_PROFILE
     if tiny_dir is None:
         trained_here = profile == "tiny" and saved.get("profile") == "tiny" and saved.get("weights_dir")
-        tiny_dir = find_local_dir(saved["weights_dir"], Path(path)) if trained_here else DEFAULT_TINY_DIR
+        tiny_dir = find_local_dir(saved["weights_dir"], Path(path)) if trained_here else tiny.DEFAULT_DIR
     return profile, tiny_dir
 
 

@@ -17,6 +17,8 @@ import numpy as np
 
 
 TIME_RESOLUTION_S = 1e-9  # vectors whose centres agree to this describe the same instant
+# every video feature stream has a rate property of this name (features.STREAMS registers their extractors)
+VIDEO_STREAMS = ("marlin", "synchformer", "raft", "clip", "farneback")
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,10 @@ class Rates:
         return StreamRate(self.codes_fps, 0.0)
 
     def stream(self, name: str) -> StreamRate:
-        return {"marlin": self.marlin, "synchformer": self.synchformer, "raft": self.raft, "clip": self.clip,
-                "farneback": self.farneback, "codes": self.codes}[name]
+        """The rate of a video stream (``VIDEO_STREAMS``) or of ``codes``; KeyError for any other name."""
+        if name not in (*VIDEO_STREAMS, "codes"):
+            raise KeyError(name)
+        return getattr(self, name)
 
     def matching(self, streams: dict[str, StreamRate]) -> Rates:
         """These rates with the Synchformer stride that ``streams`` (e.g. an adaptor's) were written with.

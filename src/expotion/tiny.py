@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEFAULT_DIR = Path("cache/tiny-weights")  # where `make tiny-weights` writes them, relative to the project root
+
 
 @dataclass(frozen=True)
 class TinyWeights:
