@@ -15,7 +15,6 @@ Steps are interleaved over the repeats, so machine load affects every variant al
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -24,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from common import model_arguments, random_musicgen, trained_adaptor  # noqa: E402
+from common import CLIP_DIM, CLIP_TOKENS, FLOW_MAP, trained_adaptor, training_setup  # noqa: E402
 
 from expotion.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig  # noqa: E402
 from expotion.clipflow.memory import trained_decoder  # noqa: E402
@@ -32,28 +31,6 @@ from expotion.clipflow.training import clip_flow_predictions  # noqa: E402
 from expotion.objective import codebook_cross_entropy  # noqa: E402
 from expotion.rates import DEFAULT_RATES as R  # noqa: E402
 from expotion.training import adapted_predictions  # noqa: E402
-
-CLIP_TOKENS, CLIP_DIM, MAP = 50, 768, (112, 112)
-
-
-def batch_for(lm, batch: int, seconds: float, device: str) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "codes": torch.randint(0, lm.card, (batch, lm.n_q, R.codes_frames(seconds)), generator=g),
-        "marlin": torch.randn(batch, R.marlin_windows(seconds), 768, generator=g),
-        "synchformer": torch.randn(batch, R.synchformer_tokens(seconds), 768, generator=g),
-        "clip": torch.randn(batch, R.clip_frames(seconds), CLIP_TOKENS, CLIP_DIM, generator=g),
-        "farneback": 3 * torch.rand(batch, R.farneback_flows(seconds), *MAP, generator=g),
-        "text": torch.randn(batch, 12, lm.condition_provider.conditioners["description"].dim, generator=g),
-        "text_mask": torch.ones(batch, 12, dtype=torch.long),
-        "caption": ["x"] * batch,
-        "start_s": torch.zeros(batch),
-    }
-
-
-def to(batch: dict, device: str) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
 
 def expotion_variant(mg, seconds: float, device: str):
     adaptor = trained_adaptor(mg.lm, len(mg.lm.transformer.layers), seconds, device)
@@ -67,7 +44,7 @@ def expotion_variant(mg, seconds: float, device: str):
 
 def clip_flow_variant(mg, seconds: float, decoder: str, device: str):
     cfg = ClipFlowConfig(decoder=decoder, max_seconds=seconds)
-    conditioner = ClipFlowConditioner(cfg, {"clip": (CLIP_TOKENS, CLIP_DIM), "farneback": MAP}, mg.lm.dim,
+    conditioner = ClipFlowConditioner(cfg, {"clip": (CLIP_TOKENS, CLIP_DIM), "farneback": FLOW_MAP}, mg.lm.dim,
                                       mg.frame_rate).to(device)
     rates = {"clip": R.clip, "farneback": R.farneback}
     decoder_params = list(trained_decoder(mg.lm, decoder).values())
@@ -95,13 +72,7 @@ def timed_step(predict, optimizer, batch) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model_arguments(parser, layers=16)
-    parser.add_argument("--batch", type=int, default=2)
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    mg = random_musicgen(args.layers, args.dim, device)
-    batch = to(batch_for(mg.lm, args.batch, args.seconds, device), device)
+    args, device, mg, batch = training_setup(__doc__, ("marlin", "synchformer", "clip", "farneback"))
     variants = {"expotion (L = N)": expotion_variant(mg, args.seconds, device)}
     variants |= {f"clip+flow, decoder {d}": clip_flow_variant(mg, args.seconds, d, device)
                  for d in ("none", "cross_attention", "all")}
