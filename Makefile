@@ -30,7 +30,7 @@ ARGS ?=
 LOGDIR ?= runs
 DEMO_RUN := runs/tiny_cpu
 
-.PHONY: install demo demo-data tiny-weights features train generate eval tensorboard app browser-deps test test-all clean-cache
+.PHONY: install demo demo-clip-flow demo-data tiny-weights features train generate eval tensorboard app browser-deps test test-all clean-cache
 
 install: $(STAMP)
 
@@ -59,6 +59,22 @@ demo: demo-data tiny-weights
 	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml \
 		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(DEMO_RUN)"
 	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_RUN)/adaptor.pt
+
+# The second method (CLIP + flow) on the demo data with tiny models: its features, training, generation for the
+# validation clips and their evaluation (beside Expotion's demo run when `make demo` made one).
+CLIP_FLOW_CACHE ?= cache/demo-clip-flow
+CLIP_FLOW_RUN := runs/clip_flow_tiny
+demo-clip-flow: demo-data tiny-weights
+	$(MAKE) --no-print-directory features CACHE=$(CLIP_FLOW_CACHE) EXTRACTORS=clip,farneback,codes,t5
+	$(MAKE) --no-print-directory train CONFIG=lightning_configs/clip_flow_tiny.yaml \
+		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(CLIP_FLOW_RUN)"
+	$(EXPOTION) generate --cache $(CLIP_FLOW_CACHE)/val --out-dir outputs/clip-flow \
+		--checkpoint $(CLIP_FLOW_RUN)/adaptor.pt --reference-dir outputs/reference
+	$(if $(wildcard $(DEMO_RUN)/adaptor.pt),$(EXPOTION) generate --cache $(CACHE)/val --out-dir outputs/expotion \
+		--checkpoint $(DEMO_RUN)/adaptor.pt,)
+	$(EXPOTION) eval --generated outputs/clip-flow $(if $(wildcard $(DEMO_RUN)/adaptor.pt),outputs/expotion) \
+		--reference outputs/reference --cache $(CLIP_FLOW_CACHE)/val --weights-dir $(TINY_DIR) \
+		--out results/demo-clip-flow
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)

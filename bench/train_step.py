@@ -9,7 +9,6 @@ part that grows with L); on a GPU the CUDA peak is printed as well.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
@@ -18,24 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from common import model_arguments, random_musicgen, trained_adaptor  # noqa: E402
+from common import trained_adaptor, training_setup  # noqa: E402
 
 from expotion.objective import codebook_cross_entropy  # noqa: E402
 from expotion.rates import DEFAULT_RATES as R  # noqa: E402
 from expotion.training import adapted_predictions  # noqa: E402
-
-
-def batch_for(lm, batch: int, seconds: float, device: str) -> dict:
-    g = torch.Generator().manual_seed(0)
-    frames = R.codes_frames(seconds)
-    return {
-        "codes": torch.randint(0, lm.card, (batch, lm.n_q, frames), generator=g).to(device),
-        "marlin": torch.randn(batch, R.marlin_windows(seconds), 768, generator=g).to(device),
-        "synchformer": torch.randn(batch, R.synchformer_tokens(seconds), 768, generator=g).to(device),
-        "text": torch.randn(batch, 12, lm.condition_provider.conditioners["description"].dim, generator=g).to(device),
-        "text_mask": torch.ones(batch, 12, dtype=torch.long, device=device),
-        "caption": ["x"] * batch,
-    }
 
 
 def step(lm, adaptor, optimizer, batch) -> int:
@@ -79,13 +65,7 @@ def cuda_peak(lm, adaptor, optimizer, batch) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model_arguments(parser, layers=16)
-    parser.add_argument("--batch", type=int, default=2)
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    mg = random_musicgen(args.layers, args.dim, device)
-    batch = batch_for(mg.lm, args.batch, args.seconds, device)
+    args, device, mg, batch = training_setup(__doc__, ("marlin", "synchformer"))
     quarter, full = max(1, args.layers // 4), args.layers
     runs = {n: build(mg, n, args.seconds, device) for n in (quarter, full)}
     times: dict[int, list[float]] = {quarter: [], full: []}

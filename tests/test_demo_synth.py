@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from expotion.demo.synth import MANIFEST_COLUMNS, SAMPLE_RATE, plan, synthesize_demo
+from expotion.demo.synth import MANIFEST_COLUMNS, SAMPLE_RATE, TEMPO_RANGE, plan, synthesize_demo
 from expotion.demo.video import Figure, draw_head, pose_at
 
 N, DURATION, N_VAL, FPS, SIZE = 3, 4.0, 1, 30, (160, 128)
@@ -124,14 +124,30 @@ def _window_energy(x: np.ndarray, times: np.ndarray, half: float) -> float:
     return float(np.mean([np.mean(x[max(0, c - h):c + h] ** 2) for c in centres if c + h <= len(x)]))
 
 
-def test_audio_energy_peaks_on_annotated_beats(manifest: Path, rows: list[dict[str, str]], annotations: dict) -> None:
+def _in_break(ann: dict, times: np.ndarray) -> np.ndarray:
+    bar_s = 4 * 60 / ann["tempo_bpm"]
+    return np.isin((times // bar_s).astype(int), ann["breaks"])
+
+
+def test_audio_energy_peaks_on_annotated_beats_and_not_in_breaks(manifest: Path, rows: list[dict[str, str]],
+                                                                   annotations: dict) -> None:
     for r in rows[::2]:
+        ann = annotations[r["id"]]
         x, _ = sf.read(str(manifest.parent / r["audio"]), dtype="float32")
-        beats = np.array(annotations[r["id"]]["beat_times"])
-        beat_s = 60 / annotations[r["id"]]["tempo_bpm"]
-        on = _window_energy(x, beats, 0.02)
-        mid = _window_energy(x, beats + beat_s / 2, 0.02)
-        assert on > 5 * mid
+        beats = np.array(ann["beat_times"])
+        beat_s = 60 / ann["tempo_bpm"]
+        rest = _in_break(ann, beats)
+        assert rest.any() and (~rest).any()
+        played, silent = beats[~rest], beats[rest]
+        assert _window_energy(x, played, 0.02) > 5 * _window_energy(x, played + beat_s / 2, 0.02)
+        assert _window_energy(x, silent, 0.02) < 0.2 * _window_energy(x, played, 0.02)
+
+
+def test_a_third_of_the_bars_after_the_first_are_breaks(annotations: dict) -> None:
+    for ann in annotations.values():
+        n_bars = len(ann["chords"])
+        assert 0 not in ann["breaks"] and set(ann["breaks"]) <= set(range(1, n_bars))
+        assert len(ann["breaks"]) == round(n_bars / 3)
 
 
 def _motion_energy(frames: np.ndarray, face_box: tuple[int, int, int, int]) -> np.ndarray:
@@ -149,13 +165,24 @@ def test_body_motion_pulses_at_the_tempo(manifest: Path, rows: list[dict[str, st
         beat_hz = annotations[r["id"]]["tempo_bpm"] / 60
         spectrum = np.abs(np.fft.rfft((motion - motion.mean()) * np.hanning(len(motion)), n=8192))
         freqs = np.fft.rfftfreq(8192, 1 / FPS)
-        band = (freqs > 0.5) & (freqs < 6.0)
+        band = (freqs > 0.9 * TEMPO_RANGE[0] / 60) & (freqs < 6.0)  # above the breaks' on/off at bar rate
         peak = freqs[band][np.argmax(spectrum[band])]
         assert abs(peak / beat_hz - 1) < 0.05
         phase = (((np.arange(len(motion)) + 0.5) / FPS) * beat_hz) % 1.0
         near = np.minimum(phase, 1 - phase) < 0.15
         far = np.abs(phase - 0.5) < 0.15
         assert motion[near].mean() > 3 * motion[far].mean()
+
+
+def test_the_body_holds_still_in_breaks(manifest: Path, rows: list[dict[str, str]], annotations: dict) -> None:
+    """In break bars the arms rest, so the flow-rate cue (motion or none) is visible at any frame rate."""
+    for r in rows:
+        ann = annotations[r["id"]]
+        motion = _motion_energy(_frames(manifest.parent / r["video"]), Figure(*SIZE).face_box())
+        between = (np.arange(len(motion)) + 1) / FPS  # time of the later frame of each pair
+        rest = _in_break(ann, between) & _in_break(ann, between - 1 / FPS)
+        assert rest.sum() >= FPS // 4
+        assert motion[rest].mean() < 0.05 * motion[~rest].mean()
 
 
 def test_mouth_differs_between_major_and_minor_bars(manifest: Path, rows: list[dict[str, str]],

@@ -10,6 +10,7 @@ import torch
 
 from expotion.features import AUDIO_TEXT, EXTRACTORS, STREAMS, VISUAL, Extractors
 from expotion.pipeline import worker_device
+from expotion.rates import VIDEO_STREAMS
 
 META = torch.device("meta")
 
@@ -19,11 +20,14 @@ def devices(module: torch.nn.Module) -> set[torch.device]:
 
 
 def test_every_registered_stream_loads_onto_the_device_it_is_given(tiny_profile_cfg):
-    assert set(VISUAL) == set(STREAMS) and EXTRACTORS == (*VISUAL, *AUDIO_TEXT)
+    assert set(VISUAL) == set(STREAMS) == set(VIDEO_STREAMS) and EXTRACTORS == (*VISUAL, *AUDIO_TEXT)
     for stream in STREAMS.values():
         model = stream.load(stream.path(tiny_profile_cfg), META, tiny_profile_cfg)
-        assert devices(model) == {META}, stream.name
         cpu = stream.load(stream.path(tiny_profile_cfg), torch.device("cpu"), tiny_profile_cfg)
+        if stream.weight_key is None:  # OpenCV's Farneback: no weights, nothing to place
+            assert devices(model) == devices(cpu) == set(), stream.name
+            continue
+        assert devices(model) == {META}, stream.name
         assert devices(cpu) == {torch.device("cpu")}, stream.name
 
 
@@ -53,6 +57,13 @@ def test_extractors_built_on_a_device_hold_every_model_there(tiny_profile_cfg):
     assert devices(ex) == {META}
     shapes = ex.shapes()
     assert shapes["synchformer"] == (tiny_profile_cfg.synchformer.dim,) and shapes["raft"] == (2, 16, 16)
+    assert shapes["clip"] == (17, 32) and shapes["farneback"] == tiny_profile_cfg.farneback.stored_shape
+
+
+def test_a_weightless_stream_alone_still_has_a_device(tiny_profile_cfg):
+    ex = Extractors(tiny_profile_cfg, ("farneback",))
+    assert ex.device == torch.device("cpu") and not list(ex.parameters())
+    assert ex.to(META).device == META
 
 
 def test_worker_devices(monkeypatch):
@@ -79,5 +90,5 @@ def test_precompute_on_cuda_runs_every_extractor_there(small_demo, tiny_profile_
     path = process_shard(ShardJob(recording.split, 0, (recording,)), ex, cfg)
     with h5py.File(path) as f:
         clip = next(iter(f["clips"].values()))
-        assert set(EXTRACTORS) <= set(clip)
+        assert set(cfg.names) <= set(clip)
     assert devices(ex) == {cuda}

@@ -236,3 +236,25 @@ def test_a_silent_generated_clip_is_left_out_of_chroma_with_the_reason(data, tmp
     with (tmp_path / "out" / "per_clip.csv").open() as f:
         row = next(r for r in csv.DictReader(f) if r["clip_id"] == "c1")
     assert row["chroma"] == "" and float(row["beat_f1"]) < 0.3
+
+
+def test_several_systems_side_by_side_one_row_each(data, tmp_path):
+    """Each generated directory is its own row, scored exactly as when evaluated alone; labels must be distinct."""
+    fad_kl_chroma = ("--metrics", "fad,kl,is,chroma")
+    assert run_eval(data, tmp_path / "alone", *fad_kl_chroma) == 0
+    argv = ["eval", "--generated", str(data / "gen"), str(data / "ref"), "--reference", str(data / "ref"),
+            "--out", str(tmp_path / "both"), "--weights-dir", str(data / "weights"), "--cache-dir", str(data / "cache"),
+            *fad_kl_chroma]
+    assert expotion_main(argv + ["--label", "expotion", "clip-flow"]) == 0
+    table = (tmp_path / "both" / "results.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:5]] == ["expotion", "clip-flow", "reference audio"]
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())["metrics"]
+    first = json.loads((tmp_path / "both" / "expotion" / "metrics.json").read_text())["metrics"]
+    second = json.loads((tmp_path / "both" / "clip-flow" / "metrics.json").read_text())["metrics"]
+    assert {k: first[k]["value"] for k in alone} == {k: alone[k]["value"] for k in alone}
+    assert second["fad_vgg"]["value"] == pytest.approx(0.0, abs=1e-6) and second["chroma"]["value"] == pytest.approx(1.0)
+    assert (tmp_path / "both" / "clip-flow" / "per_clip.csv").exists()
+    assert "expotion: excluded clips:" in "\n".join(table)  # the gen-only clip, named per system
+
+    assert expotion_main(argv[:2] + [str(data / "gen"), str(data / "gen")] + argv[4:]) == 2  # two rows named "gen"
+    assert expotion_main(argv + ["--label", "only-one"]) == 2

@@ -72,6 +72,16 @@ def test_tiny_encodec_tokens_follow_the_audio(tiny_musicgen_dir):
     assert len(set(silence)) == 1 and np.mean(tone != silence[0]) >= 0.75
 
 
+def test_tiny_musicgen_at_the_released_codebook_size_seeds_every_code(tmp_path):
+    """With 2048 codes per codebook (MusicGen's), the calibration audio grows until every code gets its own frame."""
+    from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
+
+    model = load_musicgen(str(save_tiny(tmp_path, cfg=TinyMusicGenConfig(card=2048))))
+    first, *rest = (layer._codebook.embed for layer in model.compression_model.quantizer.vq.layers)
+    assert len(torch.unique(first, dim=0)) == 2048  # 2048 different frames
+    assert all(embed.shape[0] == 2048 for embed in rest)
+
+
 def test_musicgen_missing_files_named(tmp_path, monkeypatch):
     from expotion.musicgen import check_musicgen_available
 

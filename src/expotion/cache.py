@@ -2,7 +2,7 @@
 
 Layout: ``<cache>/<split>/shard-NNNNN.h5``, one group per clip under
 ``/clips/<clip_id>`` holding ``codes`` (K, T) with a ``frame_rate`` attribute,
-and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``t5`` with
+and ``marlin`` (+ ``marlin_mask``), ``synchformer``, ``raft``, ``clip``, ``farneback``, ``t5`` with
 their :class:`~expotion.rates.StreamRate` as attributes where they are time
 series (``fps``, ``t0``, and for Synchformer ``segment_len``/``segment_hop``). ``/text/generic`` holds
 the generic prompt's text embedding. A shard is written under a temporary
@@ -31,10 +31,9 @@ import numpy as np
 
 from .atomic import AtomicFile
 from .nodes import SINGLE_NODE, NodeShare
-from .rates import DEFAULT_RATES, Rates, StreamRate
+from .rates import DEFAULT_RATES, VIDEO_STREAMS, Rates, StreamRate
 
 SCHEMA_VERSION = 2  # 2: Synchformer datasets record their segment layout (token times)
-FLOAT_FEATURES = ("marlin", "synchformer", "raft")  # stored as float16: half the disk, ample precision
 LOCK_NAME = ".lock"
 # ``.shard-NNNNN.tmp-<pid>-<random>-<host>.h5`` (see expotion.atomic.temporary_path): the shard being written,
 # the process writing it and its machine (no host: a temporary of an earlier version, from this machine)
@@ -70,7 +69,8 @@ class ShardWriter:
     def add_clip(self, clip_id: str, arrays: dict[str, np.ndarray], attrs: dict, rates: Rates = DEFAULT_RATES) -> None:
         """Store one clip; raise :class:`NonFiniteError` (writing nothing) if any stream holds NaN or inf."""
         with np.errstate(over="ignore"):  # an overflow becomes inf, which check_finite reports by stream
-            stored = {name: value.astype(np.float16 if name in FLOAT_FEATURES else value.dtype)
+            # video features as float16: half the disk, ample precision
+            stored = {name: value.astype(np.float16 if name in VIDEO_STREAMS else value.dtype)
                       for name, value in arrays.items()}
         check_finite(stored)
         group = self.file["clips"].create_group(clip_id)
@@ -80,7 +80,7 @@ class ShardWriter:
             ds = group.create_dataset(name, data=value)
             if name == "codes":
                 ds.attrs["frame_rate"] = rates.codes_fps
-            elif name in FLOAT_FEATURES:
+            elif name in VIDEO_STREAMS:
                 ds.attrs.update(rates.stream(name).to_attrs())
 
     def add_text(self, key: str, hidden: np.ndarray) -> None:

@@ -15,7 +15,6 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .checkpoint import save_adaptor
 from .data import collate
 from .generation import decode_audio, generate_tokens
 
@@ -44,8 +43,9 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class AdaptorExport(L.Callback):
-    """Writes ``adaptor.pt`` (adaptor weights + what they expect) after every epoch, into ``dirpath``
-    (default: the run's ``default_root_dir``). Replacing the export of an earlier run is announced."""
+    """Writes the method's export, ``adaptor.pt`` (trained weights + what they expect), after every epoch and when
+    training ends, into ``dirpath`` (default: the run's ``default_root_dir``). Replacing the export of an earlier run
+    is announced."""
 
     def __init__(self, dirpath: str | None = None, filename: str = "adaptor.pt"):
         self.dirpath, self.filename = dirpath, filename
@@ -61,7 +61,12 @@ class AdaptorExport(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            save_adaptor(self.path(trainer), pl_module.adaptor, pl_module.signature, pl_module.spec)
+            pl_module.export(self.path(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        """Export once more: a weight-averaging callback listed before this one has just put its average in place."""
+        if trainer.is_global_zero:
+            pl_module.export(self.path(trainer))
 
 
 class AudioSamples(L.Callback):

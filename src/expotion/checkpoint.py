@@ -6,6 +6,8 @@ and the extractor profile that computed them. It holds only tensors and plain
 Python values, so it loads with ``torch.load(weights_only=True)``. A file that
 cannot be read, or that was made for another MusicGen or other features, is
 refused with one line naming it and saying what is wrong.
+Every exported checkpoint names the ``method`` that wrote it (``expotion`` here;
+:mod:`expotion.clipflow.checkpoint` writes the other), so ``generate`` can pick it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from .adaptor import AdaptorConfig, ConditionAdaptor
 from .atomic import atomic_path
 from .data import FeatureSpec
+from . import tiny
 from .rates import StreamRate
 from .weights import MissingWeightsError
 
@@ -27,7 +30,7 @@ FORMAT = "expotion-adaptor"
 VERSION = 1
 STRUCTURE = ("dim", "num_layers", "n_q", "card", "frame_rate")
 DEFAULT_PROFILE = "real"
-DEFAULT_TINY_DIR = Path("cache/tiny-weights")
+EXPOTION = "expotion"
 
 
 class CheckpointError(ValueError):
@@ -89,7 +92,11 @@ def spec_from_dict(d: dict) -> FeatureSpec:
                        {k: StreamRate(**v) for k, v in d["rates"].items()}, int(d["text_dim"]))
 
 
-def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: dict, spec: FeatureSpec) -> Path:
+def write_checkpoint(path: str | os.PathLike, method: str, config: dict, musicgen: dict, spec: FeatureSpec,
+                     state_dict: dict[str, torch.Tensor], **extra) -> Path:
+    """Save a method's export atomically (a reader never sees half a file): its format, version and method, its
+    config, the MusicGen it was trained on (and where a local one was), the features and extractor profile it
+    reads, its weights and ``extra`` entries."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     musicgen = dict(musicgen)
@@ -101,15 +108,26 @@ def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: d
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": adaptor.cfg.to_dict(),
+        "method": method,
+        "config": config,
         "musicgen": musicgen,
         "features": spec_to_dict(spec),
         "extractors": extractors,
-        "state_dict": {k: v.detach().cpu() for k, v in adaptor.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        **extra,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def method_of(payload: dict) -> str:
+    """The training method a checkpoint was exported by (checkpoints from before methods were recorded: Expotion)."""
+    return str(payload.get("method", EXPOTION))
+
+
+def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: dict, spec: FeatureSpec) -> Path:
+    return write_checkpoint(path, EXPOTION, adaptor.cfg.to_dict(), musicgen, spec, adaptor.state_dict())
 
 
 def read_adaptor(path: str | os.PathLike) -> dict:
@@ -135,7 +153,7 @@ def extractor_profile(path: str | os.PathLike | None, payload: dict, profile: st
     profile = profile or saved.get("profile") or DEFAULT_PROFILE
     if tiny_dir is None:
         trained_here = profile == "tiny" and saved.get("profile") == "tiny" and saved.get("weights_dir")
-        tiny_dir = find_local_dir(saved["weights_dir"], Path(path)) if trained_here else DEFAULT_TINY_DIR
+        tiny_dir = find_local_dir(saved["weights_dir"], Path(path)) if trained_here else tiny.DEFAULT_DIR
     return profile, tiny_dir
 
 
@@ -164,6 +182,8 @@ def load_adaptor(path: str | os.PathLike, lm: torch.nn.Module, musicgen: dict,
 def build_adaptor(path: Path, payload: dict, lm: torch.nn.Module, musicgen: dict,
                   spec: FeatureSpec | None = None) -> tuple[ConditionAdaptor, FeatureSpec]:
     """:func:`load_adaptor` for a payload already read by :func:`read_adaptor` (``path`` names it in errors)."""
+    if method_of(payload) != EXPOTION:
+        raise CheckpointMismatch(f"{path}: a checkpoint of the '{method_of(payload)}' method, not an Expotion adaptor")
     check_compatible(path, payload, musicgen, spec)
     saved_spec = spec_from_dict(payload["features"])
     adaptor = ConditionAdaptor(lm, AdaptorConfig.from_dict(payload["config"]), saved_spec.dims, musicgen["frame_rate"])

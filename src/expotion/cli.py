@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from .devices import default_device  # noqa: E402
 from .known_warnings import silence_known_warnings  # noqa: E402
+from .tiny import DEFAULT_DIR as TINY_DIR  # noqa: E402
 
-TINY_DIR = Path("cache/tiny-weights")
 
 # subcommands offered only when their package is part of the install
 OPTIONAL_SUBSYSTEMS = {
@@ -41,6 +41,7 @@ WEIGHT_MODULES = (
     "expotion.extractors.marlin",
     "expotion.extractors.motionformer",
     "expotion.extractors.raft",
+    "expotion.extractors.clip",
     "expotion.evaluation.models",
 )
 

@@ -25,13 +25,19 @@ def dropped_captions(lm: nn.Module, captions: list[str]) -> list[bool]:
     return [a.text[TEXT_KEY] is None for a in attrs]
 
 
+def text_embeddings(lm: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
+                    keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen ``output_proj`` of cached text states (B, L, D), masked; captions with ``keep`` False are dropped."""
+    conditioner = lm.condition_provider.conditioners[TEXT_KEY]
+    mask = mask * keep.to(mask.device)[:, None].to(mask.dtype)
+    embeds = conditioner.output_proj(hidden.to(conditioner.output_proj.weight)) * mask.unsqueeze(-1)
+    return embeds, mask
+
+
 def text_condition(lm: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, captions: list[str]) -> dict:
     """Condition tensors for ``lm.compute_predictions(..., condition_tensors=...)``.
 
     ``hidden`` (B, L, D) and ``mask`` (B, L) are the cached, zero-padded text states.
     """
-    conditioner = lm.condition_provider.conditioners[TEXT_KEY]
-    keep = torch.tensor([not d for d in dropped_captions(lm, captions)], device=mask.device)
-    mask = mask * keep[:, None].to(mask.dtype)
-    embeds = conditioner.output_proj(hidden.to(conditioner.output_proj.weight)) * mask.unsqueeze(-1)
-    return {TEXT_KEY: (embeds, mask)}
+    keep = torch.tensor([not d for d in dropped_captions(lm, captions)])
+    return {TEXT_KEY: text_embeddings(lm, hidden, mask, keep)}

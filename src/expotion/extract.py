@@ -1,5 +1,5 @@
-"""``expotion features``: write MARLIN, Synchformer and RAFT features, EnCodec tokens and T5 text
-embeddings of every clip in a manifest to HDF5 shards.
+"""``expotion features``: write MARLIN, Synchformer, RAFT, CLIP and Farneback features, EnCodec tokens
+and T5 text embeddings of every clip in a manifest to HDF5 shards.
 
     expotion features --manifest data/manifest.csv --cache cache [--profile real|tiny] [--device cuda]
         [--extractors marlin,synchformer,raft,codes,t5] [--workers 2] [--threads 1] [--keep-tail]
@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cache import CacheError
-from .features import EXTRACTORS, ExtractorConfig
+from .features import DEFAULT_EXTRACTORS, EXTRACTORS, ExtractorConfig
 from .manifest import ManifestError
 from .nodes import node_share
 from .pipeline import PrecomputeConfig, merge_summary, run as run_pipeline
@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="root of the manifest's paths (default: its folder)")
     p.add_argument("--musicgen", default=None, help="MusicGen hub name or local directory (real default facebook/musicgen-small)")
     p.add_argument("--raft-variant", choices=("small", "large"), default=None)
-    p.add_argument("--extractors", default=",".join(EXTRACTORS), help=f"comma-separated subset of {','.join(EXTRACTORS)}")
+    p.add_argument("--extractors", default=",".join(DEFAULT_EXTRACTORS),
+                   help=f"comma-separated subset of {','.join(EXTRACTORS)} (default: Expotion's, "
+                        f"{','.join(DEFAULT_EXTRACTORS)}; the CLIP + flow method reads clip,farneback)")
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--keep-tail", action="store_true",
                    help="also take a last clip ending with the recording, overlapping the one before it")

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .extractors.clip import ClipVision, check_clip_dir, find_clip, load_clip
+from .extractors.farneback import FarnebackConfig, FarnebackFlow
 from .extractors.marlin import MARLIN_FILE, load_marlin
 from .extractors.motionformer import (
     CHECKPOINT_FILENAME,
@@ -52,6 +54,8 @@ class ExtractorConfig:
     raft_variant: str = "large"
     raft_checkpoint: str | None = None
     flow: FlowConfig = FlowConfig()
+    clip_path: str = ""  # a CLIP ViT-B/32 directory in the Hugging Face format
+    farneback: FarnebackConfig = FarnebackConfig()
     max_short_side: int = 512
     face_detect_fps: float = 5.0
     device: str = "cpu"
@@ -71,6 +75,7 @@ def real_profile(wdir: str | Path | None = None, **overrides) -> ExtractorConfig
             weights_dir=str(root),
             marlin_path=str(root / MARLIN_FILE),
             synchformer_path=str(root / WEIGHTS_SUBDIR / CHECKPOINT_FILENAME),
+            clip_path=str(find_clip(root) or ""),
         ),
         **overrides,
     )
@@ -93,6 +98,7 @@ def tiny_profile(root: str | Path, **overrides) -> ExtractorConfig:
             raft_variant="small",
             raft_checkpoint=str(tiny_path(root, "raft_small")),
             flow=FlowConfig(height=128, width=128, updates=6, pool=8),
+            clip_path=str(tiny_path(root, "clip")),
             max_short_side=256,
         ),
         **overrides,
@@ -124,16 +130,19 @@ class Stream:
     """One video feature stream: the weights it reads, how to load them, its rate, shape and computation.
 
     ``load(path, device, cfg)`` returns the frozen model on ``device``; ``compute(extractors, model, clip,
-    duration_s, face_box, out)`` adds the stream's arrays (and notes) for one clip to ``out``.
+    duration_s, face_box, out)`` adds the stream's arrays (and notes) for one clip to ``out``. A stream
+    without weights (``weight_key`` None) gets an empty path; ``check(path)`` refuses an incomplete weights
+    directory before any work starts.
     """
 
     name: str
-    weight_key: Callable[[ExtractorConfig], str]  # the registered WeightSpec (``expotion weights check``)
-    path: Callable[[ExtractorConfig], str]
     load: Callable[[str, torch.device, ExtractorConfig], nn.Module]
     rate: Callable[[Rates], StreamRate]
     shape: Callable[[nn.Module, ExtractorConfig], tuple[int, ...]]  # of one time step
     compute: Callable[..., None]
+    weight_key: Callable[[ExtractorConfig], str] | None = None  # the registered WeightSpec (``expotion weights check``)
+    path: Callable[[ExtractorConfig], str] = lambda cfg: ""
+    check: Callable[[str], object] | None = None
 
 
 STREAMS: dict[str, Stream] = {}
@@ -209,20 +218,57 @@ register_stream(Stream(
     load=lambda path, device, cfg: load_raft(cfg.raft_variant, cfg.raft_checkpoint, device),
     rate=lambda r: r.raft, shape=lambda model, cfg: cfg.flow.stored_shape, compute=raft_features))
 
+
+def clip_features(ex: Extractors, model: ClipVision, clip: ClipFrames, duration_s: float, face_box: tuple | None,
+                  out: VideoFeatures) -> None:
+    """CLIP's last hidden state of frames sampled at 2 fps: (frames, 1 + patches, width), CLS first."""
+    r = ex.rates
+    idx = sample_indices(clip.times, r.clip_video_fps, r.clip_frames(duration_s))
+    tokens = model(clip.frames[idx]).cpu().numpy()
+    check_shape("clip", tokens.shape, (r.clip_frames(duration_s), model.tokens, model.dim), duration_s)
+    out.arrays["clip"] = tokens
+
+
+def farneback_features(ex: Extractors, model: FarnebackFlow, clip: ClipFrames, duration_s: float,
+                       face_box: tuple | None, out: VideoFeatures) -> None:
+    """Farneback flow magnitude between consecutive frames sampled at 4 fps: (frames - 1, height, width)."""
+    r = ex.rates
+    idx = sample_indices(clip.times, r.farneback_video_fps, r.farneback_frames(duration_s))
+    maps = model(clip.frames[idx])
+    check_shape("farneback", maps.shape, (r.farneback_flows(duration_s), *model.cfg.stored_shape), duration_s)
+    out.arrays["farneback"] = maps
+
+
+# The second method's streams (video-to-music-clip-flow §3.1, §3.2).
+register_stream(Stream(
+    "clip", weight_key=lambda cfg: "clip", path=lambda cfg: cfg.clip_path, check=check_clip_dir,
+    load=lambda path, device, cfg: load_clip(path, device),
+    rate=lambda r: r.clip, shape=lambda model, cfg: (model.tokens, model.dim), compute=clip_features))
+register_stream(Stream(
+    "farneback", load=lambda path, device, cfg: FarnebackFlow(cfg.farneback),
+    rate=lambda r: r.farneback, shape=lambda model, cfg: cfg.farneback.stored_shape, compute=farneback_features))
+
 VISUAL = tuple(STREAMS)
 AUDIO_TEXT = ("codes", "t5")  # EnCodec tokens and text states, both from the MusicGen being adapted
 EXTRACTORS = (*VISUAL, *AUDIO_TEXT)
+EXPOTION_VISUAL = ("marlin", "synchformer", "raft")  # clip and farneback feed the CLIP + flow method
+DEFAULT_EXTRACTORS = (*EXPOTION_VISUAL, *AUDIO_TEXT)  # what precompute extracts unless told otherwise
 
 
 def check_available(cfg: ExtractorConfig, names: tuple[str, ...]) -> None:
     """Raise one error listing every missing weight file, before any work starts."""
     problems = []
-    for stream in (STREAMS[n] for n in names if n in STREAMS):
+    for stream in (STREAMS[n] for n in names if n in STREAMS and STREAMS[n].weight_key is not None):
         path = stream.path(cfg)
         if not path or not Path(path).exists():
             spec = REGISTRY[stream.weight_key(cfg)]
             problems.append(f"{stream.name}: '{Path(path).name or spec.filename}' not found at {path or '(no path)'}"
                             f" (it goes in {spec.where})")
+        elif stream.check is not None:
+            try:
+                stream.check(path)
+            except MissingWeightsError as err:
+                problems.append(f"{stream.name}: {err}")
     if set(AUDIO_TEXT) & set(names):
         try:
             check_musicgen_available(cfg.musicgen)
@@ -248,11 +294,12 @@ class Extractors(nn.Module):
         self.models = nn.ModuleDict({s.name: s.load(s.path(cfg), device, cfg) for s in self.streams})
         if set(AUDIO_TEXT) & set(names):
             self.models["musicgen"] = MusicGenModule(load_musicgen(cfg.musicgen, device))
+        self.register_buffer("anchor", torch.empty(0, device=device), persistent=False)  # the device, with no model
         self._detector: tuple[torch.device, FaceDetector] | None = None
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return self.anchor.device
 
     @property
     def musicgen(self):

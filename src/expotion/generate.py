@@ -6,7 +6,10 @@ cached split (batch mode, one wav per clip id, for evaluation).
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
                       [--batch-size 8] [--devices N [--num-nodes M]]
 
-Without --checkpoint this is plain text-only MusicGen (the paper's baseline row).
+Without --checkpoint this is plain text-only MusicGen (the paper's baseline row). The checkpoint
+names its method (Expotion's adaptor, or the CLIP + flow conditioner), which decides the video
+streams extracted and how they reach MusicGen. A CLIP + flow model trained without text
+(``text: none``) needs no --prompt and ignores one.
 
 The command line is a thin layer over a library API that takes no argparse
 objects, for notebooks and the web app::
@@ -34,15 +37,17 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from .adaptor import ConditionAdaptor
 from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, check_feature_shapes, extractor_profile,
-                         musicgen_source, read_adaptor)
+                         method_of, musicgen_source, read_adaptor)
+from .clipflow.checkpoint import METHOD as CLIP_FLOW
+from .clipflow.checkpoint import build_clip_flow
 from .data import CachedClip, FeatureSpec, read_clips
 from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, profile_config
 from .atomic import atomic_path, write_text
 from .files import OutputError, prepare_output
-from .generation import GenerationError, check_prompt, decoded_chunks, generate_tokens, text_lengths
+from .generation import (Conditioning, GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt,
+                         reads_text, text_lengths)
 from .manifest import ManifestError, parse_face_box
 from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
 from .musicgen import load_musicgen, model_signature
@@ -92,18 +97,19 @@ class SamplingSettings:
     to the next without reloading models."""
 
     seed: int = 0
-    cfg_coef: float = 3.0  # classifier-free guidance on the text
+    cfg_coef: float = 3.0  # classifier-free guidance on the conditions (text; a CLIP + flow model's memory)
     top_k: int = 250
     extend_stride: float | None = None  # seconds between windows (default: half the adaptor's window)
 
 
 @dataclass
 class Models:
-    """Loaded models: MusicGen, the adaptor and the features it expects (None without a checkpoint)."""
+    """Loaded models: MusicGen, the checkpoint's adaptor (or CLIP + flow conditioner) and the features it expects
+    (None without a checkpoint)."""
 
     settings: ModelSettings
     musicgen: object
-    adaptor: ConditionAdaptor | None
+    adaptor: Conditioning | None
     spec: FeatureSpec | None
     extractor_cfg: ExtractorConfig
     load_s: float
@@ -187,7 +193,10 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
         musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)
     else:
         musicgen = load_musicgen(settings.musicgen or musicgen_source(settings.checkpoint, payload), settings.device)
-        adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
+        if method_of(payload) == CLIP_FLOW:
+            adaptor, spec = build_clip_flow(settings.checkpoint, payload, musicgen)
+        else:
+            adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
         extraction_rates(settings.checkpoint, spec)  # refuse features this version cannot extract before any work
         adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:
@@ -236,7 +245,7 @@ def write_wav(models: Models, tokens: torch.Tensor, duration_s: float, path: Pat
             f.write(piece[0])
 
 
-def generate_for_video(models: Models, video: Path, prompt: str, out: Path, *, mux: Path | None = None,
+def generate_for_video(models: Models, video: Path, prompt: str | None, out: Path, *, mux: Path | None = None,
                        face_box: tuple[float, float, float, float] | None = None,
                        sampling: SamplingSettings = SamplingSettings(), progress: Progress | None = None) -> VideoResult:
     """Music for ``video`` as a wav at ``out`` (and, with ``mux``, the video with that music).
@@ -255,7 +264,10 @@ def generate_for_video(models: Models, video: Path, prompt: str, out: Path, *, m
 
     video, out = Path(video), Path(out)
     check_video_outputs(video, out, mux)
-    prompt = check_prompt(prompt)
+    prompt = model_prompt(models.adaptor, prompt)
+    if prompt is None:
+        log.info("%s was trained without text (text: none): the music follows the video alone",
+                 models.settings.checkpoint)
     if not has_video_frames(video):
         raise GenerationError(f"{video}: the video has no frames to follow")
     duration = probe_video(video).duration_s
@@ -326,16 +338,19 @@ def plan_batches(models: Models, clips: list[CachedClip], batch_size: int) -> li
     A batch holds clips of one duration (so their windows line up), whose captions
     give as many text tokens (:func:`~expotion.generation.text_lengths`) and which
     have the same visual streams. Every clip then gets exactly the tokens it gets
-    alone: grouped by duration, not padded and cut, since the adaptor's prefix and
-    MusicGen's windows depend on the length generated.
+    alone: grouped by duration, not padded and cut, since the adaptor's prefix (or
+    the CLIP + flow memory) and MusicGen's windows depend on the length generated.
+    Captions do not split batches for a model that reads no text.
     """
     if batch_size < 1:
         raise GenerationError(f"batch size must be at least 1, got {batch_size}")
-    captions = sorted({clip.caption for clip in clips})
+    text = reads_text(models.adaptor)
+    captions = sorted({clip.caption for clip in clips}) if text else []
     lengths = dict(zip(captions, text_lengths(models.musicgen, captions))) if captions else {}
     groups: dict[tuple, list[CachedClip]] = {}
     for clip in clips:
-        groups.setdefault((clip.duration_s, lengths[clip.caption], tuple(sorted(clip.shapes.items()))), []).append(clip)
+        key = (clip.duration_s, lengths[clip.caption] if text else (), tuple(sorted(clip.shapes.items())))
+        groups.setdefault(key, []).append(clip)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
@@ -364,7 +379,7 @@ class CacheJob:
                 Path(folder).mkdir(parents=True, exist_ok=True)
         result, ready = BatchResult(len(clips)), []
         for clip in clips:
-            reason = check_clip(clip, Path(out_dir), reference_dir, models.spec)
+            reason = check_clip(clip, Path(out_dir), reference_dir, models.spec, reads_text(models.adaptor))
             if reason is None:
                 ready.append(clip)
             else:
@@ -416,16 +431,18 @@ class CacheJob:
             self.result.timings["videos"] = time.perf_counter() - start
 
 
-def check_clip(clip: CachedClip, out_dir: Path, reference_dir: Path | None, spec: FeatureSpec | None) -> str | None:
-    """Why ``clip`` cannot be generated (missing features or features timed otherwise than the adaptor's, a bad
-    caption, an output over its sources), or None."""
+def check_clip(clip: CachedClip, out_dir: Path, reference_dir: Path | None, spec: FeatureSpec | None,
+               text: bool = True) -> str | None:
+    """Why ``clip`` cannot be generated (missing features or features timed otherwise than the model's, a bad
+    caption when the model reads ``text``, an output over its sources), or None."""
     if clip.missing:
         return f"cache lacks {', '.join(clip.missing)}"
     if spec is not None and clip.rates != spec.rates:
         return f"features timed as {clip.rates}, the adaptor was trained on {spec.rates}"
     sources = {"source video": clip.source, "source audio": clip.audio_source}
     try:
-        check_prompt(clip.caption)
+        if text:
+            check_prompt(clip.caption)
         prepare_output(out_dir / f"{clip.clip_id}.wav", sources, "generated wav")
         if reference_dir is not None:
             prepare_output(Path(reference_dir) / f"{clip.clip_id}.wav", sources, "reference wav")
@@ -473,8 +490,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", type=Path, help="a face/upper-body video")
     src.add_argument("--cache", type=Path, help="batch mode: a cached split directory, e.g. cache/demo/val")
-    p.add_argument("--prompt", help="text prompt (single video)")
-    p.add_argument("--checkpoint", type=Path, help="adaptor checkpoint (adaptor.pt); omit for plain MusicGen")
+    p.add_argument("--prompt", help="text prompt (single video; not needed by a CLIP + flow model without text)")
+    p.add_argument("--checkpoint", type=Path, help="exported checkpoint (adaptor.pt) of either method; omit for plain "
+                                                   "MusicGen")
     p.add_argument("--musicgen", help=f"hub name or local dir (default: the checkpoint's, else {DEFAULT_MUSICGEN})")
     p.add_argument("--out", type=Path, help="output wav (single video)")
     p.add_argument("--mux", type=Path, help="also write this mp4: the original video stream plus the music as AAC")
@@ -494,7 +512,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=1,
                    help="batch mode: processes (GPUs with --device cuda) on this machine, through Lightning's DDP")
     p.add_argument("--num-nodes", type=int, default=1, help="batch mode: machines, each running --devices processes")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient on the text")
+    p.add_argument("--cfg", type=float, default=3.0,
+                   help="classifier-free guidance coefficient on the conditions (the text; with a CLIP + flow "
+                        "checkpoint, its video memory)")
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--extend-stride", type=float, default=None,
                    help="seconds between windows for long videos (default: half the adaptor's window)")
@@ -543,9 +563,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: SamplingSettings, start: float) -> int:
-    if args.out is None or args.prompt is None:
-        raise GenerationError("--video needs --prompt and --out")
-    check_prompt(args.prompt)
+    if args.out is None:
+        raise GenerationError("--video needs --out")
+    if args.prompt is not None or args.checkpoint is None:
+        check_prompt(args.prompt or "")
     check_video_outputs(args.video, args.out, args.mux)
     face_box = parse_face_box(args.face_box, where="--face-box")
     progress = ProgressBars()
@@ -556,7 +577,7 @@ def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: Samp
     stages = {"imports and checks": before_load - start, "loading models": models.load_s, **result.timings}
     seconds = sf.info(result.wav).duration
     print(f"wrote {result.wav} ({seconds:.2f} s for a {result.duration_s:.2f} s video, "
-          f"{'adaptor ' + str(args.checkpoint) if models.adaptor else 'plain MusicGen'})")
+          f"{'checkpoint ' + str(args.checkpoint) if models.adaptor else 'plain MusicGen'})")
     print(f"took {time.perf_counter() - start:.1f} s from the command's start: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()))
     if result.mux:

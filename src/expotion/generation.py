@@ -6,6 +6,8 @@ window prompted with the tail of the previous one). The adaptor joins in by
 wrapping ``lm.generate`` for the duration of the call: before each window it
 builds the visual prefix once, for that window's time span, and attaches it.
 With zero gates the result is therefore token for token plain MusicGen's.
+A CLIP + flow model joins the same way, with its memory ``Z`` for the window
+(:func:`expotion.clipflow.memory.window_memory`) instead of a prefix.
 The same wrapper counts sampling steps over all windows for progress reports.
 
 Many clips can share one call: each row has its own prompt, visual prefix and
@@ -23,12 +25,15 @@ import numpy as np
 import torch
 
 from .adaptor import ConditionAdaptor
+from .clipflow.conditioner import ClipFlowConditioner
+from .clipflow.memory import window_memory
 from .rates import StreamRate
 from .sampling import per_row_sampling
 
 MAX_PROMPT_CHARS = 2000  # T5 was trained on inputs of up to 512 tokens
 DECODE_CHUNK = 1500  # EnCodec frames decoded at a time (30 s at 50 Hz)
 DECODE_CONTEXT = 50  # frames of context decoded and dropped on either side of a chunk (1 s)
+Conditioning = ConditionAdaptor | ClipFlowConditioner  # what a checkpoint adds to MusicGen, by method
 AUDIOCRAFT_EXTEND_STRIDE = 18.0  # MusicGen.set_generation_params' default
 
 
@@ -79,6 +84,27 @@ def decoding_steps(lm, window: Window) -> int:
     return len(pattern.layout) - pattern.get_first_step_with_timesteps(window.prompt)
 
 
+def window_conditioning(model: Conditioning, musicgen, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
+                        start_s: float, max_gen_len: int, compute_dtype: torch.dtype):
+    """The context that attaches a method's video conditioning to one ``lm.generate`` call of ``max_gen_len`` frames
+    starting ``start_s`` into the piece: Expotion's prefix, or the CLIP + flow memory."""
+    lm = musicgen.lm
+    if isinstance(model, ClipFlowConditioner):
+        return window_memory(model, lm, feats, rates, start_s, max_gen_len / musicgen.frame_rate, compute_dtype)
+    steps = lm.pattern_provider.get_pattern(max_gen_len).num_sequence_steps
+    return model.attached(visual_prefix(model, feats, rates, steps, start_s, compute_dtype))
+
+
+def reads_text(model: Conditioning | None) -> bool:
+    """Whether the prompt conditions the music: always, except with a CLIP + flow model trained without text."""
+    return not (isinstance(model, ClipFlowConditioner) and model.cfg.text == "none")
+
+
+def model_prompt(model: Conditioning | None, prompt: str | None) -> str | None:
+    """The prompt as the model reads it: checked, or None when the model reads no text (it is then ignored)."""
+    return check_prompt(prompt or "") if reads_text(model) else None
+
+
 def visual_prefix(adaptor: ConditionAdaptor, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
                   steps: int, start_s: float, compute_dtype: torch.dtype):
     """The adaptor's prefix for a window starting at ``start_s``, computed at the adaptor's precision.
@@ -94,7 +120,7 @@ def visual_prefix(adaptor: ConditionAdaptor, feats: dict[str, torch.Tensor], rat
 
 
 @contextlib.contextmanager
-def windowed_generation(musicgen, windows: list[Window], adaptor: ConditionAdaptor | None = None,
+def windowed_generation(musicgen, windows: list[Window], adaptor: Conditioning | None = None,
                         feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
                         on_step: Callable[[int, int], None] | None = None) -> Iterator[None]:
     """Wrap ``lm.generate`` for one ``MusicGen.generate`` call.
@@ -117,9 +143,8 @@ def windowed_generation(musicgen, windows: list[Window], adaptor: ConditionAdapt
         window = windows[index]
         context = contextlib.nullcontext()
         if adaptor is not None:
-            prefix = visual_prefix(adaptor, feats, rates, lm.pattern_provider.get_pattern(max_gen_len).num_sequence_steps,
-                                   window.offset / musicgen.frame_rate, compute_dtype)
-            context = adaptor.attached(prefix)
+            context = window_conditioning(adaptor, musicgen, feats, rates, window.offset / musicgen.frame_rate,
+                                          max_gen_len, compute_dtype)
         with context:
             tokens = generate(prompt, conditions, *args, max_gen_len=max_gen_len,
                               callback=report if on_step else None, **kwargs)
@@ -139,7 +164,7 @@ def default_extend_stride(window: float) -> float:
 
 
 @torch.no_grad()
-def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: ConditionAdaptor | None = None,
+def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adaptor: Conditioning | None = None,
                     feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
                     seed: int | Sequence[int] = 0, cfg_coef: float = 3.0, top_k: int = 250,
                     extend_stride: float | None = None,
@@ -156,7 +181,7 @@ def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: Co
     the adaptor's device and precision. ``on_step(done, total)`` reports sampling
     steps over all windows.
     """
-    prompts = [check_prompt(p) for p in prompts]
+    prompts = [model_prompt(adaptor, p) for p in prompts]
     seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
     if len(seeds) != len(prompts):
         raise GenerationError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -168,8 +193,8 @@ def generate_tokens(musicgen, prompts: list[str], duration_s: float, adaptor: Co
     musicgen.set_generation_params(duration=duration_s, top_k=min(top_k, musicgen.lm.card), cfg_coef=cfg_coef,
                                    extend_stride=stride)
     if adaptor is not None:
-        feats = {k: v.to(adaptor.h0.device, adaptor.h0.dtype if v.is_floating_point() else v.dtype)
-                 for k, v in feats.items()}
+        param = next(adaptor.parameters())
+        feats = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
     windows = generation_windows(duration_s, window, stride, musicgen.frame_rate)
     musicgen.max_duration = window
     try:

@@ -144,7 +144,9 @@ def seed_codebooks(compression, seed: int = 0) -> None:
     could not show that the video helps.
     """
     generator = torch.Generator().manual_seed(seed)
-    residual = compression.encoder(calibration_audio(compression.sample_rate, generator))  # (B, D, T)
+    card, seconds = compression.cardinality, 2.0
+    clips = max(16, math.ceil(card / (seconds * compression.frame_rate)))  # at least one frame per code
+    residual = compression.encoder(calibration_audio(compression.sample_rate, generator, clips, seconds))  # (B, D, T)
     for layer in compression.quantizer.vq.layers:
         codebook = layer._codebook
         frames = residual.transpose(1, 2).reshape(-1, residual.shape[1])

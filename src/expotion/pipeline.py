@@ -45,7 +45,7 @@ from tqdm import tqdm
 from . import __version__, atomic
 from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lock, file_lock, list_shards,
                     remove_stale_temporaries, shard_attrs, shard_path)
-from .features import EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
+from .features import DEFAULT_EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .nodes import SINGLE_NODE, NodeShare
@@ -59,7 +59,7 @@ class PrecomputeConfig:
     manifest: Path
     cache: Path
     extractors: ExtractorConfig
-    names: tuple[str, ...] = EXTRACTORS
+    names: tuple[str, ...] = DEFAULT_EXTRACTORS
     data_root: Path | None = None
     clip_seconds: float = DEFAULT_RATES.clip_seconds
     recordings_per_shard: int = 4

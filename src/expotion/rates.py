@@ -17,6 +17,8 @@ import numpy as np
 
 
 TIME_RESOLUTION_S = 1e-9  # vectors whose centres agree to this describe the same instant
+# every video feature stream has a rate property of this name (features.STREAMS registers their extractors)
+VIDEO_STREAMS = ("marlin", "synchformer", "raft", "clip", "farneback")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class Rates:
     synchformer_tubelet: int = 2
     # RAFT: optical flow between consecutive frames sampled at 5 fps.
     raft_video_fps: float = 5.0
+    # The second method (video-to-music-clip-flow §5.1): CLIP on frames at 2 fps,
+    # Farneback flow between consecutive grayscale frames at 4 fps.
+    clip_video_fps: float = 2.0
+    farneback_video_fps: float = 4.0
 
     # ---- lengths -------------------------------------------------------------
     @staticmethod
@@ -135,6 +141,15 @@ class Rates:
     def raft_flows(self, duration_s: float) -> int:
         return max(self.raft_frames(duration_s) - 1, 0)
 
+    def clip_frames(self, duration_s: float) -> int:
+        return self.frames_at(duration_s, self.clip_video_fps)
+
+    def farneback_frames(self, duration_s: float) -> int:
+        return self.frames_at(duration_s, self.farneback_video_fps)
+
+    def farneback_flows(self, duration_s: float) -> int:
+        return max(self.farneback_frames(duration_s) - 1, 0)
+
     # ---- stream rates --------------------------------------------------------
     @property
     def marlin(self) -> StreamRate:
@@ -161,11 +176,24 @@ class Rates:
         return StreamRate(self.raft_video_fps, 0.5 / self.raft_video_fps)
 
     @property
+    def clip(self) -> StreamRate:
+        """One vector per sampled frame, describing the instant it shows."""
+        return StreamRate(self.clip_video_fps, 0.0)
+
+    @property
+    def farneback(self) -> StreamRate:
+        """One magnitude map per consecutive frame pair, centred between the two frames."""
+        return StreamRate(self.farneback_video_fps, 0.5 / self.farneback_video_fps)
+
+    @property
     def codes(self) -> StreamRate:
         return StreamRate(self.codes_fps, 0.0)
 
     def stream(self, name: str) -> StreamRate:
-        return {"marlin": self.marlin, "synchformer": self.synchformer, "raft": self.raft, "codes": self.codes}[name]
+        """The rate of a video stream (``VIDEO_STREAMS``) or of ``codes``; KeyError for any other name."""
+        if name not in (*VIDEO_STREAMS, "codes"):
+            raise KeyError(name)
+        return getattr(self, name)
 
     def matching(self, streams: dict[str, StreamRate]) -> Rates:
         """These rates with the Synchformer stride that ``streams`` (e.g. an adaptor's) were written with.

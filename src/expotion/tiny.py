@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DEFAULT_DIR = Path("cache/tiny-weights")  # where `make tiny-weights` writes them, relative to the project root
+
 
 @dataclass(frozen=True)
 class TinyWeights:
@@ -35,6 +37,7 @@ TINY: dict[str, TinyWeights] = {t.key: t for t in (
     TinyWeights("synchformer", "synchformer_tiny.pt", "expotion.extractors.motionformer:save_tiny"),
     TinyWeights("raft_small", "raft_small_tiny.pth", "expotion.extractors.raft:save_tiny"),
     TinyWeights("musicgen", "musicgen_tiny", "expotion.musicgen:save_tiny"),
+    TinyWeights("clip", "clip_vit_tiny", "expotion.extractors.clip:save_tiny"),
     TinyWeights("vggish", "vggish-10086976.pth", "expotion.evaluation.vggish:save_tiny"),
     TinyWeights("passt", "passt-s-f128-p16-s10-ap.476-swa.pt", "expotion.evaluation.passt:save_tiny"),
     TinyWeights("clap_music", "larger_clap_music", "expotion.evaluation.clap:save_tiny"),
@@ -43,7 +46,7 @@ TINY: dict[str, TinyWeights] = {t.key: t for t in (
     TinyWeights("languagebind_audio", "LanguageBind_Audio_FT", "expotion.evaluation.languagebind:save_tiny",
                 {"modality": "audio"}),
 )}
-PRECOMPUTE = ("marlin", "synchformer", "raft_small", "musicgen")  # what the tiny profile reads
+PRECOMPUTE = ("marlin", "synchformer", "raft_small", "musicgen", "clip")  # what the tiny profile reads
 EVALUATION = ("vggish", "passt", "clap_music", "languagebind_video", "languagebind_audio")  # what `expotion eval` reads
 
 

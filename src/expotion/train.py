@@ -2,11 +2,13 @@
 
     python -m expotion.train fit --config lightning_configs/tiny_cpu.yaml [--trainer.max_epochs=3 ...]
     python -m expotion.train fit --config ... --ckpt_path last      # resume at the next step
+    python -m expotion.train fit --config lightning_configs/clip_flow_tiny.yaml   # the CLIP + flow method
 
 Everything a run writes lives under ``--trainer.default_root_dir``, so rerunning the
 same command with ``--ckpt_path last`` continues from its latest checkpoint. Bad
 input (an unusable cache or checkpoint, missing weights) ends the command with
-one line naming the file and the problem.
+one line naming the file and the problem. The method is ``model.class_path``:
+Expotion's adaptor by default, ``expotion.clipflow.training.ClipFlowModule`` for the CLIP + flow method.
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError)
 
 
 class ExpotionCLI(LightningCLI):
+    """Any LightningModule as ``model.class_path`` (configs that name none train Expotion's adaptor), with
+    checkpoint files checked up front."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"model": {"class_path": f"{ExpotionModule.__module__}.{ExpotionModule.__name__}"}})
+
     def parse_arguments(self, parser, args) -> None:
         """Refuse an unusable ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
         super().parse_arguments(parser, args)
@@ -58,7 +66,7 @@ class ExpotionCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> LightningCLI:
     silence_known_warnings()
-    return ExpotionCLI(ExpotionModule, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
+    return ExpotionCLI(None, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 
 def run(args: list[str] | None = None) -> int:

@@ -9,12 +9,13 @@ own files), which keeps them small and resumable.
 from __future__ import annotations
 
 import math
+import os
 
 import lightning as L
 import torch
 
 from .adaptor import AdaptorConfig, ConditionAdaptor
-from .checkpoint import check_compatible, check_state_dict, spec_to_dict
+from .checkpoint import check_compatible, check_state_dict, save_adaptor, spec_to_dict
 from .conditioning import text_condition
 from .data import FeatureSpec, visual_names
 from .musicgen import load_musicgen, model_signature, place_musicgen
@@ -42,6 +43,20 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def logged_loss(module: L.LightningModule, out, codes: torch.Tensor, stage: str, pooled: bool = False) -> torch.Tensor:
+    """MusicGen's loss of ``out`` (an ``LMOutput``) on ``codes``, logged with per-codebook CE and accuracy.
+
+    ``pooled`` chooses the reduction over codebooks (see :func:`expotion.objective.codebook_cross_entropy`).
+    """
+    loss, ce, acc = codebook_cross_entropy(out.logits, codes, out.mask, pooled=pooled)
+    size = codes.shape[0]
+    module.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
+    for k in range(len(ce)):
+        module.log(f"{stage}/ce_q{k}", ce[k], batch_size=size, sync_dist=stage == "val")
+        module.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
+    return loss
 
 
 class ExpotionModule(L.LightningModule):
@@ -98,14 +113,7 @@ class ExpotionModule(L.LightningModule):
         return adapted_predictions(self.lm, self.adaptor, self.visual_inputs(batch), self.spec.rates, batch)
 
     def shared_step(self, batch: dict, stage: str) -> torch.Tensor:
-        out = self(batch)
-        loss, ce, acc = codebook_cross_entropy(out.logits, batch["codes"], out.mask, pooled=self.objective.pooled)
-        size = batch["codes"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage == "val")
-        for k in range(len(ce)):
-            self.log(f"{stage}/ce_q{k}", ce[k], batch_size=size, sync_dist=stage == "val")
-            self.log(f"{stage}/acc_q{k}", acc[k], batch_size=size, sync_dist=stage == "val")
-        return loss
+        return logged_loss(self, self(batch), batch["codes"], stage, pooled=self.objective.pooled)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
         return None if batch is None else self.shared_step(batch, "train")  # None: every clip skipped, no step
@@ -146,3 +154,7 @@ class ExpotionModule(L.LightningModule):
                                     "features": checkpoint["adaptor_features"]}, self.signature, self.spec)
         saved = {k.removeprefix("adaptor."): v for k, v in checkpoint.get("state_dict", {}).items()}
         check_state_dict(path, saved, self.adaptor.state_dict())
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write the adaptor-only checkpoint (``adaptor.pt``) that ``expotion generate`` reads."""
+        save_adaptor(path, self.adaptor, self.signature, self.spec)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .face import FaceTrack
-from .features import Extractors, VideoFeatures
+from .features import EXPOTION_VISUAL, Extractors, VideoFeatures
 from .media import MediaError, iter_clip_frames
 from .rates import Rates
 
@@ -40,11 +40,20 @@ class FeatureWindow:
     decode_s: float
 
 
-def stride_grid_s(rates: Rates, face_fps: float) -> Fraction:
-    """The shortest span that is a whole number of every stream's stride and of the face-detection period."""
-    periods = [Fraction(rates.marlin_stride) / Fraction(rates.marlin_video_fps),
-               Fraction(rates.synchformer_stride) / Fraction(rates.synchformer_video_fps),
-               1 / Fraction(rates.raft_video_fps), 1 / Fraction(face_fps).limit_denominator(1000)]
+def stream_periods(rates: Rates) -> dict[str, Fraction]:
+    """Seconds between consecutive vectors (window starts) of each video stream."""
+    return {"marlin": Fraction(rates.marlin_stride) / Fraction(rates.marlin_video_fps),
+            "synchformer": Fraction(rates.synchformer_stride) / Fraction(rates.synchformer_video_fps),
+            "raft": 1 / Fraction(rates.raft_video_fps), "clip": 1 / Fraction(rates.clip_video_fps),
+            "farneback": 1 / Fraction(rates.farneback_video_fps)}
+
+
+def stride_grid_s(rates: Rates, face_fps: float, streams: tuple[str, ...] = EXPOTION_VISUAL) -> Fraction:
+    """The shortest span that is a whole number of every stream's stride (and, with MARLIN, of the face-detection
+    period)."""
+    periods = [p for name, p in stream_periods(rates).items() if name in streams]
+    if "marlin" in streams:
+        periods.append(1 / Fraction(face_fps).limit_denominator(1000))
     grid = periods[0]
     for p in periods[1:]:
         grid = Fraction(math.lcm(grid.numerator, p.numerator), math.gcd(grid.denominator, p.denominator))
@@ -55,16 +64,18 @@ def lookahead_s(rates: Rates) -> float:
     """Video past a window's end that the vectors starting inside it need.
 
     A Synchformer segment overlaps the next by ``segment - stride`` frames, and a
-    RAFT flow needs the frame after it; MARLIN windows do not overlap.
+    RAFT or Farneback flow needs the frame after it; MARLIN windows and CLIP frames do not overlap.
     """
     return max((rates.synchformer_segment - rates.synchformer_stride) / rates.synchformer_video_fps,
-               1 / rates.raft_video_fps,
+               1 / rates.raft_video_fps, 1 / rates.farneback_video_fps,
                (rates.marlin_window - rates.marlin_stride) / rates.marlin_video_fps)
 
 
-def plan_windows(duration_s: float, window_s: float, rates: Rates, face_fps: float) -> list[FeatureWindow]:
-    """Windows of ``window_s`` (rounded to the stride grid) covering ``duration_s``; the last takes the remainder."""
-    grid = stride_grid_s(rates, face_fps)
+def plan_windows(duration_s: float, window_s: float, rates: Rates, face_fps: float,
+                 streams: tuple[str, ...] = EXPOTION_VISUAL) -> list[FeatureWindow]:
+    """Windows of ``window_s`` (rounded to the streams' stride grid) covering ``duration_s``; the last takes the
+    remainder."""
+    grid = stride_grid_s(rates, face_fps, streams)
     length = grid * max(1, round(Fraction(window_s) / grid))
     count = max(1, int(duration_s / length + 1e-9))
     starts = [float(k * length) for k in range(count)]
@@ -108,7 +119,8 @@ def video_features(extractors: Extractors, video: Path, duration_s: float, face_
     ``marlin_mask``.
     """
     rates = extractors.rates
-    windows = plan_windows(duration_s, window_s, rates, extractors.cfg.face_detect_fps)
+    streams = tuple(name for name in extractors.names if name in stream_periods(rates))
+    windows = plan_windows(duration_s, window_s, rates, extractors.cfg.face_detect_fps, streams)
     face: tuple | FaceTrack | None = face_box
     if face_box is None and "marlin" in extractors.names:
         on_window = (lambda done, total: progress("faces", done, total)) if progress else None

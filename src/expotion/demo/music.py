@@ -1,7 +1,10 @@
-"""Synthetic songs: a drum groove plus a chord pad, with exact beat and chord annotations.
+"""Synthetic songs: a drum groove plus a chord pad, with exact beat, chord and break annotations.
 
 The annotations are the ground truth the video renderer and the evaluation tests
 rely on, so every onset in the audio is placed exactly at an annotated time.
+A third of the bars (never the first) are breaks where the drums stop and the
+performer holds still: a cue that slow video sampling, 2 to 4 frames a second,
+still sees, unlike the beat itself.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 BEATS_PER_BAR = 4
 PEAK_DBFS = -1.0
+BREAK_FRACTION = 1 / 3
 
 # Progressions as (semitones above the tonic, quality). The second chord always
 # differs in quality from the first, so even a two-bar clip shows both a smile and
@@ -50,6 +54,7 @@ class Song:
     mode: str
     chords: tuple[Chord, ...]
     duration_s: float
+    breaks: frozenset[int] = frozenset()
 
     @property
     def beat_s(self) -> float:
@@ -67,12 +72,22 @@ class Song:
     def bar_index(self, t: float) -> int:
         return min(int(t // self.bar_s), len(self.chords) - 1)
 
+    def beat_is_played(self, beat: int) -> bool:
+        """Whether the drums (and the performer) mark this beat: false inside break bars."""
+        return beat // BEATS_PER_BAR not in self.breaks
+
     def key_name(self) -> str:
         return f"{NOTE_NAMES[self.key]} {self.mode}"
 
 
+def draw_breaks(rng: np.random.Generator, n_bars: int) -> frozenset[int]:
+    """``BREAK_FRACTION`` of the bars after the first, at random places so only the video can tell where."""
+    n_breaks = int(round(n_bars * BREAK_FRACTION))
+    return frozenset(int(b) for b in 1 + rng.choice(n_bars - 1, size=min(n_breaks, n_bars - 1), replace=False))
+
+
 def plan_song(rng: np.random.Generator, tempo_bpm: int, mode: str, duration_s: float) -> Song:
-    """Draw key and progression; the chord changes every bar and cycles every four."""
+    """Draw key, progression and breaks; the chord changes every bar and cycles every four."""
     key = int(rng.integers(12))
     options = PROGRESSIONS[mode]
     progression = options[int(rng.integers(len(options)))]
@@ -81,7 +96,7 @@ def plan_song(rng: np.random.Generator, tempo_bpm: int, mode: str, duration_s: f
         Chord((key + step) % 12, quality, step)
         for step, quality in (progression[b % len(progression)] for b in range(n_bars))
     )
-    return Song(tempo_bpm, key, mode, chords, duration_s)
+    return Song(tempo_bpm, key, mode, chords, duration_s, draw_breaks(rng, n_bars))
 
 
 def render_song(song: Song, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
@@ -140,10 +155,12 @@ def hihat(rng: np.random.Generator, sample_rate: int) -> np.ndarray:
 
 
 def drums(song: Song, rng: np.random.Generator, sample_rate: int, n: int) -> np.ndarray:
-    """Kick on beats 1 and 3, snare on 2 and 4, closed hi-hat on every eighth."""
+    """Kick on beats 1 and 3, snare on 2 and 4, closed hi-hat on every eighth; silent in breaks."""
     out = np.zeros(n)
     sounds = {"kick": kick(sample_rate), "snare": snare(rng, sample_rate), "hat": hihat(rng, sample_rate)}
     for i, t in enumerate(song.beat_times()):
+        if not song.beat_is_played(i):
+            continue
         _place(out, sounds["kick" if i % 2 == 0 else "snare"], t, sample_rate)
         _place(out, sounds["hat"], t, sample_rate)
         _place(out, sounds["hat"], t + song.beat_s / 2, sample_rate)
@@ -220,7 +237,7 @@ def caption(song: Song, rng: np.random.Generator) -> str:
 
 
 def annotation(song: Song) -> dict:
-    """JSON-ready ground truth: tempo, key, beat times and the chord of every bar."""
+    """JSON-ready ground truth: tempo, key, beat times (breaks included), chords and break bars."""
     return {
         "tempo_bpm": song.tempo_bpm,
         "key": NOTE_NAMES[song.key],
@@ -231,4 +248,5 @@ def annotation(song: Song) -> dict:
             {"bar": b, "start": round(b * song.bar_s, 6), "root": NOTE_NAMES[c.root], "quality": c.quality}
             for b, c in enumerate(song.chords)
         ],
+        "breaks": sorted(song.breaks),
     }

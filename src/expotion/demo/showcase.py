@@ -13,14 +13,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from expotion.cli import main as cli_main  # noqa: E402
 from expotion.manifest import load_manifest  # noqa: E402
+from expotion.tiny import DEFAULT_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", type=Path, default=Path("demo_data/manifest.csv"))
     p.add_argument("--checkpoint", type=Path, default=Path("runs/tiny_cpu/adaptor.pt"))
-    p.add_argument("--musicgen", default="cache/tiny-weights/musicgen_tiny")
-    p.add_argument("--tiny-dir", default="cache/tiny-weights")
+    p.add_argument("--musicgen", default=str(DEFAULT_DIR / "musicgen_tiny"))
+    p.add_argument("--tiny-dir", default=str(DEFAULT_DIR))
     p.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
     args = p.parse_args(argv)
     held_out = [r for r in load_manifest(args.manifest) if r.split != "train"] or load_manifest(args.manifest)

@@ -24,7 +24,7 @@ from expotion.rates import Rates
 SAMPLE_RATE = Rates().sample_rate
 TEMPO_RANGE = (80, 140)
 MANIFEST_COLUMNS = ("id", "video", "audio", "caption", "split", "face_box")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A cartoon performer whose arms pulse with the beat and whose face follows the chords.
+"""A cartoon performer whose arms pulse with the beat, who rests in breaks, and whose face follows the chords.
 
 Drawing uses signed distances with a one-pixel soft edge, so sub-pixel motion
 still changes pixel values and the frame-difference energy tracks the beat.
@@ -21,6 +21,7 @@ REFERENCE_HEIGHT = 256.0
 TRANSITION_S = 0.15
 FACE_BOX_SIDE = 120.0
 HEAD_BOB = 3.0
+BEAT_RISE = 0.12
 AAC_FRAME = 1024
 # One encoder thread: faster than x264's frame threads at this size, and recordings
 # are already encoded in parallel processes.
@@ -97,12 +98,21 @@ def beat_pulse(phase: float) -> float:
     The asymmetry matters: a symmetric swing would move fastest between beats and
     put the motion energy at twice the tempo.
     """
-    rise, tau = 0.12, 0.2
-    if phase < 1 - rise:
+    tau = 0.2
+    if phase < 1 - BEAT_RISE:
         return math.exp(-phase / tau)
-    floor = math.exp(-(1 - rise) / tau)
-    u = (phase - (1 - rise)) / rise
+    floor = math.exp(-(1 - BEAT_RISE) / tau)
+    u = (phase - (1 - BEAT_RISE)) / BEAT_RISE
     return floor + (1 - floor) * u * u * (3 - 2 * u)
+
+
+def body_pulse(song: Song, t: float) -> float:
+    """``beat_pulse`` for played beats, 0 inside breaks: no decay from a silent beat, no rise towards one."""
+    beat = int(t // song.beat_s)
+    phase = t / song.beat_s - beat
+    pulse = beat_pulse(phase)
+    rising = phase >= 1 - BEAT_RISE
+    return pulse if song.beat_is_played(beat + 1 if rising else beat) else 0.0
 
 
 def expression(chord: Chord) -> np.ndarray:
@@ -117,8 +127,8 @@ def expression(chord: Chord) -> np.ndarray:
 
 
 def pose_at(song: Song, t: float) -> Pose:
-    """Arms and head follow the beat phase; the face eases into each bar's chord."""
-    pulse = beat_pulse((t / song.beat_s) % 1.0)
+    """Arms and head follow the played beats; the face eases into each bar's chord."""
+    pulse = body_pulse(song, t)
     bar = song.bar_index(t)
     face = expression(song.chords[bar])
     into_bar = t - bar * song.bar_s

@@ -1,9 +1,11 @@
 """Evaluate generated music against reference audio: the paper's Table 1 metrics plus chroma similarity.
 
-``expotion eval --generated DIR --reference DIR [--cache SPLIT] [--videos DIR]
+``expotion eval --generated DIR [DIR ...] --reference DIR [--cache SPLIT] [--videos DIR]
 [--captions FILE] --out RESULTS_DIR [--weights-dir DIR] [--device D]`` writes
 ``metrics.json``, ``per_clip.csv`` and ``results.md`` (and, with
-``--tensorboard``, scalars). A metric whose model weights or inputs are
+``--tensorboard``, scalars). Several generated directories (several systems on
+the same clips) give one ``results.md`` with a row each, and each system's
+``metrics.json``, ``per_clip.csv`` (and plots) in ``RESULTS_DIR/<label>/``. A metric whose model weights or inputs are
 missing is reported as missing with the reason; the others are still
 computed. Clips left out of a metric, and suspicious clips (silent, cut
 short), are listed on the console and in ``results.md``.
@@ -52,7 +54,8 @@ def positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--generated", type=Path, required=True, help="directory of generated audio (clip id = file stem)")
+    parser.add_argument("--generated", type=Path, nargs="+", required=True,
+                        help="directory of generated audio (clip id = file stem); several: one table row each")
     parser.add_argument("--reference", type=Path, required=True, help="directory of reference audio with the same ids")
     parser.add_argument("--cache", type=Path, default=None, metavar="SPLIT",
                         help="the cached split the clips were generated from (e.g. cache/mine/test): gives each clip's "
@@ -70,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embedding cache (default $EXPOTION_EVAL_CACHE or ./cache/eval)")
     parser.add_argument("--metrics", default=",".join(metrics.GROUPS),
                         help=f"comma-separated subset of {','.join(metrics.GROUPS)} (default: all)")
-    parser.add_argument("--label", default=None, help="row label in the Markdown table (default: the generated directory's name)")
+    parser.add_argument("--label", nargs="+", default=None,
+                        help="row labels in the Markdown table, one per generated directory (default: their names)")
     parser.add_argument("--clap-model", default=None,
                         help="a CLAP checkpoint directory, or a hub name in the HF cache, instead of laion/larger_clap_music")
     parser.add_argument("--is-splits", type=positive_int, default=metrics.DEFAULT_IS_SPLITS,
@@ -134,20 +138,33 @@ def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, V
     return videos, captions
 
 
+def system_labels(args: argparse.Namespace) -> list[str]:
+    """One distinct row label per generated directory (also the name of its results folder when there are several)."""
+    labels = args.label or [Path(g).resolve().name for g in args.generated]
+    if len(labels) != len(args.generated):
+        raise InputError(f"--label: {len(labels)} labels for {len(args.generated)} generated directories")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"--label: the systems need distinct labels, got {labels} (pass --label A B ...)")
+    return labels
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         groups = parse_groups(args.metrics)
         device = parse_device(args.device)
-        pairing = pair_directories(args.generated, args.reference)
-        videos, captions = clip_inputs(args, pairing)
+        labels = system_labels(args)
+        pairings = [pair_directories(g, args.reference) for g in args.generated]
+        inputs = [clip_inputs(args, pairing) for pairing in pairings]
     except InputError as err:
         print(f"expotion eval: {err}", file=sys.stderr)
         return 2
-    spans = sum(v.is_span for v in videos.values())
-    log(f"{len(pairing.ids)} paired clips; {len(videos)} videos ({spans} cut from source recordings); "
-        f"{len(captions)} captions; models on {device}, batches of {args.batch_size}")
+    for label, pairing, (videos, captions) in zip(labels, pairings, inputs):
+        spans = sum(v.is_span for v in videos.values())
+        log(f"{label + ': ' if len(labels) > 1 else ''}{len(pairing.ids)} paired clips; {len(videos)} videos "
+            f"({spans} cut from source recordings); {len(captions)} captions")
+    log(f"models on {device}, batches of {args.batch_size}")
 
-    names = extractors_for(groups, bool(captions), bool(videos))
+    names = extractors_for(groups, any(c for _, c in inputs), any(v for v, _ in inputs))
     cache_root = args.cache_dir or default_cache_dir()
     wdir = weights_dir(args.weights_dir)
     overrides = {"clap_music": args.clap_model} if args.clap_model else None
@@ -155,39 +172,50 @@ def run(args: argparse.Namespace) -> int:
     for name, state in states.items():
         if state.status != "ready":
             log(f"{name}: {state.status}: {state.reason}")
-    inputs = embed.Inputs(
-        audio=[pairing.generated[i] for i in pairing.ids] + [pairing.reference[i] for i in pairing.ids],
-        videos=list(videos.values()), captions=sorted(set(captions.values())))
-    store = embed.run(inputs, states, embed.EmbeddingCache(cache_root), log=log, device=device,
-                      batch_size=args.batch_size)
+    audio = [p.generated[i] for p in pairings for i in p.ids] + [p.reference[i] for p in pairings for i in p.ids]
+    store = embed.run(embed.Inputs(audio=list(dict.fromkeys(audio)),
+                                   videos=list(dict.fromkeys(v for videos, _ in inputs for v in videos.values())),
+                                   captions=sorted({c for _, captions in inputs for c in captions.values()})),
+                      states, embed.EmbeddingCache(cache_root), log=log, device=device, batch_size=args.batch_size)
 
     options = metrics.Options(is_splits=args.is_splits, seed=args.seed, beat_trim_s=args.beat_trim)
-    evaluation = metrics.evaluate(pairing, store, groups, videos, captions, options)
-
     out = Path(args.out)
+    systems = [evaluate_system(args, label, generated, pairing, videos, captions, store, states, groups, options)
+               for label, generated, pairing, (videos, captions) in zip(labels, args.generated, pairings, inputs)]
+    table = report.markdown(systems, options)
     out.mkdir(parents=True, exist_ok=True)
-    label = args.label or Path(args.generated).resolve().name
+    atomic.write_text(out / "results.md", table)
+    print(table)
+    written = [out / "results.md"] + [out / s.folder / name for s in systems for name in ("metrics.json", "per_clip.csv")]
+    log(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def evaluate_system(args: argparse.Namespace, label: str, generated: Path, pairing: Pairing,
+                    videos: dict[str, VideoClip], captions: dict[str, str], store, states, groups: set[str],
+                    options: metrics.Options) -> report.System:
+    """One generated directory's metrics, written to its folder (the results folder itself when it is the only one)."""
+    evaluation = metrics.evaluate(pairing, store, groups, videos, captions, options)
+    folder = "" if len(args.generated) == 1 else label
+    out = Path(args.out) / folder
+    out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "generated": str(args.generated), "reference": str(args.reference),
+        "label": label, "generated": str(generated), "reference": str(args.reference),
         "cache": str(args.cache) if args.cache else None, "data_root": str(args.data_root) if args.data_root else None,
         "videos": str(args.videos) if args.videos else None, "captions": str(args.captions) if args.captions else None,
-        "n_videos": len(videos), "n_video_spans": spans, "n_captions": len(captions),
-        "weights_dir": str(wdir), "cache_dir": str(cache_root), "metrics_requested": sorted(groups),
-        "device": str(device), "batch_size": args.batch_size,
+        "n_videos": len(videos), "n_video_spans": sum(v.is_span for v in videos.values()), "n_captions": len(captions),
+        "weights_dir": str(weights_dir(args.weights_dir)), "cache_dir": str(args.cache_dir or default_cache_dir()),
+        "metrics_requested": sorted(groups), "device": str(args.device), "batch_size": args.batch_size,
         "n_pairs": len(pairing.ids), "clip_ids": pairing.ids,
         "only_generated": pairing.only_generated, "only_reference": pairing.only_reference,
     }
     report.write_json(out / "metrics.json", evaluation, states, options, summary, sys.argv)
     report.write_csv(out / "per_clip.csv", evaluation)
     figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else []
-    table = report.markdown(evaluation, label, pairing, options, figures)
-    atomic.write_text(out / "results.md", table)
     if args.tensorboard:
         report.write_tensorboard(out / "tensorboard", evaluation)
-    print(table)
     flagged = len(evaluation.excluded) + len(pairing.only_generated) + len(pairing.only_reference)
     if flagged or evaluation.suspicious:
-        log(f"warning: {flagged} clips left out of some metric, {len(evaluation.suspicious)} suspicious "
+        log(f"warning: {label}: {flagged} clips left out of some metric, {len(evaluation.suspicious)} suspicious "
             "(listed above and in results.md)")
-    log(f"wrote {out / 'metrics.json'}, {out / 'per_clip.csv'}, {out / 'results.md'}")
-    return 0
+    return report.System(label, evaluation, pairing, figures, folder)

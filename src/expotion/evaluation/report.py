@@ -10,6 +10,7 @@ import csv
 import importlib.metadata
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__, atomic
@@ -227,11 +228,14 @@ def details(evaluation: Evaluation, options: Options) -> list[str]:
     return lines
 
 
-def clip_notes(evaluation: Evaluation, pairing: Pairing) -> list[str]:
+def clip_notes(evaluation: Evaluation, pairing: Pairing, label: str | None = None) -> list[str]:
     """The clips left out of some metric (why, and of which) and the suspicious ones, as Markdown lines.
 
-    Clips sharing a reason and the metrics they are left out of share a line.
+    Clips sharing a reason and the metrics they are left out of share a line; ``label`` names the system in the headings.
     """
+    def heading(text: str) -> str:
+        return f"{label}: {text[0].lower()}{text[1:]}" if label else text
+
     lines = []
     groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for clip_id, reasons in evaluation.excluded.items():
@@ -240,12 +244,12 @@ def clip_notes(evaluation: Evaluation, pairing: Pairing) -> list[str]:
     alone = [(side, found) for side, found in (("generated", pairing.only_generated),
                                                ("reference", pairing.only_reference)) if found]
     if groups or alone:
-        lines += ["", "Excluded clips:"]
+        lines += ["", heading("Excluded clips:")]
         lines += [f"- {', '.join(found)}: only in the {side} directory; left out of every metric" for side, found in alone]
         lines += [f"- {', '.join(clips)}: {reason}; left out of {', '.join(labels)}"
                   for (reason, labels), clips in groups.items()]
     if evaluation.suspicious:
-        lines += ["", f"Suspicious clips, kept in the metrics ({checks.THRESHOLDS}):"]
+        lines += ["", heading(f"Suspicious clips, kept in the metrics ({checks.THRESHOLDS}):")]
         lines += [f"- {clip_id}: {'; '.join(problems)}" for clip_id, problems in evaluation.suspicious.items()]
     return lines
 
@@ -258,13 +262,16 @@ def table(specs: list[MetricSpec], rows: dict[str, dict[str, MetricResult]], not
     return lines
 
 
-def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figures: list[str]) -> list[str]:
-    """The video–music group: generated, reference and shuffled-pairs rows, conventions and links to the figures."""
+def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figures: list[str],
+                      folder: str = "", titled: bool = False) -> list[str]:
+    """The video–music group: generated, reference and shuffled-pairs rows, conventions and links to the figures
+    (in ``folder``/plots); ``titled`` names the system in the heading."""
     specs = [s for s in SPECS if s.group == "video_music" and s.key in evaluation.results]
     if not specs:
         return []
     rows = {label: evaluation.results, "reference audio": evaluation.reference, **evaluation.controls}
-    lines = ["", "## Video–music alignment", ""] + table(specs, rows, notes) + [""]
+    title = f"## Video–music alignment: {label}" if titled else "## Video–music alignment"
+    lines = ["", title, ""] + table(specs, rows, notes) + [""]
     av = evaluation.results["av_align"]
     if "n_clips" in av.details:
         lines.append(f"{av.details['n_clips']} clips scored against their own videos.")
@@ -279,33 +286,53 @@ def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figu
         "- Shuffled pairs: each audio against other clips' videos, the chance level; well-aligned music scores above it.",
     ]
     if figures:
-        lines += ["", "![summary](plots/summary.png)", "",
-                  "Per clip: " + ", ".join(f"[{clip_id}](plots/{clip_id}.png)" for clip_id in figures)]
+        plots = f"{folder}/plots" if folder else "plots"
+        lines += ["", f"![summary]({plots}/summary.png)", "",
+                  "Per clip: " + ", ".join(f"[{clip_id}]({plots}/{clip_id}.png)" for clip_id in figures)]
     return lines
 
 
-def markdown(evaluation: Evaluation, label: str, pairing: Pairing, options: Options,
-             figures: list[str] | None = None) -> str:
-    """The table in the paper's column order (then the extra columns), with ↑/↓, conventions, numbered reasons
-    and the excluded and suspicious clips.
+@dataclass(frozen=True)
+class System:
+    """One generated directory's results: its row label, evaluation, pairing with the reference, the clip ids with
+    figures, and its folder under the results directory ("" when it is the only system)."""
 
-    The video–music group follows in its own table, with the shuffled-pairs control; ``figures`` lists the clip
-    ids whose figures were written to ``plots/``.
+    label: str
+    evaluation: Evaluation
+    pairing: Pairing
+    figures: list[str] = field(default_factory=list)
+    folder: str = ""
+
+
+def markdown(systems: list[System], options: Options) -> str:
+    """The table in the paper's column order (then the extra columns), with ↑/↓, one row per system, conventions,
+    numbered reasons and the excluded and suspicious clips (per system when there are several).
+
+    The video–music group follows in its own table per system, with the shuffled-pairs control and links to the
+    figures written to ``plots/``.
     """
-    shown = [s for s in SPECS if s.key in evaluation.results and s.group != "video_music"]
+    first, several = systems[0], len(systems) > 1
+    shown = [s for s in SPECS if s.group != "video_music" and any(s.key in x.evaluation.results for x in systems)]
     notes: list[str] = []
-    rows = {label: evaluation.results}
-    if any(s.key in evaluation.reference for s in shown):
-        rows["reference audio"] = evaluation.reference
+    rows = {system.label: system.evaluation.results for system in systems}
+    if any(s.key in first.evaluation.reference for s in shown):
+        rows["reference audio"] = first.evaluation.reference
     lines = table(shown, rows, notes) if shown else []
-    lines += ["", f"{len(pairing.ids)} paired clips. IS is mean ± std over splits. The reference row gives the "
-                  "single-set scores of the ground-truth audio, for scale."]
-    lines += [f"- {line}" for line in details(evaluation, options)]
-    lines += alignment_section(evaluation, label, notes, figures or [])
+    counts = ", ".join(f"{len(s.pairing.ids)} ({s.label})" for s in systems) if several else str(len(first.pairing.ids))
+    scale = f" paired with {first.label}" if several else ""
+    lines += ["", f"{counts} paired clips. IS is mean ± std over splits. The reference row gives the "
+                  f"single-set scores of the ground-truth audio{scale}, for scale."]
+    per_system = [details(system.evaluation, options) for system in systems]
+    shared = [line for line in per_system[0] if all(line in other for other in per_system)]
+    lines += [f"- {line}" for line in shared]
+    lines += [f"- {system.label}: {line}" for system, own in zip(systems, per_system) for line in own if line not in shared]
+    for system in systems:
+        lines += alignment_section(system.evaluation, system.label, notes, system.figures, system.folder, several)
     if notes:
         lines.append("")
         lines += [f"[{n}] {reason}" for n, reason in enumerate(notes, 1)]
-    lines += clip_notes(evaluation, pairing)
+    for system in systems:
+        lines += clip_notes(system.evaluation, system.pairing, system.label if several else None)
     return "\n".join(lines) + "\n"
 
 

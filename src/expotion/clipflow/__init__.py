@@ -1,0 +1,12 @@
+"""The second method: CLIP + Farneback flow fused by cross-attention, as the memory of MusicGen's cross-attention.
+
+It implements Merrill & Spielvogel, "Video-to-Music Generation" (§3, §5.1) in
+the same pipeline as Expotion: the same feature cache (streams ``clip`` and
+``farneback``), DataModule, loss, logging, checkpoints, ``generate`` and ``eval``.
+
+- :mod:`.conditioner`: §3.1 visual embeddings, §3.2 motion embeddings,
+  §3.3 cross-attention fusion, §3.4 projection to the decoder's width;
+- :mod:`.memory`: the projected tokens as the memory of MusicGen's own
+  cross-attention, through its condition-tensor path;
+- :mod:`.training`: the LightningModule; :mod:`.checkpoint`: its export.
+"""

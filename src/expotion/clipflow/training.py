@@ -1,0 +1,197 @@
+"""The LightningModule of the CLIP + flow method, beside :class:`expotion.training.ExpotionModule`.
+
+Same DataModule, loss (MusicGen's per-codebook cross-entropy, Eq. 1 of the
+paper), logging and checkpoint export; what differs is what trains (the
+conditioner, and the MusicGen parameters ``clip_flow.decoder`` names) and how
+the video reaches MusicGen (as its cross-attention memory). Select it with
+``model.class_path: expotion.clipflow.training.ClipFlowModule``.
+
+Lightning checkpoints hold only the parameters that train: MusicGen's frozen
+ones are reloaded from its own files. The conditioner is built in
+:meth:`ClipFlowModule.configure_model`, from the feature shapes and statistics
+of the training split, before a weight-averaging callback (``EMAWeightAveraging``)
+copies the model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from copy import deepcopy
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from ..checkpoint import CheckpointMismatch, check_compatible, spec_to_dict
+from ..conditioning import text_embeddings
+from ..data import ClipDataset, FeatureSpec, visual_names
+from ..musicgen import load_musicgen, model_signature, place_musicgen
+from ..rates import StreamRate
+from ..training import logged_loss, warmup_cosine
+from .checkpoint import save_clip_flow
+from .conditioner import ClipFlowConditioner, ClipFlowConfig
+from .memory import check_cross_attention, condition_dropout, memory_condition, trained_decoder
+
+log = logging.getLogger("expotion.clipflow")
+STATISTICS_CLIPS = 256  # clips read for the feature statistics
+
+
+def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str, torch.Tensor],
+                          rates: dict[str, StreamRate], batch: dict):
+    """MusicGen's predictions for ``batch["codes"]`` with ``Z`` (and, with ``text: concat``, the cached text) as its
+    cross-attention memory; MusicGen's own dropout decides which samples lose their conditions."""
+    codes = batch["codes"]
+    seconds = codes.shape[-1] / conditioner.frame_rate
+    start_s = batch.get("start_s")
+    start_s = torch.zeros(len(codes), device=codes.device) if start_s is None else start_s.to(codes.device)
+    z = conditioner(feats, rates, start_s, seconds)
+    keep_memory, keep_text = condition_dropout(lm, batch["caption"])
+    text = (text_embeddings(lm, batch["text"], batch["text_mask"], keep_text)
+            if conditioner.cfg.text == "concat" else None)
+    return lm.compute_predictions(codes, [], condition_tensors=memory_condition(z, keep_memory, text))
+
+
+def stream_samples(dataset: ClipDataset, streams: tuple[str, ...], clips: int = STATISTICS_CLIPS) -> dict[str, torch.Tensor]:
+    """Every time step of up to ``clips`` clips spread evenly over ``dataset``, per stream: (steps, *shape)."""
+    count = min(clips, len(dataset))
+    picks = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)})
+    items = [item for item in map(dataset.__getitem__, picks) if item is not None]  # None: non-finite, skipped
+    return {name: torch.cat([item[name] for item in items]) for name in streams}
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """§5.1: AdamW at 3.5e-5, a linear warmup over 4000 optimizer steps, then cosine decay to zero at the last step.
+
+    The paper names AdamW without a weight decay; 0.01 is AdamW's usual default.
+    (A group of its own, so switching ``model.class_path`` carries no Expotion ``lr`` over.)
+    """
+
+    lr: float = 3.5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 4000
+
+
+class ClipFlowModule(L.LightningModule):
+    """Trains the conditioner (§3.1-3.4) and the chosen MusicGen parameters with MusicGen's objective (§3.6).
+
+    ``zero_visual`` feeds zeros instead of the video features (the control run that shows the video is used).
+    """
+
+    def __init__(self, musicgen: str = "facebook/musicgen-small", clip_flow: ClipFlowConfig = ClipFlowConfig(),
+                 optim: Optimization = Optimization(), zero_visual: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = clip_flow if isinstance(clip_flow, ClipFlowConfig) else ClipFlowConfig.from_dict(clip_flow)
+        self.optim = optim if isinstance(optim, Optimization) else Optimization(**optim)
+        self.musicgen = load_musicgen(musicgen)
+        self.lm = self.musicgen.lm
+        check_cross_attention(self.lm)
+        self.signature = model_signature(self.musicgen)
+        self.decoder = trained_decoder(self.lm, self.cfg.decoder)
+        for param in self.decoder.values():
+            param.requires_grad_(True)
+        self.conditioner: ClipFlowConditioner | None = None
+        self.spec: FeatureSpec | None = None
+
+    def __deepcopy__(self, memo: dict) -> ClipFlowModule:
+        """A copy (as ``EMAWeightAveraging`` makes) that shares audiocraft's MusicGen wrapper and the trainer: the
+        EnCodec's weight norm cannot be deep-copied, nor can the datasets' open HDF5 files the trainer reaches, and
+        only the registered modules (``lm``, ``conditioner``) are averaged."""
+        memo[id(self.musicgen)] = self.musicgen
+        memo[id(self._trainer)] = self._trainer
+        copy = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copy
+        copy.__dict__.update({k: deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return copy
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return self.cfg.streams
+
+    @property
+    def adaptor(self) -> ClipFlowConditioner | None:
+        """The video conditioning :func:`expotion.generation.generate_tokens` takes (read by the audio-sample callback
+        under the name both methods share)."""
+        return self.conditioner
+
+    def configure_model(self) -> None:
+        """Build the conditioner for the cache's feature shapes and statistics (once; Lightning and EMA callbacks
+        both call this)."""
+        if self.conditioner is None:
+            data = self.trainer.datamodule
+            self.build(data.train_set or data.val_set)
+
+    def build(self, dataset: ClipDataset) -> None:
+        self.spec = dataset.spec
+        self.conditioner = ClipFlowConditioner(self.cfg, self.spec.shapes, self.signature["dim"],
+                                               self.signature["frame_rate"])
+        for name, samples in stream_samples(dataset, self.streams).items():
+            self.conditioner.standardize[name].fit(samples)
+        self.conditioner.to(self.device)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.lm.train()  # MusicGen's condition dropout acts in train mode, as in its own training
+
+    def on_fit_start(self) -> None:
+        """Lightning moved ``lm``; audio samples also need EnCodec, the text encoder and ``musicgen.device`` here."""
+        place_musicgen(self.musicgen, self.device)
+
+    def visual_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        feats = {name: batch[name] for name in visual_names(self.streams)}
+        return {k: torch.zeros_like(v) for k, v in feats.items()} if self.hparams.zero_visual else feats
+
+    def forward(self, batch: dict):
+        return clip_flow_predictions(self.lm, self.conditioner, self.visual_inputs(batch), self.spec.rates, batch)
+
+    def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
+        return None if batch is None else logged_loss(self, self(batch), batch["codes"], "train")  # None: all skipped
+
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is not None:
+            logged_loss(self, self(batch), batch["codes"], "val")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, self.optim.warmup_steps)
+        if warmup >= total:
+            log.warning("the learning-rate warmup (%d steps) lasts the whole run (%d steps): the rate never reaches "
+                        "%g; lower --model.optim.warmup_steps", warmup, total, self.optim.lr)
+        # §5.1: cosine decay to zero
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, 0.0))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: only what trains ---------------------------------------------------------
+    def trained_keys(self) -> set[str]:
+        return {f"lm.{name}" for name in self.decoder} | {f"conditioner.{k}" for k in self.conditioner.state_dict()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = self.trained_keys()
+        for key in ("state_dict", "current_model_state"):  # the latter: the raw weights beside an EMA average
+            if key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k in keep}
+        checkpoint["musicgen_signature"] = self.signature
+        checkpoint["adaptor_features"] = spec_to_dict(self.spec)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, in one line, resuming from a run on another MusicGen or other features before loading it."""
+        if self.conditioner is not None and "adaptor_features" in checkpoint:
+            check_compatible(self.trainer.ckpt_path, {"musicgen": checkpoint.get("musicgen_signature", {}),
+                                                      "features": checkpoint["adaptor_features"]}, self.signature,
+                             self.spec)
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        """Load the trained parameters; MusicGen's frozen ones are not in checkpoints and stay as loaded."""
+        unexpected = sorted(state_dict.keys() - self.state_dict().keys())
+        missing = sorted(self.trained_keys() - state_dict.keys())
+        if strict and (unexpected or missing):
+            raise CheckpointMismatch(f"the checkpoint does not fit this model: missing {missing[:3]}, "
+                                     f"unexpected {unexpected[:3]} (clip_flow.decoder or feature shapes differ)")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+    def export(self, path: str | os.PathLike) -> None:
+        """Write the checkpoint ``expotion generate`` reads: the conditioner, the trained MusicGen parameters, specs."""
+        save_clip_flow(path, self.conditioner, self.decoder, self.signature, self.spec)
