@@ -54,7 +54,7 @@ class Song:
     mode: str
     chords: tuple[Chord, ...]
     duration_s: float
-    breaks: frozenset[int] = frozenset()
+    breaks: frozenset[int]
 
     @property
     def beat_s(self) -> float:
