@@ -28,13 +28,14 @@ import librosa
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from ..extractors.farneback import FarnebackConfig, flow_magnitude
 from ..media import MediaError, open_container
 from . import rhythm
 from .audio import resample
 from .video import VideoClip, decode_span
 
 # AV-Align, as in the reference script.
-FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2, "flags": 0}
+FARNEBACK = FarnebackConfig().opencv_arguments()  # OpenCV's customary parameters, as the reference script
 PEAK_MIN_FLOW = 0.1  # px per frame: weaker local maxima are not video peaks (keeps still scenes peak-free)
 ONSET_SAMPLE_RATE = 22050  # librosa.load's default rate
 ONSET_HOP = 512  # librosa's default hop for onset_strength / onset_detect
@@ -102,8 +103,7 @@ def librosa_version() -> str:
 
 def mean_flow(previous: np.ndarray, current: np.ndarray) -> float:
     """Mean Farneback flow magnitude (px) from one grayscale frame to the next."""
-    flow = cv2.calcOpticalFlowFarneback(previous, current, None, **FARNEBACK)
-    return float(np.hypot(flow[..., 0], flow[..., 1]).mean())
+    return float(flow_magnitude(previous, current).mean())
 
 
 def audio_onsets(samples: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:

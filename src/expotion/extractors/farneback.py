@@ -43,6 +43,11 @@ class FarnebackConfig:
     def stored_shape(self) -> tuple[int, int]:
         return self.height, self.width
 
+    def opencv_arguments(self) -> dict[str, float | int]:
+        """The keyword arguments of ``cv2.calcOpticalFlowFarneback`` (no flags: no initial flow, box filter)."""
+        return {"pyr_scale": self.pyr_scale, "levels": self.levels, "winsize": self.winsize,
+                "iterations": self.iterations, "poly_n": self.poly_n, "poly_sigma": self.poly_sigma, "flags": 0}
+
 
 def to_gray(frames: np.ndarray, short_side: int) -> np.ndarray:
     """uint8 RGB (T, H, W, 3) -> uint8 grayscale (T, h, w) with ``min(h, w) == short_side``."""
@@ -54,12 +59,13 @@ def to_gray(frames: np.ndarray, short_side: int) -> np.ndarray:
                                 interpolation=interpolation) for f in frames])
 
 
-def flow_magnitude(previous: np.ndarray, following: np.ndarray, cfg: FarnebackConfig) -> np.ndarray:
-    """Per-pixel speed (pixels) from ``previous`` to ``following``, two uint8 grayscale images of one size."""
-    flow = cv2.calcOpticalFlowFarneback(previous, following, None, cfg.pyr_scale, cfg.levels, cfg.winsize,
-                                        cfg.iterations, cfg.poly_n, cfg.poly_sigma, 0)
-    magnitude, _ = cv2.cartToPolar(flow[..., 0], flow[..., 1])
-    return magnitude
+def flow_magnitude(previous: np.ndarray, following: np.ndarray, cfg: FarnebackConfig = FarnebackConfig()) -> np.ndarray:
+    """Per-pixel speed (pixels) from ``previous`` to ``following``, two uint8 grayscale images of one size.
+
+    The same flow as AV-Align's (:mod:`expotion.evaluation.alignment`) at the default parameters.
+    """
+    flow = cv2.calcOpticalFlowFarneback(previous, following, None, **cfg.opencv_arguments())
+    return np.hypot(flow[..., 0], flow[..., 1])
 
 
 def farneback_magnitudes(frames: np.ndarray, cfg: FarnebackConfig) -> np.ndarray:
