@@ -25,7 +25,7 @@ import numpy as np
 from .face import FaceTrack
 from .features import EXPOTION_VISUAL, Extractors, VideoFeatures
 from .media import MediaError, iter_clip_frames
-from .rates import Rates
+from .rates import VIDEO_STREAMS, Rates, StreamRate
 
 DEFAULT_WINDOW_S = 4.8  # about 150 frames of 30 fps video in memory at a time
 
@@ -40,18 +40,15 @@ class FeatureWindow:
     decode_s: float
 
 
-def stream_periods(rates: Rates) -> dict[str, Fraction]:
-    """Seconds between consecutive vectors (window starts) of each video stream."""
-    return {"marlin": Fraction(rates.marlin_stride) / Fraction(rates.marlin_video_fps),
-            "synchformer": Fraction(rates.synchformer_stride) / Fraction(rates.synchformer_video_fps),
-            "raft": 1 / Fraction(rates.raft_video_fps), "clip": 1 / Fraction(rates.clip_video_fps),
-            "farneback": 1 / Fraction(rates.farneback_video_fps)}
+def stream_period(rate: StreamRate) -> Fraction:
+    """Seconds between consecutive vectors (segment starts, when segmented) of a stream, as an exact fraction."""
+    return Fraction(rate.segment_hop if rate.segment_len else 1 / rate.fps).limit_denominator(1000)
 
 
 def stride_grid_s(rates: Rates, face_fps: float, streams: tuple[str, ...] = EXPOTION_VISUAL) -> Fraction:
     """The shortest span that is a whole number of every stream's stride (and, with MARLIN, of the face-detection
     period)."""
-    periods = [p for name, p in stream_periods(rates).items() if name in streams]
+    periods = [stream_period(rates.stream(name)) for name in streams]
     if "marlin" in streams:
         periods.append(1 / Fraction(face_fps).limit_denominator(1000))
     grid = periods[0]
@@ -119,7 +116,7 @@ def video_features(extractors: Extractors, video: Path, duration_s: float, face_
     ``marlin_mask``.
     """
     rates = extractors.rates
-    streams = tuple(name for name in extractors.names if name in stream_periods(rates))
+    streams = tuple(name for name in extractors.names if name in VIDEO_STREAMS)
     windows = plan_windows(duration_s, window_s, rates, extractors.cfg.face_detect_fps, streams)
     face: tuple | FaceTrack | None = face_box
     if face_box is None and "marlin" in extractors.names:
