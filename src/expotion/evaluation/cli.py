@@ -180,7 +180,15 @@ def run(args: argparse.Namespace) -> int:
 
     options = metrics.Options(is_splits=args.is_splits, seed=args.seed, beat_trim_s=args.beat_trim)
     out = Path(args.out)
-    systems = [evaluate_system(args, label, generated, pairing, videos, captions, store, states, groups, options)
+    settings = {  # what every system's metrics.json records about the run
+        "reference": str(args.reference), "cache": str(args.cache) if args.cache else None,
+        "data_root": str(args.data_root) if args.data_root else None,
+        "videos": str(args.videos) if args.videos else None, "captions": str(args.captions) if args.captions else None,
+        "weights_dir": str(wdir), "cache_dir": str(cache_root), "metrics_requested": sorted(groups),
+        "device": str(device), "batch_size": args.batch_size,
+    }
+    systems = [evaluate_system(args, label, generated, pairing, videos, captions, store, states, groups, options,
+                               settings)
                for label, generated, pairing, (videos, captions) in zip(labels, args.generated, pairings, inputs)]
     table = report.markdown(systems, options)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,19 +201,16 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_system(args: argparse.Namespace, label: str, generated: Path, pairing: Pairing,
                     videos: dict[str, VideoClip], captions: dict[str, str], store, states, groups: set[str],
-                    options: metrics.Options) -> report.System:
-    """One generated directory's metrics, written to its folder (the results folder itself when it is the only one)."""
+                    options: metrics.Options, settings: dict) -> report.System:
+    """One generated directory's metrics, written to its folder (the results folder itself when it is the only one);
+    ``settings`` are the run's, recorded in its ``metrics.json``."""
     evaluation = metrics.evaluate(pairing, store, groups, videos, captions, options)
     folder = "" if len(args.generated) == 1 else label
     out = Path(args.out) / folder
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "label": label, "generated": str(generated), "reference": str(args.reference),
-        "cache": str(args.cache) if args.cache else None, "data_root": str(args.data_root) if args.data_root else None,
-        "videos": str(args.videos) if args.videos else None, "captions": str(args.captions) if args.captions else None,
+        "label": label, "generated": str(generated), **settings,
         "n_videos": len(videos), "n_video_spans": sum(v.is_span for v in videos.values()), "n_captions": len(captions),
-        "weights_dir": str(weights_dir(args.weights_dir)), "cache_dir": str(args.cache_dir or default_cache_dir()),
-        "metrics_requested": sorted(groups), "device": str(args.device), "batch_size": args.batch_size,
         "n_pairs": len(pairing.ids), "clip_ids": pairing.ids,
         "only_generated": pairing.only_generated, "only_reference": pairing.only_reference,
     }
