@@ -105,7 +105,6 @@ def tiny_profile(root: str | Path, **overrides) -> ExtractorConfig:
     )
 
 
-
 def profile_config(profile: str, weights_dir: str | Path | None, tiny_dir: str | Path, device: str,
                    **overrides) -> ExtractorConfig:
     """The extractors a profile names, on ``device``: the tiny stand-ins in ``tiny_dir`` or the released weights."""

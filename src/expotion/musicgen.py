@@ -8,7 +8,6 @@ in exactly that exported layout, so demos and tests exercise the real loader.
 from __future__ import annotations
 
 import math
-
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
