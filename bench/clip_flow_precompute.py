@@ -27,6 +27,8 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import spread  # noqa: E402
+
 from expotion.extractors.clip import load_clip, save_tiny  # noqa: E402
 from expotion.extractors.farneback import FarnebackConfig, farneback_magnitudes  # noqa: E402
 from expotion.media import iter_clip_frames  # noqa: E402
@@ -57,10 +59,6 @@ def save_released_size_clip(path: Path) -> Path:
     CLIPVisionModel(CLIPVisionConfig()).save_pretrained(path)
     CLIPImageProcessor().save_pretrained(path)
     return path
-
-
-def summary(times: list[float]) -> str:
-    return f"min {min(times):.3f} s, median {statistics.median(times):.3f} s, max {max(times):.3f} s"
 
 
 def main() -> None:
@@ -99,7 +97,7 @@ def main() -> None:
     decode_s = statistics.median(times["decode"])
     for name, values in times.items():
         ratio = "" if name == "decode" else f"; {statistics.median(values) / decode_s:.2f}x the decode"
-        print(f"  {name:12s} {summary(values)}{ratio}; {args.seconds / statistics.median(values):.1f}x real time")
+        print(f"  {name:12s} {spread(values)} s{ratio}; {args.seconds / statistics.median(values):.1f}x real time")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from common import CLIP_DIM, CLIP_TOKENS, FLOW_MAP, trained_adaptor, training_setup  # noqa: E402
+from common import CLIP_DIM, CLIP_TOKENS, FLOW_MAP, spread, trained_adaptor, training_setup  # noqa: E402
 
 from expotion.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig  # noqa: E402
 from expotion.clipflow.memory import trained_decoder  # noqa: E402
@@ -89,9 +89,7 @@ def main() -> None:
     print(f"MusicGen N={args.layers} layers, dim {args.dim}; batch {args.batch} x {args.seconds:g} s on {device}; "
           f"{args.repeats} interleaved repeats")
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:32s} step min {min(values):.3f} s, median {median:.3f} s, max {max(values):.3f} s; "
-              f"{median / base:.2f}x Expotion")
+        print(f"  {name:32s} step {spread(values)} s; {statistics.median(values) / base:.2f}x Expotion")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 
 import torch
@@ -13,6 +14,12 @@ from expotion.rates import DEFAULT_RATES as R
 
 FEATURE_DIMS = {"marlin": 768, "synchformer": 768}  # the released MARLIN and Synchformer widths
 CLIP_TOKENS, CLIP_DIM, FLOW_MAP = 50, 768, (112, 112)  # CLIP ViT-B/32's last hidden state; the Farneback map
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    """The min / median / max of a benchmark's interleaved repeats."""
+    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+    return f"min {low} / median {mid} / max {high}"
 
 
 def model_arguments(parser: argparse.ArgumentParser, layers: int) -> None:

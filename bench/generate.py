@@ -22,17 +22,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from common import model_arguments, random_musicgen, trained_adaptor  # noqa: E402
+from common import model_arguments, random_musicgen, spread, trained_adaptor  # noqa: E402
 
 from expotion.generation import decode_audio, generate_tokens  # noqa: E402
 from expotion.rates import DEFAULT_RATES as R  # noqa: E402
 
 GOALS = {"all": 1.15, "quarter": 1.05}  # adaptor / plain with L = N and with L = N/4
-
-
-def spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    low, mid, high = (fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
-    return f"min {low} / median {mid} / max {high}"
 
 
 def main() -> None:
