@@ -317,3 +317,56 @@ def test_trained_decoder_choices(musicgen):
     assert len(trained_decoder(lm, "all")) == len(list(lm.parameters()))
     with pytest.raises(ValueError, match="decoder"):
         trained_decoder(lm, "half")
+
+
+# ---- learning ------------------------------------------------------------------------------------
+
+
+def shown_codes(batch: int, codebooks: int, seconds: float, segment_s: float, looks: torch.Tensor,
+                g: torch.Generator) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Clips whose codes hold a random value per segment, the same in every codebook, that only the CLIP frames
+    show (CLIP frame i at 2 fps falls in segment i; the motion maps are noise). ``looks``: one CLIP look per value."""
+    frame_rate, segments, values = 50, int(seconds / segment_s), len(looks)
+    drawn = torch.randint(0, values, (batch, segments), generator=g)
+    step_segment = torch.arange(int(seconds * frame_rate)) // int(segment_s * frame_rate)
+    frame_segment = (torch.arange(int(seconds * 2)) / 2.0 // segment_s).long()
+    codes = drawn[:, step_segment][:, None, :].expand(-1, codebooks, -1).contiguous()
+    clip = looks[drawn[:, frame_segment]] + 0.3 * torch.randn(batch, len(frame_segment), *SHAPES["clip"], generator=g)
+    flows = torch.rand(batch, int(seconds * 4) - 1, *SHAPES["farneback"], generator=g)
+    return {"codes": codes, "caption": [""] * batch}, {"clip": clip, "farneback": flows}
+
+
+def test_the_method_learns_a_code_only_the_video_shows(tiny_profile_cfg):
+    """Trained end to end, the first codebook's loss falls far below what any model without the video can reach.
+
+    Each 0.5 s segment's code is uniform over 16 values and independent of the past, so without the video every
+    segment's first step costs ln 16 whatever the model: ``segments * ln 16 / steps`` per step on average.
+    """
+    from expotion.clipflow.training import clip_flow_predictions
+    from expotion.objective import codebook_cross_entropy
+
+    torch.manual_seed(0)
+    lm = load_musicgen(tiny_profile_cfg.musicgen).lm  # a copy of its own: this test trains it
+    lm.eval()  # no dropout: the test is about the memory path, not regularisation
+    decoder = trained_decoder(lm, "all")
+    for param in decoder.values():
+        param.requires_grad_(True)
+    conditioner = ClipFlowConditioner(small_cfg(tokens_per_frame=2), SHAPES, lm.dim, 50.0)
+    optimizer = torch.optim.AdamW([*conditioner.parameters(), *decoder.values()], lr=3e-3, weight_decay=0.01)
+    seconds, segment_s, values = 2.0, 0.5, 16
+    looks = torch.randn(values, *SHAPES["clip"], generator=torch.Generator().manual_seed(1))
+    train_g = torch.Generator().manual_seed(2)
+
+    def losses(batch, feats) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = clip_flow_predictions(lm, conditioner, feats, RATES, batch)
+        return codebook_cross_entropy(out.logits, batch["codes"], out.mask)
+
+    for _ in range(300):
+        loss = losses(*shown_codes(4, lm.n_q, seconds, segment_s, looks, train_g))[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        ce = losses(*shown_codes(16, lm.n_q, seconds, segment_s, looks, torch.Generator().manual_seed(99)))[1]
+    floor = (seconds / segment_s) * np.log(values) / (seconds * 50)
+    assert ce[0] < 0.4 * floor, f"first codebook {ce[0]:.4f} nats, no-video floor {floor:.4f}"
