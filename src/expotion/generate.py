@@ -51,7 +51,7 @@ from .generation import (Conditioning, GenerationError, check_prompt, decoded_ch
 from .manifest import ManifestError, parse_face_box
 from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
 from .musicgen import load_musicgen, model_signature
-from .rates import DEFAULT_RATES, Rates
+from .rates import DEFAULT_RATES, Rates, StreamRate
 from .sampling import clip_seed
 from .weights import MissingWeightsError
 from .windowed import DEFAULT_WINDOW_S, video_features
@@ -115,10 +115,20 @@ class Models:
     load_s: float
     _extractors: Extractors | None = None
 
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The video streams the checkpoint reads (none for plain MusicGen)."""
+        return tuple(self.spec.shapes) if self.spec else ()
+
+    @property
+    def rates(self) -> dict[str, StreamRate] | None:
+        """When the checkpoint's features happen (None for plain MusicGen)."""
+        return self.spec.rates if self.spec else None
+
     def extractors(self) -> Extractors:
         """The video feature extractors the adaptor reads, built on first use (batch mode never needs them)."""
         if self._extractors is None:
-            self._extractors = Extractors(self.extractor_cfg, tuple(self.spec.shapes),
+            self._extractors = Extractors(self.extractor_cfg, self.streams,
                                           extraction_rates(self.settings.checkpoint, self.spec))
         return self._extractors
 
@@ -279,8 +289,8 @@ def generate_for_video(models: Models, video: Path, prompt: str | None, out: Pat
         feats, notes = as_batch(extracted.arrays), extracted.notes
         lap("video features")
     on_step = (lambda done, total: progress("generate", done, total)) if progress else None
-    tokens = generate_tokens(models.musicgen, [prompt], duration, models.adaptor, feats,
-                             models.spec.rates if models.spec else None, **asdict(sampling), on_step=on_step)
+    tokens = generate_tokens(models.musicgen, [prompt], duration, models.adaptor, feats, models.rates,
+                             **asdict(sampling), on_step=on_step)
     lap("music")
     write_wav(models, tokens, duration, out)
     lap("audio")
@@ -317,7 +327,7 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
 
 
 def cached_clips(models: Models, cache: Path) -> list[CachedClip]:
-    clips = read_clips(cache, tuple(models.spec.shapes) if models.spec else ())
+    clips = read_clips(cache, models.streams)
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")
     for clip in clips:
@@ -406,16 +416,14 @@ class CacheJob:
                 self.result.skipped.append((clip.clip_id, str(err)))
         if not ready:
             return
-        models, streams = self.models, tuple(self.models.spec.shapes) if self.models.spec else ()
-        feats = None
+        models, feats = self.models, None
         if models.adaptor is not None:
-            per_clip = [clip.features(streams) for clip in ready]
+            per_clip = [clip.features(models.streams) for clip in ready]
             feats = {name: torch.stack([f[name] for f in per_clip]) for name in per_clip[0]}
         seeds = [clip_seed(self.sampling.seed, clip.clip_id) for clip in ready]
         try:
             tokens = generate_tokens(models.musicgen, [clip.caption for clip in ready], ready[0].duration_s,
-                                     models.adaptor, feats, models.spec.rates if models.spec else None,
-                                     **{**asdict(self.sampling), "seed": seeds})
+                                     models.adaptor, feats, models.rates, **{**asdict(self.sampling), "seed": seeds})
         except GenerationError as err:
             self.result.skipped += [(clip.clip_id, str(err)) for clip in ready]
             return
