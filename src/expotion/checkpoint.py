@@ -126,6 +126,12 @@ def method_of(payload: dict) -> str:
     return str(payload.get("method", EXPOTION))
 
 
+def check_method(path: Path, payload: dict, method: str, what: str) -> None:
+    """Refuse a checkpoint that another method exported; ``what`` names the expected kind in the message."""
+    if method_of(payload) != method:
+        raise CheckpointMismatch(f"{path}: a checkpoint of the '{method_of(payload)}' method, not {what}")
+
+
 def save_adaptor(path: str | os.PathLike, adaptor: ConditionAdaptor, musicgen: dict, spec: FeatureSpec) -> Path:
     return write_checkpoint(path, EXPOTION, adaptor.cfg.to_dict(), musicgen, spec, adaptor.state_dict())
 
@@ -182,8 +188,7 @@ def load_adaptor(path: str | os.PathLike, lm: torch.nn.Module, musicgen: dict,
 def build_adaptor(path: Path, payload: dict, lm: torch.nn.Module, musicgen: dict,
                   spec: FeatureSpec | None = None) -> tuple[ConditionAdaptor, FeatureSpec]:
     """:func:`load_adaptor` for a payload already read by :func:`read_adaptor` (``path`` names it in errors)."""
-    if method_of(payload) != EXPOTION:
-        raise CheckpointMismatch(f"{path}: a checkpoint of the '{method_of(payload)}' method, not an Expotion adaptor")
+    check_method(path, payload, EXPOTION, "an Expotion adaptor")
     check_compatible(path, payload, musicgen, spec)
     saved_spec = spec_from_dict(payload["features"])
     adaptor = ConditionAdaptor(lm, AdaptorConfig.from_dict(payload["config"]), saved_spec.dims, musicgen["frame_rate"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointMismatch, check_compatible, method_of, spec_from_dict, write_checkpoint
+from ..checkpoint import CheckpointMismatch, check_compatible, check_method, spec_from_dict, write_checkpoint
 from ..data import FeatureSpec
 from ..musicgen import model_signature
 from .conditioner import ClipFlowConditioner, ClipFlowConfig
@@ -30,8 +30,7 @@ def save_clip_flow(path: str | os.PathLike, conditioner: ClipFlowConditioner, de
 def build_clip_flow(path: Path, payload: dict, musicgen) -> tuple[ClipFlowConditioner, FeatureSpec]:
     """The conditioner of a checkpoint read by :func:`expotion.checkpoint.read_adaptor`, with its trained
     MusicGen parameters copied into ``musicgen.lm`` (which it is checked to fit)."""
-    if method_of(payload) != METHOD:
-        raise CheckpointMismatch(f"{path}: a checkpoint of the '{method_of(payload)}' method, not of '{METHOD}'")
+    check_method(path, payload, METHOD, f"of '{METHOD}'")
     lm, signature = musicgen.lm, model_signature(musicgen)
     check_compatible(path, payload, signature, None)
     check_cross_attention(lm)
