@@ -27,6 +27,7 @@ import torch
 from .adaptor import ConditionAdaptor
 from .clipflow.conditioner import ClipFlowConditioner
 from .clipflow.memory import window_memory
+from .devices import module_precision
 from .rates import StreamRate
 from .sampling import per_row_sampling
 
@@ -113,9 +114,8 @@ def visual_prefix(adaptor: ConditionAdaptor, feats: dict[str, torch.Tensor], rat
     read MusicGen's float32 layers; the prefix is then cast to MusicGen's dtype.
     """
     batch = next(iter(feats.values())).shape[0]
-    device, dtype = adaptor.h0.device, adaptor.h0.dtype
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        prefix = adaptor.prefix(feats, rates, steps, torch.full((batch,), start_s, device=device))
+    with module_precision(adaptor):
+        prefix = adaptor.prefix(feats, rates, steps, torch.full((batch,), start_s, device=adaptor.h0.device))
     return [tuple(t.to(compute_dtype) for t in layer) for layer in prefix]
 
 

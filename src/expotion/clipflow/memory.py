@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..conditioning import TEXT_KEY
+from ..devices import module_precision
 
 
 def check_cross_attention(lm: nn.Module) -> None:
@@ -116,9 +117,9 @@ def window_memory(conditioner: nn.Module, lm: nn.Module, feats: dict[str, torch.
     ``Z`` is computed once per window, at the conditioner's precision (under autocast
     when reduced), and handed to MusicGen in its own dtype.
     """
-    param = next(conditioner.parameters())
+    device = next(conditioner.parameters()).device
     batch = len(next(iter(feats.values())))
-    with torch.autocast(param.device.type, dtype=param.dtype, enabled=param.dtype != torch.float32):
-        z = conditioner(feats, rates, torch.full((batch,), start_s, device=param.device), seconds)
+    with module_precision(conditioner):
+        z = conditioner(feats, rates, torch.full((batch,), start_s, device=device), seconds)
     with memory_attached(lm, z.to(compute_dtype), conditioner.cfg.text == "concat"):
         yield
