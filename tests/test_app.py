@@ -107,7 +107,7 @@ def test_bad_input_gets_a_readable_message(served, tmp_path):
         "not a video": (garbage(tmp_path / "broken.mp4"), "jazz", served["good"], "broken.mp4"),
         "bad face box": (video, "jazz", served["good"], "face_box must be four numbers 'x0 y0 x1 y1', got '1 2 3'"),
         "mismatched checkpoint": (video, "jazz", served["wide"],
-                                  "adaptor expects 'marlin' features of shape (768,), the 'tiny' extractors give (32,)"),
+                                  "adaptor expects 'marlin' features of shape (768,), the 'tiny' extractors' output has (32,)"),
     }
     for name, (path, prompt, ckpt, message) in cases.items():
         with pytest.raises(AppError) as err:

@@ -188,7 +188,7 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
     wide_ckpt = save_adaptor(tmp_path / "wide.pt", ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig()),
                                                                    wide.dims, 50.0), model_signature(musicgen), wide)
     assert cli_main([*base, "--prompt", "x", "--checkpoint", str(wide_ckpt)]) == 2
-    assert "adaptor expects 'marlin' features of shape (768,), the 'tiny' extractors give (32,)" in caplog.text
+    assert "adaptor expects 'marlin' features of shape (768,), the 'tiny' extractors' output has (32,)" in caplog.text
     with pytest.raises(GenerationError, match="prompt is empty"):
         generate_tokens(musicgen, [""], 1.0)
 

@@ -208,9 +208,15 @@ def check_state_dict(path: Path, saved: dict, expected: dict) -> None:
         raise CheckpointMismatch(f"{path}: the adaptor weights do not fit: {'; '.join(problems[:3])}{more}")
 
 
-def check_feature_shapes(path: Path, spec: FeatureSpec, shapes: dict[str, tuple[int, ...]], source: str) -> None:
-    """Refuse features whose shapes per time step are not the ones the adaptor was trained on."""
+def check_feature_shapes(path: Path, spec: FeatureSpec, shapes: dict[str, tuple[int, ...]], source: str,
+                         hint: str = "") -> None:
+    """Refuse features whose shapes per time step are not the ones the adaptor was trained on.
+
+    ``source`` names where the features came from (a cache clip, an extractor profile); ``hint`` ends the
+    message with what to do about it.
+    """
     for name, shape in spec.shapes.items():
         got = tuple(shapes[name]) if name in shapes else None
         if got != shape:
-            raise CheckpointMismatch(f"{path}: adaptor expects '{name}' features of shape {shape}, {source} has {got}")
+            raise CheckpointMismatch(f"{path}: adaptor expects '{name}' features of shape {shape}, "
+                                     f"{source} has {got}{hint}")

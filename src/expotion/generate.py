@@ -234,12 +234,10 @@ def check_features(feats: VideoFeatures, models: Models, video: Path) -> None:
         log.warning("%s: face missing in %d of %d MARLIN windows (masked)", video, int((~mask).sum()), len(mask))
     for note in feats.notes:
         log.warning("%s: %s", video, note)
-    for name, shape in models.spec.shapes.items():
-        got = tuple(feats.arrays[name].shape[1:])
-        if got != shape:
-            raise CheckpointMismatch(f"{models.settings.checkpoint}: adaptor expects '{name}' features of shape {shape}, "
-                                     f"the '{models.settings.profile}' extractors give {got}; use the profile it was "
-                                     "trained with")
+    check_feature_shapes(models.settings.checkpoint, models.spec,
+                         {name: array.shape[1:] for name, array in feats.arrays.items()},
+                         f"the '{models.settings.profile}' extractors' output",
+                         "; use the extractor profile it was trained with")
 
 
 def as_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
