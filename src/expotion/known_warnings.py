@@ -17,6 +17,12 @@ WARNING_FILTERS = (
      "audiocraft's EnCodec builds its convolutions with the old weight_norm; the weights load and run unchanged"),
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated",
      "Lightning's batch-size inference uses a torch pytree name that still works"),
+    (UserWarning, r"LightningCLI's args parameter is intended to run from within Python",
+     "`expotion train` hands LightningCLI exactly the arguments after `train`; the warning fires whenever the "
+     "process's own command line is not empty"),
+    (UserWarning, r"You're using the WeightAveraging callback with a model that overrides the configure_model",
+     "the CLIP + flow module builds its conditioner in configure_model from the cache's shapes; it shards no layers "
+     "(DDP keeps whole copies), which is what the warning is about"),
 )
 
 # logger name -> (message regex, why it is harmless)
