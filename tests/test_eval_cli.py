@@ -124,6 +124,35 @@ def test_rhythm_and_chroma_known_answers_through_the_pipeline(first_run):
     assert float(rows["c3"]["chroma"]) < float(rows["c1"]["chroma"])  # a different tone
 
 
+def cached_label_distribution(data: Path, wav: Path) -> np.ndarray:
+    """A clip's PaSST label distribution, read back from the evaluation cache (keyed by the file's sha256)."""
+    key = hashlib.sha256(wav.read_bytes()).hexdigest()
+    (entry,) = (data / "cache" / "passt").glob(f"*/{key[:2]}/{key}.npz")
+    with np.load(entry) as stored:
+        logits = stored["logits"].astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (probs / probs.sum(axis=-1, keepdims=True)).mean(axis=0)
+
+
+def test_kl_columns_are_the_paper_direction_and_its_reverse(data, first_run):
+    """'kl' is KL(reference || generated) per clip (Table 1), 'kl_generated_reference' the other way; an identical
+    pair scores zero both ways. (scipy's entropy normalises the rows smoothed by KL_EPS, as the metric does.)"""
+    from scipy.stats import entropy
+
+    from expotion.evaluation.maths import KL_EPS
+
+    with (first_run / "per_clip.csv").open() as f:
+        rows = {r["clip_id"]: r for r in csv.DictReader(f)}
+    assert float(rows["c1"]["kl"]) == pytest.approx(0.0, abs=1e-9)  # c1's two files are the same audio
+    assert float(rows["c1"]["kl_generated_reference"]) == pytest.approx(0.0, abs=1e-9)
+    p_gen, p_ref = (cached_label_distribution(data, data / side / "c2.wav") + KL_EPS for side in ("gen", "ref"))
+    ref_gen, gen_ref = entropy(p_ref, p_gen), entropy(p_gen, p_ref)
+    assert abs(ref_gen - gen_ref) > 1e-4 * max(ref_gen, gen_ref) > 0  # the two directions are told apart
+    assert float(rows["c2"]["kl"]) == pytest.approx(ref_gen, rel=1e-4)
+    assert float(rows["c2"]["kl_generated_reference"]) == pytest.approx(gen_ref, rel=1e-4)
+    assert float(rows["c2"]["kl_both"]) == pytest.approx(ref_gen + gen_ref, rel=1e-4)
+
+
 def test_tensorboard_scalars(first_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
