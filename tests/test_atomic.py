@@ -24,6 +24,7 @@ def test_write_publishes_with_the_usual_permissions(tmp_path):
     assert path.stat().st_mode == plain.stat().st_mode
     with atomic_path(path) as first, atomic_path(path) as second:
         assert first != second  # concurrent writers never share a temporary
+        assert first.parent == path.parent  # the same filesystem, so the final rename is atomic
         assert first.suffix == ".txt" and first.name.startswith(".b.tmp-")  # hidden; writers may pick the format by suffix
         first.write_text("1")
         second.write_text("2")
