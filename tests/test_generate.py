@@ -17,7 +17,8 @@ from expotion.checkpoint import save_adaptor
 from expotion.cli import main as cli_main
 from expotion.data import ClipDataset
 from expotion.embedding import VisualConfig
-from expotion.generate import ModelSettings, SamplingSettings, generate_for_video, load_models
+from expotion.files import OutputError
+from expotion.generate import ModelSettings, SamplingSettings, generate_for_cache, generate_for_video, load_models
 from expotion.generation import (GenerationError, decoding_steps, default_extend_stride, generate_tokens,
                                  generation_windows)
 from expotion.media import iter_clip_frames
@@ -234,6 +235,37 @@ def test_missing_mux_folder_is_created_and_a_blocked_one_refused_before_generati
     assert cli_main([*base, "--out", str(tmp_path / "o2.wav"), "--mux", str(tmp_path / "blocker" / "o.mp4")]) == 2
     assert f"muxed video {tmp_path / 'blocker' / 'o.mp4'}: cannot create its folder" in caplog.text
     assert not (tmp_path / "o2.wav").exists()
+
+
+def test_outputs_the_writers_cannot_make_are_refused_before_generation(tmp_path, demo_cache, checkpoint,
+                                                                        tiny_profile_cfg, caplog, monkeypatch):
+    """The writers pick the format from the name, and a batch's reference and generated wavs share names: both
+    would fail or destroy work only after generating, so they are refused first."""
+    video = write_video(tmp_path / "v.mp4", moving_frames(25, 64, 80), fps=25)
+    single = ["generate", "--video", str(video), "--prompt", "pop", *tiny_args(tiny_profile_cfg)]
+    batch = ["generate", "--cache", str(demo_cache[0] / "val"), "--checkpoint", str(checkpoint),
+             *tiny_args(tiny_profile_cfg)]
+    (tmp_path / "alias").symlink_to(tmp_path / "gen", target_is_directory=True)
+    cases = {
+        (*single, "--out", str(tmp_path / "o.m4a")): f"output wav {tmp_path / 'o.m4a'}: the file name must end in .wav",
+        (*single, "--out", str(tmp_path / "o")): f"output wav {tmp_path / 'o'}: the file name must end in .wav",
+        (*single, "--out", str(tmp_path / "o.wav"), "--mux", str(tmp_path / "o.avi")):
+            f"muxed video {tmp_path / 'o.avi'}: the file name must end in .mp4 or .mov or .mkv",
+        (*batch, "--out-dir", str(tmp_path / "gen"), "--reference-dir", str(tmp_path / "alias")):
+            f"--reference-dir {tmp_path / 'alias'} is --out-dir {tmp_path / 'gen'}: each clip's generated wav would "
+            "replace its reference",
+    }
+    refuse_model_loading(monkeypatch)
+    for args, message in cases.items():
+        caplog.clear()
+        assert cli_main(list(args)) == 2, message
+        assert message in caplog.text
+    assert not list(tmp_path.glob("o*"))
+    models = load_models(ModelSettings(checkpoint=checkpoint, profile="tiny",
+                                       tiny_dir=Path(tiny_profile_cfg.marlin_path).parent,
+                                       musicgen=tiny_profile_cfg.musicgen))
+    with pytest.raises(OutputError, match="generated wav would replace its reference"):
+        generate_for_cache(models, demo_cache[0] / "val", tmp_path / "gen", reference_dir=tmp_path / "gen")
 
 
 @pytest.fixture(scope="module")

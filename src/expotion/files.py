@@ -17,9 +17,12 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
-def prepare_output(path: str | os.PathLike, inputs: dict[str, Path], what: str) -> Path:
+def prepare_output(path: str | os.PathLike, inputs: dict[str, Path], what: str,
+                   suffixes: tuple[str, ...] = ()) -> Path:
     """Check that output ``path`` overwrites none of ``inputs`` (name -> path) and create its folder.
 
+    ``suffixes`` (lower case, with the dot), when given, are the file types the writer can make: the
+    writers pick the format from the name, so another one would fail only after the work is done.
     Raises :class:`OutputError` naming the option and the file, before any work is done.
     """
     path = Path(path)
@@ -27,6 +30,8 @@ def prepare_output(path: str | os.PathLike, inputs: dict[str, Path], what: str) 
         if source is not None and same_file(path, source):
             raise OutputError(f"{what} {path} is the {name} {source}: writing it would destroy the {name}; "
                               "choose another output path")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputError(f"{what} {path}: the file name must end in {' or '.join(suffixes)}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

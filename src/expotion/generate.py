@@ -45,11 +45,12 @@ from .data import CachedClip, FeatureSpec, read_clips
 from .devices import default_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, profile_config
 from .atomic import atomic_path, write_text
-from .files import OutputError, prepare_output
+from .files import OutputError, prepare_output, same_file
 from .generation import (Conditioning, GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt,
                          reads_text, text_lengths)
 from .manifest import ManifestError, parse_face_box
-from .media import ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music, write_clip_videos
+from .media import (MUX_SUFFIXES, ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music,
+                    write_clip_videos)
 from .musicgen import load_musicgen, model_signature
 from .rates import DEFAULT_RATES, Rates, StreamRate
 from .sampling import clip_seed
@@ -219,9 +220,16 @@ def check_video_outputs(video: Path, out: Path, mux: Path | None) -> None:
 
     Called before any model is loaded, so a bad path costs nothing.
     """
-    prepare_output(out, {"input video": video}, "output wav")
+    prepare_output(out, {"input video": video}, "output wav", (".wav",))
     if mux is not None:
-        prepare_output(mux, {"input video": video, "output wav": out}, "muxed video")
+        prepare_output(mux, {"input video": video, "output wav": out}, "muxed video", MUX_SUFFIXES)
+
+
+def check_batch_folders(out_dir: Path, reference_dir: Path | None) -> None:
+    """Refuse a reference folder that is the output folder: each clip's reference and generated wav share a name."""
+    if reference_dir is not None and same_file(out_dir, reference_dir):
+        raise OutputError(f"--reference-dir {reference_dir} is --out-dir {out_dir}: each clip's generated wav would "
+                          "replace its reference; choose another folder")
 
 
 def check_features(feats: VideoFeatures, models: Models, video: Path) -> None:
@@ -382,6 +390,7 @@ class CacheJob:
     def plan(cls, models: Models, clips: list[CachedClip], out_dir: Path, *, reference_dir: Path | None,
              mux_dir: Path | None, sampling: SamplingSettings, batch_size: int) -> CacheJob:
         """Check every clip (its features, caption and output paths) and batch the ones that pass."""
+        check_batch_folders(Path(out_dir), reference_dir)
         for folder in (out_dir, reference_dir, mux_dir):
             if folder is not None:
                 Path(folder).mkdir(parents=True, exist_ok=True)
@@ -603,6 +612,7 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         raise GenerationError("--plot draws one video's figure; for a cached split use `expotion eval --plots`")
     if args.devices < 1 or args.num_nodes < 1:
         raise GenerationError(f"--devices and --num-nodes must be at least 1, got {args.devices} and {args.num_nodes}")
+    check_batch_folders(args.out_dir, args.reference_dir)
     progress = ProgressBars()
     if args.devices * args.num_nodes > 1:
         from .distributed_generation import generate_on_devices

@@ -238,6 +238,10 @@ def first_video_time(container: av.container.InputContainer) -> float | None:
     return float(stream.start_time * stream.time_base)
 
 
+# Containers that take the source's video stream as it is and an AAC track; the name picks the container.
+MUX_SUFFIXES = (".mp4", ".mov", ".mkv")
+
+
 def mux_audio(video: Path, audio: Path, out: Path) -> Path:
     """Copy ``video``'s video stream packet for packet into ``out`` and add the wav ``audio`` as AAC.
 
