@@ -115,6 +115,30 @@ def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_d
         assert f["clips/demo-000-000/synchformer"].shape[0] == DEFAULT_RATES.synchformer_tokens(CLIP_S)
 
 
+@pytest.mark.parametrize("seconds", [2.01, 3.333, 0.0, -2.0])
+def test_clip_seconds_off_the_encodec_frame_grid_are_refused_before_any_work(seconds, small_demo, tiny_profile_cfg,
+                                                                             tmp_path, capsys):
+    """EnCodec gives whole 20 ms frames, so a 2.01 s clip's codes never had the frame count its streams are cut to."""
+    from expotion.cli import main as expotion
+
+    assert expotion(["features", "--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
+                     "--tiny-dir", tiny_profile_cfg.weights_dir, "--extractors", "codes",
+                     "--clip-seconds", str(seconds)]) == 2
+    assert (f"--clip-seconds {seconds:g}: a clip must be a positive whole number of EnCodec frames (0.02 s each at "
+            "50 Hz)") in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("seconds", [1.02, 1.98, 3.14])
+def test_clip_seconds_on_the_grid_give_codes_of_their_frame_count(seconds, small_demo, tiny_profile_cfg, tmp_path):
+    cfg = replace(config(small_demo, tmp_path / "cache", tiny_profile_cfg), names=("codes",), clip_seconds=seconds)
+    assert sum(run(cfg).written.values()) == 3 * int(4.0 // seconds)  # three 4 s recordings
+    for shard in list_shards(tmp_path / "cache"):
+        with open_shard(shard) as f:
+            for clip in f["clips"].values():
+                assert clip["codes"].shape[-1] == round(seconds * 50)
+
+
 def test_missing_weights_fail_before_any_work(small_demo, tmp_path):
     from expotion.features import real_profile
     from expotion.weights import MissingWeightsError

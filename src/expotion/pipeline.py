@@ -69,6 +69,19 @@ class PrecomputeConfig:
     rates: Rates = DEFAULT_RATES  # e.g. the Synchformer segment stride
     node: NodeShare = SINGLE_NODE  # which shards this machine writes
 
+    def __post_init__(self) -> None:
+        check_clip_seconds(self.clip_seconds, self.rates.codes_fps)
+
+
+def check_clip_seconds(clip_s: float, codes_fps: float) -> None:
+    """Refuse a clip length off the EnCodec frame grid: its codes could not have the frame count every stream is
+    cut to, and every clip would be skipped after its features were computed."""
+    frames = clip_s * codes_fps
+    if clip_s <= 0 or abs(frames - round(frames)) > 1e-6:
+        step = 1.0 / codes_fps
+        raise ValueError(f"--clip-seconds {clip_s:g}: a clip must be a positive whole number of EnCodec frames "
+                         f"({step:g} s each at {codes_fps:g} Hz), e.g. {max(round(frames), 1) * step:g}")
+
 
 @dataclass(frozen=True)
 class ShardJob:
