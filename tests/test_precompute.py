@@ -170,6 +170,7 @@ def bad_inputs(small_demo, tmp_path_factory):
     write_video(root / "vfr.mkv", frames, fps=25, pts=pts)
     write_video(root / "odd.mkv", moving_frames(60, 67, 91), fps=25, codec="ffv1")
     write_video(root / "huge.mkv", np.zeros((2, 32, 8200, 3), np.uint8), fps=10, codec="ffv1")
+    sf.write(root / "short_audio.wav", np.zeros(32000, np.float32), 32000)  # 1 s beside a 4 s video
     rows = [
         ("good", "videos/demo-000.mp4", "audio/demo-000.wav", "drums", "100 18 220 138"),
         ("corrupt", "corrupt.mp4", "", "x", ""),
@@ -177,6 +178,7 @@ def bad_inputs(small_demo, tmp_path_factory):
         ("silent", "silent.mp4", "", "x", "0 0 40 40"),
         ("noaudio", "only_audio.wav", "", "x", ""),
         ("short", "short.mp4", wav.relative_to(root), "x", "0 0 40 40"),
+        ("shortaudio", "videos/demo-001.mp4", "short_audio.wav", "x", "0 0 40 40"),
         ("vfr", "vfr.mkv", wav.relative_to(root), "x", "0 0 40 40"),
         ("odd", "odd.mkv", wav.relative_to(root), "x", "0 0 40 40"),
         ("huge", "huge.mkv", wav.relative_to(root), "x", ""),
@@ -195,7 +197,10 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(bad_inputs, tiny_profile_cf
     assert "truncated.mp4" in reasons["truncated"]
     assert "no audio stream, and the manifest gives no audio file" in reasons["silent"]
     assert "only_audio.wav: no video stream" in reasons["noaudio"]
-    assert "shorter than one clip" in reasons["short"]
+    assert reasons["short"].endswith("short.mp4: 1.20 s is shorter than one clip (2 s)")
+    assert reasons["shortaudio"] == (f"{bad_inputs.parent / 'short_audio.wav'}: 1.00 s (its video "
+                                     f"{bad_inputs.parent / 'videos' / 'demo-001.mp4'} lasts 4.00 s) is shorter than "
+                                     "one clip (2 s)")
     assert "too large" in reasons["huge"]
     assert "missing caption" in reasons["nocaption-000"] and "missing caption" in reasons["nocaption-001"]
     notes = {(n["clip"], n["note"].split(":")[0]) for n in summary.notes}

@@ -181,12 +181,14 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
         audio = read_music(rec.video, rec.audio, rates.sample_rate) if "codes" in ex.names else None
     except MediaError as err:
         return skip(writer, rec.id, str(err))
-    duration = info.duration_s if audio is None else min(info.duration_s, len(audio) / rates.sample_rate)
+    audio_s = None if audio is None else len(audio) / rates.sample_rate
+    duration = info.duration_s if audio_s is None else min(info.duration_s, audio_s)
     clips = chop(rec, duration, cfg.clip_seconds, keep_tail=cfg.keep_tail)
     covered = max((c.start_s + c.duration_s for c in clips), default=0.0)
     writer.cover(rec.id, duration, len(clips), duration - covered)
     if not clips:
-        return skip(writer, rec.id, f"{rec.video}: {duration:.2f} s is shorter than one clip ({cfg.clip_seconds:g} s)")
+        return skip(writer, rec.id, f"{length_of(rec, info.duration_s, audio_s)} is shorter than one clip "
+                                    f"({cfg.clip_seconds:g} s)")
     if not rec.caption and "t5" in ex.names:
         for clip in clips:
             skip(writer, clip.id, f"{rec.video}: missing caption in the manifest")
@@ -202,6 +204,15 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
     except MediaError as err:
         skip(writer, rec.id, str(err))
     return None
+
+
+def length_of(rec: Recording, video_s: float, audio_s: float | None) -> str:
+    """A recording's usable length, naming the file that sets it (a separate audio file may be the shorter)."""
+    if audio_s is None or audio_s >= video_s:
+        return f"{rec.video}: {video_s:.2f} s"
+    if rec.audio:
+        return f"{rec.audio}: {audio_s:.2f} s (its video {rec.video} lasts {video_s:.2f} s)"
+    return f"{rec.video}: its audio track's {audio_s:.2f} s"
 
 
 def write_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWriter) -> None:
