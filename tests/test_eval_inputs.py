@@ -67,6 +67,20 @@ def clip_ids(split: Path) -> list[str]:
 # ---- excluded and suspicious clips --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("side, seconds, rms, reference_s, expected", [
+    ("generated", 0.5, -20.0, 0.52, ["generated audio lasts 0.50 s: under 1 s"]),
+    ("generated", 5.0, -20.0, 10.0, ["generated audio lasts 5.00 s: 50% of the reference's 10.00 s"]),
+    ("generated", 9.5, -20.0, 10.0, []),
+    ("generated", 0.1, float("-inf"), 4.0, ["generated audio is silent (digital silence)",
+                                           "generated audio lasts 0.10 s: under 1 s, 2% of the reference's 4.00 s"]),
+    ("reference", 0.5, -70.0, None, ["reference audio is silent (RMS -70.0 dBFS)", "reference audio lasts 0.50 s: under 1 s"]),
+])
+def test_audio_problems_name_each_threshold_once(side, seconds, rms, reference_s, expected):
+    from expotion.evaluation.checks import audio_problems
+
+    assert audio_problems(side, seconds, rms, reference_s) == expected
+
+
 def test_excluded_and_suspicious_clips_are_named_with_the_thresholds(weights, tmp_path, capsys):
     for clip_id in ("ok", "broken", "silent", "short"):
         write_wav(tmp_path / "ref" / f"{clip_id}.wav", music(4.0), SR)
@@ -92,8 +106,7 @@ def test_excluded_and_suspicious_clips_are_named_with_the_thresholds(weights, tm
     for threshold in ("RMS below -60 dBFS", "under 1 s", "under 90% of its reference's duration"):
         assert threshold in header
     assert "- silent: generated audio is silent (digital silence)" in lines
-    assert ("- short: generated audio lasts 0.10 s; generated audio lasts 0.10 s, 2% of the reference's 4.00 s"
-            in lines)
+    assert "- short: generated audio lasts 0.10 s: under 1 s, 2% of the reference's 4.00 s" in lines
     assert not any(line.startswith("- ok:") for line in lines)
 
     doc = json.loads((tmp_path / "out" / "metrics.json").read_text())

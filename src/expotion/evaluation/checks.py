@@ -22,13 +22,18 @@ THRESHOLDS = (f"silent = RMS below {SILENT_RMS_DBFS:g} dBFS over the whole clip;
               "of its reference's duration")
 
 
-def audio_problems(side: str, seconds: float, rms_dbfs: float) -> list[str]:
+def audio_problems(side: str, seconds: float, rms_dbfs: float, reference_s: float | None = None) -> list[str]:
+    """What is wrong with one side's audio: silence, and its length with every threshold it falls under
+    (``reference_s``: the reference's length, for the generated side)."""
     problems = []
     if rms_dbfs < SILENT_RMS_DBFS:
         level = "digital silence" if math.isinf(rms_dbfs) else f"RMS {rms_dbfs:.1f} dBFS"
         problems.append(f"{side} audio is silent ({level})")
-    if seconds < MIN_SECONDS:
-        problems.append(f"{side} audio lasts {seconds:.2f} s")
+    short = [f"under {MIN_SECONDS:g} s"] if seconds < MIN_SECONDS else []
+    if reference_s and seconds < MIN_FRACTION_OF_REFERENCE * reference_s:
+        short.append(f"{seconds / reference_s:.0%} of the reference's {reference_s:.2f} s")
+    if short:
+        problems.append(f"{side} audio lasts {seconds:.2f} s: {', '.join(short)}")
     return problems
 
 
@@ -43,11 +48,9 @@ def suspicious(pairing: Pairing, store: Store, rows: dict[str, dict]) -> dict[st
                 continue
             stats[side] = (float(arrays["seconds"]), float(arrays["rms_dbfs"]))
             rows[clip_id][f"seconds_{side}"], rows[clip_id][f"rms_dbfs_{side}"] = stats[side]
-        problems = [p for side, (seconds, rms) in stats.items() for p in audio_problems(side, seconds, rms)]
-        if len(stats) == 2:
-            gen, ref = stats["generated"][0], stats["reference"][0]
-            if gen < MIN_FRACTION_OF_REFERENCE * ref:
-                problems.append(f"generated audio lasts {gen:.2f} s, {gen / ref:.0%} of the reference's {ref:.2f} s")
+        reference_s = stats["reference"][0] if "reference" in stats else None
+        problems = [p for side, (seconds, rms) in stats.items()
+                    for p in audio_problems(side, seconds, rms, reference_s if side == "generated" else None)]
         if problems:
             found[clip_id] = problems
             rows[clip_id]["suspicious"] = "; ".join(problems)
