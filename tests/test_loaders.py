@@ -122,7 +122,7 @@ def test_marlin_encoder_file_round_trip(tmp_path):
     feats = enc(x)
     assert feats.shape == (3, 32)
     assert torch.allclose(enc(x[:1]), feats[:1], atol=1e-5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match=r"takes windows of shape \(W, 3, 16, 64, 64\), got \(1, 3, 8, 64, 64\)"):
         enc(torch.rand(1, 3, 8, 64, 64))
 
 

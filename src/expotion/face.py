@@ -91,7 +91,8 @@ def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor
     Frames sharing a (rounded) box are resized together, which makes a fixed
     studio box as cheap as one batched resize.
     """
-    assert len(frames) == len(boxes), (len(frames), len(boxes))
+    if len(frames) != len(boxes):
+        raise ValueError(f"crop_faces: {len(frames)} frames but {len(boxes)} boxes")
     keys = np.round(boxes).astype(int)
     out = torch.empty(len(frames), 3, size, size)
     for x0, y0, x1, y1 in np.unique(keys, axis=0):

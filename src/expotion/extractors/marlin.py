@@ -48,9 +48,13 @@ class FaceEncoder(torch.nn.Module):
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """(W, 3, 16, S, S) face crops in [0, 1] -> (W, D) window features (token mean)."""
         expected = (3, self.window, self.input_size, self.input_size)
-        assert windows.ndim == 5 and tuple(windows.shape[1:]) == expected, (tuple(windows.shape), expected)
+        if windows.ndim != 5 or tuple(windows.shape[1:]) != expected:
+            raise ValueError(f"{self.name}: takes windows of shape (W, {', '.join(map(str, expected))}), "
+                             f"got {tuple(windows.shape)}")
         feats = self.model.extract_features(windows, keep_seq=False)
-        assert feats.shape == (windows.shape[0], self.dim), feats.shape
+        if feats.shape != (windows.shape[0], self.dim):
+            raise ValueError(f"{self.name}: gave features of shape {tuple(feats.shape)}, expected "
+                             f"{(windows.shape[0], self.dim)}")
         return feats
 
 

@@ -107,5 +107,7 @@ def compute_flow(model: torch.nn.Module, frames: np.ndarray, cfg: FlowConfig, ba
         flow = model(a, b, num_flow_updates=cfg.updates)[-1]
         out.append(F.avg_pool2d(flow, cfg.pool) / cfg.pool)
     flows = torch.cat(out).cpu().numpy()
-    assert flows.shape == (len(frames) - 1, *cfg.stored_shape), flows.shape
+    if flows.shape != (len(frames) - 1, *cfg.stored_shape):
+        raise ValueError(f"RAFT gave flows of shape {flows.shape} for {len(frames)} frames, expected "
+                         f"{(len(frames) - 1, *cfg.stored_shape)}")
     return flows
