@@ -75,6 +75,9 @@ def test_passt_front_end_shape_for_10s():
     """10 s at 32 kHz gives 1000 frames of 128 bands, which PaSST's 16/10 patching turns into 12 x 99 patches."""
     mel = passt.MelFrontEnd()(torch.full((1, 320000), 0.01))
     assert tuple(mel.shape) == (1, 1, 128, 1000)
+    model = passt.PaSST(dim=8, depth=1, mlp_hidden=8)  # the released patching with a narrow width
+    assert tuple(model.patch_embed(mel).shape[-2:]) == (12, 99)
+    assert (model.freq_new_pos_embed.shape[2], model.time_new_pos_embed.shape[3]) == (12, 99)
 
 
 def test_audio_chunking():

@@ -16,8 +16,9 @@ def test_one_pass_yields_each_window_with_relative_timestamps(tmp_path):
         assert clip.frames.shape == (50, 64, 80, 3)
         assert np.allclose(clip.times, np.arange(50) / 25, atol=1e-3)
         assert clip.notes == []
-    # the second window starts 50 frames in: the square has moved 200 px (mod 64) further
-    assert not np.array_equal(out[0].frames[0], out[1].frames[0])
+    (_, whole), = iter_clip_frames(path, [(0.0, 4.0)])
+    assert np.array_equal(out[0].frames, whole.frames[:50])
+    assert np.array_equal(out[1].frames, whole.frames[50:])  # the second window is frames 50-99 of the video
 
 
 def test_decode_downscales_large_frames(tmp_path):
