@@ -50,13 +50,22 @@ def test_every_clip_written_with_schema(demo_cache):
         assert np.abs(clip["raft"][()]).max() > 0  # the arms move
 
 
-def test_features_follow_the_video(demo_cache):
-    """Different recordings (tempo, chords) give different features; the same clip's codes are stable."""
+def test_features_follow_the_video(demo_cache, small_demo, tiny_profile_cfg):
+    """Different recordings (tempo, chords) give different features; a clip's codes are its own span of the music,
+    encoded again to the same tokens."""
+    from expotion.media import read_audio
+    from expotion.musicgen import encode_audio, load_musicgen
+
     cache, _ = demo_cache
     with h5py.File(cache / "train/shard-00000.h5") as f:
         a, b = f["clips/demo-000-000"], f["clips/demo-001-000"]
         for name in ("marlin", "synchformer", "raft", "codes"):
             assert not np.array_equal(a[name][()], b[name][()]), name
+        stored = f["clips/demo-000-001/codes"][()]
+    musicgen = load_musicgen(tiny_profile_cfg.musicgen)
+    music = read_audio(small_demo.parent / "audio" / "demo-000.wav", musicgen.sample_rate)
+    span = music[int(CLIP_S * musicgen.sample_rate) : int(2 * CLIP_S * musicgen.sample_rate)]  # clip 001: 2-4 s
+    assert np.array_equal(encode_audio(musicgen, span), stored)
 
 
 def test_inspect_prints_rates_and_lengths(demo_cache, capsys):
