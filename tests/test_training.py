@@ -229,6 +229,17 @@ def test_make_train_ckpt_path_last_resumes_at_the_next_step(tmp_path, demo_cache
     assert scalar_steps(versions[-1], "train/loss") == [killed_at, killed_at + 1]
 
 
+# ablation overlay -> (face, motion, generic prompt) it selects
+ABLATIONS = {
+    "face.yaml": (True, None, False),
+    "face_synchformer.yaml": (True, "synchformer", False),
+    "synchformer.yaml": (False, "synchformer", False),
+    "raft.yaml": (False, "raft", False),
+    "generated_prompt.yaml": (True, "synchformer", False),
+    "generic_prompt.yaml": (True, "synchformer", True),
+}
+
+
 def test_every_config_parses(tmp_path):
     from lightning.pytorch.cli import LightningCLI
 
@@ -243,7 +254,9 @@ def test_every_config_parses(tmp_path):
     paper, large = configs / "paper.yaml", configs / "musicgen_large.yaml"
     combos = [[configs / "tiny_cpu.yaml"], [paper]]
     combos += [[paper, configs / f"musicgen_{s}.yaml"] for s in ("small", "medium", "large")]
-    combos += [[paper, large, a] for a in sorted((configs / "ablations").glob("*.yaml"))]
+    overlays = sorted((configs / "ablations").glob("*.yaml"))
+    assert {a.name for a in overlays} == set(ABLATIONS)
+    combos += [[paper, large, a] for a in overlays]
     combos += [[paper, large, configs / "ddp_4gpu.yaml"]]
     combos += [[paper, large, configs / "official.yaml"],
                [paper, large, configs / "ablations" / "raft.yaml", configs / "official.yaml"]]
@@ -255,11 +268,10 @@ def test_every_config_parses(tmp_path):
         if files[-1].name == "musicgen_small.yaml":
             assert cfg.model.musicgen == "facebook/musicgen-small" and cfg.model.adaptor.n_adapted == 24
             assert cfg.trainer.default_root_dir == "runs/musicgen_small" and cfg.model.lr == 0.01  # base kept
-        if files[-1].name == "face.yaml":
-            assert cfg.model.adaptor.visual.face and cfg.model.adaptor.visual.motion is None
+        if files[-1].parent.name == "ablations":  # each Table 1 / §4.5 row over the large size config
+            visual = cfg.model.adaptor.visual
+            assert (visual.face, visual.motion, cfg.data.generic_prompt) == ABLATIONS[files[-1].name], files[-1]
             assert cfg.model.adaptor.n_adapted == 48  # the overlay keeps the size config's other fields
-        if files[-1].name == "generic_prompt.yaml":
-            assert cfg.data.generic_prompt
         if files[-1].name == "ddp_4gpu.yaml":
             assert cfg.trainer.devices == 4 and cfg.trainer.strategy == "ddp" and cfg.data.batch_size == 10
         if files[-1].name == "official.yaml":
