@@ -188,7 +188,8 @@ def format_cell(value) -> str:
 
 
 def write_csv(path: Path, evaluation: Evaluation) -> None:
-    with path.open("w", newline="") as f:
+    """``per_clip.csv``, renamed into place when complete like the run's other outputs."""
+    with atomic.atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="raise")
         writer.writeheader()
         for clip_id in sorted(evaluation.rows):
