@@ -1,9 +1,12 @@
-"""The precompute stage end to end on tiny models: schema, inspect, bad input, kill and resume, faults."""
+"""The precompute stage end to end on tiny models: schema, inspect, bad input, kill and resume, faults,
+shards left outside the plan."""
+import csv
 import fcntl
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +25,10 @@ from conftest import CLIP_S, moving_frames, precompute_config as config, write_v
 from expotion.cache import SCHEMA_VERSION, CacheError, NonFiniteError, ShardWriter, list_shards, open_shard
 from expotion.cache import main as cache_main
 from expotion.cache import remove_stale_temporaries
-from expotion.pipeline import run, written_clip_ids
+from expotion.data import ClipDataset, read_clips
+from expotion.evaluation.files import InputError, read_cache_split
+from expotion.nodes import NodeShare
+from expotion.pipeline import merge_summary, run, written_clip_ids
 from expotion.rates import DEFAULT_RATES, FeatureShapeError, Rates, StreamRate, check_shape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -500,3 +506,107 @@ def test_killing_a_two_worker_run_stops_its_workers(small_demo, tiny_profile_cfg
     elapsed = seconds_until_ended(sorted(workers), killed)
     print(f"workers {sorted(workers)} ended within {elapsed:.3f} s of SIGKILL to the run (pid {proc.pid})")
     assert elapsed < 2.0
+
+
+# ---- shards outside the plan -------------------------------------------------------------------
+STREAMS = ("marlin", "synchformer", "raft")
+
+
+def removals(caplog) -> list[str]:
+    return [m for m in caplog.messages if m.startswith("removed ")]
+
+
+def manifest_with(small_demo: Path, path: Path, splits: dict[str, str | None]) -> Path:
+    """The demo manifest with recordings moved to another split (``{id: split}``) or left out (``{id: None}``)."""
+    with small_demo.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            split = splits.get(row["id"], row["split"])
+            if split is not None:
+                writer.writerow({**row, "split": split})
+    return path
+
+
+def test_more_recordings_per_shard_remove_the_shards_of_the_old_plan(small_demo, tiny_profile_cfg, tmp_path, caplog):
+    """1 recording per shard, then 2: train/shard-00001 (demo-001, now in train/shard-00000) goes, but only once
+    the new plan is complete; a partial run (here one node of two, which writes nothing) removes nothing.
+    (Without RAFT, the slowest extractor, to be quick.)"""
+    names, cache = ("codes", "t5", "marlin"), tmp_path / "cache"
+    run(config(small_demo, cache, tiny_profile_cfg, names=names, per_shard=1))
+    old = cache / "train/shard-00001.h5"
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        partial = run(config(small_demo, cache, tiny_profile_cfg, names=names, node=NodeShare(1, 2, "test")))
+        assert partial.missing == ["train/shard-00000.h5"] and old.exists() and removals(caplog) == []  # val: reused
+        summary = run(config(small_demo, cache, tiny_profile_cfg, names=names))
+    assert removals(caplog) == [f"removed stale shard {old}: not in this run's plan "
+                                "(2 recordings per shard give 'train' 1 shard(s))"]
+    run(config(small_demo, tmp_path / "fresh", tiny_profile_cfg, names=names))
+    assert same_files(cache, tmp_path / "fresh") == [".lock-node-1-of-2"]  # shards and summary.json of one run
+    ids = [ref.clip_id for ref in ClipDataset(cache / "train", ("marlin",), CLIP_S, False).refs]
+    assert sorted(ids) == ["demo-000-000", "demo-000-001", "demo-001-000", "demo-001-001"]
+    assert len(ids) == summary.written["train"] == 4
+
+
+def test_a_recording_moved_to_another_split_or_dropped_leaves_its_old_split(small_demo, demo_cache, tiny_profile_cfg,
+                                                                           tmp_path, caplog):
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache[0], cache)
+    moved = manifest_with(small_demo, tmp_path / "moved.csv", {"demo-002": "train"})  # from val
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        summary = run(config(moved, cache, tiny_profile_cfg, data_root=small_demo.parent))
+    assert summary.written == {"train": 6} and (summary.new_shards, summary.reused_shards) == (1, 1)
+    assert removals(caplog) == [
+        f"removed stale shard {cache / 'val/shard-00000.h5'}: split 'val' is not in the manifest",
+        f"removed split directory {cache / 'val'}: split 'val' is not in the manifest"]
+    assert [p.relative_to(cache).as_posix() for p in list_shards(cache)] == ["train/shard-00000.h5",
+                                                                             "train/shard-00001.h5"]
+    assert [c.clip_id for c in read_clips(cache, STREAMS)] == written_clip_ids(demo_cache[0])  # each clip once
+
+    caplog.clear()
+    dropped = manifest_with(small_demo, tmp_path / "dropped.csv", {"demo-002": None})
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        summary = run(config(dropped, cache, tiny_profile_cfg, data_root=small_demo.parent))
+    assert summary.written == {"train": 4} and summary.new_shards == 0
+    assert removals(caplog) == [f"removed stale shard {cache / 'train/shard-00001.h5'}: not in this run's plan "
+                                "(2 recordings per shard give 'train' 1 shard(s))"]
+    assert [c.clip_id for c in read_clips(cache, STREAMS)] == written_clip_ids(demo_cache[0] / "train")
+
+
+def test_only_shards_of_the_cache_layout_are_removed(small_demo, demo_cache, tiny_profile_cfg, tmp_path, caplog):
+    """--merge-summary, like the last node, removes the shards outside the plan: here val's, as the manifest has
+    no val recording left. Files that are not shards of <cache>/<split>/ stay, and so does val/ that holds them."""
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache[0], cache)
+    val_shard = (cache / "val/shard-00000.h5").read_bytes()
+    user = {"notes.txt": b"mine", "val/README.md": b"mine", "val/shard-00000.h5.bak": val_shard,
+            "val/shard-00009.h5": b"not HDF5", "val/old/shard-00000.h5": val_shard,
+            "backup/shard-00000.h5": val_shard}  # the last two: shard copies outside <cache>/<their split>/
+    for name, data in user.items():
+        (cache / name).parent.mkdir(parents=True, exist_ok=True)
+        (cache / name).write_bytes(data)
+    dropped = manifest_with(small_demo, tmp_path / "dropped.csv", {"demo-002": None})
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        summary = merge_summary(config(dropped, cache, tiny_profile_cfg, data_root=small_demo.parent))
+    assert summary.written == {"train": 4}
+    assert removals(caplog) == [
+        f"removed stale shard {cache / 'val/shard-00000.h5'}: split 'val' is not in the manifest"]
+    assert {name: (cache / name).read_bytes() for name in user} == user
+
+
+def test_readers_refuse_a_clip_id_in_two_shards(demo_cache, tmp_path):
+    """A shard copied under another shard's name (as an older version's stale shard would be) fails every reader,
+    naming the id and both files, instead of giving its clips twice."""
+    split = tmp_path / "cache" / "train"
+    shutil.copytree(demo_cache[0] / "train", split)
+    shutil.copy(split / "shard-00000.h5", split / "shard-00001.h5")
+    message = re.escape(f"clip id 'demo-000-000' is in two shards, {split / 'shard-00000.h5'} and "
+                        f"{split / 'shard-00001.h5'}; rerun `make features`")
+    with pytest.raises(CacheError, match=message):
+        ClipDataset(split, STREAMS, CLIP_S, False)
+    with pytest.raises(CacheError, match=message):
+        read_clips(split, STREAMS)
+    with pytest.raises(InputError, match=message):
+        read_cache_split(split)

@@ -16,13 +16,14 @@ Usage: ``expotion cache inspect PATH`` (a shard or a directory).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .rates import DEFAULT_RATES, VIDEO_STREAMS, Rates, StreamRate
 
 SCHEMA_VERSION = 2  # 2: Synchformer datasets record their segment layout (token times)
 LOCK_NAME = ".lock"
+SHARD_NAME = re.compile(r"^shard-\d{5,}\.h5$")  # a published shard, as shard_path names it
 # ``.shard-NNNNN.tmp-<pid>-<random>-<host>.h5`` (see expotion.atomic.temporary_path): the shard being written,
 # the process writing it and its machine (no host: a temporary of an earlier version, from this machine)
 TEMPORARY = re.compile(r"^\.(?P<shard>shard-\d+)\.tmp-(?P<pid>\d+)-[0-9a-f]+(?:-(?P<host>.+))?\.h5$")
@@ -195,6 +197,39 @@ def remove_stale_temporaries(cache: Path, owned: Collection[Path] = ()) -> list[
     return removed
 
 
+def remove_shards_except(cache: Path, keep: Collection[Path]) -> list[Path]:
+    """Delete every shard of ``cache`` not in ``keep``, then the split directories this leaves empty.
+
+    Readers take every shard file under a split, so a shard the current plan no
+    longer writes would add its clips again. Only a ``<cache>/<split>/shard-NNNNN.h5``
+    whose ``split`` attribute names its directory is a shard this layout wrote:
+    anything else (a user's file, a shard copied into another directory) stays.
+    Returns the removed shards, then the removed directories.
+    """
+    cache, keep = Path(cache), {Path(p) for p in keep}
+    shards = []
+    for path in sorted(cache.glob("*/shard-*.h5")):
+        if SHARD_NAME.match(path.name) and path not in keep and written_split(path) == path.parent.name:
+            with contextlib.suppress(FileNotFoundError):  # another node's summary removed it first
+                path.unlink()
+                shards.append(path)
+    directories = []
+    for split in sorted({p.parent for p in shards} - {p.parent for p in keep}):
+        with contextlib.suppress(OSError):  # it holds other files (kept), or a concurrent summary removed it
+            split.rmdir()
+            directories.append(split)
+    return shards + directories
+
+
+def written_split(path: Path) -> str | None:
+    """The ``split`` a shard file records (whatever its schema version), or None if it is not a shard."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("split", "")) or None
+    except OSError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -237,6 +272,19 @@ def shard_attrs(path: Path) -> dict | None:
 def list_shards(root: Path) -> list[Path]:
     root = Path(root)
     return [root] if root.is_file() else sorted(root.rglob("shard-*.h5"))
+
+
+def claim_clip_ids(owners: dict[str, Path], shard: Path, clip_ids: Iterable[str]) -> None:
+    """Record ``shard`` as the holder of ``clip_ids`` in ``owners``; raise :class:`CacheError` if another holds one.
+
+    Two shards with one clip id (a shard left from an older plan, or a copied
+    file) would train on a clip twice, or leak a val/test clip into training.
+    """
+    for clip_id in clip_ids:
+        other = owners.setdefault(clip_id, shard)
+        if other != shard:
+            raise CacheError(f"clip id '{clip_id}' is in two shards, {other} and {shard}; rerun `make features` "
+                             "(a run removes the shards outside its plan) or delete the shard that does not belong")
 
 
 def summarize_shard(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """Training data from the HDF5 feature cache: a Dataset of clips and a LightningDataModule.
 
-Shards are validated when the dataset is built (schema version, truncation)
+Shards are validated when the dataset is built (schema version, truncation, a clip id in two shards)
 and opened lazily, once per worker process, when items are read. Each item is a
 random crop of ``crop_seconds`` (training) or the clip start (validation): the
 codes are sliced, and the visual streams are kept whole with the crop's start
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import CacheError, list_shards, open_shard
+from .cache import CacheError, claim_clip_ids, list_shards, open_shard
 from .manifest import VIDEO_AUDIO
 from .rates import DEFAULT_RATES, StreamRate
 
@@ -100,8 +100,10 @@ class ClipDataset(Dataset):
         if not shards:
             raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
         seen, recordings_skipped = 0, []
+        owners: dict[str, Path] = {}  # clip id -> its shard: a second shard with the id is refused
         for path in shards:
             with open_shard(path) as f:
+                claim_clip_ids(owners, path, f["clips"].keys())
                 seen += len(f["clips"])
                 recordings_skipped += json.loads(f.attrs.get("skipped", "[]"))
                 self.scan(path, f)
@@ -280,9 +282,10 @@ class CachedClip:
 
 def read_clips(root: str | os.PathLike, streams: tuple[str, ...]) -> list[CachedClip]:
     """Every cached clip under ``root``, in id order, without reading its features."""
-    clips = []
+    clips, owners = [], {}  # owners: clip id -> its shard, to refuse a second shard with the id
     for path in list_shards(Path(root)):
         with open_shard(path) as f:
+            claim_clip_ids(owners, path, f["clips"].keys())
             data_root = Path(f.attrs.get("data_root", "."))
             for clip_id, g in f["clips"].items():
                 audio = str(g.attrs["audio_source"])

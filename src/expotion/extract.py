@@ -6,7 +6,9 @@ and T5 text embeddings of every clip in a manifest to HDF5 shards.
         [--synchformer-stride 8]
 
 Interrupting is safe: rerun the same command and finished shards are kept. A
-second run on the same cache waits for the first.
+second run on the same cache waits for the first. Once every shard of the run's
+plan is written, the shards outside it (of another --recordings-per-shard, or of
+a split no longer in the manifest) are removed, each with a warning.
 
 Across machines, run the same command on every node: node r of n writes the
 shards k with k mod n == r. The node rank and count come from --node-rank and

@@ -17,6 +17,11 @@ Nodes write disjoint shards and never wait for each other. The node that finds
 every shard written (the last to finish, any node on a rerun, or
 :func:`merge_summary`) writes the one ``summary.json``.
 
+Only then, with every shard of the plan complete, are the shards outside the
+plan deleted (an earlier ``recordings_per_shard``, a recording since moved to
+another split or dropped from the manifest): readers take every shard of a
+split, so they would otherwise read those clips again.
+
 Bad input never stops the run: each problem is logged and recorded in the
 shard (``skipped``) and in the end summary, which also lists the seconds each
 recording loses after its last whole clip and names every split left empty.
@@ -44,7 +49,7 @@ from tqdm import tqdm
 
 from . import __version__, atomic
 from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lock, file_lock, list_shards,
-                    remove_stale_temporaries, shard_attrs, shard_path)
+                    remove_shards_except, remove_stale_temporaries, shard_attrs, shard_path)
 from .features import DEFAULT_EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
@@ -358,13 +363,31 @@ def merge_summary(cfg: PrecomputeConfig) -> Summary:
 
 
 def summarise(jobs: list[ShardJob], cfg: PrecomputeConfig, summary: Summary) -> Summary:
-    """Fill ``summary`` from the shards on disk; write ``summary.json`` when every shard of the plan is there."""
+    """Fill ``summary`` from the shards on disk; when every shard of the plan is there, delete the shards
+    outside it and write ``summary.json``."""
     summary.splits = sorted({j.split for j in jobs})
     summary.missing = [j.path(cfg.cache).relative_to(cfg.cache).as_posix() for j in jobs if not is_done(j, cfg)]
     collect(summary, [j.path(cfg.cache) for j in jobs])
     if not summary.missing:
+        remove_stale_shards(jobs, cfg)
         atomic.write_text(Path(cfg.cache) / "summary.json", json.dumps(summary.to_json(), indent=2))
     return summary
+
+
+def remove_stale_shards(jobs: list[ShardJob], cfg: PrecomputeConfig) -> None:
+    """Delete the shards and split directories outside the plan, logging each with the reason.
+
+    Called only once the whole plan is written: a run killed before that deletes nothing, and its rerun resumes.
+    """
+    cache, shards = Path(cfg.cache), Counter(j.split for j in jobs)
+    for path in remove_shards_except(cache, [j.path(cache) for j in jobs]):
+        if path.parent == cache:
+            log.warning("removed split directory %s: split '%s' is not in the manifest", path, path.name)
+        elif path.parent.name not in shards:
+            log.warning("removed stale shard %s: split '%s' is not in the manifest", path, path.parent.name)
+        else:
+            log.warning("removed stale shard %s: not in this run's plan (%d recordings per shard give '%s' "
+                        "%d shard(s))", path, cfg.recordings_per_shard, path.parent.name, shards[path.parent.name])
 
 
 def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig) -> None:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import CacheError, list_shards, open_shard
+from ..cache import CacheError, claim_clip_ids, list_shards, open_shard
 from ..manifest import ManifestError, load_manifest, recording_of
 from .video import VideoClip
 
@@ -151,17 +151,23 @@ def read_cache_split(split: Path, data_root: Path | None = None) -> dict[str, Ca
     The video span is the clip's source recording under the data root the
     shard records (or ``data_root``, when the sources have moved), from
     ``start_s`` for ``duration_s``: the frames precompute cut for the clip.
+    A clip id held by two shards is an :class:`InputError` naming both.
     """
     shards = list_shards(Path(split))
     if not shards:
         raise InputError(f"{split}: no cache shards (shard-*.h5) here")
     clips: dict[str, CachedClip] = {}
+    owners: dict[str, Path] = {}
     for path in shards:
         try:
             shard = open_shard(path)
         except CacheError as err:
             raise InputError(str(err)) from err
         with shard:
+            try:
+                claim_clip_ids(owners, path, shard["clips"].keys())
+            except CacheError as err:
+                raise InputError(str(err)) from err
             root = Path(data_root) if data_root is not None else Path(shard.attrs.get("data_root", "."))
             for clip_id, group in shard["clips"].items():
                 span = VideoClip(root / str(group.attrs["source"]), float(group.attrs["start_s"]),
