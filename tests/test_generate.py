@@ -1,8 +1,10 @@
 """Generation: token equality with plain MusicGen at zero gates, exact durations, muxing, batch mode, bad input,
 the library API (progress, devices) and outputs that never destroy an input."""
+import json
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -15,7 +17,7 @@ from conftest import moving_frames, write_video
 from expotion.adaptor import AdaptorConfig, ConditionAdaptor
 from expotion.checkpoint import save_adaptor
 from expotion.cli import main as cli_main
-from expotion.data import ClipDataset
+from expotion.data import GENERIC_PROMPT, ClipDataset
 from expotion.embedding import VisualConfig
 from expotion.files import OutputError
 from expotion.generate import ModelSettings, SamplingSettings, generate_for_cache, generate_for_video, load_models
@@ -235,6 +237,50 @@ def test_missing_mux_folder_is_created_and_a_blocked_one_refused_before_generati
     assert cli_main([*base, "--out", str(tmp_path / "o2.wav"), "--mux", str(tmp_path / "blocker" / "o.mp4")]) == 2
     assert f"muxed video {tmp_path / 'blocker' / 'o.mp4'}: cannot create its folder" in caplog.text
     assert not (tmp_path / "o2.wav").exists()
+
+
+def test_batch_prompts_come_from_the_flag_the_file_or_the_checkpoint(demo_cache, small_demo, musicgen, spec, tmp_path,
+                                                                      tiny_profile_cfg, caplog):
+    """Each clip's prompt: its cached caption; --prompts (here the manifest, by recording id: the same captions, so
+    the same music); --prompt for every clip; or the generic prompt of a checkpoint trained with it (§4.5)."""
+    torch.manual_seed(0)
+    adaptor = adaptor_for(musicgen, spec, 0.5, seconds=10.0)
+    captions = save_adaptor(tmp_path / "captions.pt", adaptor, model_signature(musicgen), spec)
+    generic = save_adaptor(tmp_path / "generic.pt", adaptor, model_signature(musicgen),
+                           replace(spec, prompt=GENERIC_PROMPT))
+
+    def batch(name: str, checkpoint: Path, *extra: str) -> tuple[dict[str, str], dict[str, bytes]]:
+        out = tmp_path / name
+        assert cli_main(["generate", "--cache", str(demo_cache[0] / "val"), "--out-dir", str(out), "--checkpoint",
+                         str(checkpoint), *tiny_args(tiny_profile_cfg), *extra]) == 0
+        prompts = json.loads((out / "summary.json").read_text())["prompts"]
+        return prompts, {p.name: p.read_bytes() for p in sorted(out.glob("*.wav"))}
+
+    cached, music = batch("cached", captions)
+    assert list(cached) == ["demo-002-000", "demo-002-001"]
+    assert set(cached.values()) == {"mid-tempo pop groove at 110 BPM in B major with drums and bright synth chords"}
+    assert batch("file", captions, "--prompts", str(small_demo)) == (cached, music)
+    jazz, jazz_music = batch("flag", captions, "--prompt", "slow jazz")
+    assert set(jazz.values()) == {"slow jazz"} and jazz_music.keys() == music.keys() and jazz_music != music
+    assert batch("generic", generic) == batch("generic-flag", captions, "--prompt", GENERIC_PROMPT)
+    assert set(batch("generic", generic)[0].values()) == {GENERIC_PROMPT}
+
+    (tmp_path / "partial.json").write_text(json.dumps({"demo-002-000": "calm"}))
+    base = ["generate", "--cache", str(demo_cache[0] / "val"), "--out-dir", str(tmp_path / "bad"), "--checkpoint",
+            str(captions), *tiny_args(tiny_profile_cfg)]
+    for extra, message in (
+            (["--prompts", str(tmp_path / "partial.json")],
+             f"{tmp_path / 'partial.json'}: no prompt for 1 of the 2 clips, by clip or recording id: demo-002-001"),
+            (["--prompts", str(tmp_path / "partial.json"), "--prompt", "x"], "give --prompt or --prompts, not both"),
+            (["--prompts", str(tmp_path / "none.json")], f"--prompts {tmp_path / 'none.json'}: file not found")):
+        caplog.clear()
+        assert cli_main([*base, *extra]) == 2
+        assert message in caplog.text
+    assert not list((tmp_path / "bad").glob("*.wav"))
+    video = write_video(tmp_path / "v.mp4", moving_frames(25, 64, 80), fps=25)
+    assert cli_main(["generate", "--video", str(video), "--out", str(tmp_path / "v.wav"), "--prompts",
+                     str(small_demo), *tiny_args(tiny_profile_cfg)]) == 2
+    assert "--prompts gives the prompts of a cached split's clips (--cache); for one video, use --prompt" in caplog.text
 
 
 def test_outputs_the_writers_cannot_make_are_refused_before_generation(tmp_path, demo_cache, checkpoint,

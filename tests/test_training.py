@@ -84,6 +84,9 @@ def test_dataset_crops_and_collates(demo_cache):
     assert batch["text_mask"].tolist() == [[1], [0]] and batch["text"][1].abs().sum() == 0
     generic = ClipDataset(cache / "train", STREAMS, 1.0, False, generic_prompt=True)
     assert not torch.equal(generic[0]["text"], train[0]["text"])
+    # the generic-prompt ablation: every clip reads "music with catchy melody", and the spec records it for generation
+    assert generic[0]["caption"] == generic.spec.prompt == "music with catchy melody"
+    assert train.spec.prompt is None and train[0]["caption"].startswith("upbeat pop groove")
 
 
 def test_dataset_refuses_bad_shards(demo_cache, tmp_path):

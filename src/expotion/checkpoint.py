@@ -84,12 +84,14 @@ def find_local_dir(record: dict, checkpoint: Path) -> Path:
 
 def spec_to_dict(spec: FeatureSpec) -> dict:
     return {"shapes": {k: list(v) for k, v in spec.shapes.items()},
-            "rates": {k: asdict(v) for k, v in spec.rates.items()}, "text_dim": spec.text_dim}
+            "rates": {k: asdict(v) for k, v in spec.rates.items()}, "text_dim": spec.text_dim,
+            **({"prompt": spec.prompt} if spec.prompt is not None else {})}
 
 
 def spec_from_dict(d: dict) -> FeatureSpec:
     return FeatureSpec({k: tuple(v) for k, v in d["shapes"].items()},
-                       {k: StreamRate(**v) for k, v in d["rates"].items()}, int(d["text_dim"]))
+                       {k: StreamRate(**v) for k, v in d["rates"].items()}, int(d["text_dim"]),
+                       prompt=d.get("prompt"))
 
 
 def write_checkpoint(path: str | os.PathLike, method: str, config: dict, musicgen: dict, spec: FeatureSpec,

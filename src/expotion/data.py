@@ -26,7 +26,8 @@ from .manifest import VIDEO_AUDIO
 from .rates import DEFAULT_RATES, StreamRate
 
 log = logging.getLogger("expotion.data")
-GENERIC_TEXT = "generic"
+GENERIC_TEXT = "generic"  # where a shard keeps the text states of GENERIC_PROMPT
+GENERIC_PROMPT = "music with catchy melody"  # the §4.5 ablation's one prompt in place of every caption
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,15 @@ class FeatureSpec:
 
     ``extractors`` is provenance, not layout (so not compared): the profile that
     computed the features (``profile``, ``weights_dir``), empty if the cache does not record it.
+    ``prompt`` is the one prompt training used in place of every caption (the generic-prompt
+    ablation), or None when each clip's caption was used; generation follows it.
     """
 
     shapes: dict[str, tuple[int, ...]]
     rates: dict[str, StreamRate]
     text_dim: int
     extractors: dict[str, str] = field(default_factory=dict, compare=False)
+    prompt: str | None = field(default=None, compare=False)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -145,6 +149,7 @@ class ClipDataset(Dataset):
                         rates=stream_rates(g, self.streams),
                         text_dim=int(g["t5"].shape[1]),
                         extractors=shard_profile(f),
+                        prompt=GENERIC_PROMPT if self.generic_prompt else None,
                     )
 
     def __len__(self) -> int:
@@ -171,7 +176,7 @@ class ClipDataset(Dataset):
         start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
         item = {
             "clip_id": ref.clip_id,
-            "caption": ref.caption,
+            "caption": GENERIC_PROMPT if self.generic_prompt else ref.caption,
             "codes": torch.from_numpy(ds["codes"][:, start : start + self.crop_frames].astype(np.int64)),
             "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
             "text": torch.from_numpy(ds["text"][()].astype(np.float32)),

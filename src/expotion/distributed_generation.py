@@ -16,8 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from .generate import (DEFAULT_BATCH_SIZE, BatchResult, CacheJob, ModelSettings, Progress, SamplingSettings, cached_clips,
-                       load_models, share_of)
+from .generate import (DEFAULT_BATCH_SIZE, BatchResult, CacheJob, ModelSettings, Progress, Prompts, SamplingSettings,
+                       cached_clips, load_models, share_of)
 
 
 class CacheGeneration(L.LightningModule):
@@ -25,17 +25,19 @@ class CacheGeneration(L.LightningModule):
     plans its share of the clips; each predict step is one batch (one MusicGen call)."""
 
     def __init__(self, settings: ModelSettings, cache: Path, out_dir: Path, *, reference_dir: Path | None,
-                 mux_dir: Path | None, sampling: SamplingSettings, batch_size: int, progress: Progress | None):
+                 mux_dir: Path | None, sampling: SamplingSettings, batch_size: int, prompts: Prompts,
+                 progress: Progress | None):
         super().__init__()
         self.settings, self.cache, self.out_dir = settings, cache, out_dir
         self.reference_dir, self.mux_dir, self.sampling, self.batch_size = reference_dir, mux_dir, sampling, batch_size
-        self.progress = progress
+        self.prompts, self.progress = prompts, progress
         self.job: CacheJob | None = None
         self.started = 0.0
 
     def setup(self, stage: str) -> None:
         models = load_models(replace(self.settings, device=str(self.trainer.strategy.root_device)))
-        clips = share_of(cached_clips(models, self.cache), self.trainer.global_rank, self.trainer.world_size)
+        clips = share_of(cached_clips(models, self.cache, self.prompts), self.trainer.global_rank,
+                         self.trainer.world_size)
         self.job = CacheJob.plan(models, clips, self.out_dir, reference_dir=self.reference_dir, mux_dir=self.mux_dir,
                                  sampling=self.sampling, batch_size=self.batch_size)
         self.job.result.processes = self.trainer.world_size
@@ -53,7 +55,7 @@ class CacheGeneration(L.LightningModule):
 def generate_on_devices(settings: ModelSettings, cache: Path, out_dir: Path, *, devices: int, num_nodes: int = 1,
                         reference_dir: Path | None = None, mux_dir: Path | None = None,
                         sampling: SamplingSettings = SamplingSettings(), batch_size: int = DEFAULT_BATCH_SIZE,
-                        progress: Progress | None = None) -> BatchResult | None:
+                        prompts: Prompts = Prompts(), progress: Progress | None = None) -> BatchResult | None:
     """Batch mode over ``devices`` processes on each of ``num_nodes`` machines (DDP; gloo on CPU).
 
     ``settings.device`` chooses the accelerator (``cuda`` or ``cpu``); Lightning
@@ -67,7 +69,7 @@ def generate_on_devices(settings: ModelSettings, cache: Path, out_dir: Path, *, 
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False)
     module = CacheGeneration(settings, cache, out_dir, reference_dir=reference_dir, mux_dir=mux_dir,
-                             sampling=sampling, batch_size=batch_size, progress=progress)
+                             sampling=sampling, batch_size=batch_size, prompts=prompts, progress=progress)
     trainer.predict(module, return_predictions=False)
     module.job.result.timings["music"] = time.perf_counter() - module.started
     module.job.write_videos(progress if trainer.is_global_zero else None)

@@ -38,9 +38,6 @@ from .rates import DEFAULT_RATES, Rates, StreamRate, check_shape, sample_indices
 from .tiny import PRECOMPUTE, tiny_path
 from .weights import REGISTRY, MissingWeightsError, torch_hub_checkpoints, weights_dir
 
-GENERIC_PROMPT = "music with catchy melody"
-
-
 @dataclass(frozen=True)
 class ExtractorConfig:
     """Which weights each extractor loads, the sizes it runs at, the device it runs on, and the profile that chose them."""

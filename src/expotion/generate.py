@@ -6,7 +6,8 @@ cached split (batch mode, one wav per clip id, for evaluation).
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
                       [--batch-size 8] [--devices N [--num-nodes M]]
 
-Without --checkpoint this is plain text-only MusicGen (the paper's baseline row). The checkpoint
+Without --checkpoint this is plain text-only MusicGen (the paper's baseline row, when prompted with
+its fused captions through --prompts). The checkpoint
 names its method (Expotion's adaptor, or the CLIP + flow conditioner), which decides the video
 streams extracted and how they reach MusicGen. A CLIP + flow model trained without text
 (``text: none``) needs no --prompt and ignores one.
@@ -168,6 +169,7 @@ class BatchResult:
     batches: int = 0  # MusicGen calls
     processes: int = 1
     devices: list[list[str]] = field(default_factory=list)  # the devices of each process's models, by rank
+    prompts: dict[str, str] = field(default_factory=dict)  # the prompt each generated clip was given
 
     @classmethod
     def merged(cls, parts: list[BatchResult]) -> BatchResult:
@@ -176,6 +178,7 @@ class BatchResult:
                      devices=[device for p in parts for device in p.devices])
         for name in ("written", "skipped", "videos", "videos_skipped"):
             setattr(merged, name, sorted(x for p in parts for x in getattr(p, name)))
+        merged.prompts = dict(sorted(kv for p in parts for kv in p.prompts.items()))
         for part in parts:
             for stage, seconds in part.timings.items():
                 merged.timings[stage] = max(merged.timings.get(stage, 0.0), seconds)
@@ -280,6 +283,8 @@ def generate_for_video(models: Models, video: Path, prompt: str | None, out: Pat
 
     video, out = Path(video), Path(out)
     check_video_outputs(video, out, mux)
+    if prompt is None and models.spec is not None:
+        prompt = models.spec.prompt  # a checkpoint trained with one prompt for every clip needs none given
     prompt = model_prompt(models.adaptor, prompt)
     if prompt is None:
         log.info("%s was trained without text (text: none): the music follows the video alone",
@@ -306,22 +311,58 @@ def generate_for_video(models: Models, video: Path, prompt: str | None, out: Pat
     return VideoResult(out, mux, duration, notes, timings)
 
 
+@dataclass(frozen=True)
+class Prompts:
+    """What batch mode prompts each clip with: one ``text`` for every clip, or a ``file`` of prompts by clip or
+    recording id (the formats of ``expotion eval --captions``), e.g. the fused captions the paper gives its MusicGen
+    baseline. With neither, a checkpoint trained with one prompt for every clip (the generic-prompt ablation) gets
+    that prompt, and any other model each clip's cached caption."""
+
+    text: str | None = None
+    file: Path | None = None
+
+    def apply(self, clips: list[CachedClip], spec: FeatureSpec | None) -> list[CachedClip]:
+        if self.text is not None and self.file is not None:
+            raise GenerationError("give --prompt or --prompts, not both")
+        if self.file is not None:
+            return [replace(clip, caption=prompt) for clip, prompt in zip(clips, self.read(clips), strict=True)]
+        text = self.text if self.text is not None else spec.prompt if spec is not None else None
+        return clips if text is None else [replace(clip, caption=text) for clip in clips]
+
+    def read(self, clips: list[CachedClip]) -> list[str]:
+        """Each clip's prompt from ``file``; a clip without one is refused, not prompted with something else."""
+        from .evaluation.files import InputError, captions_for_clips, read_captions
+
+        ids = [clip.clip_id for clip in clips]
+        try:
+            found = captions_for_clips(ids, read_captions(self.file), self.file)
+        except InputError as err:
+            raise GenerationError(str(err)) from err
+        lacking = [clip_id for clip_id in ids if clip_id not in found]
+        if lacking:
+            raise GenerationError(f"{self.file}: no prompt for {len(lacking)} of the {len(ids)} clips, by clip or "
+                                  f"recording id: {', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}")
+        return [found[clip_id] for clip_id in ids]
+
+
 def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_dir: Path | None = None,
                        mux_dir: Path | None = None, sampling: SamplingSettings = SamplingSettings(),
                        batch_size: int = DEFAULT_BATCH_SIZE, share: tuple[int, int] = (0, 1),
-                       progress: Progress | None = None) -> BatchResult:
+                       prompts: Prompts = Prompts(), progress: Progress | None = None) -> BatchResult:
     """One ``<clip_id>.wav`` per cached clip of the split ``cache``, from the cached features.
 
     Up to ``batch_size`` clips share one MusicGen call (:func:`plan_batches`);
     each clip samples from its own seed (:func:`clip_seed`), so its music does
     not depend on the batch size or on the other clips. ``share=(rank, ranks)``
-    takes every ``ranks``-th clip, for one of several processes.
+    takes every ``ranks``-th clip, for one of several processes. ``prompts`` chooses each clip's prompt
+    (:class:`Prompts`).
     ``reference_dir`` also gets each clip's original music and ``mux_dir`` each
     clip's video (cut from its source as the cache cut it) with the generated
     music, both named by clip id, for ``expotion eval``.
     """
     start = time.perf_counter()
-    job = CacheJob.plan(models, share_of(cached_clips(models, cache), *share), out_dir, reference_dir=reference_dir,
+    job = CacheJob.plan(models, share_of(cached_clips(models, cache, prompts), *share), out_dir,
+                        reference_dir=reference_dir,
                         mux_dir=mux_dir, sampling=sampling, batch_size=batch_size)
     for batch in job.batches:
         job.generate(batch)
@@ -332,7 +373,8 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
     return job.result
 
 
-def cached_clips(models: Models, cache: Path) -> list[CachedClip]:
+def cached_clips(models: Models, cache: Path, prompts: Prompts = Prompts()) -> list[CachedClip]:
+    """The split's clips, checked against the model's features, each with the prompt ``prompts`` gives it."""
     clips = read_clips(cache, models.streams)
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")
@@ -340,7 +382,7 @@ def cached_clips(models: Models, cache: Path) -> list[CachedClip]:
         if models.spec is not None and not clip.missing:
             check_feature_shapes(models.settings.checkpoint, models.spec, clip.vector_shapes,
                                  f"{cache} clip {clip.clip_id}")
-    return clips
+    return prompts.apply(clips, models.spec)
 
 
 def share_of(clips: list[CachedClip], rank: int, ranks: int) -> list[CachedClip]:
@@ -437,6 +479,7 @@ class CacheJob:
         for row, clip in enumerate(ready):  # decoded one by one, so a wav does not depend on its batch either
             write_wav(models, tokens[row : row + 1], clip.duration_s, self.out_dir / f"{clip.clip_id}.wav")
             self.result.written.append(clip.clip_id)
+            self.result.prompts[clip.clip_id] = clip.caption
             self.generated.append(clip)
 
     def write_videos(self, progress: Progress | None) -> None:
@@ -505,7 +548,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", type=Path, help="a face/upper-body video")
     src.add_argument("--cache", type=Path, help="batch mode: a cached split directory, e.g. cache/demo/val")
-    p.add_argument("--prompt", help="text prompt (single video; not needed by a CLIP + flow model without text)")
+    p.add_argument("--prompt", help="text prompt (not needed by a CLIP + flow model without text); in batch mode, "
+                                    "the prompt of every clip instead of its cached caption")
+    p.add_argument("--prompts", type=Path,
+                   help="batch mode: each clip's prompt, by clip or recording id (JSON {id: prompt}, CSV id,caption, "
+                        "TSV or a manifest), instead of its cached caption")
     p.add_argument("--checkpoint", type=Path, help="exported checkpoint (adaptor.pt) of either method; omit for plain "
                                                    "MusicGen")
     p.add_argument("--musicgen", help=f"hub name or local dir (default: the checkpoint's, else {DEFAULT_MUSICGEN})")
@@ -580,6 +627,9 @@ def run(args: argparse.Namespace) -> int:
 def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: SamplingSettings, start: float) -> int:
     if args.out is None:
         raise GenerationError("--video needs --out")
+    if args.prompts is not None:
+        raise GenerationError("--prompts gives the prompts of a cached split's clips (--cache); for one video, "
+                              "use --prompt")
     if args.prompt is not None or args.checkpoint is None:
         check_prompt(args.prompt or "")
     check_video_outputs(args.video, args.out, args.mux)
@@ -613,6 +663,11 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
     if args.devices < 1 or args.num_nodes < 1:
         raise GenerationError(f"--devices and --num-nodes must be at least 1, got {args.devices} and {args.num_nodes}")
     check_batch_folders(args.out_dir, args.reference_dir)
+    if args.prompt is not None:
+        check_prompt(args.prompt)
+    if args.prompts is not None and not args.prompts.is_file():
+        raise GenerationError(f"--prompts {args.prompts}: file not found")
+    prompts = Prompts(args.prompt, args.prompts)
     progress = ProgressBars()
     if args.devices * args.num_nodes > 1:
         from .distributed_generation import generate_on_devices
@@ -620,14 +675,14 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         result = generate_on_devices(settings, args.cache, args.out_dir, devices=args.devices,
                                      num_nodes=args.num_nodes, reference_dir=args.reference_dir,
                                      mux_dir=args.mux_dir, sampling=sampling, batch_size=args.batch_size,
-                                     progress=progress)
+                                     prompts=prompts, progress=progress)
         if result is None:  # not global rank 0: rank 0 reports for every process
             return 0
     else:
         models = load_models(settings, progress)
         result = generate_for_cache(models, args.cache, args.out_dir, reference_dir=args.reference_dir,
                                     mux_dir=args.mux_dir, sampling=sampling, batch_size=args.batch_size,
-                                    progress=progress)
+                                    prompts=prompts, progress=progress)
     summary = write_batch_summary(Path(args.out_dir) / "summary.json", result, settings, sampling, args)
     print(f"generated {len(result.written)} of {result.clips} clips into {args.out_dir} in {result.batches} batches "
           f"of up to {args.batch_size} on {result.processes} process{'es' if result.processes > 1 else ''}"
@@ -654,6 +709,7 @@ def write_batch_summary(path: Path, result: BatchResult, settings: ModelSettings
         "clips": result.clips, "written": result.written, "skipped": dict(result.skipped),
         "references": str(args.reference_dir) if args.reference_dir else None,
         "videos": result.videos if args.mux_dir else None, "videos_skipped": dict(result.videos_skipped),
+        "prompts": result.prompts,
         "seconds": {stage: round(seconds, 3) for stage, seconds in result.timings.items()},
     }
     return write_text(path, json.dumps(summary, indent=2) + "\n")

@@ -50,7 +50,8 @@ from tqdm import tqdm
 from . import __version__, atomic
 from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lock, file_lock, list_shards,
                     remove_shards_except, remove_stale_temporaries, shard_attrs, shard_path)
-from .features import DEFAULT_EXTRACTORS, GENERIC_PROMPT, ExtractorConfig, Extractors, check_available
+from .data import GENERIC_PROMPT
+from .features import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .nodes import SINGLE_NODE, NodeShare

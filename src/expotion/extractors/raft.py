@@ -83,7 +83,8 @@ class FlowConfig:
 
 
 def to_raft_input(frames: np.ndarray, cfg: FlowConfig) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (T, 3, h, w) in [-1, 1], as RAFT was trained."""
+    """uint8 (T, H, W, 3) -> float (T, 3, h, w) in [-1, 1], as RAFT was trained; the frame is resized to (h, w)
+    whatever its aspect ratio, so flows of non-square video are in units of the resized frame."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(cfg.height, cfg.width), mode="bilinear", antialias=True, align_corners=False)
     return x / 127.5 - 1.0
