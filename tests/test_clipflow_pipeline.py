@@ -144,6 +144,24 @@ def test_zero_visual_feeds_zeros(tmp_path, cache, tiny_profile_cfg):
     assert torch.count_nonzero(batch["farneback"]) > 0
 
 
+def test_the_pooled_loss_is_eq_1_one_mean_over_every_codebook_and_step(cache, tiny_profile_cfg):
+    from expotion.clipflow.training import ClipFlowModule
+    from expotion.data import collate
+    from expotion.objective import ObjectiveConfig, codebook_cross_entropy
+
+    dataset = ClipDataset(cache / "val", STREAMS, CLIP_S, False)
+    module = ClipFlowModule(tiny_profile_cfg.musicgen, ClipFlowConfig(**SMALL), objective=ObjectiveConfig(pooled=True))
+    module.eval()
+    module.build(dataset)
+    batch = collate([dataset[0], dataset[1]])
+    with torch.no_grad():
+        out = module(batch)
+        loss = module.training_step(batch, 0)
+    pooled = torch.nn.functional.cross_entropy(out.logits[out.mask], batch["codes"][out.mask])
+    assert loss.item() == pytest.approx(pooled.item(), abs=1e-6)
+    assert abs(loss.item() - codebook_cross_entropy(out.logits, batch["codes"], out.mask)[0].item()) > 1e-6
+
+
 def test_generate_single_long_and_batch(tmp_path, cache, spec, musicgen, tiny_profile_cfg, caplog):
     ckpt = checkpoint_for(tmp_path / "adaptor.pt", musicgen, spec)
     settings = ModelSettings(checkpoint=ckpt, profile="tiny", tiny_dir=Path(tiny_profile_cfg.musicgen).parent,
@@ -250,6 +268,7 @@ def test_configs_parse_with_the_paper_settings():
     assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size, small.trainer.max_epochs) == (3.5e-5, 4000,
                                                                                                            64, 10)
     assert model.clip_flow.decoder == "all" and model.clip_flow.text == "none" and model.clip_flow.motion
+    assert model.objective.pooled  # Eq. 1
     ema = small.trainer.callbacks[0]
     assert ema.class_path.endswith("EMAWeightAveraging") and ema.init_args.decay == 0.99
     assert [c.class_path.rsplit(".", 1)[1] for c in small.trainer.callbacks].index("AdaptorExport") > 0  # after EMA

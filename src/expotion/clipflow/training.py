@@ -27,6 +27,7 @@ from ..conditioning import text_embeddings
 from ..data import ClipDataset, FeatureSpec, visual_names
 from ..musicgen import load_musicgen, model_signature, place_musicgen
 from ..rates import StreamRate
+from ..objective import ObjectiveConfig
 from ..training import logged_loss, warmup_cosine
 from .checkpoint import save_clip_flow
 from .conditioner import ClipFlowConditioner, ClipFlowConfig
@@ -75,15 +76,19 @@ class Optimization:
 class ClipFlowModule(L.LightningModule):
     """Trains the conditioner (§3.1-3.4) and the chosen MusicGen parameters with MusicGen's objective (§3.6).
 
+    ``objective.pooled: true`` (``clip_flow_small.yaml``) is the paper's Eq. 1, one mean over every codebook and
+    step; the default is audiocraft's mean of per-codebook means, as Expotion trains (≈1e-3 apart).
     ``zero_visual`` feeds zeros instead of the video features (the control run that shows the video is used).
     """
 
     def __init__(self, musicgen: str = "facebook/musicgen-small", clip_flow: ClipFlowConfig = ClipFlowConfig(),
-                 optim: Optimization = Optimization(), zero_visual: bool = False):
+                 optim: Optimization = Optimization(), zero_visual: bool = False,
+                 objective: ObjectiveConfig = ObjectiveConfig()):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = clip_flow if isinstance(clip_flow, ClipFlowConfig) else ClipFlowConfig.from_dict(clip_flow)
         self.optim = optim if isinstance(optim, Optimization) else Optimization(**optim)
+        self.objective = objective if isinstance(objective, ObjectiveConfig) else ObjectiveConfig(**objective)
         self.musicgen = load_musicgen(musicgen)
         self.lm = self.musicgen.lm
         check_cross_attention(self.lm)
@@ -146,11 +151,13 @@ class ClipFlowModule(L.LightningModule):
         return clip_flow_predictions(self.lm, self.conditioner, self.visual_inputs(batch), self.spec.rates, batch)
 
     def training_step(self, batch: dict | None, batch_idx: int) -> torch.Tensor | None:
-        return None if batch is None else logged_loss(self, self(batch), batch["codes"], "train")  # None: all skipped
+        if batch is None:  # every clip of the batch was skipped
+            return None
+        return logged_loss(self, self(batch), batch["codes"], "train", pooled=self.objective.pooled)
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
         if batch is not None:
-            logged_loss(self, self(batch), batch["codes"], "val")
+            logged_loss(self, self(batch), batch["codes"], "val", pooled=self.objective.pooled)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
