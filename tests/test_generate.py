@@ -391,4 +391,4 @@ def test_device_defaults_to_cuda_when_present_and_cuda_without_it_is_refused(tmp
     video = write_video(tmp_path / "v.mp4", moving_frames(25, 64, 80), fps=25)
     assert cli_main(["generate", "--video", str(video), "--prompt", "x", "--out", str(tmp_path / "o.wav"),
                      "--device", "cuda", *tiny_args(tiny_profile_cfg)]) == 2
-    assert "device 'cuda' asked for, but torch finds no CUDA device here" in caplog.text
+    assert "--device cuda: CUDA is not available on this machine" in caplog.text

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import CLIP_S, moving_frames, precompute_config as config, write_video
 
 from expotion.cache import SCHEMA_VERSION, CacheError, NonFiniteError, ShardWriter, list_shards, open_shard
@@ -144,6 +145,23 @@ def test_clip_seconds_off_the_encodec_frame_grid_are_refused_before_any_work(sec
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--extractors", "marlin,bogus"], "unknown extractors ['bogus']; choose from"),
+    (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "CUDA"),
+    (["--device", "gpu0"], "--device gpu0: not a torch device (e.g. cpu, cuda, cuda:1)"),
+])
+def test_settings_that_cannot_run_here_are_refused_before_any_work(extra, message, small_demo, tiny_profile_cfg,
+                                                                   tmp_path, capsys):
+    """A typo in --extractors or a device this machine lacks is one line, not a failure in every worker."""
+    from expotion.cli import main as expotion
+
+    assert expotion(["features", "--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
+                     "--tiny-dir", tiny_profile_cfg.weights_dir, "--workers", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("seconds", [1.02, 1.98, 3.14])
 def test_clip_seconds_on_the_grid_give_codes_of_their_frame_count(seconds, small_demo, tiny_profile_cfg, tmp_path):
     cfg = replace(config(small_demo, tmp_path / "cache", tiny_profile_cfg), names=("codes",), clip_seconds=seconds)
@@ -260,6 +278,26 @@ def test_sigkill_then_rerun_gives_the_same_clips(small_demo, demo_cache, tiny_pr
     with h5py.File(cache / "train/shard-00001.h5") as a, h5py.File(demo_cache[0] / "train/shard-00000.h5") as b:
         for name in ("codes", "marlin", "synchformer", "raft", "t5"):
             np.testing.assert_array_equal(a["clips/demo-001-000"][name][()], b["clips/demo-001-000"][name][()])
+
+
+def test_ctrl_c_stops_with_one_line(small_demo, tiny_profile_cfg, tmp_path):
+    """Ctrl-C mid-run (SIGINT to the whole process group, as a terminal sends it, two workers): one line and status
+    130, no traceback from the run or its workers."""
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(extract_cmd(small_demo, cache, tiny_dir, workers=2), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cache / ".lock").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)  # the workers are loading their models or extracting
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: `expotion features` stopped" in err and "Traceback" not in err, err[-2000:]
+    for path in list_shards(cache):
+        open_shard(path).close()  # every published shard is complete (resuming: the SIGKILL test above)
 
 
 def extract_cli():

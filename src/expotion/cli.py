@@ -198,17 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()  # before the subcommands' imports, so that commands can report their whole time
     silence_known_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
-        from .train import run as train
+    try:
+        if argv[:1] == ["train"]:
+            from .train import run as train
 
-        return train(argv[1:])  # LightningCLI parses everything after `train`, unchanged
-    args = build_parser().parse_args(argv)
-    args.started = started
-    return int(args.func(args) or 0)
+            return train(argv[1:])  # LightningCLI parses everything after `train`, unchanged
+        args = build_parser().parse_args(argv)
+        args.started = started
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: `expotion {' '.join(argv[:1])}` stopped. Every output is written whole or not at "
+              "all, so what is finished is kept; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+
 
 
 if __name__ == "__main__":

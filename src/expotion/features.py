@@ -251,6 +251,13 @@ EXPOTION_VISUAL = ("marlin", "synchformer", "raft")  # clip and farneback feed t
 DEFAULT_EXTRACTORS = (*EXPOTION_VISUAL, *AUDIO_TEXT)  # what precompute extracts unless told otherwise
 
 
+def check_names(names: tuple[str, ...]) -> None:
+    """Refuse extractor names that are not streams of this project (a typo in ``--extractors``)."""
+    unknown = set(names) - set(EXTRACTORS)
+    if unknown:
+        raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {EXTRACTORS}")
+
+
 def check_available(cfg: ExtractorConfig, names: tuple[str, ...]) -> None:
     """Raise one error listing every missing weight file, before any work starts."""
     problems = []
@@ -280,9 +287,7 @@ class Extractors(nn.Module):
     def __init__(self, cfg: ExtractorConfig, names: tuple[str, ...] = EXTRACTORS, rates: Rates = DEFAULT_RATES,
                  device: str | torch.device | None = None):
         super().__init__()
-        unknown = set(names) - set(EXTRACTORS)
-        if unknown:
-            raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {EXTRACTORS}")
+        check_names(names)
         check_available(cfg, names)
         device = torch.device(device if device is not None else cfg.device)
         self.cfg, self.names, self.rates = cfg, tuple(names), rates

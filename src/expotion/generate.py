@@ -43,7 +43,7 @@ from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, che
 from .clipflow.checkpoint import METHOD as CLIP_FLOW
 from .clipflow.checkpoint import build_clip_flow
 from .data import CachedClip, FeatureSpec, read_clips
-from .devices import default_device
+from .devices import default_device, usable_device
 from .features import ExtractorConfig, Extractors, VideoFeatures, profile_config
 from .atomic import atomic_path, write_text
 from .files import OutputError, prepare_output, same_file
@@ -86,11 +86,9 @@ class ModelSettings:
         if self.adaptor_dtype not in ADAPTOR_DTYPES:
             raise GenerationError(f"adaptor dtype must be one of {tuple(ADAPTOR_DTYPES)}, got {self.adaptor_dtype!r}")
         try:
-            device = torch.device(self.device)
-        except RuntimeError as err:
-            raise GenerationError(f"device {self.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise GenerationError(f"device {self.device!r} asked for, but torch finds no CUDA device here")
+            usable_device(self.device)
+        except ValueError as err:
+            raise GenerationError(str(err)) from None
 
 
 @dataclass(frozen=True)

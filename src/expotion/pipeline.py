@@ -51,7 +51,8 @@ from . import __version__, atomic
 from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lock, file_lock, list_shards,
                     remove_shards_except, remove_stale_temporaries, shard_attrs, shard_path)
 from .data import GENERIC_PROMPT
-from .features import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available
+from .devices import usable_device
+from .features import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available, check_names
 from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .nodes import SINGLE_NODE, NodeShare
@@ -76,7 +77,10 @@ class PrecomputeConfig:
     node: NodeShare = SINGLE_NODE  # which shards this machine writes
 
     def __post_init__(self) -> None:
+        """Settings that cannot run here are refused before any work (and before the cache folder exists)."""
         check_clip_seconds(self.clip_seconds, self.rates.codes_fps)
+        check_names(self.names)
+        usable_device(self.extractors.device)
 
 
 def check_clip_seconds(clip_s: float, codes_fps: float) -> None:
@@ -292,6 +296,7 @@ def worker_device(device: str, rank: int) -> torch.device:
 
 def worker_init(cfg: PrecomputeConfig, counter, parent: int) -> None:
     die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, whose pool then ends the workers
     with counter.get_lock():
         rank = counter.value
         counter.value += 1

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import atomic
+from ..devices import usable_device
 from ..weights import weights_dir
 from . import embed, metrics, plots, report
 from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
@@ -36,14 +37,9 @@ def default_cache_dir() -> Path:
 def parse_device(text: str) -> torch.device:
     """A torch device the evaluation models can run on here; CUDA asked for but absent is an input error."""
     try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise InputError(f"--device {text}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {text}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return usable_device(text)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def positive_int(text: str) -> int:
