@@ -1,8 +1,9 @@
 """The Study tab: a participant id, then one blinded trial after another, each stored as it is submitted.
 
 A returning participant (the id is kept in the browser, or typed in again) resumes at their
-first unanswered trial. The page never receives a system name: the server looks the trial up
-by participant and position, and the player gets a blinded file.
+first unanswered trial; "New participant" makes a shared computer forget the last one. The page
+never receives a system name: the server looks the trial up by participant and position, and the
+player gets a blinded file.
 """
 from __future__ import annotations
 
@@ -69,11 +70,17 @@ def check_participant(text: str | None) -> str:
     return participant
 
 
+def remembered(participant: str) -> dict[str, str]:
+    """The browser's stored value: a dict, because Gradio leaves localStorage unchanged when given a
+    falsy value, so a bare '' could never replace the last participant's id."""
+    return {"participant": participant}
+
+
 def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
     """Lay out the tab inside ``page`` and wire its events (``page.load`` resumes a remembered participant)."""
     study = runner.study
     low, high = study.scale
-    stored_id = gr.BrowserState("", storage_key="study-participant")
+    stored_id = gr.BrowserState(remembered(""), storage_key="study-participant")
     gr.Markdown(f"## {study.title}\n"
                 "Watch each video with its music, then rate the music on every question "
                 f"({low} = lowest, {high} = highest). Your answers are saved after every trial, so you can "
@@ -82,6 +89,7 @@ def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
         participant_box = gr.Textbox(label="Participant id", placeholder="leave empty to get a new id", scale=3,
                                      elem_id="study-participant")
         start = gr.Button("Start / resume", variant="primary", scale=1, elem_id="study-start")
+        forget = gr.Button("New participant", scale=1, elem_id="study-new")
     participant, position = gr.State(""), gr.State(-1)
     with gr.Column(visible=False) as trial_box:
         header = gr.Markdown(elem_id="study-header")
@@ -97,22 +105,28 @@ def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
         clear = [None] * len(radios)
         if view is None:
             done = f"All {study.n_trials} trials are done. Thank you, participant **{who}**!"
-            return (who, who, who, -1, gr.update(visible=False), "", None, "", *clear,
+            return (remembered(who), who, who, -1, gr.update(visible=False), "", None, "", *clear,
                     gr.update(value=done, visible=True))
         header_text = (f"**Trial {view.position + 1} of {view.total}** · participant `{who}` "
                        "(keep this id to resume later)")
         caption = f"**Text prompt:** {view.caption}" if view.caption else ""
-        return (who, who, who, view.position, gr.update(visible=True), header_text, str(view.video),
+        return (remembered(who), who, who, view.position, gr.update(visible=True), header_text, str(view.video),
                 caption, *clear, gr.update(value="", visible=False))
+
+    def on_forget() -> tuple:
+        """A shared computer, next person: forget the remembered id and clear the page."""
+        return (remembered(""), "", "", -1, gr.update(visible=False), "", None, "", *[None] * len(radios),
+                gr.update(value="", visible=False))
 
     def on_start(text: str | None) -> tuple:
         who = check_participant(text) if (text or "").strip() else f"p-{secrets.token_hex(4)}"
         return show(who, runner.next_trial(who))
 
-    def on_load(remembered: str | None) -> tuple:
-        if not remembered or not PARTICIPANT_ID.match(remembered):
+    def on_load(stored: dict | None) -> tuple:
+        who = stored.get("participant") if isinstance(stored, dict) else None
+        if not isinstance(who, str) or not PARTICIPANT_ID.match(who):
             return (gr.skip(),) * len(outputs)
-        return show(remembered, runner.next_trial(remembered))
+        return show(who, runner.next_trial(who))
 
     def on_submit(who: str, at: int, *answers: str | None) -> tuple:
         if not who or at < 0:
@@ -131,5 +145,6 @@ def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
     # Light, short handlers: they need not wait behind a generation in the one-at-a-time queue.
     start.click(on_start, participant_box, outputs, api_name="study_start", concurrency_limit=8)
     participant_box.submit(on_start, participant_box, outputs, api_name=False, concurrency_limit=8)
+    forget.click(on_forget, None, outputs, api_name="study_new_participant", concurrency_limit=8)
     submit.click(on_submit, [participant, position, *radios], outputs, api_name="study_submit", concurrency_limit=8)
     page.load(on_load, stored_id, outputs, api_name=False, concurrency_limit=8)
