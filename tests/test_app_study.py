@@ -6,11 +6,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from app_support import CLIPS, SYSTEMS, make_study
+from app_support import CLIPS, SYSTEMS, make_study, parse_app_args
 
 from expotion.app.results import bootstrap_ci, differences, summarise
 from expotion.app.study import PAPER_QUESTIONS, StudyError, load_study, trial_order
-from expotion.app.study_store import AlreadyAnswered, Response
+from expotion.app.study_store import AlreadyAnswered, Response, StudyStore
 from expotion.cli import main as cli_main
 
 pytest.importorskip("gradio")
@@ -207,3 +207,22 @@ def test_results_with_one_participant_report_the_ci_as_undefined(study, capsys):
     assert "1 participants" in out and "undefined: 1 participant" in out and "[3.00, 3.00]" not in out
     lines = (study.database.parent / "study-results" / "results.csv").read_text().splitlines()
     assert sum(line.endswith(",1,1,1,3.0000,nan,nan") for line in lines) == 4  # the rated system, every question
+
+
+def test_browser_secret_is_kept_across_restarts_and_is_not_the_blinding_secret(study, tmp_path):
+    """The browser's stored id must still decrypt after a restart, and the key sent to pages must not name media."""
+    import gradio as gr
+
+    from expotion.app.server import build_app
+
+    def built() -> tuple[str, str]:
+        page, _ = build_app(parse_app_args(["--study", str(study.path), "--study-only", "--runs", str(tmp_path),
+                                            "--outputs", str(tmp_path / "out"),
+                                            "--demo-manifest", str(tmp_path / "none.csv")]))
+        (state,) = [b for b in page.blocks.values() if isinstance(b, gr.BrowserState)]
+        return state.secret, str(page.get_config_file())  # what every page is sent
+
+    (first, config), (second, _) = built(), built()
+    blinding = StudyStore(study.database).secret()
+    assert first == second and len(first) == 32
+    assert first in config and blinding not in config and blinding != first

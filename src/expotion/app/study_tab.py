@@ -37,6 +37,7 @@ class StudyRunner:
         self.study = study
         self.store = StudyStore(study.database)
         self.secret = self.store.secret()
+        self.browser_secret = self.store.browser_secret()
 
     def trials(self, participant: str) -> list[Trial]:
         return self.store.trials(participant, trial_order(self.study, participant))
@@ -80,7 +81,7 @@ def build_study_tab(runner: StudyRunner, page: gr.Blocks) -> None:
     """Lay out the tab inside ``page`` and wire its events (``page.load`` resumes a remembered participant)."""
     study = runner.study
     low, high = study.scale
-    stored_id = gr.BrowserState(remembered(""), storage_key="study-participant")
+    stored_id = gr.BrowserState(remembered(""), storage_key="study-participant", secret=runner.browser_secret)
     gr.Markdown(f"## {study.title}\n"
                 "Watch each video with its music, then rate the music on every question "
                 f"({low} = lowest, {high} = highest). Your answers are saved after every trial, so you can "
