@@ -14,7 +14,7 @@ from expotion.app.study_store import AlreadyAnswered, Response, StudyStore
 from expotion.cli import main as cli_main
 
 pytest.importorskip("gradio")
-from expotion.app.study_tab import StudyRunner  # noqa: E402
+from expotion.app.study_tab import Finished, StudyRunner, TrialRemoved  # noqa: E402
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_trial_order_is_every_pair_seeded_by_participant(study):
 def test_order_is_recorded_and_resumed(study):
     runner = StudyRunner(study)
     first = runner.next_trial("alice")
-    assert first.position == 0 and first.total == 4 and first.video.suffix == ".mp4"
+    assert (first.position, first.number, first.total) == (0, 1, 4) and first.video.suffix == ".mp4"
     second = runner.submit("alice", 0, {q.id: 4 for q in study.questions})
     assert second.position == 1
     with pytest.raises(AlreadyAnswered):
@@ -180,7 +180,7 @@ def test_results_command_writes_table_csv_and_figure(study, capsys):
             trial = runner.trials(who)[position]
             score = 5 if trial.system == "zebra_secret_system" else 2 + (who == "bob")
             runner.submit(who, position, {q.id: score for q in study.questions})
-    assert runner.next_trial("ann") is None  # every trial answered: the page thanks them
+    assert runner.next_trial("ann") == Finished(4)  # every trial answered: the page thanks them
     assert cli_main(["study", "results", str(study.path), "--resamples", "500"]) == 0
     out = capsys.readouterr().out
     assert "2 participants, 2 clips" in out and "over participants and clips" in out and "zebra_secret_system" in out
@@ -226,3 +226,34 @@ def test_browser_secret_is_kept_across_restarts_and_is_not_the_blinding_secret(s
     blinding = StudyStore(study.database).secret()
     assert first == second and len(first) == 32
     assert first in config and blinding not in config and blinding != first
+
+
+def test_a_system_removed_mid_study_is_skipped_for_returning_participants_and_left_out_of_results(
+        study, capsys, caplog):
+    """The researcher drops a system after ann has rated some of its trials: she must finish the rest."""
+    runner = StudyRunner(study)
+    order = runner.trials("ann")
+    zebra = [t.position for t in order if t.system == "zebra_secret_system"]
+    for position in range(zebra[0] + 1):  # up to and including her first zebra trial; one zebra trial is left
+        runner.submit("ann", position, {q.id: 4 for q in study.questions})
+    study.path.write_text("\n".join(line for line in study.path.read_text().splitlines()
+                                    if "zebra" not in line) + "\n")
+    runner = StudyRunner(load_study(study.path))  # the server restarted with the new study file
+    quokka = [t.position for t in order if t.system == "quokka_hidden_system"]
+    answered = sum(p < zebra[0] for p in quokka)
+    with caplog.at_level("INFO", logger="expotion.app.study_tab"):
+        view = runner.next_trial("ann")
+    assert "participant 'ann': skipping 2 recorded trials" in caplog.text
+    assert (view.position, view.number, view.total) == (quokka[answered], answered + 1, 2)
+    with pytest.raises(TrialRemoved, match=f"trial {zebra[1] + 1} is no longer part of the study"):
+        runner.submit("ann", zebra[1], {q.id: 1 for q in study.questions})
+    while not isinstance(view, Finished):
+        view = runner.submit("ann", view.position, {q.id: 2 for q in study.questions})
+    assert view == Finished(2)  # her own count, not the study's
+    assert runner.next_trial("bob").total == 2  # a new participant gets the current pairs only
+
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "left out 4 stored ratings no longer in the study file: 4 of system 'zebra_secret_system'" in out
+    lines = (study.database.parent / "study-results" / "results.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in lines[1:]] == [["quokka_hidden_system", q.id] for q in study.questions]
