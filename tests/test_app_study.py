@@ -1,11 +1,13 @@
 """The listening study without a server: study file, seeded recorded order, SQLite store, blinding, results."""
 import itertools
+import os
 import sqlite3
 import threading
 from collections import Counter
 
 import numpy as np
 import pytest
+import soundfile as sf
 from app_support import CLIPS, SYSTEMS, make_study, parse_app_args
 
 from expotion.app.results import bootstrap_ci, differences, summarise
@@ -89,6 +91,39 @@ def test_media_names_hide_the_system(study):
         assert float(c.streams.audio[0].duration * c.streams.audio[0].time_base) == pytest.approx(2.0, abs=0.1)
 
 
+def dominant_frequency(samples: np.ndarray, sample_rate: int) -> float:
+    return float(np.fft.rfftfreq(len(samples), 1 / sample_rate)[np.abs(np.fft.rfft(samples)).argmax()])
+
+
+def media_frequency(path) -> float:
+    """The dominant frequency of a media file's decoded audio."""
+    import av
+
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)]
+        rate = c.streams.audio[0].rate
+    return dominant_frequency(np.concatenate(frames), rate)
+
+
+def test_regenerated_music_gets_new_media_with_the_new_audio(study):
+    """A system's wav regenerated after participants started (same length, even its old time stamp kept)."""
+    runner = StudyRunner(study)
+    first = runner.next_trial("alice")
+    trial = runner.trials("alice")[first.position]
+    wav = study.systems[trial.system][trial.clip]
+    old, rate = sf.read(wav)
+    stamp = wav.stat()
+    t = np.arange(len(old)) / rate
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), rate)
+    os.utime(wav, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # as `cp -p` or `rsync -a` would leave it
+    assert wav.stat().st_size == stamp.st_size and wav.stat().st_mtime_ns == stamp.st_mtime_ns
+
+    again = StudyRunner(load_study(study.path)).next_trial("alice")  # the server restarted
+    assert again.position == first.position and again.video != first.video
+    assert media_frequency(again.video) == pytest.approx(1000, abs=10)
+    assert media_frequency(first.video) == pytest.approx(dominant_frequency(old, rate), abs=10)  # kept, unchanged
+
+
 def test_two_threads_submitting_at_once_lose_no_row(study):
     runner = StudyRunner(study)
     barrier = threading.Barrier(2)
@@ -121,7 +156,8 @@ def test_bootstrap_ci_of_one_rating_per_participant_matches_the_normal_approxima
     scores = rng.integers(1, 6, (400, 1)).astype(float)  # 400 participants, one rating each: independent
     low, high = bootstrap_ci(scores, 20000, np.random.default_rng(1), resample_clips=False)
     half = 1.96 * scores.std() / np.sqrt(len(scores))
-    assert low == pytest.approx(scores.mean() - half, abs=0.02) and high == pytest.approx(scores.mean() + half, abs=0.02)
+    assert low == pytest.approx(scores.mean() - half, abs=0.02)
+    assert high == pytest.approx(scores.mean() + half, abs=0.02)
     assert bootstrap_ci(np.full((5, 3), 3.0), 100, np.random.default_rng(0)) == (3.0, 3.0)
     one_participant = bootstrap_ci(np.array([[3.0, 4.0, 5.0]]), 100, np.random.default_rng(0))
     one_clip = bootstrap_ci(np.array([[3.0], [4.0], [5.0]]), 100, np.random.default_rng(0))
@@ -134,7 +170,8 @@ def simulated_study(rng: np.random.Generator, participants: int = 12, clips: int
     Returns the ratings and the mean over these clips (the population mean is 3).
     """
     clip_level = 0.5 * rng.standard_normal(clips)
-    grid = 3 + 0.8 * rng.standard_normal((participants, 1)) + clip_level + 0.7 * rng.standard_normal((participants, clips))
+    rater_level = 0.8 * rng.standard_normal((participants, 1))
+    grid = 3 + rater_level + clip_level + 0.7 * rng.standard_normal((participants, clips))
     return grid, 3 + clip_level.mean()
 
 
