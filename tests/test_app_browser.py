@@ -169,7 +169,8 @@ def test_new_participant_is_not_resumed_after_reload(app, browser):
     browser.execute_script("localStorage.clear();")  # no one remembered from an earlier test
     browser.refresh()
     open_tab(browser, "Study")
-    browser.find_element(By.CSS_SELECTOR, "#study-participant textarea, #study-participant input").send_keys("shared-pc")
+    id_box = "#study-participant textarea, #study-participant input"
+    browser.find_element(By.CSS_SELECTOR, id_box).send_keys("shared-pc")
     browser.find_element(By.ID, "study-start").click()
     wait = WebDriverWait(browser, 60)
     wait.until(lambda d: re.search(r"participant\s+shared-pc", text_of(d, "study-header")))
@@ -179,7 +180,7 @@ def test_new_participant_is_not_resumed_after_reload(app, browser):
     wait.until(lambda d: not trial_shown(d))
     browser.refresh()
     open_tab(browser, "Study")
-    box = browser.find_element(By.CSS_SELECTOR, "#study-participant textarea, #study-participant input")
+    box = browser.find_element(By.CSS_SELECTOR, id_box)
     deadline = time.monotonic() + 5  # long enough for the page-load event to resume someone, if it would
     while time.monotonic() < deadline:
         assert not trial_shown(browser) and box.get_attribute("value") == ""

@@ -192,7 +192,8 @@ def plot(study: Study, rows: list[Summary], path: Path) -> None:
     for i, system in enumerate(systems):
         cells = [by_key[(system, q)] for q in questions]
         means = np.array([c.mean for c in cells])
-        err = np.nan_to_num([[c.mean - c.ci_low for c in cells], [c.ci_high - c.mean for c in cells]])  # undefined: none
+        err = [[c.mean - c.ci_low for c in cells], [c.ci_high - c.mean for c in cells]]
+        err = np.nan_to_num(err)  # an undefined CI draws no whisker
         ax.bar(x + (i - (len(systems) - 1) / 2) * width, means, width, yerr=err, capsize=3, label=system,
                edgecolor="black", linewidth=0.5)
     low, high = study.scale
