@@ -252,3 +252,20 @@ def test_study_asks_for_every_answer_and_does_not_store_a_partial_trial(served):
         assert db.execute("SELECT COUNT(*) FROM responses WHERE participant = 'partial-1'").fetchone() == (0,)
     header = client.predict("2", "3", "4", "5", api_name="/study_submit")[2]
     assert "Trial 2 of 4" in header
+
+
+def test_new_participant_forgets_the_remembered_id(served):
+    """A shared lab computer: after 'New participant', loading the page no longer resumes the last person."""
+    session = Session(served["url"], "sharedpc01")
+    config = session.get("/config").json()
+    stored = next(c["id"] for c in config["components"] if c["type"] == "browserstate")
+    session.fn_index["page load"] = next(i for i, d in enumerate(config["dependencies"])
+                                         if d["inputs"] == [stored] and any(t[1] == "load" for t in d["targets"]))
+    started = session.call("study_start", ["shared-1"])
+    assert started[0] == {"participant": "shared-1"}  # what the browser keeps
+    assert "Trial 1 of 4" in session.call("page load", [started[0]])[5]  # a reload resumes shared-1
+    cleared = session.call("study_new_participant", [])
+    assert cleared[0] == {"participant": ""} and cleared[2] == "" and cleared[4]["visible"] is False
+    assert all(item in ({"__type__": "update"}, None) for item in session.call("page load", [cleared[0]]))
+    with pytest.raises(AssertionError, match="Press 'Start / resume' first"):
+        session.call("study_submit", [None, None, "4", "3", "5", "2"])  # this page no longer answers as shared-1

@@ -156,3 +156,32 @@ def test_study_resumes_after_reload_and_stores_rows(app, browser, capsys):
     (ARTIFACTS / "study-results.txt").write_text(table)
     for name in ("ratings.png", "results.csv"):
         shutil.copy(study.database.parent / "study-results" / name, ARTIFACTS / f"study-{name}")
+
+
+def trial_shown(driver) -> bool:
+    return driver.execute_script("const e = document.getElementById('study-header');"
+                                 "return !!e && e.offsetParent !== null;")
+
+
+def test_new_participant_is_not_resumed_after_reload(app, browser):
+    """A shared lab computer: after 'New participant' the page forgets the last person, also across a reload."""
+    browser.get(app["url"])
+    browser.execute_script("localStorage.clear();")  # no one remembered from an earlier test
+    browser.refresh()
+    open_tab(browser, "Study")
+    id_box = "#study-participant textarea, #study-participant input"
+    browser.find_element(By.CSS_SELECTOR, id_box).send_keys("shared-pc")
+    browser.find_element(By.ID, "study-start").click()
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: re.search(r"participant\s+shared-pc", text_of(d, "study-header")))
+    browser.refresh()
+    wait.until(lambda d: d.find_elements(By.ID, "study-header") and "shared-pc" in text_of(d, "study-header"))
+    browser.find_element(By.ID, "study-new").click()
+    wait.until(lambda d: not trial_shown(d))
+    browser.refresh()
+    open_tab(browser, "Study")
+    box = browser.find_element(By.CSS_SELECTOR, id_box)
+    deadline = time.monotonic() + 5  # long enough for the page-load event to resume someone, if it would
+    while time.monotonic() < deadline:
+        assert not trial_shown(browser) and box.get_attribute("value") == ""
+        time.sleep(0.25)

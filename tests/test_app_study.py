@@ -1,18 +1,22 @@
 """The listening study without a server: study file, seeded recorded order, SQLite store, blinding, results."""
+import itertools
+import os
 import sqlite3
 import threading
+from collections import Counter
 
 import numpy as np
 import pytest
-from app_support import CLIPS, SYSTEMS, make_study
+import soundfile as sf
+from app_support import CLIPS, SYSTEMS, make_study, parse_app_args
 
-from expotion.app.results import bootstrap_ci, summarise
+from expotion.app.results import bootstrap_ci, differences, summarise
 from expotion.app.study import PAPER_QUESTIONS, StudyError, load_study, trial_order
-from expotion.app.study_store import AlreadyAnswered
+from expotion.app.study_store import AlreadyAnswered, Response, StudyStore
 from expotion.cli import main as cli_main
 
 pytest.importorskip("gradio")
-from expotion.app.study_tab import StudyRunner  # noqa: E402
+from expotion.app.study_tab import Finished, StudyRunner, TrialRemoved  # noqa: E402
 
 
 @pytest.fixture
@@ -59,7 +63,7 @@ def test_trial_order_is_every_pair_seeded_by_participant(study):
 def test_order_is_recorded_and_resumed(study):
     runner = StudyRunner(study)
     first = runner.next_trial("alice")
-    assert first.position == 0 and first.total == 4 and first.video.suffix == ".mp4"
+    assert (first.position, first.number, first.total) == (0, 1, 4) and first.video.suffix == ".mp4"
     second = runner.submit("alice", 0, {q.id: 4 for q in study.questions})
     assert second.position == 1
     with pytest.raises(AlreadyAnswered):
@@ -85,6 +89,39 @@ def test_media_names_hide_the_system(study):
     with av.open(str(view.video)) as c:
         assert c.streams.video and c.streams.audio
         assert float(c.streams.audio[0].duration * c.streams.audio[0].time_base) == pytest.approx(2.0, abs=0.1)
+
+
+def dominant_frequency(samples: np.ndarray, sample_rate: int) -> float:
+    return float(np.fft.rfftfreq(len(samples), 1 / sample_rate)[np.abs(np.fft.rfft(samples)).argmax()])
+
+
+def media_frequency(path) -> float:
+    """The dominant frequency of a media file's decoded audio."""
+    import av
+
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)]
+        rate = c.streams.audio[0].rate
+    return dominant_frequency(np.concatenate(frames), rate)
+
+
+def test_regenerated_music_gets_new_media_with_the_new_audio(study):
+    """A system's wav regenerated after participants started (same length, even its old time stamp kept)."""
+    runner = StudyRunner(study)
+    first = runner.next_trial("alice")
+    trial = runner.trials("alice")[first.position]
+    wav = study.systems[trial.system][trial.clip]
+    old, rate = sf.read(wav)
+    stamp = wav.stat()
+    t = np.arange(len(old)) / rate
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), rate)
+    os.utime(wav, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # as `cp -p` or `rsync -a` would leave it
+    assert wav.stat().st_size == stamp.st_size and wav.stat().st_mtime_ns == stamp.st_mtime_ns
+
+    again = StudyRunner(load_study(study.path)).next_trial("alice")  # the server restarted
+    assert again.position == first.position and again.video != first.video
+    assert media_frequency(again.video) == pytest.approx(1000, abs=10)
+    assert media_frequency(first.video) == pytest.approx(dominant_frequency(old, rate), abs=10)  # kept, unchanged
 
 
 def test_two_threads_submitting_at_once_lose_no_row(study):
@@ -114,13 +151,63 @@ def test_two_threads_submitting_at_once_lose_no_row(study):
         (w, c, s) for w in ("ann", "bobby") for c in CLIPS for s in SYSTEMS}
 
 
-def test_bootstrap_ci_matches_the_normal_approximation():
+def test_bootstrap_ci_of_one_rating_per_participant_matches_the_normal_approximation():
     rng = np.random.default_rng(0)
-    scores = rng.integers(1, 6, 400).astype(float)
-    low, high = bootstrap_ci(scores, 20000, np.random.default_rng(1))
+    scores = rng.integers(1, 6, (400, 1)).astype(float)  # 400 participants, one rating each: independent
+    low, high = bootstrap_ci(scores, 20000, np.random.default_rng(1), resample_clips=False)
     half = 1.96 * scores.std() / np.sqrt(len(scores))
-    assert low == pytest.approx(scores.mean() - half, abs=0.02) and high == pytest.approx(scores.mean() + half, abs=0.02)
-    assert bootstrap_ci(np.full(5, 3.0), 100, np.random.default_rng(0)) == (3.0, 3.0)
+    assert low == pytest.approx(scores.mean() - half, abs=0.02)
+    assert high == pytest.approx(scores.mean() + half, abs=0.02)
+    assert bootstrap_ci(np.full((5, 3), 3.0), 100, np.random.default_rng(0)) == (3.0, 3.0)
+    one_participant = bootstrap_ci(np.array([[3.0, 4.0, 5.0]]), 100, np.random.default_rng(0))
+    one_clip = bootstrap_ci(np.array([[3.0], [4.0], [5.0]]), 100, np.random.default_rng(0))
+    assert np.isnan(one_participant).all() and np.isnan(one_clip).all()  # undefined, not a zero-width interval
+
+
+def simulated_study(rng: np.random.Generator, participants: int = 12, clips: int = 6) -> tuple[np.ndarray, float]:
+    """Every participant rates every clip: mean 3 + rater level (sd 0.8) + clip level (sd 0.5) + noise (sd 0.7).
+
+    Returns the ratings and the mean over these clips (the population mean is 3).
+    """
+    clip_level = 0.5 * rng.standard_normal(clips)
+    rater_level = 0.8 * rng.standard_normal((participants, 1))
+    grid = 3 + rater_level + clip_level + 0.7 * rng.standard_normal((participants, clips))
+    return grid, 3 + clip_level.mean()
+
+
+def test_bootstrap_ci_covers_the_mean_when_ratings_share_participants_and_clips():
+    rng = np.random.default_rng(0)
+    studies, hits = 300, Counter()
+    for _ in range(studies):
+        grid, these_clips = simulated_study(rng)
+        low, high = bootstrap_ci(grid, 500, rng)
+        hits["two-way"] += low <= 3 <= high
+        low, high = bootstrap_ci(grid, 500, rng, resample_clips=False)
+        hits["fixed clips"] += low <= these_clips <= high
+        low, high = bootstrap_ci(grid.reshape(-1, 1), 500, rng, resample_clips=False)  # every rating on its own
+        hits["independent"] += low <= 3 <= high
+    coverage = {k: v / studies for k, v in hits.items()}
+    assert 0.85 <= coverage["two-way"] <= 0.99 and 0.85 <= coverage["fixed clips"] <= 0.99, coverage
+    assert coverage["independent"] < 0.7, coverage  # resampling single ratings: far too narrow
+
+
+def test_paired_difference_removes_each_participants_level(study):
+    """Raters differ by up to three points; on the same clip zebra gets one point more than quokka half the time."""
+    rng = np.random.default_rng(3)
+    level = {f"p{i:02d}": int(rng.integers(1, 4)) for i in range(15)}
+    responses = []
+    for p, clip in itertools.product(level, CLIPS):
+        quokka = level[p] + int(rng.integers(0, 2))
+        zebra = quokka + int(rng.random() < 0.5)
+        responses += [Response(p, clip, "quokka_hidden_system", "musicality", quokka, ""),
+                      Response(p, clip, "zebra_secret_system", "musicality", zebra, "")]
+    diff = differences(study, responses, 2000)[0]
+    quokka, zebra = (r.estimate for r in summarise(study, responses, 2000) if r.question == "musicality")
+    assert (diff.system, diff.other, diff.question) == ("quokka_hidden_system", "zebra_secret_system", "musicality")
+    assert (diff.estimate.participants, diff.estimate.n) == (15, 30)
+    assert diff.estimate.mean == pytest.approx(quokka.mean - zebra.mean)
+    assert diff.estimate.ci_low < diff.estimate.mean < diff.estimate.ci_high < 0  # zebra is rated higher
+    assert quokka.ci_high > zebra.ci_low  # the two systems' own CIs overlap: only the pairing separates them
 
 
 def test_results_command_writes_table_csv_and_figure(study, capsys):
@@ -128,17 +215,82 @@ def test_results_command_writes_table_csv_and_figure(study, capsys):
     for who in ("ann", "bob"):
         for position in range(study.n_trials):
             trial = runner.trials(who)[position]
-            score = 5 if trial.system == "zebra_secret_system" else 2
+            score = 5 if trial.system == "zebra_secret_system" else 2 + (who == "bob")
             runner.submit(who, position, {q.id: score for q in study.questions})
-    assert runner.next_trial("ann") is None  # every trial answered: the page thanks them
+    assert runner.next_trial("ann") == Finished(4)  # every trial answered: the page thanks them
     assert cli_main(["study", "results", str(study.path), "--resamples", "500"]) == 0
     out = capsys.readouterr().out
-    assert "2 participants" in out and "zebra_secret_system" in out
+    assert "2 participants, 2 clips" in out and "over participants and clips" in out and "zebra_secret_system" in out
     results = study.database.parent / "study-results"
     lines = (results / "results.csv").read_text().splitlines()
-    assert lines[0] == "system,question,n,mean,ci95_low,ci95_high" and len(lines) == 1 + 2 * 4
-    assert "quokka_hidden_system,musicality,4,2.0000,2.0000,2.0000" in lines
+    assert lines[0] == "system,question,participants,clips,n,mean,ci95_low,ci95_high" and len(lines) == 1 + 2 * 4
+    assert "quokka_hidden_system,musicality,2,2,4,2.5000,2.0000,3.0000" in lines
+    assert "zebra_secret_system,musicality,2,2,4,5.0000,5.0000,5.0000" in lines
+    paired = (results / "differences.csv").read_text().splitlines()
+    assert paired[0] == "system,minus,question,participants,clips,n,mean_difference,ci95_low,ci95_high"
+    assert "quokka_hidden_system,zebra_secret_system,creativity,2,2,4,-2.5000,-3.0000,-2.0000" in paired
+    assert len(paired) == 1 + 4
     assert (results / "ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = summarise(study, runner.store.responses(), 200)
     assert [(r.system, r.question) for r in rows][:2] == [("quokka_hidden_system", "musicality"),
                                                           ("quokka_hidden_system", "text_music")]
+
+
+def test_results_with_one_participant_report_the_ci_as_undefined(study, capsys):
+    runner = StudyRunner(study)
+    runner.submit("solo", 0, {q.id: 3 for q in study.questions})
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "1 participants" in out and "undefined: 1 participant" in out and "[3.00, 3.00]" not in out
+    lines = (study.database.parent / "study-results" / "results.csv").read_text().splitlines()
+    assert sum(line.endswith(",1,1,1,3.0000,nan,nan") for line in lines) == 4  # the rated system, every question
+
+
+def test_browser_secret_is_kept_across_restarts_and_is_not_the_blinding_secret(study, tmp_path):
+    """The browser's stored id must still decrypt after a restart, and the key sent to pages must not name media."""
+    import gradio as gr
+
+    from expotion.app.server import build_app
+
+    def built() -> tuple[str, str]:
+        page, _ = build_app(parse_app_args(["--study", str(study.path), "--study-only", "--runs", str(tmp_path),
+                                            "--outputs", str(tmp_path / "out"),
+                                            "--demo-manifest", str(tmp_path / "none.csv")]))
+        (state,) = [b for b in page.blocks.values() if isinstance(b, gr.BrowserState)]
+        return state.secret, str(page.get_config_file())  # what every page is sent
+
+    (first, config), (second, _) = built(), built()
+    blinding = StudyStore(study.database).secret()
+    assert first == second and len(first) == 32
+    assert first in config and blinding not in config and blinding != first
+
+
+def test_a_system_removed_mid_study_is_skipped_for_returning_participants_and_left_out_of_results(
+        study, capsys, caplog):
+    """The researcher drops a system after ann has rated some of its trials: she must finish the rest."""
+    runner = StudyRunner(study)
+    order = runner.trials("ann")
+    zebra = [t.position for t in order if t.system == "zebra_secret_system"]
+    for position in range(zebra[0] + 1):  # up to and including her first zebra trial; one zebra trial is left
+        runner.submit("ann", position, {q.id: 4 for q in study.questions})
+    study.path.write_text("\n".join(line for line in study.path.read_text().splitlines()
+                                    if "zebra" not in line) + "\n")
+    runner = StudyRunner(load_study(study.path))  # the server restarted with the new study file
+    quokka = [t.position for t in order if t.system == "quokka_hidden_system"]
+    answered = sum(p < zebra[0] for p in quokka)
+    with caplog.at_level("INFO", logger="expotion.app.study_tab"):
+        view = runner.next_trial("ann")
+    assert "participant 'ann': skipping 2 recorded trials" in caplog.text
+    assert (view.position, view.number, view.total) == (quokka[answered], answered + 1, 2)
+    with pytest.raises(TrialRemoved, match=f"trial {zebra[1] + 1} is no longer part of the study"):
+        runner.submit("ann", zebra[1], {q.id: 1 for q in study.questions})
+    while not isinstance(view, Finished):
+        view = runner.submit("ann", view.position, {q.id: 2 for q in study.questions})
+    assert view == Finished(2)  # her own count, not the study's
+    assert runner.next_trial("bob").total == 2  # a new participant gets the current pairs only
+
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "left out 4 stored ratings no longer in the study file: 4 of system 'zebra_secret_system'" in out
+    lines = (study.database.parent / "study-results" / "results.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in lines[1:]] == [["quokka_hidden_system", q.id] for q in study.questions]

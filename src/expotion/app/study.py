@@ -18,6 +18,7 @@ The study file names the systems (each a directory of ``<clip_id>.wav``), the vi
 
 Blinding: a participant's page only ever holds the clip's video muxed with one system's music,
 under a file name keyed by a per-database secret. System names and paths stay on the server.
+The name also covers the source files' contents, so regenerated music gets a new media file.
 """
 from __future__ import annotations
 
@@ -142,22 +143,41 @@ def trial_order(study: Study, participant: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def blinded_name(secret: str, clip: str, system: str) -> str:
-    """A file name that reveals neither the system nor, without the secret, which files share one."""
-    return hmac.new(secret.encode(), f"{clip}\0{system}".encode(), hashlib.sha256).hexdigest()[:24] + ".mp4"
+def source_digest(*paths: Path) -> str:
+    """SHA-256 of the files' contents, in order.
+
+    Contents rather than size and mtime: a regenerated wav of the same length has the same size,
+    and a copy that keeps time stamps (``cp -p``, ``rsync -a``, an archive) can carry an old mtime.
+    Reading a clip's video and wav costs milliseconds per trial served.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def blinded_name(secret: str, clip: str, system: str, sources: str) -> str:
+    """A file name that reveals neither the system nor, without the secret, which files share one.
+
+    ``sources`` (the digest of the video and music) changes the name whenever either file changes.
+    """
+    message = f"{clip}\0{system}\0{sources}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:24] + ".mp4"
 
 
 _media_lock = threading.Lock()  # muxing writes a per-process temporary name: one trial file at a time
 
 
 def trial_media(study: Study, secret: str, clip: str, system: str) -> Path:
-    """The clip's video muxed with the system's music (cut to the video's length), made once and kept."""
-    out = study.media_dir / blinded_name(secret, clip, system)
+    """The clip's video muxed with the system's music (cut to the video's length), made once per
+    version of the two files and kept."""
+    video, music_file = study.videos[clip], study.systems[system][clip]
+    out = study.media_dir / blinded_name(secret, clip, system, source_digest(video, music_file))
     with _media_lock:
         if out.exists():
             return out
-        video = study.videos[clip]
-        music, sample_rate = load_audio(study.systems[system][clip])
+        music, sample_rate = load_audio(music_file)
         music = music[: int(round(probe_video(video).duration_s * sample_rate))]
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as work:

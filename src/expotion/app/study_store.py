@@ -88,15 +88,24 @@ class StudyStore:
         finally:
             db.close()
 
-    def secret(self) -> str:
-        """A random key made once per study database; it names the blinded media files."""
+    def kept_secret(self, key: str) -> str:
+        """A random key made once per study database under ``key`` in ``meta``, the same after every restart."""
         with self.transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
                 return row[0]
             value = secrets.token_hex(16)
-            db.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
+
+    def secret(self) -> str:
+        """The key that names the blinded media files; it never leaves the server."""
+        return self.kept_secret("secret")
+
+    def browser_secret(self) -> str:
+        """The key the browser encrypts the remembered participant id with. Gradio sends it to every
+        page, so it must not be the blinding key; kept so a restarted server still reads stored ids."""
+        return self.kept_secret("browser_secret")
 
     def trials(self, participant: str, order: Sequence[tuple[str, str]] | None = None) -> list[Trial]:
         """The participant's recorded trial order; ``order`` is recorded first if they are new."""
