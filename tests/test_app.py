@@ -37,6 +37,17 @@ def served(tiny_profile_cfg, tmp_path_factory):
     page.close()
 
 
+def test_a_port_in_use_is_one_line(served, tiny_profile_cfg, capsys):
+    from expotion.cli import main
+
+    port = int(served["url"].rstrip("/").rsplit(":", 1)[1])  # the launched app holds it
+    root = served["root"]
+    assert main(["app", *app_args(tiny_profile_cfg, root / "runs", root / "outputs"), "--host", "127.0.0.1",
+                 "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot serve on 127.0.0.1:{port} (") and err.strip().endswith("--port")
+
+
 def wide_checkpoint(tiny_profile_cfg, path: Path) -> Path:
     """A checkpoint trained on 768-wide features: the tiny extractors give 32, so it must be refused."""
     from expotion.adaptor import AdaptorConfig, ConditionAdaptor

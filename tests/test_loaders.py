@@ -164,7 +164,7 @@ def test_weights_check_lists_missing_files(tmp_path, capsys, monkeypatch):
     from expotion.cli import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert main(["weights", "check", "--weights-dir", str(tmp_path)]) == 0
+    assert main(["weights", "check", "--weights-dir", str(tmp_path)]) == 1  # a file is missing
     out = capsys.readouterr().out
     for name in ("marlin_vit_base_ytf.encoder.pt", "24-01-04T16-39-21.pt", "raft_large_C_T_SKHT_V2-ff5fadd5.pth"):
         assert name in out

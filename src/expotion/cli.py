@@ -117,7 +117,7 @@ def weights_check(args: argparse.Namespace) -> int:
             missing += 1
             print(f"  MISSING  {spec.key:28s} {spec.filename}\n           goes in: {spec.where}\n           needed by: {spec.needed_by}")
     print(f"{len(REGISTRY) - missing} present, {missing} missing")
-    return 0
+    return 1 if missing else 0  # scripts can test for a complete set
 
 
 def weights_make_tiny(args: argparse.Namespace) -> int:
@@ -139,7 +139,7 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     from .tiny import TINY
 
     sub = parser.add_subparsers(dest="weights_command", required=True)
-    check = sub.add_parser("check", help="list present and missing weight files")
+    check = sub.add_parser("check", help="list present and missing weight files (exit status 1 when one is missing)")
     check.add_argument("--weights-dir", type=Path, default=None)
     check.set_defaults(func=weights_check)
     tiny = sub.add_parser("make-tiny", help="write small random models in the released formats (demo, tests)")

@@ -71,8 +71,13 @@ def run(args: argparse.Namespace) -> int:
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    _, url, _ = page.launch(server_name=args.host, server_port=args.port, allowed_paths=served,
-                            prevent_thread_lock=True, quiet=True, footer_links=[])
+    try:
+        _, url, _ = page.launch(server_name=args.host, server_port=args.port, allowed_paths=served,
+                                prevent_thread_lock=True, quiet=True, footer_links=[])
+    except OSError as err:
+        print(f"error: cannot serve on {args.host}:{args.port} ({err}); is another server using the port? "
+              "Choose another with --port", file=sys.stderr)
+        return 2
     print(f"expotion app: open {url} in a browser (Ctrl+C to stop)", flush=True)
     try:
         page.block_thread()
