@@ -157,3 +157,50 @@ def test_generate_uses_the_musicgen_and_extractors_it_was_trained_with(tmp_path,
     wav, sr = sf.read(elsewhere / "o.wav")
     assert sr == 32000 and len(wav) == 64000 and np.abs(wav).max() > 0
     assert "MARLIN" not in caplog.text
+
+
+def as_clip_flow_checkpoint(good: Path, dest: Path, class_path: bool = True) -> Path:
+    """``good`` (an Expotion Lightning checkpoint) dressed as a CLIP + flow run's: its weights under
+    ``conditioner.``, and the class LightningCLI records unless ``class_path`` is False."""
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["state_dict"] = {"conditioner." + k.removeprefix("adaptor."): v for k, v in ckpt["state_dict"].items()}
+    ckpt["hyper_parameters"].pop("_class_path")
+    if class_path:
+        ckpt["hyper_parameters"]["_class_path"] = "expotion.clipflow.training.ClipFlowModule"
+    torch.save(ckpt, dest)
+    return dest
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_method_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys,
+                                                                     monkeypatch):
+    from test_training import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
+    fit = ["fit", "--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0"]
+    assert run_train_ok(fit, capsys) == 0
+    good = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(good, weights_only=True)["hyper_parameters"]["_class_path"] == "expotion.training.ExpotionModule"
+    elsewhere = [*fit, f"--trainer.default_root_dir={tmp_path / 'other'}"]
+    clip_flow = "a checkpoint of a CLIP + flow (expotion.clipflow.training.ClipFlowModule) run"
+    expotion = "Expotion (expotion.training.ExpotionModule)"
+    for recorded in (True, False):  # the class LightningCLI records, else the weights' prefixes tell
+        path = as_clip_flow_checkpoint(good, tmp_path / f"clip_flow_{recorded}.ckpt", recorded)
+        code, error = run_train([*elsewhere, "--ckpt_path", str(path)], capsys)
+        assert code == 2 and error == (f"error: {path}: {clip_flow}, but the config trains {expotion}; resume it "
+                                       "with the config it was trained with, or start without --ckpt_path")
+
+    clip_flow_config = ["fit", "--config", str(ROOT / "lightning_configs" / "clip_flow_tiny.yaml"),
+                        f"--trainer.default_root_dir={tmp_path / 'other'}"]
+    code, error = run_train([*clip_flow_config, "--ckpt_path", str(good)], capsys)
+    assert code == 2 and error.startswith(f"error: {good}: a checkpoint of a {expotion} run, but the config trains "
+                                          "CLIP + flow (expotion.clipflow.training.ClipFlowModule); ")
+    assert not (tmp_path / "other").exists()  # refused before anything ran
+
+
+def run_train_ok(args: list[str], capsys) -> int:
+    from expotion.train import run
+
+    code = run(args)
+    capsys.readouterr()
+    return code
