@@ -208,6 +208,8 @@ def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest not found: {path}")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise ManifestError(f"--data-root {data_root}: no such folder")
     root = Path(os.path.abspath(data_root if data_root is not None else path.parent))
     rows, problems = read_rows(path)
     recordings, first_seen = [], {}
