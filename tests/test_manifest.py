@@ -107,6 +107,21 @@ def test_jsonl_problems_are_all_reported_with_their_lines(tmp_path):
     assert "duplicate id 'a' (first on line 1)" in problems[5]
 
 
+def test_a_jsonl_row_without_video_names_its_unknown_keys(tmp_path):
+    path = tmp_path / "m3.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"video": "a.mp4", "caption": "ok"}),
+        json.dumps({"vdeo": "b.mp4", "caption": "ok"}),
+        json.dumps({"id": "c", "caption": "ok", "vid": "c.mp4", "Split": "val"}),
+        json.dumps({"id": "d", "caption": "ok"}),
+        json.dumps({"video": "", "caption": "ok"}),
+    ]) + "\n")
+    assert problems_of(path) == [f"{path}:2: no 'video' (unknown key 'vdeo')",
+                                 f"{path}:3: no 'video' (unknown keys 'vid', 'Split')",
+                                 f"{path}:4: no 'video'",
+                                 f"{path}:5: empty path"]
+
+
 def test_csv_rows_with_extra_or_missing_fields_are_errors(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("\n".join([

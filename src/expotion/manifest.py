@@ -14,8 +14,9 @@ A manifest is a CSV (with header) or JSONL file, one row per recording:
 The data root defaults to the manifest's directory. Paths that leave it are
 rejected when the manifest is read, before any work starts. So is every other
 problem (a CSV row with more or fewer fields than the header, a JSONL line that
-is not an object, a JSON value that is not a string), all in one error that
-gives each problem's line in the file. JSONL values are strings, or null for
+is not an object, a JSON value that is not a string, a row without ``video``,
+named with the keys it has that are not columns, e.g. a misspelled ``vdeo``),
+all in one error that gives each problem's line in the file. JSONL values are strings, or null for
 "not given"; ``face_box`` may also be a list of four numbers.
 """
 from __future__ import annotations
@@ -232,7 +233,18 @@ def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
     return recordings
 
 
+def check_has_video(row: dict, where: str) -> None:
+    """Refuse a row without a ``video`` key, naming the keys it has that no manifest uses (a misspelled
+    ``video`` would otherwise read as an empty path)."""
+    if "video" in row:
+        return
+    unknown = [key for key in row if key not in COLUMNS]
+    named = f" (unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))})" if unknown else ""
+    raise ManifestError(f"{where}: no 'video'{named}")
+
+
 def parse_row(row: dict, root: Path, where: str) -> Recording:
+    check_has_video(row, where)
     video = resolve_inside(root, str(row.get("video") or ""), where=where)
     audio_field = str(row.get("audio") or "").strip()
     audio = None if audio_field in ("", VIDEO_AUDIO) else resolve_inside(root, audio_field, where=where)
