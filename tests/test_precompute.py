@@ -463,6 +463,24 @@ def test_a_split_skipped_for_other_reasons_names_them_not_clip_seconds(small_dem
     assert out.count("--clip-seconds") == 2  # the val split's hint only
 
 
+def test_a_face_box_outside_the_frame_skips_its_recording_and_one_mostly_outside_is_warned(
+        small_demo, tiny_profile_cfg, tmp_path, caplog):
+    rows = small_demo.read_text().splitlines()
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join([rows[0], rows[1].replace("100 18 220 138", "900 10 1000 80"),
+                                   rows[2].replace("100 18 220 138", "300 200 400 300"), rows[3]]) + "\n")
+    cfg = replace(config(manifest, tmp_path / "cache", tiny_profile_cfg, names=("raft",)),
+                  data_root=small_demo.parent)
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        summary = run(cfg)
+    video = small_demo.parent / "videos"
+    assert summary.skipped == [{"clip": "demo-000", "split": "train", "reason": f"{video / 'demo-000.mp4'}: "
+                                "face_box 900 10 1000 80 does not overlap the 320x256 frame"}]
+    assert summary.written == {"train": 2, "val": 2}
+    assert (f"{video / 'demo-001.mp4'}: face_box 300 200 400 300: 89% of the box lies outside the 320x256 frame; "
+            "the face crop is clipped") in caplog.messages
+
+
 def test_a_missing_data_root_is_refused_before_any_work(small_demo, tiny_profile_cfg, tmp_path, capsys):
     tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
     code = extract_cli().main(["--manifest", str(small_demo), "--data-root", str(tmp_path / "nowhere"), "--cache",

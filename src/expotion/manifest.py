@@ -106,6 +106,22 @@ def parse_face_box(text: str | list | None, *, where: str) -> tuple[int, int, in
     return x0, y0, x1, y1
 
 
+def check_face_box(box: tuple[int, int, int, int] | None, width: int, height: int, *, where: str) -> str | None:
+    """Refuse a face box that does not overlap the ``width`` x ``height`` frame (the crop would be clamped into a
+    corner with no face in it); returns a warning when more than half of the box lies outside the frame."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    inside = max(0, min(x1, width) - max(x0, 0)) * max(0, min(y1, height) - max(y0, 0))
+    named = f"{where} {x0} {y0} {x1} {y1}"
+    if inside == 0:
+        raise ManifestError(f"{named} does not overlap the {width}x{height} frame")
+    outside = 1 - inside / ((x1 - x0) * (y1 - y0))
+    if outside > 0.5:
+        return f"{named}: {outside:.0%} of the box lies outside the {width}x{height} frame; the face crop is clipped"
+    return None
+
+
 Problem = tuple[int, str]  # (line number, message naming the file and the line)
 
 

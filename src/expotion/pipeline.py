@@ -53,7 +53,7 @@ from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lo
                     remove_shards_except, remove_stale_temporaries, shard_attrs, shard_path)
 from .data import GENERIC_PROMPT
 from .features import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available
-from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
+from .manifest import VIDEO_AUDIO, Clip, ManifestError, Recording, check_face_box, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .nodes import SINGLE_NODE, NodeShare
 from .rates import DEFAULT_RATES, FeatureShapeError, Rates
@@ -211,6 +211,12 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
         audio = read_music(rec.video, rec.audio, rates.sample_rate) if "codes" in ex.names else None
     except MediaError as err:
         return skip(writer, rec.id, str(err))
+    try:
+        clipped = check_face_box(rec.face_box, info.width, info.height, where=f"{rec.video}: face_box")
+    except ManifestError as err:
+        return skip(writer, rec.id, str(err))
+    if clipped:
+        log.warning("%s", clipped)
     audio_s = None if audio is None else len(audio) / rates.sample_rate
     duration = info.duration_s if audio_s is None else min(info.duration_s, audio_s)
     clips = chop(rec, duration, cfg.clip_seconds, keep_tail=cfg.keep_tail)
