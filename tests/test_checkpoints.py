@@ -39,9 +39,17 @@ def unusable_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
     empty.write_bytes(b"")
     truncated.write_bytes(data[: len(data) // 2])
     torch.save({"format": "expotion-adaptor", "hook": WritesAFile(tmp_path / "ran")}, code)
+    text, junk = tmp_path / "README.md", tmp_path / "junk.pt"
+    text.write_text("# Expotion\n\nMusic for videos.\n")
+    junk.write_bytes(bytes(range(101, 140)))
+    legacy_code = tmp_path / "legacy_code.pt"
+    torch.save({"hook": WritesAFile(tmp_path / "ran")}, legacy_code, _use_new_zipfile_serialization=False)
+    not_torch = "not a torch checkpoint (a PyTorch .pt/.ckpt file)"
     return {"empty": (empty, "empty file (0 bytes), not a checkpoint"),
             "truncated": (truncated, "unreadable checkpoint (truncated or corrupt): "),
-            "code": (code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors")}
+            "code": (code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors"),
+            "legacy code": (legacy_code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors"),
+            "text": (text, not_torch), "junk": (junk, not_torch)}
 
 
 def narrowed_copy(cache: Path, dest: Path, stream: str, width: int) -> Path:
@@ -204,3 +212,16 @@ def run_train_ok(args: list[str], capsys) -> int:
     code = run(args)
     capsys.readouterr()
     return code
+
+
+def test_files_torch_did_not_write_are_named_as_such_and_legacy_torch_files_load(tmp_path):
+    from expotion.checkpoint import CheckpointError, load_file
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_file(legacy)["w"], torch.ones(2))
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not weights\n")
+    with pytest.raises(CheckpointError) as err:
+        load_file(text)
+    assert str(err.value) == f"{text}: not a torch checkpoint (a PyTorch .pt/.ckpt file)"
