@@ -39,9 +39,17 @@ def unusable_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
     empty.write_bytes(b"")
     truncated.write_bytes(data[: len(data) // 2])
     torch.save({"format": "expotion-adaptor", "hook": WritesAFile(tmp_path / "ran")}, code)
+    text, junk = tmp_path / "README.md", tmp_path / "junk.pt"
+    text.write_text("# Expotion\n\nMusic for videos.\n")
+    junk.write_bytes(bytes(range(101, 140)))
+    legacy_code = tmp_path / "legacy_code.pt"
+    torch.save({"hook": WritesAFile(tmp_path / "ran")}, legacy_code, _use_new_zipfile_serialization=False)
+    not_torch = "not a torch checkpoint (a PyTorch .pt/.ckpt file)"
     return {"empty": (empty, "empty file (0 bytes), not a checkpoint"),
             "truncated": (truncated, "unreadable checkpoint (truncated or corrupt): "),
-            "code": (code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors")}
+            "code": (code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors"),
+            "legacy code": (legacy_code, "refused: it holds pickled Python objects (posix.mkdir) besides tensors"),
+            "text": (text, not_torch), "junk": (junk, not_torch)}
 
 
 def narrowed_copy(cache: Path, dest: Path, stream: str, width: int) -> Path:
@@ -157,3 +165,63 @@ def test_generate_uses_the_musicgen_and_extractors_it_was_trained_with(tmp_path,
     wav, sr = sf.read(elsewhere / "o.wav")
     assert sr == 32000 and len(wav) == 64000 and np.abs(wav).max() > 0
     assert "MARLIN" not in caplog.text
+
+
+def as_clip_flow_checkpoint(good: Path, dest: Path, class_path: bool = True) -> Path:
+    """``good`` (an Expotion Lightning checkpoint) dressed as a CLIP + flow run's: its weights under
+    ``conditioner.``, and the class LightningCLI records unless ``class_path`` is False."""
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["state_dict"] = {"conditioner." + k.removeprefix("adaptor."): v for k, v in ckpt["state_dict"].items()}
+    ckpt["hyper_parameters"].pop("_class_path")
+    if class_path:
+        ckpt["hyper_parameters"]["_class_path"] = "expotion.clipflow.training.ClipFlowModule"
+    torch.save(ckpt, dest)
+    return dest
+
+
+def test_resume_refuses_a_checkpoint_of_the_other_method_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys,
+                                                                     monkeypatch):
+    from test_training import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
+    fit = ["fit", "--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0"]
+    assert run_train_ok(fit, capsys) == 0
+    good = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(good, weights_only=True)["hyper_parameters"]["_class_path"] == "expotion.training.ExpotionModule"
+    elsewhere = [*fit, f"--trainer.default_root_dir={tmp_path / 'other'}"]
+    clip_flow = "a checkpoint of a CLIP + flow (expotion.clipflow.training.ClipFlowModule) run"
+    expotion = "Expotion (expotion.training.ExpotionModule)"
+    for recorded in (True, False):  # the class LightningCLI records, else the weights' prefixes tell
+        path = as_clip_flow_checkpoint(good, tmp_path / f"clip_flow_{recorded}.ckpt", recorded)
+        code, error = run_train([*elsewhere, "--ckpt_path", str(path)], capsys)
+        assert code == 2 and error == (f"error: {path}: {clip_flow}, but the config trains {expotion}; resume it "
+                                       "with the config it was trained with, or start without --ckpt_path")
+
+    clip_flow_config = ["fit", "--config", str(ROOT / "lightning_configs" / "clip_flow_tiny.yaml"),
+                        f"--trainer.default_root_dir={tmp_path / 'other'}"]
+    code, error = run_train([*clip_flow_config, "--ckpt_path", str(good)], capsys)
+    assert code == 2 and error.startswith(f"error: {good}: a checkpoint of a {expotion} run, but the config trains "
+                                          "CLIP + flow (expotion.clipflow.training.ClipFlowModule); ")
+    assert not (tmp_path / "other").exists()  # refused before anything ran
+
+
+def run_train_ok(args: list[str], capsys) -> int:
+    from expotion.train import run
+
+    code = run(args)
+    capsys.readouterr()
+    return code
+
+
+def test_files_torch_did_not_write_are_named_as_such_and_legacy_torch_files_load(tmp_path):
+    from expotion.checkpoint import CheckpointError, load_file
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_file(legacy)["w"], torch.ones(2))
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not weights\n")
+    with pytest.raises(CheckpointError) as err:
+        load_file(text)
+    assert str(err.value) == f"{text}: not a torch checkpoint (a PyTorch .pt/.ckpt file)"

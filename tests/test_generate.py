@@ -1,6 +1,7 @@
 """Generation: token equality with plain MusicGen at zero gates, exact durations, muxing, batch mode, bad input,
 the library API (progress, devices) and outputs that never destroy an input."""
 import json
+import logging
 import os
 import re
 import time
@@ -392,3 +393,17 @@ def test_device_defaults_to_cuda_when_present_and_cuda_without_it_is_refused(tmp
     assert cli_main(["generate", "--video", str(video), "--prompt", "x", "--out", str(tmp_path / "o.wav"),
                      "--device", "cuda", *tiny_args(tiny_profile_cfg)]) == 2
     assert "--device cuda: CUDA is not available on this machine" in caplog.text
+
+
+def test_a_face_box_outside_the_frame_is_refused_and_one_mostly_outside_warned(tmp_path, tiny_profile_cfg, caplog):
+    video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)
+    base = ["generate", "--video", str(video), "--prompt", "jazz", "--out", str(tmp_path / "o.wav"),
+            *tiny_args(tiny_profile_cfg)]
+    assert cli_main([*base, "--face-box", "900 10 1000 80"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"{video}: --face-box 900 10 1000 80 does not overlap the 80x64 frame"]
+    assert not (tmp_path / "o.wav").exists()
+    caplog.clear()
+    assert cli_main([*base, "--face-box", "60 40 100 80"]) == 0
+    assert (f"{video}: --face-box 60 40 100 80: 70% of the box lies outside the 80x64 frame; the face crop is "
+            "clipped") in caplog.messages

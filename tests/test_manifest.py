@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from expotion.manifest import ManifestError, chop, load_manifest
+from expotion.manifest import ManifestError, check_face_box, chop, load_manifest
 
 
 def write_csv(tmp_path, rows, header="id,video,audio,caption,split,face_box"):
@@ -107,6 +107,21 @@ def test_jsonl_problems_are_all_reported_with_their_lines(tmp_path):
     assert "duplicate id 'a' (first on line 1)" in problems[5]
 
 
+def test_a_jsonl_row_without_video_names_its_unknown_keys(tmp_path):
+    path = tmp_path / "m3.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"video": "a.mp4", "caption": "ok"}),
+        json.dumps({"vdeo": "b.mp4", "caption": "ok"}),
+        json.dumps({"id": "c", "caption": "ok", "vid": "c.mp4", "Split": "val"}),
+        json.dumps({"id": "d", "caption": "ok"}),
+        json.dumps({"video": "", "caption": "ok"}),
+    ]) + "\n")
+    assert problems_of(path) == [f"{path}:2: no 'video' (unknown key 'vdeo')",
+                                 f"{path}:3: no 'video' (unknown keys 'vid', 'Split')",
+                                 f"{path}:4: no 'video'",
+                                 f"{path}:5: empty path"]
+
+
 def test_csv_rows_with_extra_or_missing_fields_are_errors(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("\n".join([
@@ -168,3 +183,16 @@ def test_keep_tail_adds_one_overlapping_clip_with_the_next_id(tmp_path, duration
     assert all(c.start_s + c.duration_s <= duration + 1e-9 for c in clips)
     regular = chop(rec, duration, 10.0)
     assert clips[: len(regular)] == regular  # the regular clips keep their ids and windows
+
+
+def test_face_boxes_outside_the_frame_are_refused_and_mostly_outside_ones_warned():
+    assert check_face_box(None, 320, 256, where="m.csv:2: face_box") is None
+    assert check_face_box((100, 18, 220, 138), 320, 256, where="m.csv:2: face_box") is None
+    assert check_face_box((280, 0, 360, 80), 320, 256, where="m.csv:2: face_box") is None  # half inside
+    assert check_face_box((300, 200, 400, 300), 320, 256, where="m.csv:2: face_box") == (
+        "m.csv:2: face_box 300 200 400 300: 89% of the box lies outside the 320x256 frame; the face crop is clipped")
+    with pytest.raises(ManifestError) as err:
+        check_face_box((900, 10, 1000, 80), 320, 256, where="--face-box")
+    assert str(err.value) == "--face-box 900 10 1000 80 does not overlap the 320x256 frame"
+    with pytest.raises(ManifestError, match="^x: face_box 320 0 400 80 does not overlap"):  # touching an edge
+        check_face_box((320, 0, 400, 80), 320, 256, where="x: face_box")

@@ -471,11 +471,61 @@ def test_a_split_without_clips_names_clip_seconds_and_exits_non_zero(small_demo,
     out = capsys.readouterr().out
     assert code == 3
     assert "clips written: {}" in out
+    short = {"train": 2, "val": 1}
     for split in ("train", "val"):
-        assert (f"split '{split}' got no clips: every recording in it was skipped (reasons above); its longest "
-                f"recording lasts 4.00 s. Clips are --clip-seconds 5 s long; a recording shorter than one clip gives "
-                f"none. Pass a shorter --clip-seconds (with make: FEATURE_ARGS=\"--clip-seconds N\")") in out
+        assert (f"split '{split}' got no clips: every recording in it was skipped; {short[split]} recording(s) "
+                "shorter than one 5 s clip (the longest lasts 4.00 s): pass a shorter --clip-seconds (with make: "
+                "FEATURE_ARGS=\"--clip-seconds N\") or fix the recordings.\n") in out + "\n"
     assert json.loads((tmp_path / "cache" / "summary.json").read_text())["empty_splits"] == ["train", "val"]
+
+
+def test_a_split_skipped_for_other_reasons_names_them_not_clip_seconds(small_demo, tiny_profile_cfg, tmp_path,
+                                                                        capsys):
+    rows = small_demo.read_text().splitlines()
+    missing = [rows[1].replace("videos/demo-000.mp4", f"videos/gone-{i}.mp4").replace("demo-000", f"gone-{i}")
+               for i in range(3)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join([rows[0], *missing, rows[2].replace(",train,", ",val,")]) + "\n")
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    code = extract_cli().main(["--manifest", str(manifest), "--data-root", str(small_demo.parent), "--cache",
+                               str(tmp_path / "cache"), "--profile", "tiny", "--tiny-dir", str(tiny_dir),
+                               "--extractors", "raft", "--clip-seconds", "5"])
+    out = capsys.readouterr().out
+    assert code == 3
+    gone = small_demo.parent / "videos" / "gone-0.mp4"
+    assert (f"split 'train' got no clips: every recording in it was skipped; 3 skipped, 3 for 'file not found' "
+            f"(e.g. {gone}: file not found); fix those recordings or the manifest (the skipped list above and in "
+            "summary.json gives each reason).") in out.splitlines()
+    assert "split 'val' got no clips: every recording in it was skipped; 1 recording(s) shorter than one 5 s clip " \
+           "(the longest lasts 4.00 s): pass a shorter --clip-seconds" in out
+    assert out.count("--clip-seconds") == 2  # the val split's hint only
+
+
+def test_a_face_box_outside_the_frame_skips_its_recording_and_one_mostly_outside_is_warned(
+        small_demo, tiny_profile_cfg, tmp_path, caplog):
+    rows = small_demo.read_text().splitlines()
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join([rows[0], rows[1].replace("100 18 220 138", "900 10 1000 80"),
+                                   rows[2].replace("100 18 220 138", "300 200 400 300"), rows[3]]) + "\n")
+    cfg = replace(config(manifest, tmp_path / "cache", tiny_profile_cfg, names=("raft",)),
+                  data_root=small_demo.parent)
+    with caplog.at_level(logging.WARNING, logger="expotion.precompute"):
+        summary = run(cfg)
+    video = small_demo.parent / "videos"
+    assert summary.skipped == [{"clip": "demo-000", "split": "train", "reason": f"{video / 'demo-000.mp4'}: "
+                                "face_box 900 10 1000 80 does not overlap the 320x256 frame"}]
+    assert summary.written == {"train": 2, "val": 2}
+    assert (f"{video / 'demo-001.mp4'}: face_box 300 200 400 300: 89% of the box lies outside the 320x256 frame; "
+            "the face crop is clipped") in caplog.messages
+
+
+def test_a_missing_data_root_is_refused_before_any_work(small_demo, tiny_profile_cfg, tmp_path, capsys):
+    tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
+    code = extract_cli().main(["--manifest", str(small_demo), "--data-root", str(tmp_path / "nowhere"), "--cache",
+                               str(tmp_path / "cache"), "--profile", "tiny", "--tiny-dir", str(tiny_dir)])
+    assert code == 2
+    assert capsys.readouterr().err == f"error: --data-root {tmp_path / 'nowhere'}: no such folder\n"
+    assert not (tmp_path / "cache").exists()
 
 
 def test_dropped_tails_are_listed_and_keep_tail_takes_an_overlapping_last_clip(small_demo, tiny_profile_cfg, tmp_path):

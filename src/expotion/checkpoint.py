@@ -31,6 +31,8 @@ VERSION = 1
 STRUCTURE = ("dim", "num_layers", "n_q", "card", "frame_rate")
 DEFAULT_PROFILE = "real"
 EXPOTION = "expotion"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # the pickled magic number opening a legacy torch.save file
 
 
 class CheckpointError(ValueError):
@@ -45,13 +47,15 @@ def load_file(path: str | os.PathLike) -> object:
     """``torch.load(weights_only=True)`` of a checkpoint, with a one-line refusal for a file it cannot use.
 
     ``weights_only`` never runs code stored in a pickle; such a file is refused, as is
-    an empty, truncated or otherwise corrupt one.
+    an empty, truncated or otherwise corrupt one, and a file torch.save did not write.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    if not is_torch_file(path):
+        raise CheckpointError(f"{path}: not a torch checkpoint (a PyTorch .pt/.ckpt file)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -63,6 +67,14 @@ def load_file(path: str | os.PathLike) -> object:
         detail = str(err).strip().split("\n")[0].split(". ")[0]
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt): "
                               f"{type(err).__name__}{': ' + detail if detail else ''}") from None
+
+
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` opens as torch.save writes (a zip archive, or a pickle starting with torch's legacy magic
+    number), so that any other file (text, an image) is named as such rather than as corrupt or pickled code."""
+    with path.open("rb") as f:
+        head = f.read(32)
+    return head.startswith(ZIP_MAGIC) or (head.startswith(b"\x80") and LEGACY_MAGIC in head)
 
 
 def local_dir(where: str | os.PathLike, run_dir: Path) -> dict:

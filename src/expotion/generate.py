@@ -49,7 +49,7 @@ from .atomic import atomic_path, write_text
 from .files import OutputError, prepare_output, same_file
 from .generation import (Conditioning, GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt,
                          reads_text, text_lengths)
-from .manifest import ManifestError, parse_face_box
+from .manifest import ManifestError, check_face_box, parse_face_box
 from .media import (MUX_SUFFIXES, ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music,
                     write_clip_videos)
 from .musicgen import load_musicgen, model_signature
@@ -289,7 +289,11 @@ def generate_for_video(models: Models, video: Path, prompt: str | None, out: Pat
                  models.settings.checkpoint)
     if not has_video_frames(video):
         raise GenerationError(f"{video}: the video has no frames to follow")
-    duration = probe_video(video).duration_s
+    info = probe_video(video)
+    clipped = check_face_box(face_box, info.width, info.height, where=f"{video}: --face-box")
+    if clipped:
+        log.warning("%s", clipped)
+    duration = info.duration_s
     feats, notes = None, []
     if models.adaptor is not None:
         extracted = video_features(models.extractors(), video, duration, face_box, models.settings.feature_window_s,

@@ -14,8 +14,9 @@ A manifest is a CSV (with header) or JSONL file, one row per recording:
 The data root defaults to the manifest's directory. Paths that leave it are
 rejected when the manifest is read, before any work starts. So is every other
 problem (a CSV row with more or fewer fields than the header, a JSONL line that
-is not an object, a JSON value that is not a string), all in one error that
-gives each problem's line in the file. JSONL values are strings, or null for
+is not an object, a JSON value that is not a string, a row without ``video``,
+named with the keys it has that are not columns, e.g. a misspelled ``vdeo``),
+all in one error that gives each problem's line in the file. JSONL values are strings, or null for
 "not given"; ``face_box`` may also be a list of four numbers.
 """
 from __future__ import annotations
@@ -103,6 +104,22 @@ def parse_face_box(text: str | list | None, *, where: str) -> tuple[int, int, in
     if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
         raise ManifestError(f"{where}: face_box {text!r} is empty or negative")
     return x0, y0, x1, y1
+
+
+def check_face_box(box: tuple[int, int, int, int] | None, width: int, height: int, *, where: str) -> str | None:
+    """Refuse a face box that does not overlap the ``width`` x ``height`` frame (the crop would be clamped into a
+    corner with no face in it); returns a warning when more than half of the box lies outside the frame."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    inside = max(0, min(x1, width) - max(x0, 0)) * max(0, min(y1, height) - max(y0, 0))
+    named = f"{where} {x0} {y0} {x1} {y1}"
+    if inside == 0:
+        raise ManifestError(f"{named} does not overlap the {width}x{height} frame")
+    outside = 1 - inside / ((x1 - x0) * (y1 - y0))
+    if outside > 0.5:
+        return f"{named}: {outside:.0%} of the box lies outside the {width}x{height} frame; the face crop is clipped"
+    return None
 
 
 Problem = tuple[int, str]  # (line number, message naming the file and the line)
@@ -208,6 +225,8 @@ def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest not found: {path}")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise ManifestError(f"--data-root {data_root}: no such folder")
     root = Path(os.path.abspath(data_root if data_root is not None else path.parent))
     rows, problems = read_rows(path)
     recordings, first_seen = [], {}
@@ -230,7 +249,18 @@ def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
     return recordings
 
 
+def check_has_video(row: dict, where: str) -> None:
+    """Refuse a row without a ``video`` key, naming the keys it has that no manifest uses (a misspelled
+    ``video`` would otherwise read as an empty path)."""
+    if "video" in row:
+        return
+    unknown = [key for key in row if key not in COLUMNS]
+    named = f" (unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))})" if unknown else ""
+    raise ManifestError(f"{where}: no 'video'{named}")
+
+
 def parse_row(row: dict, root: Path, where: str) -> Recording:
+    check_has_video(row, where)
     video = resolve_inside(root, str(row.get("video") or ""), where=where)
     audio_field = str(row.get("audio") or "").strip()
     audio = None if audio_field in ("", VIDEO_AUDIO) else resolve_inside(root, audio_field, where=where)

@@ -34,6 +34,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import threading
@@ -53,7 +54,7 @@ from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lo
 from .data import GENERIC_PROMPT
 from .devices import usable_device
 from .features import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available, check_names
-from .manifest import VIDEO_AUDIO, Clip, Recording, chop, load_manifest
+from .manifest import VIDEO_AUDIO, Clip, ManifestError, Recording, check_face_box, chop, load_manifest
 from .media import MediaError, iter_clip_frames, probe_video, read_music
 from .nodes import SINGLE_NODE, NodeShare
 from .rates import DEFAULT_RATES, FeatureShapeError, Rates
@@ -143,16 +144,39 @@ class Summary:
         return "\n".join(lines)
 
     def empty_split_message(self, split: str) -> str:
-        durations = [c["duration_s"] for c in self.coverage if c["split"] == split]
-        longest = f"; its longest recording lasts {max(durations):.2f} s" if durations else ""
-        return (f"split '{split}' got no clips: every recording in it was skipped (reasons above){longest}. "
-                f"Clips are --clip-seconds {self.clip_seconds:g} s long; a recording shorter than one clip gives "
-                f"none. Pass a shorter --clip-seconds (with make: FEATURE_ARGS=\"--clip-seconds N\") "
-                f"or fix the recordings.")
+        """Why ``split`` got no clips, with the remedy its skip reasons call for: a shorter --clip-seconds only
+        when recordings were shorter than one clip."""
+        short = [c for c in self.coverage if c["split"] == split and not c["clips"]]
+        short_ids = {c["recording"] for c in short}
+        others = [s for s in self.skipped if s.get("split") == split and s["clip"] not in short_ids]
+        parts = [f"split '{split}' got no clips: every recording in it was skipped"]
+        if short:
+            parts.append(f"{len(short)} recording(s) shorter than one {self.clip_seconds:g} s clip (the longest lasts "
+                         f"{max(c['duration_s'] for c in short):.2f} s): pass a shorter --clip-seconds (with make: "
+                         f"FEATURE_ARGS=\"--clip-seconds N\") or fix the recordings")
+        if others:
+            parts.append(skip_reasons(others))
+        return "; ".join(parts) + "."
 
     def to_json(self) -> dict:
         return {"written": self.written, "skipped": self.skipped, "notes": self.notes,
                 "recordings": self.coverage, "empty_splits": self.empty_splits}
+
+
+def reason_kind(reason: str) -> str:
+    """A skip reason without the file it names or the detail in parentheses, so reasons can be counted."""
+    kind = reason.split(": ", 1)[-1]
+    return re.sub(r" \([^()]*\)$", "", kind)
+
+
+def skip_reasons(skipped: list[dict]) -> str:
+    """The most common of ``skipped``'s reasons with its count, and where the full list is."""
+    kinds = Counter(reason_kind(s["reason"]) for s in skipped)
+    (kind, count), rest = kinds.most_common(1)[0], len(kinds) - 1
+    example = next(s for s in skipped if reason_kind(s["reason"]) == kind)
+    more = f", and {rest} other reason(s)" if rest else ""
+    return (f"{len(skipped)} skipped, {count} for '{kind}' (e.g. {example['reason']}){more}; fix those recordings "
+            f"or the manifest (the skipped list above and in summary.json gives each reason)")
 
 
 def plan(recordings: list[Recording], per_shard: int) -> list[ShardJob]:
@@ -191,6 +215,12 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
         audio = read_music(rec.video, rec.audio, rates.sample_rate) if "codes" in ex.names else None
     except MediaError as err:
         return skip(writer, rec.id, str(err))
+    try:
+        clipped = check_face_box(rec.face_box, info.width, info.height, where=f"{rec.video}: face_box")
+    except ManifestError as err:
+        return skip(writer, rec.id, str(err))
+    if clipped:
+        log.warning("%s", clipped)
     audio_s = None if audio is None else len(audio) / rates.sample_rate
     duration = info.duration_s if audio_s is None else min(info.duration_s, audio_s)
     clips = chop(rec, duration, cfg.clip_seconds, keep_tail=cfg.keep_tail)
@@ -443,7 +473,7 @@ def collect(summary: Summary, paths: list[Path]) -> None:
             continue
         with h5py.File(path, "r") as f:
             split = f.attrs["split"]
-            summary.skipped += json.loads(f.attrs.get("skipped", "[]"))
+            summary.skipped += [{**s, "split": split} for s in json.loads(f.attrs.get("skipped", "[]"))]
             summary.coverage += [{**c, "split": split} for c in json.loads(f.attrs.get("coverage", "[]"))]
             for clip_id, group in f["clips"].items():
                 summary.written[split] += 1

@@ -28,6 +28,41 @@ from .training import ExpotionModule  # noqa: E402
 from .weights import MissingWeightsError  # noqa: E402
 
 USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError)
+CLIP_FLOW_MODULE = "expotion.clipflow.training.ClipFlowModule"
+EXPOTION_MODULE = f"{ExpotionModule.__module__}.{ExpotionModule.__name__}"
+METHOD_NAMES = {EXPOTION_MODULE: "Expotion", CLIP_FLOW_MODULE: "CLIP + flow"}
+WEIGHT_PREFIXES = {"adaptor.": EXPOTION_MODULE, "conditioner.": CLIP_FLOW_MODULE}
+
+
+def trained_module(payload: object) -> str | None:
+    """The LightningModule class a Lightning checkpoint was trained with: the class path LightningCLI recorded in
+    its hyperparameters, else the one its weights' prefixes belong to (None when neither tells)."""
+    if not isinstance(payload, dict):
+        return None
+    hparams = payload.get("hyper_parameters")
+    if isinstance(hparams, dict) and isinstance(hparams.get("_class_path"), str):
+        return hparams["_class_path"]
+    state_dict = payload.get("state_dict")
+    keys = state_dict.keys() if isinstance(state_dict, dict) else ()
+    found = {module for prefix, module in WEIGHT_PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
+    return found.pop() if len(found) == 1 else None
+
+
+def describe_method(class_path: str) -> str:
+    """A module's method name with its class path, e.g. ``CLIP + flow (expotion.clipflow.training.ClipFlowModule)``."""
+    name = METHOD_NAMES.get(class_path)
+    return f"{name} ({class_path})" if name else class_path
+
+
+def check_resumed_method(path: str | os.PathLike, payload: object, class_path: str) -> None:
+    """Refuse resuming a run of one method with a config that trains another: LightningCLI would otherwise
+    take the checkpoint's model and fail later on data the config chose for its own method. Classes other than
+    the two methods' modules (a user's subclass) are left to Lightning."""
+    trained = trained_module(payload)
+    if trained in METHOD_NAMES and class_path in METHOD_NAMES and trained != class_path:
+        raise CheckpointError(f"{path}: a checkpoint of a {describe_method(trained)} run, but the config trains "
+                              f"{describe_method(class_path)}; resume it with the config it was trained with, "
+                              "or start without --ckpt_path")
 
 
 class ExpotionCLI(LightningCLI):
@@ -35,7 +70,7 @@ class ExpotionCLI(LightningCLI):
     checkpoint files checked up front."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"model": {"class_path": f"{ExpotionModule.__module__}.{ExpotionModule.__name__}"}})
+        parser.set_defaults({"model": {"class_path": EXPOTION_MODULE}})
 
     def parse_arguments(self, parser, args) -> None:
         """Refuse an unusable ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
@@ -44,14 +79,19 @@ class ExpotionCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in ckpt_path \
                 and not ckpt_path.startswith("registry"):
-            load_file(ckpt_path)
+            model = self.config[subcommand].get("model")
+            class_path = model.get("class_path") if model is not None else None
+            payload = load_file(ckpt_path)
+            if class_path:
+                check_resumed_method(ckpt_path, payload, class_path)
 
     def before_fit(self) -> None:
         """Resolve ``--ckpt_path last``: the run's newest last checkpoint, which must exist and be readable."""
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = self.last_checkpoint()
-            load_file(config["ckpt_path"])
+            check_resumed_method(config["ckpt_path"], load_file(config["ckpt_path"]),
+                                 f"{type(self.model).__module__}.{type(self.model).__qualname__}")
 
     def last_checkpoint(self) -> str:
         """The newest ``last*.ckpt`` of the run's checkpoint callbacks, where Lightning would look for it."""
