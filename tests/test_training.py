@@ -374,6 +374,15 @@ def test_unusable_caches_are_refused_in_one_line(tmp_path, demo_cache, tiny_prof
     assert err.startswith(f"error: {empty / 'train'}: the cache holds no clips (1 shard(s); precompute skipped 1, "
                           "e.g. short-01: recording is 4.0 s, shorter than one 10 s clip)")
     assert "--clip-seconds (FEATURE_ARGS)" in err
+    missing = tmp_path / "missing"
+    for split in ("train", "val"):
+        writer = ShardWriter(missing / split / "shard-00000.h5", {"split": split})
+        writer.skip("gone-01", "videos/gone.mp4: file not found")
+        writer.commit()
+    code, err = run_train(["fit", "--config", str(config), f"--data.cache_dir={missing}"], capsys)
+    assert code == 2 and "--clip-seconds" not in err  # the lengths are not what went wrong
+    assert err.endswith("e.g. gone-01: videos/gone.mp4: file not found); fix the skipped recordings or the manifest "
+                        "(the cache's summary.json gives every reason) and rerun `make features`")
 
     code, err = run_train(["fit", "--config", str(config), "--data.crop_seconds=30"], capsys)
     assert code == 2

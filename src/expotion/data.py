@@ -127,8 +127,10 @@ class ClipDataset(Dataset):
         if recordings_skipped:
             first = recordings_skipped[0]
             why = f"; precompute skipped {len(recordings_skipped)}, e.g. {first['clip']}: {first['reason']}"
-        return (f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); check the recordings' lengths "
-                "against --clip-seconds (FEATURE_ARGS) and rerun `make features`")
+        too_short = not recordings_skipped or any("shorter than one" in s["reason"] for s in recordings_skipped)
+        advice = ("check the recordings' lengths against --clip-seconds (FEATURE_ARGS)" if too_short else
+                  "fix the skipped recordings or the manifest (the cache's summary.json gives every reason)")
+        return f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); {advice} and rerun `make features`"
 
     def scan(self, path: Path, f: h5py.File) -> None:
         needed = ("codes", "t5", *self.streams)
