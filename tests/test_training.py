@@ -364,21 +364,24 @@ def test_unusable_caches_are_refused_in_one_line(tmp_path, demo_cache, tiny_prof
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
-    empty = tmp_path / "empty"
-    for split in ("train", "val"):
-        writer = ShardWriter(empty / split / "shard-00000.h5", {"split": split})
-        writer.skip("short-01", "recording is 4.0 s, shorter than one 10 s clip")
-        writer.commit()
+
+    def skipped_only(root: Path, recording: str, reason: str, duration_s: float | None = None) -> Path:
+        """A cache whose one recording per split was skipped; ``duration_s``: it gave no clip for its length."""
+        for split in ("train", "val"):
+            writer = ShardWriter(root / split / "shard-00000.h5", {"split": split})
+            if duration_s is not None:
+                writer.cover(recording, duration_s, 0, duration_s)
+            writer.skip(recording, reason)
+            writer.commit()
+        return root
+
+    empty = skipped_only(tmp_path / "empty", "short-01", "recording is 4.0 s, shorter than one 10 s clip", 4.0)
     code, err = run_train(["fit", "--config", str(config), f"--data.cache_dir={empty}"], capsys)
     assert code == 2
     assert err.startswith(f"error: {empty / 'train'}: the cache holds no clips (1 shard(s); precompute skipped 1, "
                           "e.g. short-01: recording is 4.0 s, shorter than one 10 s clip)")
     assert "--clip-seconds (FEATURE_ARGS)" in err
-    missing = tmp_path / "missing"
-    for split in ("train", "val"):
-        writer = ShardWriter(missing / split / "shard-00000.h5", {"split": split})
-        writer.skip("gone-01", "videos/gone.mp4: file not found")
-        writer.commit()
+    missing = skipped_only(tmp_path / "missing", "gone-01", "videos/gone.mp4: file not found")
     code, err = run_train(["fit", "--config", str(config), f"--data.cache_dir={missing}"], capsys)
     assert code == 2 and "--clip-seconds" not in err  # the lengths are not what went wrong
     assert err.endswith("e.g. gone-01: videos/gone.mp4: file not found); fix the skipped recordings or the manifest "

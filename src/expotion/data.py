@@ -103,23 +103,27 @@ class ClipDataset(Dataset):
         shards = list_shards(self.root)
         if not shards:
             raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
-        seen, recordings_skipped = 0, []
+        seen, recordings_skipped, too_short = 0, [], False
         owners: dict[str, Path] = {}  # clip id -> its shard: a second shard with the id is refused
         for path in shards:
             with open_shard(path) as f:
                 claim_clip_ids(owners, path, f["clips"].keys())
                 seen += len(f["clips"])
                 recordings_skipped += json.loads(f.attrs.get("skipped", "[]"))
+                too_short |= any(not c["clips"] for c in json.loads(f.attrs.get("coverage", "[]")))
                 self.scan(path, f)
         if not self.refs:
-            raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped))
+            raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped, too_short))
         self._files: dict[Path, h5py.File] = {}
         self._handles: dict[ClipRef, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
         self._reported: set[ClipRef] = set()
 
-    def no_clips_message(self, n_shards: int, seen: int, recordings_skipped: list[dict]) -> str:
-        """Why no clip can be used: nothing was cached (and what precompute skipped), or every clip was refused."""
+    def no_clips_message(self, n_shards: int, seen: int, recordings_skipped: list[dict], too_short: bool) -> str:
+        """Why no clip can be used: nothing was cached (and what precompute skipped), or every clip was refused.
+
+        ``too_short``: a recording gave no clip for its length (the shards' coverage), the one case a shorter
+        --clip-seconds helps."""
         if seen:
             return (f"{self.root}: no clip has codes, t5 and {', '.join(self.streams)} of >= {self.crop_seconds:g} s "
                     f"(all {seen} cached clips were skipped, see the warnings above)")
@@ -127,8 +131,8 @@ class ClipDataset(Dataset):
         if recordings_skipped:
             first = recordings_skipped[0]
             why = f"; precompute skipped {len(recordings_skipped)}, e.g. {first['clip']}: {first['reason']}"
-        too_short = not recordings_skipped or any("shorter than one" in s["reason"] for s in recordings_skipped)
-        advice = ("check the recordings' lengths against --clip-seconds (FEATURE_ARGS)" if too_short else
+        advice = ("check the recordings' lengths against --clip-seconds (FEATURE_ARGS)"
+                  if too_short or not recordings_skipped else
                   "fix the skipped recordings or the manifest (the cache's summary.json gives every reason)")
         return f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); {advice} and rerun `make features`"
 

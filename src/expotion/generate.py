@@ -323,9 +323,11 @@ class Prompts:
     text: str | None = None
     file: Path | None = None
 
-    def apply(self, clips: list[CachedClip], spec: FeatureSpec | None) -> list[CachedClip]:
+    def __post_init__(self) -> None:
         if self.text is not None and self.file is not None:
             raise GenerationError("give --prompt or --prompts, not both")
+
+    def apply(self, clips: list[CachedClip], spec: FeatureSpec | None) -> list[CachedClip]:
         if self.file is not None:
             return [replace(clip, caption=prompt) for clip, prompt in zip(clips, self.read(clips), strict=True)]
         text = self.text if self.text is not None else spec.prompt if spec is not None else None
