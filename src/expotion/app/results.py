@@ -155,25 +155,14 @@ def differences(study: Study, responses: list[Response], resamples: int = 10000,
             for (i, a), (j, b) in itertools.combinations(enumerate(systems), 2)]
 
 
-def estimate_fields(e: Estimate) -> list:
-    return [e.participants, e.clips, e.n, f"{e.mean:.4f}", f"{e.ci_low:.4f}", f"{e.ci_high:.4f}"]
-
-
-def write_csv(rows: list[Summary], path: Path) -> None:
+def write_estimates(path: Path, keys: list[str], mean: str, rows: list[tuple[list[str], Estimate]]) -> None:
+    """A CSV of estimates: the ``keys`` columns naming each row, then its counts, ``mean`` and CI."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["system", "question", "participants", "clips", "n", "mean", "ci95_low", "ci95_high"])
-        for r in rows:
-            writer.writerow([r.system, r.question, *estimate_fields(r.estimate)])
-
-
-def write_differences_csv(rows: list[Difference], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["system", "minus", "question", "participants", "clips", "n", "mean_difference",
-                         "ci95_low", "ci95_high"])
-        for r in rows:
-            writer.writerow([r.system, r.other, r.question, *estimate_fields(r.estimate)])
+        writer.writerow([*keys, "participants", "clips", "n", mean, "ci95_low", "ci95_high"])
+        for names, e in rows:
+            writer.writerow([*names, e.participants, e.clips, e.n, f"{e.mean:.4f}", f"{e.ci_low:.4f}",
+                             f"{e.ci_high:.4f}"])
 
 
 def plot(study: Study, rows: list[Summary], path: Path) -> None:
@@ -278,8 +267,10 @@ def run(args: argparse.Namespace) -> int:
     diffs = differences(study, kept, args.resamples, args.seed, resample_clips)
     out = args.out or study.database.parent / f"{study.database.stem}-results"
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "results.csv")
-    write_differences_csv(diffs, out / "differences.csv")
+    write_estimates(out / "results.csv", ["system", "question"], "mean",
+                    [([r.system, r.question], r.estimate) for r in rows])
+    write_estimates(out / "differences.csv", ["system", "minus", "question"], "mean_difference",
+                    [([d.system, d.other, d.question], d.estimate) for d in diffs])
     plot(study, rows, out / "ratings.png")
     print(format_table(study, rows, diffs, len({r.participant for r in kept}), resample_clips))
     if left_out:
