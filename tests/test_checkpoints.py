@@ -225,3 +225,21 @@ def test_files_torch_did_not_write_are_named_as_such_and_legacy_torch_files_load
     with pytest.raises(CheckpointError) as err:
         load_file(text)
     assert str(err.value) == f"{text}: not a torch checkpoint (a PyTorch .pt/.ckpt file)"
+
+
+def test_an_adaptor_exported_by_an_earlier_version_loads_and_generates_its_tokens(tiny_profile_cfg):
+    """``tests/data/adaptor_v1``: an ``adaptor.pt`` and the tokens it generated when it was written (see the README
+    there). Loading it with the same tiny MusicGen must give those tokens, so exported files stay usable."""
+    from expotion.checkpoint import load_adaptor
+    from expotion.generation import generate_tokens
+
+    data = Path(__file__).parent / "data" / "adaptor_v1"
+    saved = np.load(data / "adaptor_tokens.npz")
+    musicgen = load_musicgen(tiny_profile_cfg.musicgen)
+    adaptor, spec = load_adaptor(data / "adaptor.pt", musicgen.lm, model_signature(musicgen))
+    assert adaptor.gates.abs().min() > 0.4  # open gates: the tokens differ from plain MusicGen's
+    feats = {name: torch.from_numpy(saved[name]) for name in ("marlin", "synchformer", "marlin_mask")}
+    tokens = generate_tokens(musicgen, ["calm piano"], 2.0, adaptor, feats, spec.rates, seed=7, top_k=50)
+    plain = generate_tokens(musicgen, ["calm piano"], 2.0, seed=7, top_k=50)
+    assert torch.equal(tokens, torch.from_numpy(saved["tokens"]))
+    assert not torch.equal(plain, tokens)
