@@ -12,6 +12,7 @@ EXPOTION := $(PY) -m expotion.cli
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
+export NO_MKDOCS_2_WARNING := 1
 
 # Feature stage defaults: the offline demo. Real data: make features MANIFEST=... CACHE=... PROFILE=real
 DEMO_DIR ?= demo_data
@@ -30,7 +31,7 @@ ARGS ?=
 LOGDIR ?= runs
 DEMO_RUN := runs/tiny_cpu
 
-.PHONY: install demo demo-clip-flow demo-data tiny-weights features train generate eval tensorboard app browser-deps test test-all clean-cache
+.PHONY: install demo demo-clip-flow demo-data tiny-weights features train generate eval tensorboard app browser-deps docs test test-all clean-cache
 
 install: $(STAMP)
 
@@ -41,7 +42,7 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/precompute.txt \
-		-r requirements/eval.txt -r requirements/app.txt -r requirements/test.txt
+		-r requirements/eval.txt -r requirements/app.txt -r requirements/test.txt -r requirements/docs.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	echo $(REQUIREMENTS_HASH) > $(STAMP)
@@ -115,10 +116,18 @@ browser-deps:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; fi
 
-test: install browser-deps
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor, a page missing from the
+# nav or an API-reference entry that no longer resolves is an error.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+# The documentation (a prerequisite), the import contract (pyproject.toml's [tool.importlinter]), then the tests.
+test: install browser-deps docs
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -x -q
 
-test-all: install browser-deps
+test-all: install browser-deps docs
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -x -q -m ""
 
 clean-cache:

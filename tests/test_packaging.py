@@ -9,14 +9,15 @@ import sysconfig
 import time
 import tomllib
 from functools import cache
-from importlib.metadata import packages_distributions
+from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(sysconfig.get_paths()["purelib"])
-EXTRAS = ("precompute", "eval", "app", "test")
+EXTRAS = ("precompute", "eval", "app", "test", "docs")
 # Requirements expotion never imports itself, with the installed sources that import them.
 IMPORTED_BY_DEPENDENCIES = {
     "torchmetrics": "lightning/pytorch",
@@ -30,6 +31,15 @@ IMPORTED_BY_DEPENDENCIES = {
     "tensorboard": "torch/utils/tensorboard",
     "sentencepiece": "transformers/convert_slow_tokenizer.py",  # reads T5's spiece.model
     "timm": "hear21passt/models/helpers/vit_helpers.py",  # the original PaSST in the oracle tests
+}
+# Requirements nobody imports because they are run: each with the file that runs it and the name it is run by there
+# (a command, a MkDocs theme or plugin, a mkdocstrings handler), which its distribution must provide.
+RUN_AS_TOOLS = {
+    "mkdocs": ("Makefile", "mkdocs"),
+    "mkdocs-material": ("mkdocs.yml", "material"),
+    "mkdocstrings": ("mkdocs.yml", "mkdocstrings"),
+    "mkdocstrings-python": ("mkdocs.yml", "python"),
+    "import-linter": ("Makefile", "lint-imports"),
 }
 # Run with the original projects' checkouts to write golden fixtures, never by the installed stack.
 RUN_OUTSIDE = {ROOT / "tests" / "golden.py"}
@@ -101,7 +111,7 @@ def test_every_requirement_is_imported_by_expotion_or_a_dependency():
         for requirement in pins(group):
             name = dist_name(requirement)
             modules = modules_of()[name]
-            if modules & ours:
+            if modules & ours or name in RUN_AS_TOOLS:
                 continue
             where = SITE / IMPORTED_BY_DEPENDENCIES.get(name, "-")
             files = [where] if where.is_file() else list(where.rglob("*.py"))
@@ -136,3 +146,22 @@ def test_install_stamp_follows_the_requirement_contents_not_file_times(tmp_path)
     with (tmp_path / "requirements" / "eval.txt").open("a") as f:
         f.write("another-package==1.0\n")
     assert "pip install" in make("-n", "install")
+
+
+@pytest.mark.parametrize("name", sorted(RUN_AS_TOOLS))
+def test_every_tool_requirement_is_run_by_the_name_its_distribution_provides(name):
+    """A tool counts as used only where the project runs it, by a name that pinned distribution really provides."""
+    file, used_as = RUN_AS_TOOLS[name]
+    assert name in {dist_name(r) for group in EXTRAS for r in pins(group)}
+    dist = distribution(name)
+    provided = {entry.name for entry in dist.entry_points} | {
+        Path(str(f)).parent.name for f in dist.files or () if str(f).startswith("mkdocstrings_handlers/")}
+    assert used_as in provided
+    text = (ROOT / file).read_text()
+    if file == "Makefile":
+        assert re.search(rf"^\t\S*/{re.escape(used_as)}(\s|$)", text, re.M), f"the Makefile never runs {used_as}"
+    else:
+        config = yaml.safe_load(text)
+        plugins = {key: value for plugin in config["plugins"]
+                   for key, value in (plugin.items() if isinstance(plugin, dict) else [(plugin, {})])}
+        assert used_as in {config["theme"]["name"], *plugins, *plugins["mkdocstrings"]["handlers"]}
