@@ -22,6 +22,7 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from expotion.app.study import load_study, trial_order  # noqa: E402
+from expotion.app.study_store import StudyStore  # noqa: E402
 from expotion.cli import main as cli_main  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("EXPOTION_TEST_ARTIFACTS", "test-artifacts"))
@@ -142,7 +143,7 @@ def test_study_resumes_after_reload_and_stores_rows(app, browser, capsys):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "app-study.png"))
 
-    order = trial_order(study, participant)
+    order = trial_order(study, StudyStore(study.database).order_secret(), participant)
     with sqlite3.connect(study.database) as db:
         rows = db.execute("SELECT clip, system, question, score FROM responses WHERE participant = ? "
                           "ORDER BY position, question", (participant,)).fetchall()

@@ -1,6 +1,7 @@
 """The listening study without a server: study file, seeded recorded order, SQLite store, blinding, results."""
 import itertools
 import os
+import random
 import sqlite3
 import threading
 from collections import Counter
@@ -52,12 +53,60 @@ def _with(path, extra):
     return _write(path.with_name("extra.yaml"), path.read_text() + extra)
 
 
-def test_trial_order_is_every_pair_seeded_by_participant(study):
-    a1, a2, b = trial_order(study, "alice"), trial_order(study, "alice"), trial_order(study, "bob")
+def test_trial_order_is_every_pair_keyed_by_participant(study):
+    secret = StudyStore(study.database).order_secret()
+    a1, a2 = trial_order(study, secret, "alice"), trial_order(study, secret, "alice")
     assert a1 == a2 and sorted(a1) == sorted((c, s) for c in CLIPS for s in SYSTEMS)
-    orders = {tuple(trial_order(study, f"p{i}")) for i in range(20)}
+    orders = {tuple(trial_order(study, secret, f"p{i}")) for i in range(20)}
     assert len(orders) > 5  # participants get different orders
-    assert a1 != b or trial_order(study, "carol") != a1
+
+
+def orders_of(runner: StudyRunner, participants: list[str]) -> list[list[tuple[str, str]]]:
+    return [[(t.clip, t.system) for t in runner.trials(p)] for p in participants]
+
+
+def test_trial_orders_cannot_be_derived_from_the_page_and_differ_between_databases(tmp_path, caplog):
+    """The participant id and the clip and system counts are on the page; with the code they must not give the order."""
+    path = make_study(tmp_path)
+    path.write_text(path.read_text() + "seed: 0\n")  # an older study file's seed no longer decides anything
+    with caplog.at_level("WARNING", logger="expotion.app.study"):
+        study = load_study(path)
+    assert f"{path}: 'seed' is ignored" in caplog.text
+    other = load_study(_with(path, "database: other.sqlite\n"))
+    assert other.database != study.database
+    people = [f"p-{i:02d}" for i in range(30)]
+    first, second = orders_of(StudyRunner(study), people), orders_of(StudyRunner(other), people)
+    pairs = [(c, s) for c in study.clips for s in sorted(study.systems)]
+
+    def derived(who: str) -> list[tuple[str, str]]:  # how an order used to follow from the seed and the id
+        order = list(pairs)
+        random.Random(f"0:{who}").shuffle(order)
+        return order
+
+    assert sum(a != b for a, b in zip(first, second, strict=True)) >= 15  # 23 in 24 differ by chance alone
+    assert sum(order == derived(who) for who, order in zip(people, first, strict=True)) <= 6
+    with sqlite3.connect(study.database) as db:
+        (secret,) = db.execute("SELECT value FROM meta WHERE key = 'order_secret'").fetchone()
+    assert len(bytes.fromhex(secret)) == 32
+    assert [trial_order(study, secret, who) for who in people] == first  # the kept secret reproduces every order
+    reopened = StudyRunner(load_study(path))  # a restarted server: same orders for new participants too
+    assert reopened.order_secret == secret
+    assert trial_order(study, secret, "newcomer") == orders_of(reopened, ["newcomer"])[0]
+
+
+def test_an_older_database_without_an_order_secret_gets_one_and_keeps_recorded_orders(study, caplog):
+    """A study running when the secret was introduced: its participants resume their recorded orders."""
+    store = StudyStore(study.database)
+    old_order = [("clip-b", "zebra_secret_system"), ("clip-a", "quokka_hidden_system"),
+                 ("clip-a", "zebra_secret_system"), ("clip-b", "quokka_hidden_system")]
+    store.trials("early", old_order)
+    with sqlite3.connect(study.database) as db:
+        db.execute("DELETE FROM meta WHERE key = 'order_secret'")
+    with caplog.at_level("WARNING", logger="expotion.app.study_store"):
+        runner = StudyRunner(study)
+    assert "made the trial-order secret now; the 1 participants already recorded keep their orders" in caplog.text
+    assert orders_of(runner, ["early"]) == [old_order]
+    assert len(bytes.fromhex(runner.order_secret)) == 32
 
 
 def test_order_is_recorded_and_resumed(study):
@@ -73,7 +122,7 @@ def test_order_is_recorded_and_resumed(study):
     with sqlite3.connect(study.database) as db:
         recorded = db.execute("SELECT clip, system FROM trials WHERE participant='alice' ORDER BY position").fetchall()
         rows = db.execute("SELECT participant, clip, system, question, score FROM responses").fetchall()
-    assert recorded == trial_order(study, "alice")
+    assert recorded == trial_order(study, runner.order_secret, "alice")
     assert sorted(rows) == sorted(("alice", *recorded[0], q.id, 4) for q in study.questions)
 
 

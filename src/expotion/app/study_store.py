@@ -6,6 +6,7 @@ call opens its own connection, so any thread may call any method).
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,19 +91,32 @@ class StudyStore:
         finally:
             db.close()
 
-    def kept_secret(self, key: str) -> str:
-        """A random key made once per study database under ``key`` in ``meta``, the same after every restart."""
+    def kept_secret(self, key: str, nbytes: int = 16) -> str:
+        """A random key (hex) made once per study database under ``key`` in ``meta``, the same after every restart."""
         with self.transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
                 return row[0]
-            value = secrets.token_hex(16)
+            value = secrets.token_bytes(nbytes).hex()
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
-            return value
+            earlier = db.execute("SELECT COUNT(*) FROM participants").fetchone()[0]
+        if key == "order_secret" and earlier:
+            log.warning("%s: made the trial-order secret now; the %d participants already recorded keep their "
+                        "orders, which an older version derived from the study seed", self.path, earlier)
+        return value
 
     def secret(self) -> str:
         """The key that names the blinded media files; it never leaves the server."""
         return self.kept_secret("secret")
+
+    def order_secret(self) -> str:
+        """The key that shuffles trial orders (256 bits); it never leaves the server.
+
+        A database made before this key existed gets one on first open. Participants already
+        recorded keep their recorded orders (so they can resume); everyone after gets orders that
+        cannot be derived from the page.
+        """
+        return self.kept_secret("order_secret", 32)
 
     def browser_secret(self) -> str:
         """The key the browser encrypts the remembered participant id with. Gradio sends it to every
