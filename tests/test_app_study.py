@@ -71,7 +71,6 @@ def test_trial_orders_cannot_be_derived_from_the_page_and_differ_between_databas
     path.write_text(path.read_text() + "seed: 0\n")  # an older study file's seed no longer decides anything
     with caplog.at_level("WARNING", logger="expotion.app.study"):
         study = load_study(path)
-    assert f"{path}: 'seed' is ignored" in caplog.text
     other = load_study(_with(path, "database: other.sqlite\n"))
     assert other.database != study.database
     people = [f"p-{i:02d}" for i in range(30)]
@@ -92,6 +91,7 @@ def test_trial_orders_cannot_be_derived_from_the_page_and_differ_between_databas
     reopened = StudyRunner(load_study(path))  # a restarted server: same orders for new participants too
     assert reopened.order_secret == secret
     assert trial_order(study, secret, "newcomer") == orders_of(reopened, ["newcomer"])[0]
+    assert f"{path}: 'seed' is ignored" in caplog.text
 
 
 def test_an_older_database_without_an_order_secret_gets_one_and_keeps_recorded_orders(study, caplog):
@@ -343,3 +343,68 @@ def test_a_system_removed_mid_study_is_skipped_for_returning_participants_and_le
     assert "left out 4 stored ratings no longer in the study file: 4 of system 'zebra_secret_system'" in out
     lines = (study.database.parent / "study-results" / "results.csv").read_text().splitlines()
     assert [line.split(",")[:2] for line in lines[1:]] == [["quokka_hidden_system", q.id] for q in study.questions]
+
+
+def rate_everything(study, runner: StudyRunner, who: str, score: int) -> None:
+    for position in range(study.n_trials):
+        runner.submit(who, position, {q.id: score for q in study.questions})
+
+
+def test_results_refuse_scores_outside_the_scale_naming_them(study, capsys):
+    runner = StudyRunner(study)
+    rate_everything(study, runner, "ann", 4)
+    rate_everything(study, runner, "bob", 2)
+    with sqlite3.connect(study.database) as db:
+        db.execute("UPDATE responses SET score = 99 WHERE participant = 'bob' AND position = 1 "
+                   "AND question = 'musicality'")
+        db.execute("UPDATE responses SET score = 2.5 WHERE participant = 'ann' AND position = 3 "
+                   "AND question = 'creativity'")
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {study.database}: 2 stored scores are not whole numbers in the study's scale 1–5 "
+                          "(participant 'ann' trial 4 creativity=2.5; participant 'bob' trial 2 musicality=99); "
+                          "refusing to average them")
+    assert not (study.database.parent / "study-results").exists()
+
+
+def integrity_failure(path) -> None:
+    """A study database whose index no longer matches its table: readable, but PRAGMA integrity_check fails."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE INDEX by_score ON responses(score)")
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX by_score ON responses(clip)' "
+                   "WHERE name = 'by_score'")
+    db.close()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no responses database yet"),
+    ("zero bytes", "the file is empty (0 bytes), not a study database"),
+    ("random bytes", "not an SQLite database (it does not start with SQLite's header)"),
+    ("another database", "not a study database: it has no 'meta' table"),
+    ("fails integrity check", "fails SQLite's integrity check ("),
+])
+def test_results_check_the_database_and_never_create_or_change_it(study, capsys, case, expected):
+    database = study.database
+    if case == "zero bytes":
+        database.write_bytes(b"")
+    elif case == "random bytes":
+        database.write_bytes(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    elif case == "another database":
+        with sqlite3.connect(database) as db:
+            db.execute("CREATE TABLE photos (name TEXT)")
+        db.close()
+    elif case == "fails integrity check":
+        rate_everything(study, StudyRunner(study), "ann", 3)
+        integrity_failure(database)
+        with sqlite3.connect(database) as db:
+            assert len(db.execute("SELECT * FROM responses").fetchall()) == 16  # every row still reads
+        db.close()
+    before = database.read_bytes() if database.exists() else None
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {database}: {expected}")
+    assert (database.read_bytes() if database.exists() else None) == before  # never created, never changed
+    assert not (database.parent / "study-results").exists()

@@ -40,6 +40,19 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
+RESPONSES_QUERY = ("SELECT participant, clip, system, question, score, answered_at FROM responses "
+                   "ORDER BY participant, position, question")
+COLUMNS = {"meta": {"key", "value"}, "participants": {"participant", "created_at"},
+           "trials": {"participant", "position", "clip", "system"},
+           "responses": {"participant", "clip", "system", "question", "score", "answered_at", "position"}}
+SQLITE_HEADER = b"SQLite format 3\x00"
+SHOWN_PROBLEMS = 5  # bad scores named in the one-line report; the count covers them all
+
+
+class DatabaseProblem(ValueError):
+    """A responses database that cannot be trusted as it is; the message names the file and the problem."""
+
+
 @dataclass(frozen=True)
 class Trial:
     position: int  # 0-based place in the participant's order
@@ -155,6 +168,64 @@ class StudyStore:
 
     def responses(self) -> list[Response]:
         with self.transaction() as db:
-            rows = db.execute("SELECT participant, clip, system, question, score, answered_at FROM responses "
-                              "ORDER BY participant, position, question").fetchall()
+            rows = db.execute(RESPONSES_QUERY).fetchall()
         return [Response(*row) for row in rows]
+
+
+def checked_responses(path: Path, scale: tuple[int, int]) -> list[Response]:
+    """Every stored response of a study database that passes SQLite's integrity check, has the study
+    schema and holds only whole scores on ``scale``; otherwise ``DatabaseProblem``.
+
+    Opened read-only, so a missing, empty or foreign file is never turned into a database.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatabaseProblem(f"{path}: no responses database yet (the study app makes it)")
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        raise DatabaseProblem(f"{path}: the file is empty (0 bytes), not a study database")
+    if header != SQLITE_HEADER:
+        raise DatabaseProblem(f"{path}: not an SQLite database (it does not start with SQLite's header)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            check_integrity(db, path)
+            check_schema(db, path)
+            check_scores(db, path, scale)
+            rows = db.execute(RESPONSES_QUERY).fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        raise DatabaseProblem(f"{path}: cannot be read as an SQLite database ({err})") from None
+    return [Response(*row) for row in rows]
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    if problems != ["ok"]:
+        raise DatabaseProblem(f"{path}: fails SQLite's integrity check ({len(problems)} problems, first: "
+                              f"{problems[0]}); restore it from a backup")
+
+
+def check_schema(db: sqlite3.Connection, path: Path) -> None:
+    for table, wanted in COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            raise DatabaseProblem(f"{path}: not a study database: it has no '{table}' table")
+        if missing := sorted(wanted - have):
+            raise DatabaseProblem(f"{path}: not a study database: table '{table}' lacks {', '.join(missing)}")
+
+
+def check_scores(db: sqlite3.Connection, path: Path, scale: tuple[int, int]) -> None:
+    """Refuse every score that is not a whole number on the study's scale: averaging it would be wrong."""
+    low, high = scale
+    bad = db.execute("SELECT participant, position, question, score FROM responses "
+                     "WHERE typeof(score) != 'integer' OR score < ? OR score > ? "
+                     "ORDER BY participant, position, question", (low, high)).fetchall()
+    if bad:
+        named = "; ".join(f"participant '{p}' trial {position + 1} {question}={score!r}"
+                          for p, position, question, score in bad[:SHOWN_PROBLEMS])
+        more = f"; and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
+        raise DatabaseProblem(f"{path}: {len(bad)} stored scores are not whole numbers in the study's scale "
+                              f"{low}–{high} ({named}{more}); refusing to average them")
