@@ -186,7 +186,8 @@ def fetch_status(driver, path: str, method: str = "GET", upload: bool = False) -
         "const [path, method, upload, done] = arguments; let body;"
         "if (upload) { body = new FormData();"
         "  body.append('files', new Blob([new Uint8Array(5000)], {type: 'video/mp4'}), 'clip.mp4'); }"
-        "fetch(path, {method, body}).then(async r => done([r.status, await r.text()]), e => done(['error', String(e)]));",
+        "fetch(path, {method, body})"
+        "  .then(async r => done([r.status, await r.text()]), e => done(['error', String(e)]));",
         path, method, upload)
 
 
