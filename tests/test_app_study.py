@@ -408,3 +408,13 @@ def test_results_check_the_database_and_never_create_or_change_it(study, capsys,
     assert err.startswith(f"error: {database}: {expected}")
     assert (database.read_bytes() if database.exists() else None) == before  # never created, never changed
     assert not (database.parent / "study-results").exists()
+
+
+def test_the_app_refuses_a_database_that_is_not_sqlite_in_one_line(study, tmp_path, capsys):
+    junk = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    study.database.write_bytes(junk)
+    assert cli_main(["app", "--study", str(study.path), "--study-only", "--runs", str(tmp_path),
+                     "--outputs", str(tmp_path / "out"), "--demo-manifest", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {study.database}: cannot be used as the study database (")
+    assert len(err.strip().splitlines()) == 1 and study.database.read_bytes() == junk

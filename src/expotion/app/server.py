@@ -123,12 +123,13 @@ def build_app(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from .study import StudyError
+    from .study_store import DatabaseProblem
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     try:
         page, options = build_app(args)
-    except StudyError as err:
+    except (StudyError, DatabaseProblem) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:

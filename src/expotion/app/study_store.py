@@ -86,6 +86,8 @@ class StudyStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
             db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise DatabaseProblem(f"{self.path}: cannot be used as the study database ({err})") from None
         finally:
             db.close()
 
