@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +76,41 @@ def parse_app_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def demo_folder(root: Path) -> Path:
+    """A ``--demo-manifest`` folder: one listed clip beside files the page never uses."""
+    root.mkdir(parents=True)
+    write_video(root / "dance.mp4", moving_frames(50, 64, 80), fps=25)
+    write_video(root / "unused.mp4", moving_frames(25, 64, 80, seed=3), fps=25)
+    (root / "manifest.csv").write_text("id,video,caption,split\ndance,dance.mp4,funky bass line,val\n")
+    (root / "annotations.json").write_text('{"dance": {"rater": "private notes"}}\n')
+    (root / "notes.txt").write_text("not for participants\n")
+    return root
+
+
+def launch_cli(*argv: str) -> tuple[subprocess.Popen, str]:
+    """``expotion app ARGV --port P`` as a user starts it, in its own process; returns it and the URL it
+    printed. The caller stops it with ``stop``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    cmd = [sys.executable, "-m", "expotion.cli", "app", *argv, "--port", str(free_port())]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, lines, deadline = None, [], time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if found := re.search(r"open (http://\S+) in a browser", line):
+            url = found.group(1)
+    if url is None:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise RuntimeError("the app did not print its URL:\n" + "".join(lines))
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)

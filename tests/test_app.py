@@ -30,9 +30,9 @@ def served(tiny_profile_cfg, tmp_path_factory):
     wide = wide_checkpoint(tiny_profile_cfg, root / "runs" / "wide" / "adaptor.pt")
     study = make_study(root / "study")
     port = free_port()
-    page, allowed = build_app(parse_app_args(app_args(tiny_profile_cfg, root / "runs", root / "outputs",
+    page, options = build_app(parse_app_args(app_args(tiny_profile_cfg, root / "runs", root / "outputs",
                                                       "--study", str(study))))
-    _, url, _ = page.launch(server_port=port, prevent_thread_lock=True, allowed_paths=allowed, quiet=True)
+    _, url, _ = page.launch(server_port=port, prevent_thread_lock=True, quiet=True, **options)
     yield {"url": url, "page": page, "good": str(good), "wide": str(wide), "root": root, "study": study}
     page.close()
 
@@ -227,9 +227,9 @@ def test_study_only_page_names_no_model(tiny_profile_cfg, tmp_path):
     """What participants get: the study tab alone, with no model or checkpoint name anywhere in the page."""
     tiny_checkpoint(tiny_profile_cfg, tmp_path / "runs" / "expotion_face_motion" / "adaptor.pt")
     study = make_study(tmp_path / "study")
-    page, allowed = build_app(parse_app_args(app_args(tiny_profile_cfg, tmp_path / "runs", tmp_path / "outputs",
+    page, options = build_app(parse_app_args(app_args(tiny_profile_cfg, tmp_path / "runs", tmp_path / "outputs",
                                                       "--study", str(study), "--study-only")))
-    _, url, _ = page.launch(server_port=free_port(), prevent_thread_lock=True, allowed_paths=allowed, quiet=True)
+    _, url, _ = page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True, **options)
     try:
         text = httpx.get(url).text + httpx.get(url + "config").text
     finally:

@@ -7,13 +7,11 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from app_support import SYSTEMS, app_args, free_port, make_study, tiny_checkpoint
+from app_support import SYSTEMS, app_args, demo_folder, launch_cli, make_study, stop, tiny_checkpoint
 from conftest import moving_frames, write_video
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -22,6 +20,7 @@ from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from expotion.app.study import load_study, trial_order  # noqa: E402
+from expotion.app.study_store import StudyStore  # noqa: E402
 from expotion.cli import main as cli_main  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("EXPOTION_TEST_ARTIFACTS", "test-artifacts"))
@@ -46,26 +45,20 @@ def app(tiny_profile_cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     tiny_checkpoint(tiny_profile_cfg, root / "runs" / "demo" / "adaptor.pt")
     study = make_study(root / "study")
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, "-m", "expotion.cli", "app", *app_args(tiny_profile_cfg, root / "runs", root / "outputs"),
-           "--study", str(study), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, lines, deadline = None, [], time.monotonic() + 120
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        if found := re.search(r"open (http://\S+) in a browser", line):
-            url = found.group(1)
-    if url is None:
-        proc.kill()
-        pytest.fail("the app did not print its URL:\n" + "".join(lines))
+    proc, url = launch_cli(*app_args(tiny_profile_cfg, root / "runs", root / "outputs"), "--study", str(study))
     yield {"url": url, "root": root, "study": study}
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def study_only_app(tmp_path_factory):
+    """What participants get: `expotion app --study-only`, here with a demo folder beside it."""
+    root = tmp_path_factory.mktemp("browser-study-only")
+    demo, study = demo_folder(root / "demo"), make_study(root / "study")
+    proc, url = launch_cli("--runs", str(root / "runs"), "--outputs", str(root / "outputs"),
+                           "--demo-manifest", str(demo / "manifest.csv"), "--study", str(study), "--study-only")
+    yield {"url": url, "demo": demo, "study": study}
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +135,7 @@ def test_study_resumes_after_reload_and_stores_rows(app, browser, capsys):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "app-study.png"))
 
-    order = trial_order(study, participant)
+    order = trial_order(study, StudyStore(study.database).order_secret(), participant)
     with sqlite3.connect(study.database) as db:
         rows = db.execute("SELECT clip, system, question, score FROM responses WHERE participant = ? "
                           "ORDER BY position, question", (participant,)).fetchall()
@@ -185,3 +178,30 @@ def test_new_participant_is_not_resumed_after_reload(app, browser):
     while time.monotonic() < deadline:
         assert not trial_shown(browser) and box.get_attribute("value") == ""
         time.sleep(0.25)
+
+
+def fetch_status(driver, path: str, method: str = "GET", upload: bool = False) -> list:
+    """The page's own ``fetch`` of a server path (relative to the page): [status, body]."""
+    return driver.execute_async_script(
+        "const [path, method, upload, done] = arguments; let body;"
+        "if (upload) { body = new FormData();"
+        "  body.append('files', new Blob([new Uint8Array(5000)], {type: 'video/mp4'}), 'clip.mp4'); }"
+        "fetch(path, {method, body})"
+        "  .then(async r => done([r.status, await r.text()]), e => done(['error', String(e)]));",
+        path, method, upload)
+
+
+def test_study_only_page_refuses_uploads_and_serves_no_demo_folder_file(study_only_app, browser):
+    """A participant's browser: the trial video plays, an upload is refused, the demo folder's files are not served."""
+    browser.get(study_only_app["url"])
+    wait = WebDriverWait(browser, 60)
+    wait.until(EC.element_to_be_clickable((By.ID, "study-start"))).click()
+    wait.until(lambda d: "Trial 1 of 4" in text_of(d, "study-header"))
+    source = wait.until(lambda d: d.execute_script("const v = document.querySelector('#study-video video');"
+                                                   "return v && v.readyState >= 1 ? v.currentSrc : null;"))
+    assert fetch_status(browser, source)[0] in (200, 206)  # what the page needs is served (206: from its range cache)
+    assert not browser.find_elements(By.CSS_SELECTOR, "input[type=file]")  # no upload widget on the page
+    assert fetch_status(browser, "gradio_api/upload", "POST", upload=True) == [403, "this server accepts no uploads"]
+    demo = study_only_app["demo"]
+    for name in ("annotations.json", "manifest.csv", "notes.txt", "dance.mp4"):
+        assert fetch_status(browser, f"gradio_api/file={demo / name}")[0] == 403, name

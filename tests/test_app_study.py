@@ -1,6 +1,7 @@
 """The listening study without a server: study file, seeded recorded order, SQLite store, blinding, results."""
 import itertools
 import os
+import random
 import sqlite3
 import threading
 from collections import Counter
@@ -52,12 +53,60 @@ def _with(path, extra):
     return _write(path.with_name("extra.yaml"), path.read_text() + extra)
 
 
-def test_trial_order_is_every_pair_seeded_by_participant(study):
-    a1, a2, b = trial_order(study, "alice"), trial_order(study, "alice"), trial_order(study, "bob")
+def test_trial_order_is_every_pair_keyed_by_participant(study):
+    secret = StudyStore(study.database).order_secret()
+    a1, a2 = trial_order(study, secret, "alice"), trial_order(study, secret, "alice")
     assert a1 == a2 and sorted(a1) == sorted((c, s) for c in CLIPS for s in SYSTEMS)
-    orders = {tuple(trial_order(study, f"p{i}")) for i in range(20)}
+    orders = {tuple(trial_order(study, secret, f"p{i}")) for i in range(20)}
     assert len(orders) > 5  # participants get different orders
-    assert a1 != b or trial_order(study, "carol") != a1
+
+
+def orders_of(runner: StudyRunner, participants: list[str]) -> list[list[tuple[str, str]]]:
+    return [[(t.clip, t.system) for t in runner.trials(p)] for p in participants]
+
+
+def test_trial_orders_cannot_be_derived_from_the_page_and_differ_between_databases(tmp_path, caplog):
+    """The participant id and the clip and system counts are on the page; with the code they must not give the order."""
+    path = make_study(tmp_path)
+    path.write_text(path.read_text() + "seed: 0\n")  # an older study file's seed no longer decides anything
+    with caplog.at_level("WARNING", logger="expotion.app.study"):
+        study = load_study(path)
+    other = load_study(_with(path, "database: other.sqlite\n"))
+    assert other.database != study.database
+    people = [f"p-{i:02d}" for i in range(30)]
+    first, second = orders_of(StudyRunner(study), people), orders_of(StudyRunner(other), people)
+    pairs = [(c, s) for c in study.clips for s in sorted(study.systems)]
+
+    def derived(who: str) -> list[tuple[str, str]]:  # how an order used to follow from the seed and the id
+        order = list(pairs)
+        random.Random(f"0:{who}").shuffle(order)
+        return order
+
+    assert sum(a != b for a, b in zip(first, second, strict=True)) >= 15  # 23 in 24 differ by chance alone
+    assert sum(order == derived(who) for who, order in zip(people, first, strict=True)) <= 6
+    with sqlite3.connect(study.database) as db:
+        (secret,) = db.execute("SELECT value FROM meta WHERE key = 'order_secret'").fetchone()
+    assert len(bytes.fromhex(secret)) == 32
+    assert [trial_order(study, secret, who) for who in people] == first  # the kept secret reproduces every order
+    reopened = StudyRunner(load_study(path))  # a restarted server: same orders for new participants too
+    assert reopened.order_secret == secret
+    assert trial_order(study, secret, "newcomer") == orders_of(reopened, ["newcomer"])[0]
+    assert f"{path}: 'seed' is ignored" in caplog.text
+
+
+def test_an_older_database_without_an_order_secret_gets_one_and_keeps_recorded_orders(study, caplog):
+    """A study running when the secret was introduced: its participants resume their recorded orders."""
+    store = StudyStore(study.database)
+    old_order = [("clip-b", "zebra_secret_system"), ("clip-a", "quokka_hidden_system"),
+                 ("clip-a", "zebra_secret_system"), ("clip-b", "quokka_hidden_system")]
+    store.trials("early", old_order)
+    with sqlite3.connect(study.database) as db:
+        db.execute("DELETE FROM meta WHERE key = 'order_secret'")
+    with caplog.at_level("WARNING", logger="expotion.app.study_store"):
+        runner = StudyRunner(study)
+    assert "made the trial-order secret now; the 1 participants already recorded keep their orders" in caplog.text
+    assert orders_of(runner, ["early"]) == [old_order]
+    assert len(bytes.fromhex(runner.order_secret)) == 32
 
 
 def test_order_is_recorded_and_resumed(study):
@@ -73,7 +122,7 @@ def test_order_is_recorded_and_resumed(study):
     with sqlite3.connect(study.database) as db:
         recorded = db.execute("SELECT clip, system FROM trials WHERE participant='alice' ORDER BY position").fetchall()
         rows = db.execute("SELECT participant, clip, system, question, score FROM responses").fetchall()
-    assert recorded == trial_order(study, "alice")
+    assert recorded == trial_order(study, runner.order_secret, "alice")
     assert sorted(rows) == sorted(("alice", *recorded[0], q.id, 4) for q in study.questions)
 
 
@@ -294,3 +343,78 @@ def test_a_system_removed_mid_study_is_skipped_for_returning_participants_and_le
     assert "left out 4 stored ratings no longer in the study file: 4 of system 'zebra_secret_system'" in out
     lines = (study.database.parent / "study-results" / "results.csv").read_text().splitlines()
     assert [line.split(",")[:2] for line in lines[1:]] == [["quokka_hidden_system", q.id] for q in study.questions]
+
+
+def rate_everything(study, runner: StudyRunner, who: str, score: int) -> None:
+    for position in range(study.n_trials):
+        runner.submit(who, position, {q.id: score for q in study.questions})
+
+
+def test_results_refuse_scores_outside_the_scale_naming_them(study, capsys):
+    runner = StudyRunner(study)
+    rate_everything(study, runner, "ann", 4)
+    rate_everything(study, runner, "bob", 2)
+    with sqlite3.connect(study.database) as db:
+        db.execute("UPDATE responses SET score = 99 WHERE participant = 'bob' AND position = 1 "
+                   "AND question = 'musicality'")
+        db.execute("UPDATE responses SET score = 2.5 WHERE participant = 'ann' AND position = 3 "
+                   "AND question = 'creativity'")
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {study.database}: 2 stored scores are not whole numbers in the study's scale 1–5 "
+                          "(participant 'ann' trial 4 creativity=2.5; participant 'bob' trial 2 musicality=99); "
+                          "refusing to average them")
+    assert not (study.database.parent / "study-results").exists()
+
+
+def integrity_failure(path) -> None:
+    """A study database whose index no longer matches its table: readable, but PRAGMA integrity_check fails."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE INDEX by_score ON responses(score)")
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX by_score ON responses(clip)' "
+                   "WHERE name = 'by_score'")
+    db.close()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no responses database yet"),
+    ("zero bytes", "the file is empty (0 bytes), not a study database"),
+    ("random bytes", "not an SQLite database (it does not start with SQLite's header)"),
+    ("another database", "not a study database: it has no 'meta' table"),
+    ("fails integrity check", "fails SQLite's integrity check ("),
+])
+def test_results_check_the_database_and_never_create_or_change_it(study, capsys, case, expected):
+    database = study.database
+    if case == "zero bytes":
+        database.write_bytes(b"")
+    elif case == "random bytes":
+        database.write_bytes(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    elif case == "another database":
+        with sqlite3.connect(database) as db:
+            db.execute("CREATE TABLE photos (name TEXT)")
+        db.close()
+    elif case == "fails integrity check":
+        rate_everything(study, StudyRunner(study), "ann", 3)
+        integrity_failure(database)
+        with sqlite3.connect(database) as db:
+            assert len(db.execute("SELECT * FROM responses").fetchall()) == 16  # every row still reads
+        db.close()
+    before = database.read_bytes() if database.exists() else None
+    assert cli_main(["study", "results", str(study.path), "--resamples", "100"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {database}: {expected}")
+    assert (database.read_bytes() if database.exists() else None) == before  # never created, never changed
+    assert not (database.parent / "study-results").exists()
+
+
+def test_the_app_refuses_a_database_that_is_not_sqlite_in_one_line(study, tmp_path, capsys):
+    junk = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    study.database.write_bytes(junk)
+    assert cli_main(["app", "--study", str(study.path), "--study-only", "--runs", str(tmp_path),
+                     "--outputs", str(tmp_path / "out"), "--demo-manifest", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {study.database}: cannot be used as the study database (")
+    assert len(err.strip().splitlines()) == 1 and study.database.read_bytes() == junk

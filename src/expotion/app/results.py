@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .study import Study, StudyError, load_study
-from .study_store import Response, StudyStore
+from .study_store import DatabaseProblem, Response, checked_responses
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {study.database}: no responses database yet (run `expotion app --study {args.study}`)",
               file=sys.stderr)
         return 2
-    responses = StudyStore(study.database).responses()
+    try:
+        responses = checked_responses(study.database, study.scale)
+    except DatabaseProblem as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     kept, left_out = current_ratings(study, responses)
     resample_clips = not args.fixed_clips
     rows = summarise(study, kept, args.resamples, args.seed, resample_clips)

@@ -14,16 +14,20 @@ The study file names the systems (each a directory of ``<clip_id>.wav``), the vi
     questions: [{id: groove, label: Groove, text: "Does it make you move?"}]   # default: the paper's four
     scale: [1, 5]
     database: responses.sqlite      # default: <study file stem>.sqlite beside it
-    seed: 0
 
 Blinding: a participant's page only ever holds the clip's video muxed with one system's music,
 under a file name keyed by a per-database secret. System names and paths stay on the server.
 The name also covers the source files' contents, so regenerated music gets a new media file.
+Trial orders are shuffled by another per-database secret, so nothing the page shows (the
+participant id, the numbers of clips and systems) lets anyone work out which system made a clip.
+An older study file's ``seed:`` is ignored with a warning: a seed in a file the code reads gave
+orders that anyone with the code could reproduce.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import random
 import tempfile
@@ -37,6 +41,8 @@ import yaml
 from ..evaluation.audio import load_audio
 from ..evaluation.files import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, InputError, files_by_id, read_captions
 from ..media import mux_audio, probe_video
+
+log = logging.getLogger(__name__)
 
 
 class StudyError(ValueError):
@@ -71,7 +77,6 @@ class Study:
     scale: tuple[int, int]
     database: Path
     media_dir: Path
-    seed: int
 
     @property
     def n_trials(self) -> int:
@@ -111,9 +116,12 @@ def load_study(path: str | os.PathLike) -> Study:
     if not low < high:
         raise StudyError(f"{path}: 'scale' must be [low, high] with low < high, got {doc.get('scale')}")
     database = (root / str(doc.get("database", f"{path.stem}.sqlite"))).resolve()
+    if "seed" in doc:
+        log.warning("%s: 'seed' is ignored: trial orders come from a random secret kept in the study database, "
+                    "so they cannot be derived from anything a participant sees; remove the line", path)
     return Study(path=path, title=str(doc.get("title", "Listening study")), systems=systems, videos=videos,
                  captions=captions, clips=clips, questions=questions, scale=(low, high), database=database,
-                 media_dir=database.parent / f"{database.stem}-media", seed=int(doc.get("seed", 0)))
+                 media_dir=database.parent / f"{database.stem}-media")
 
 
 def choose_clips(path: Path, wanted, videos: dict[str, Path], systems: dict[str, dict[str, Path]],
@@ -136,10 +144,16 @@ def choose_clips(path: Path, wanted, videos: dict[str, Path], systems: dict[str,
     return clips
 
 
-def trial_order(study: Study, participant: str) -> list[tuple[str, str]]:
-    """Every (clip, system) pair, shuffled by a generator seeded with the study seed and the participant id."""
+def trial_order(study: Study, order_secret: str, participant: str) -> list[tuple[str, str]]:
+    """Every (clip, system) pair, shuffled by a generator seeded with a keyed hash of the participant id.
+
+    The key is the study database's secret, which never leaves the server: without it the order
+    cannot be reproduced from the id on the page, and two databases of one study give different
+    orders. With it the order is the same every time, so a participant can resume.
+    """
     pairs = [(clip, system) for clip in study.clips for system in sorted(study.systems)]
-    random.Random(f"{study.seed}:{participant}").shuffle(pairs)
+    seed = hmac.new(bytes.fromhex(order_secret), participant.encode(), hashlib.sha256).digest()
+    random.Random(seed).shuffle(pairs)
     return pairs
 
 

@@ -6,6 +6,7 @@ call opens its own connection, so any thread may call any method).
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +38,19 @@ CREATE TABLE IF NOT EXISTS responses (
     UNIQUE (participant, position, question)
 );
 """
+
+
+RESPONSES_QUERY = ("SELECT participant, clip, system, question, score, answered_at FROM responses "
+                   "ORDER BY participant, position, question")
+COLUMNS = {"meta": {"key", "value"}, "participants": {"participant", "created_at"},
+           "trials": {"participant", "position", "clip", "system"},
+           "responses": {"participant", "clip", "system", "question", "score", "answered_at", "position"}}
+SQLITE_HEADER = b"SQLite format 3\x00"
+SHOWN_PROBLEMS = 5  # bad scores named in the one-line report; the count covers them all
+
+
+class DatabaseProblem(ValueError):
+    """A responses database that cannot be trusted as it is; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,8 @@ class StudyStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
             db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise DatabaseProblem(f"{self.path}: cannot be used as the study database ({err})") from None
         finally:
             db.close()
 
@@ -88,19 +106,32 @@ class StudyStore:
         finally:
             db.close()
 
-    def kept_secret(self, key: str) -> str:
-        """A random key made once per study database under ``key`` in ``meta``, the same after every restart."""
+    def kept_secret(self, key: str, nbytes: int = 16) -> str:
+        """A random key (hex) made once per study database under ``key`` in ``meta``, the same after every restart."""
         with self.transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if row:
                 return row[0]
-            value = secrets.token_hex(16)
+            value = secrets.token_bytes(nbytes).hex()
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
-            return value
+            earlier = db.execute("SELECT COUNT(*) FROM participants").fetchone()[0]
+        if key == "order_secret" and earlier:
+            log.warning("%s: made the trial-order secret now; the %d participants already recorded keep their "
+                        "orders, which an older version derived from the study seed", self.path, earlier)
+        return value
 
     def secret(self) -> str:
         """The key that names the blinded media files; it never leaves the server."""
         return self.kept_secret("secret")
+
+    def order_secret(self) -> str:
+        """The key that shuffles trial orders (256 bits); it never leaves the server.
+
+        A database made before this key existed gets one on first open. Participants already
+        recorded keep their recorded orders (so they can resume); everyone after gets orders that
+        cannot be derived from the page.
+        """
+        return self.kept_secret("order_secret", 32)
 
     def browser_secret(self) -> str:
         """The key the browser encrypts the remembered participant id with. Gradio sends it to every
@@ -139,6 +170,64 @@ class StudyStore:
 
     def responses(self) -> list[Response]:
         with self.transaction() as db:
-            rows = db.execute("SELECT participant, clip, system, question, score, answered_at FROM responses "
-                              "ORDER BY participant, position, question").fetchall()
+            rows = db.execute(RESPONSES_QUERY).fetchall()
         return [Response(*row) for row in rows]
+
+
+def checked_responses(path: Path, scale: tuple[int, int]) -> list[Response]:
+    """Every stored response of a study database that passes SQLite's integrity check, has the study
+    schema and holds only whole scores on ``scale``; otherwise ``DatabaseProblem``.
+
+    Opened read-only, so a missing, empty or foreign file is never turned into a database.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatabaseProblem(f"{path}: no responses database yet (the study app makes it)")
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        raise DatabaseProblem(f"{path}: the file is empty (0 bytes), not a study database")
+    if header != SQLITE_HEADER:
+        raise DatabaseProblem(f"{path}: not an SQLite database (it does not start with SQLite's header)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            check_integrity(db, path)
+            check_schema(db, path)
+            check_scores(db, path, scale)
+            rows = db.execute(RESPONSES_QUERY).fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as err:
+        raise DatabaseProblem(f"{path}: cannot be read as an SQLite database ({err})") from None
+    return [Response(*row) for row in rows]
+
+
+def check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    if problems != ["ok"]:
+        raise DatabaseProblem(f"{path}: fails SQLite's integrity check ({len(problems)} problems, first: "
+                              f"{problems[0]}); restore it from a backup")
+
+
+def check_schema(db: sqlite3.Connection, path: Path) -> None:
+    for table, wanted in COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            raise DatabaseProblem(f"{path}: not a study database: it has no '{table}' table")
+        if missing := sorted(wanted - have):
+            raise DatabaseProblem(f"{path}: not a study database: table '{table}' lacks {', '.join(missing)}")
+
+
+def check_scores(db: sqlite3.Connection, path: Path, scale: tuple[int, int]) -> None:
+    """Refuse every score that is not a whole number on the study's scale: averaging it would be wrong."""
+    low, high = scale
+    bad = db.execute("SELECT participant, position, question, score FROM responses "
+                     "WHERE typeof(score) != 'integer' OR score < ? OR score > ? "
+                     "ORDER BY participant, position, question", (low, high)).fetchall()
+    if bad:
+        named = "; ".join(f"participant '{p}' trial {position + 1} {question}={score!r}"
+                          for p, position, question, score in bad[:SHOWN_PROBLEMS])
+        more = f"; and {len(bad) - SHOWN_PROBLEMS} more" if len(bad) > SHOWN_PROBLEMS else ""
+        raise DatabaseProblem(f"{path}: {len(bad)} stored scores are not whole numbers in the study's scale "
+                              f"{low}–{high} ({named}{more}); refusing to average them")

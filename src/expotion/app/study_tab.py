@@ -52,10 +52,11 @@ class StudyRunner:
         self.study = study
         self.store = StudyStore(study.database)
         self.secret = self.store.secret()
+        self.order_secret = self.store.order_secret()
         self.browser_secret = self.store.browser_secret()
 
     def trials(self, participant: str) -> list[Trial]:
-        return self.store.trials(participant, trial_order(self.study, participant))
+        return self.store.trials(participant, trial_order(self.study, self.order_secret, participant))
 
     def in_study(self, trial: Trial) -> bool:
         return trial.clip in self.study.clips and trial.system in self.study.systems
