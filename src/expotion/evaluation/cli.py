@@ -21,6 +21,7 @@ import torch
 
 from .. import atomic
 from ..devices import usable_device
+from .. import option_types as opt
 from ..weights import weights_dir
 from . import embed, metrics, plots, report
 from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
@@ -40,13 +41,6 @@ def parse_device(text: str) -> torch.device:
         return usable_device(text)
     except ValueError as err:
         raise InputError(str(err)) from None
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,13 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="row labels in the Markdown table, one per generated directory (default: their names)")
     parser.add_argument("--clap-model", default=None,
                         help="a CLAP checkpoint directory, or a hub name in the HF cache, instead of laion/larger_clap_music")
-    parser.add_argument("--is-splits", type=positive_int, default=metrics.DEFAULT_IS_SPLITS,
+    parser.add_argument("--is-splits", type=opt.positive_int, default=metrics.DEFAULT_IS_SPLITS,
                         help="number of IS splits (capped at the number of clips)")
-    parser.add_argument("--seed", type=int, default=metrics.DEFAULT_SEED, help="seed of the IS split shuffle")
-    parser.add_argument("--beat-trim", type=float, default=metrics.rhythm.DEFAULT_TRIM_S,
+    parser.add_argument("--seed", type=opt.seed, default=metrics.DEFAULT_SEED, help="seed of the IS split shuffle")
+    parser.add_argument("--beat-trim", type=opt.non_negative_float, default=metrics.rhythm.DEFAULT_TRIM_S,
                         help="drop beats before this time (s) on both sides before beat F1")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RESULTS_DIR/tensorboard")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=opt.positive_int, default=DEFAULT_BATCH_SIZE,
                         help="clips embedded together; a forward pass takes at most this many 10 s windows "
                              "(VGGish: ten times as many 0.96 s frames)")
     parser.add_argument("--plots", action="store_true",
