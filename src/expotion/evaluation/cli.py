@@ -26,6 +26,7 @@ from ..weights import weights_dir
 from . import embed, metrics, plots, report
 from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
                     read_cache_split, read_captions)
+from .output_names import check_label
 from .video import VideoClip
 
 DEFAULT_BATCH_SIZE = 8
@@ -130,7 +131,7 @@ def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, V
 
 def system_labels(args: argparse.Namespace) -> list[str]:
     """One distinct row label per generated directory (also the name of its results folder when there are several)."""
-    labels = args.label or [Path(g).resolve().name for g in args.generated]
+    labels = [check_label(label) for label in args.label or [Path(g).resolve().name for g in args.generated]]
     if len(labels) != len(args.generated):
         raise InputError(f"--label: {len(labels)} labels for {len(args.generated)} generated directories")
     if len(set(labels)) != len(labels):
@@ -206,7 +207,7 @@ def evaluate_system(args: argparse.Namespace, label: str, generated: Path, pairi
     }
     report.write_json(out / "metrics.json", evaluation, states, options, summary, sys.argv)
     report.write_csv(out / "per_clip.csv", evaluation)
-    figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else []
+    figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else {}
     if args.tensorboard:
         report.write_tensorboard(out / "tensorboard", evaluation)
     flagged = len(evaluation.excluded) + len(pairing.only_generated) + len(pairing.only_reference)
