@@ -91,7 +91,7 @@ def draw_clip(motion: alignment.Motion, music: dict[str, alignment.Music], title
     end = motion.duration
 
     ax = axes[0]
-    frame_times = np.arange(len(motion.pair_flow) + 1) / motion.fps
+    frame_times = motion.times
     ax.plot(frame_times, motion.trajectory(), color=MOTION_COLOR, lw=0.8, label="flow per frame (AV-Align)")
     speed_times, speed = motion.speed_times(), motion.speed()
     ax.plot(speed_times, speed, color="tab:cyan", lw=1.6, label="smoothed speed (BAS)")
