@@ -274,3 +274,40 @@ def test_unreadable_video_is_a_media_error(tmp_path):
     bad.write_bytes(b"not a video at all")
     with pytest.raises(MediaError, match="bad.mp4"):
         alignment.video_motion(bad)
+
+
+def test_a_variable_frame_rate_video_is_timed_by_its_own_timestamps(tmp_path):
+    """A phone-style file: a 30 fps grid with a quarter of its frames skipped, so 248 frames last 11 s (not 8.3 s).
+    Every time eval derives (frames, peaks, kinematic beats, the duration) comes from the file's timestamps."""
+    import av
+    from conftest import moving_frames, write_video
+
+    slots = [i for i in range(330) if i % 4 != 3]  # frame slots kept on the 30 fps grid
+    path = write_video(tmp_path / "vfr.mp4", moving_frames(len(slots), 64, 80), fps=30,
+                       pts=[round(i * 1000 / 30) for i in slots])
+    with av.open(str(path)) as container:
+        own = np.array([f.time for f in container.decode(video=0)])
+    own -= own[0]
+    arrays = alignment.video_motion(path)
+    np.testing.assert_allclose(arrays["frame_times"], own, atol=1e-9)
+    motion = alignment.Motion.from_arrays(arrays)
+    np.testing.assert_allclose(motion.times, own, atol=1e-9)
+    assert motion.fps == pytest.approx(30.0, abs=0.5)  # the typical interval: one slot of the grid (ms-rounded)
+    assert motion.duration == pytest.approx(own[-1] + 1 / motion.fps) and motion.duration == pytest.approx(11.0, abs=0.05)
+    peaks = motion.peaks()
+    assert len(peaks) and np.all(np.isin(peaks, own))  # peaks sit on real frames, at their own times
+    assert np.all(np.diff(motion.speed_times()) == pytest.approx(1 / motion.fps))
+    beats = motion.kinematic_beats()
+    assert np.all((beats >= 0) & (beats <= own[-1]))
+    from expotion.evaluation.video import frames_at_even_times
+
+    chosen = frames_at_even_times(list(own), 30.0, 12)
+    assert np.abs(own[chosen] - np.linspace(0, own[-1], 12)).max() < 2 / 30  # spread in time, not in frame count
+
+
+def test_a_constant_rate_video_keeps_index_over_rate_times(tmp_path):
+    path = write_pan_video(tmp_path / "v.mp4", burst_offsets(BURSTS, SECONDS, BURST_FPS), BURST_FPS)
+    motion = alignment.Motion.from_arrays(alignment.video_motion(path))
+    assert motion.frame_times is None and motion.fps == BURST_FPS
+    np.testing.assert_array_equal(motion.times, np.arange(len(motion.pair_flow) + 1) / BURST_FPS)
+    assert motion.duration == (len(motion.pair_flow) + 1) / BURST_FPS

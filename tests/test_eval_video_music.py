@@ -161,3 +161,44 @@ def test_generate_plot_writes_the_figure_next_to_the_wav(tmp_path, tiny_profile_
                           "--top-k", "50"])
     assert code == 0
     assert (tmp_path / "music" / "o.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_figure_names_from_clip_ids_are_safe_unique_and_linked(tmp_path):
+    """A clip named ``summary`` keeps its own figure beside summary.png; ``..`` and ``a b`` get valid files and
+    working links; nothing is written outside plots/."""
+    import re
+    from urllib.parse import unquote
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    times = burst_times(120.0)
+    for n, clip in enumerate(("summary", "..", "a b")):
+        write_pan_video(data / "videos" / f"{clip}.mp4", burst_offsets(times, SECONDS, FPS), FPS, seed=n)
+        for side, track in (("ref", clicks_at(times)), ("gen", click_track(150.0, SECONDS, sr=SR, first_beat_s=0.3))):
+            written = write_wav(data / side / "new.wav", track, SR)  # soundfile takes the format from the suffix
+            written.rename(data / side / f"{clip}.wav")
+    assert run_eval(data, out, "--plots") == 0
+    pngs = sorted(p.name for p in (out / "plots").iterdir())
+    assert len(pngs) == 4 and "summary.png" in pngs  # three clip figures and the summary
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in (out / "plots").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_clip.csv", "plots", "results.md"]
+    section = (out / "results.md").read_text().split("Per clip: ", 1)[1].splitlines()[0]
+    links = dict(re.findall(r"\[((?:\\.|[^\]])+)\]\(([^)]+)\)", section))
+    assert {re.sub(r"\\(.)", r"\1", k) for k in links} == {"summary", "..", "a b"}
+    targets = [out / unquote(t) for t in links.values()]
+    assert len(set(targets)) == 3 and out / "plots" / "summary.png" not in targets
+    assert all(t.is_file() and t.parent == out / "plots" for t in targets)
+    # the clip "summary" got its own figure, not the summary's: the summary figure is a different picture
+    summary_link = next(t for k, t in zip(links, targets) if k == "summary")
+    assert summary_link.read_bytes() != (out / "plots" / "summary.png").read_bytes()
+
+
+@pytest.mark.parametrize("label", ["../../x", "a/b", "..", ".", "a\\b", "tab\there", " "])
+def test_a_label_that_is_not_one_folder_name_is_refused_and_nothing_is_written(label, data, tmp_path, capsys):
+    out = tmp_path / "deep" / "out"
+    code = expotion_main(["eval", "--generated", str(data / "gen"), str(data / "ref"), "--reference",
+                          str(data / "ref"), "--out", str(out), "--cache-dir", str(data / "cache"),
+                          "--metrics", "video_music", "--label", label, "other"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("expotion eval: --label") and "results folder under --out" in err[0]
+    assert not (tmp_path / "deep").exists() and sorted(p.name for p in tmp_path.iterdir()) == []

@@ -203,6 +203,53 @@ def refuse_model_loading(monkeypatch) -> None:
     monkeypatch.setattr(expotion.generate, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
 
 
+@pytest.mark.parametrize("stride", [0.0, -5.0, 0.001], ids=["zero", "negative", "under-one-frame"])
+def test_generation_windows_refuse_a_stride_that_never_advances(stride):
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("generation_windows did not return in 5 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(GenerationError, match="extend stride .* must be positive"):
+            generation_windows(11.0, 10.0, stride, 50.0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("stride, says", [("0", "argument --extend-stride: must be greater than 0"),
+                                          ("-3", "argument --extend-stride: must be greater than 0"),
+                                          ("10", "--extend-stride 10: must be in (0, 10) seconds"),
+                                          ("45", "--extend-stride 45: must be in (0, 10) seconds")])
+def test_extend_stride_outside_the_window_is_refused_before_models_load(stride, says, tmp_path, checkpoint,
+                                                                         tiny_profile_cfg, caplog, capsys,
+                                                                         monkeypatch):
+    refuse_model_loading(monkeypatch)
+    video = write_video(tmp_path / "v.mp4", moving_frames(20, 64, 80), fps=25)
+    argv = ["generate", "--video", str(video), "--out", str(tmp_path / "o.wav"), "--prompt", "x", "--checkpoint",
+            str(checkpoint), *tiny_args(tiny_profile_cfg), f"--extend-stride={stride}"]
+    try:
+        code = cli_main(argv)
+    except SystemExit as exit_:  # argparse's refusal
+        code = exit_.code
+    assert code == 2
+    errors = [line for line in (caplog.text + capsys.readouterr().err).splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and says in errors[0]
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_extend_stride_is_checked_against_plain_musicgens_window_before_loading(tmp_path, tiny_profile_cfg,
+                                                                              caplog, monkeypatch):
+    refuse_model_loading(monkeypatch)
+    video = write_video(tmp_path / "v.mp4", moving_frames(20, 64, 80), fps=25)
+    assert cli_main(["generate", "--video", str(video), "--out", str(tmp_path / "o.wav"), "--prompt", "x",
+                     *tiny_args(tiny_profile_cfg), "--extend-stride", "30"]) == 2
+    assert "--extend-stride 30: must be in (0, 30) seconds" in caplog.text  # the tiny MusicGen's 30 s segments
+
+
 def test_mux_onto_the_input_video_is_refused_and_leaves_it_intact(tmp_path, checkpoint, tiny_profile_cfg, caplog,
                                                                   monkeypatch):
     video = write_video(tmp_path / "v.mp4", moving_frames(50, 64, 80), fps=25)

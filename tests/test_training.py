@@ -105,6 +105,15 @@ def test_dataset_refuses_bad_shards(demo_cache, tmp_path):
         ClipDataset(cache / "val", STREAMS, crop_seconds=30.0, random_crop=False)
 
 
+def test_a_crop_longer_than_the_cached_clips_names_the_flag_and_the_clip_length(demo_cache):
+    with pytest.raises(CacheError) as refused:
+        ClipDataset(demo_cache[0] / "val", STREAMS, crop_seconds=10.0, random_crop=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.endswith("the cache holds clips of 2 s, shorter than --data.crop_seconds 10: set "
+                            "--data.crop_seconds to at most 2, or precompute longer clips (--clip-seconds)")
+
+
 def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_path, tiny_profile_cfg):
     from expotion.adaptor import AdaptorConfig, ConditionAdaptor
     from expotion.embedding import VisualConfig
@@ -392,6 +401,8 @@ def test_unusable_caches_are_refused_in_one_line(tmp_path, demo_cache, tiny_prof
     code, err = run_train(["fit", "--config", str(config), "--data.crop_seconds=30"], capsys)
     assert code == 2
     assert f"{demo_cache[0] / 'train'}: no clip has codes, t5 and marlin, synchformer of >= 30 s" in err
+    assert err.endswith("the cache holds clips of 2 s, shorter than --data.crop_seconds 30: set --data.crop_seconds "
+                        "to at most 2, or precompute longer clips (--clip-seconds)")
 
     no_val = tmp_path / "no-val"
     shutil.copytree(demo_cache[0] / "train", no_val / "train")

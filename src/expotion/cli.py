@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from .devices import default_device  # noqa: E402
 from .known_warnings import silence_known_warnings  # noqa: E402
+from . import option_types as opt  # noqa: E402
 from .tiny import DEFAULT_DIR as TINY_DIR  # noqa: E402
 
 
@@ -145,7 +146,7 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     tiny = sub.add_parser("make-tiny", help="write small random models in the released formats (demo, tests)")
     tiny.add_argument("dir", type=Path, nargs="?", default=TINY_DIR, help=f"where to write them (default {TINY_DIR})")
     tiny.add_argument("--models", default=",".join(TINY), help=f"comma-separated subset of {','.join(TINY)}")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=opt.seed, default=0)
     tiny.add_argument("--overwrite", action="store_true", help="rewrite stand-ins that exist")
     tiny.set_defaults(func=weights_make_tiny)
 

@@ -100,6 +100,7 @@ class ClipDataset(Dataset):
         self.crop_frames = DEFAULT_RATES.codes_frames(crop_seconds)
         self.refs: list[ClipRef] = []
         self.spec: FeatureSpec | None = None
+        self.short_seconds: list[float] = []  # lengths of the clips skipped as shorter than the crop
         shards = list_shards(self.root)
         if not shards:
             raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
@@ -126,7 +127,7 @@ class ClipDataset(Dataset):
         --clip-seconds helps."""
         if seen:
             return (f"{self.root}: no clip has codes, t5 and {', '.join(self.streams)} of >= {self.crop_seconds:g} s "
-                    f"(all {seen} cached clips were skipped, see the warnings above)")
+                    f"(all {seen} cached clips were skipped, see the warnings above){self.crop_advice()}")
         why = ""
         if recordings_skipped:
             first = recordings_skipped[0]
@@ -136,6 +137,16 @@ class ClipDataset(Dataset):
                   "fix the skipped recordings or the manifest (the cache's summary.json gives every reason)")
         return f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); {advice} and rerun `make features`"
 
+    def crop_advice(self) -> str:
+        """What to set ``--data.crop_seconds`` to when clips were skipped as shorter than the crop: the lengths the
+        cache holds."""
+        if not self.short_seconds:
+            return ""
+        low, high = min(self.short_seconds), max(self.short_seconds)
+        held = f"{high:g} s" if high - low < 1e-6 else f"{low:g} to {high:g} s"
+        return (f"; the cache holds clips of {held}, shorter than --data.crop_seconds {self.crop_seconds:g}: set "
+                f"--data.crop_seconds to at most {high:g}, or precompute longer clips (--clip-seconds)")
+
     def scan(self, path: Path, f: h5py.File) -> None:
         needed = ("codes", "t5", *self.streams)
         for clip_id, g in f["clips"].items():
@@ -143,6 +154,7 @@ class ClipDataset(Dataset):
             if missing:
                 log.warning("skip %s in %s: no %s", clip_id, path, ", ".join(missing))
             elif g["codes"].shape[1] < self.crop_frames:
+                self.short_seconds.append(g["codes"].shape[1] / DEFAULT_RATES.codes_fps)
                 log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
             elif self.spec is not None and stream_rates(g, self.streams) != self.spec.rates:
                 log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip_id, path,

@@ -33,6 +33,7 @@ from .cache import CacheError
 from .features import DEFAULT_EXTRACTORS, EXTRACTORS, ExtractorConfig
 from .manifest import ManifestError
 from .nodes import node_share
+from . import option_types as opt
 from .pipeline import PrecomputeConfig, merge_summary, run as run_pipeline
 from .rates import DEFAULT_RATES
 from .weights import MissingWeightsError
@@ -47,20 +48,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractors", default=",".join(DEFAULT_EXTRACTORS),
                    help=f"comma-separated subset of {','.join(EXTRACTORS)} (default: Expotion's, "
                         f"{','.join(DEFAULT_EXTRACTORS)}; the CLIP + flow method reads clip,farneback)")
-    p.add_argument("--clip-seconds", type=float, default=10.0)
+    p.add_argument("--clip-seconds", type=opt.positive_float, default=10.0)
     p.add_argument("--keep-tail", action="store_true",
                    help="also take a last clip ending with the recording, overlapping the one before it")
-    p.add_argument("--recordings-per-shard", type=int, default=4)
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--recordings-per-shard", type=opt.positive_int, default=4)
+    p.add_argument("--workers", type=opt.positive_int, default=1,
                    help="processes; with --device cuda, worker k runs on GPU k mod n_gpus")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=opt.positive_int, default=1,
                    help="torch threads per worker; float16 features depend on it (not on --workers)")
-    p.add_argument("--synchformer-stride", type=int, default=DEFAULT_RATES.synchformer_stride,
+    p.add_argument("--synchformer-stride", type=opt.positive_int, default=DEFAULT_RATES.synchformer_stride,
                    help="frames (at 25 fps) between the starts of 16-frame Synchformer segments: "
                         "8 as Synchformer itself (default), 5 as the paper states")
-    p.add_argument("--node-rank", type=int, default=None,
+    p.add_argument("--node-rank", type=opt.non_negative_int, default=None,
                    help="this machine's rank among --num-nodes (default: from torchrun or SLURM, else 0 of 1)")
-    p.add_argument("--num-nodes", type=int, default=None, help="machines sharing the shards (shard k goes to k mod N)")
+    p.add_argument("--num-nodes", type=opt.positive_int, default=None,
+                   help="machines sharing the shards (shard k goes to k mod N)")
     p.add_argument("--merge-summary", action="store_true",
                    help="only write summary.json from the shards all nodes wrote (fails naming missing shards)")
 

@@ -6,11 +6,10 @@ cached split (batch mode, one wav per clip id, for evaluation).
     expotion generate --cache cache/demo/val --out-dir outputs/val [--mux-dir outputs/val-videos]
                       [--batch-size 8] [--devices N [--num-nodes M]]
 
-Without --checkpoint this is plain text-only MusicGen (the paper's baseline row, when prompted with
-its fused captions through --prompts). The checkpoint
-names its method (Expotion's adaptor, or the CLIP + flow conditioner), which decides the video
-streams extracted and how they reach MusicGen. A CLIP + flow model trained without text
-(``text: none``) needs no --prompt and ignores one.
+Without --checkpoint this is plain text-only MusicGen (the paper's baseline row, when prompted with its fused
+captions through --prompts). The checkpoint names its method (Expotion's adaptor, or the CLIP + flow conditioner),
+which decides the video streams extracted and how they reach MusicGen. A CLIP + flow model trained without text
+(``text: none``) needs no --prompt and ignores one. Numeric options are checked before any model loads.
 
 The command line is a thin layer over a library API that takes no argparse
 objects, for notebooks and the web app::
@@ -53,6 +52,7 @@ from .manifest import ManifestError, check_face_box, parse_face_box
 from .media import (MUX_SUFFIXES, ClipVideo, MediaError, has_video_frames, mux_audio, probe_video, read_music,
                     write_clip_videos)
 from .musicgen import load_musicgen, model_signature
+from . import generation_window, option_types as opt
 from .rates import DEFAULT_RATES, Rates, StreamRate
 from .sampling import clip_seed
 from .weights import MissingWeightsError
@@ -571,19 +571,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mux-dir", type=Path,
                    help="batch mode: also write <clip_id>.mp4 per clip here: its span of the source video, cut as "
                         "the cache cut it, with the generated music (for `expotion eval --videos`)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="random seed; in batch mode each clip samples from its own seed, derived from this one and its id")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--seed", type=opt.seed, default=0, help="random seed in [0, 2^63); in batch mode each clip "
+                                                             "samples from its own seed, derived from this one and its id")
+    p.add_argument("--batch-size", type=opt.positive_int, default=DEFAULT_BATCH_SIZE,
                    help="batch mode: clips per MusicGen call; a clip's music does not depend on it")
-    p.add_argument("--devices", type=int, default=1,
+    p.add_argument("--devices", type=opt.positive_int, default=1,
                    help="batch mode: processes (GPUs with --device cuda) on this machine, through Lightning's DDP")
-    p.add_argument("--num-nodes", type=int, default=1, help="batch mode: machines, each running --devices processes")
-    p.add_argument("--cfg", type=float, default=3.0,
+    p.add_argument("--num-nodes", type=opt.positive_int, default=1,
+                   help="batch mode: machines, each running --devices processes")
+    p.add_argument("--cfg", type=opt.non_negative_float, default=3.0,
                    help="classifier-free guidance coefficient on the conditions (the text; with a CLIP + flow "
                         "checkpoint, its video memory)")
-    p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--extend-stride", type=float, default=None,
-                   help="seconds between windows for long videos (default: half the adaptor's window)")
+    p.add_argument("--top-k", type=opt.positive_int, default=250, help="tokens sampled from (at least 1)")
+    p.add_argument("--extend-stride", type=opt.positive_float, default=None,
+                   help="seconds between windows for long videos, in (0, window) (default: half the adaptor's window)")
     p.add_argument("--face-box", help="'x0 y0 x1 y1' in source pixels: a fixed face crop instead of detection "
                                       "(use the same box the training data used)")
     p.add_argument("--adaptor-dtype", choices=tuple(ADAPTOR_DTYPES), default="float32",
@@ -621,6 +622,7 @@ def run(args: argparse.Namespace) -> int:
                                  weights_dir=args.weights_dir, tiny_dir=args.tiny_dir,
                                  device=args.device, adaptor_dtype=args.adaptor_dtype)
         sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
+        generation_window.check_extend_stride(args.extend_stride, args.checkpoint, args.musicgen, DEFAULT_MUSICGEN)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
     except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointError,
             FileNotFoundError) as err:
@@ -664,8 +666,6 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         raise GenerationError("--cache needs --out-dir")
     if args.plot:
         raise GenerationError("--plot draws one video's figure; for a cached split use `expotion eval --plots`")
-    if args.devices < 1 or args.num_nodes < 1:
-        raise GenerationError(f"--devices and --num-nodes must be at least 1, got {args.devices} and {args.num_nodes}")
     check_batch_folders(args.out_dir, args.reference_dir)
     if args.prompt is not None:
         check_prompt(args.prompt)

@@ -28,6 +28,7 @@ from .adaptor import ConditionAdaptor
 from .clipflow.conditioner import ClipFlowConditioner
 from .clipflow.memory import window_memory
 from .devices import module_precision
+from .option_types import check_seed
 from .rates import StreamRate
 from .sampling import per_row_sampling
 
@@ -68,9 +69,11 @@ def generation_windows(duration_s: float, window_s: float, stride_s: float, fram
     that the visual prefix and the progress total are known before decoding starts.
     """
     total = int(duration_s * frame_rate)
+    stride = int(frame_rate * stride_s)
+    if stride < 1:  # the walk below would never advance
+        raise GenerationError(f"extend stride {stride_s:g} s must be positive: at least one frame (1/{frame_rate:g} s)")
     if duration_s <= window_s:
         return [Window(0, 0, total)]
-    stride = int(frame_rate * stride_s)
     windows, offset, prompt = [], 0, 0
     while offset + prompt < total:
         length = int(min(duration_s - offset / frame_rate, window_s) * frame_rate)
@@ -185,11 +188,16 @@ def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adap
     seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
     if len(seeds) != len(prompts):
         raise GenerationError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    try:
+        seeds = [check_seed(s) for s in seeds]
+    except ValueError as err:
+        raise GenerationError(str(err)) from None
     full_window = musicgen.max_duration
     window = min(full_window, adaptor.cfg.max_seconds) if adaptor is not None else full_window
     stride = extend_stride if extend_stride is not None else default_extend_stride(window)
-    if stride >= window:
-        raise GenerationError(f"extend stride {stride} s must be shorter than the window of {window} s")
+    if not 0 < stride < window:
+        raise GenerationError(f"extend stride {stride:g} s must be in (0, {window:g}) s: positive and shorter than "
+                              "the generation window")
     musicgen.set_generation_params(duration=duration_s, top_k=min(top_k, musicgen.lm.card), cfg_coef=cfg_coef,
                                    extend_stride=stride)
     if adaptor is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .study import Study, StudyError, load_study
+from .. import option_types as opt
 from .study_store import DatabaseProblem, Response, checked_responses
 
 
@@ -244,10 +245,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                              "differences; CSV and figure")
     results.add_argument("study", type=Path, help="the study file (study.yaml)")
     results.add_argument("--out", type=Path, default=None, help="output directory (default: <database stem>-results)")
-    results.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples")
+    results.add_argument("--resamples", type=opt.positive_int, default=10000, help="bootstrap resamples")
     results.add_argument("--fixed-clips", action="store_true",
                          help="resample participants only: a CI for these clips, not for other videos")
-    results.add_argument("--seed", type=int, default=0)
+    results.add_argument("--seed", type=opt.seed, default=0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from expotion.demo.music import Song, annotation, caption, plan_song, render_song
 from expotion.demo.video import Figure, render_frames, write_mp4
+from expotion import option_types as opt
 from expotion.rates import Rates
 
 SAMPLE_RATE = Rates().sample_rate
@@ -161,8 +162,8 @@ def synthesize_demo(out_dir: Path, n_recordings: int = 16, duration_s: float = 1
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Synthesize the offline Expotion demo dataset.")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--n", type=int, default=16, help="number of recordings")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=opt.positive_int, default=16, help="number of recordings")
+    parser.add_argument("--seed", type=opt.seed, default=0)
     args = parser.parse_args(argv)
     print(synthesize_demo(args.out_dir, n_recordings=args.n, seed=args.seed))
 

@@ -57,7 +57,8 @@ class AlignmentFailure(ValueError):
 
 
 def video_motion(clip: VideoClip | Path) -> dict[str, np.ndarray]:
-    """Stage-1 video features: the flow magnitude of every consecutive frame pair of a clip, and the frame rate.
+    """Stage-1 video features: the flow magnitude of every consecutive frame pair of a clip, each frame's time
+    (seconds from the clip's first frame, from its timestamp) and the stream's nominal frame rate.
 
     ``clip`` is a file or a span of one (its frames in ``[start, start + duration)``).
     Frames are decoded one at a time at the stream's own size and rate, and go
@@ -73,13 +74,29 @@ def video_motion(clip: VideoClip | Path) -> dict[str, np.ndarray]:
         rate = stream.guessed_rate or stream.average_rate
         if not rate:
             raise MediaError(f"{clip.path}: video stream has no frame rate")
+        times: list[float | None] = []
         try:
-            flows = pair_flows(frame.to_ndarray(format="rgb24") for _, frame in decode_span(container, clip))
+            flows = pair_flows(timed_frames(decode_span(container, clip), times))
         except (av.error.FFmpegError, cv2.error) as err:
             raise MediaError(f"{clip}: cannot read the video's frames ({type(err).__name__}: {err})") from err
     if flows is None:
         raise MediaError(f"{clip}: the video has no frames")
-    return {"pair_flow": flows, "fps": np.float64(rate)}
+    return {"pair_flow": flows, "fps": np.float64(rate), "frame_times": clip_times(times, float(rate))}
+
+
+def timed_frames(decoded, times: list[float | None]):
+    """The RGB frames of ``decoded`` ``(time, frame)`` pairs, recording each frame's time in ``times``."""
+    for t, frame in decoded:
+        times.append(t)
+        yield frame.to_ndarray(format="rgb24")
+
+
+def clip_times(times: list[float | None], rate: float) -> np.ndarray:
+    """Frame times from the clip's first frame; frames without a timestamp (rare) are placed at index / rate."""
+    if any(t is None for t in times):
+        return np.arange(len(times)) / rate
+    stamps = np.asarray(times, np.float64)
+    return stamps - stamps[0]
 
 
 def pair_flows(frames) -> np.ndarray | None:
@@ -152,16 +169,39 @@ def local_minima(values: np.ndarray) -> np.ndarray:
     return i + 1 + parabolic_offset(v[i], v[i + 1], v[i + 2])
 
 
+def constant_rate(times: np.ndarray, fps: float) -> bool:
+    """Whether frame i lies at i / fps for every frame, to within a quarter of a frame."""
+    return bool(np.all(np.abs(times - np.arange(len(times)) / fps) < 0.25 / fps))
+
+
 @dataclass(frozen=True)
 class Motion:
-    """One video's motion: the flow between consecutive frames and what is derived from it."""
+    """One video's motion: the flow between consecutive frames and what is derived from it.
+
+    Frame i lies at ``i / fps`` on a constant-rate video (``frame_times`` None). A variable-rate video keeps its
+    frames' own times; ``fps`` is then its typical rate (one over the median frame interval), and the speed curve
+    is resampled onto a uniform grid at that rate for smoothing, beats and tempo.
+    """
 
     pair_flow: np.ndarray  # (n_frames - 1,) mean flow magnitude from frame i to frame i + 1, px
     fps: float
+    frame_times: np.ndarray | None = None  # (n_frames,) seconds from the first frame, for a variable-rate video
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Motion:
-        return cls(np.asarray(arrays["pair_flow"], np.float64), float(arrays["fps"]))
+        flow, fps = np.asarray(arrays["pair_flow"], np.float64), float(arrays["fps"])
+        times = arrays.get("frame_times")
+        if times is None or len(times) < 2 or constant_rate(np.asarray(times, np.float64), fps):
+            return cls(flow, fps)
+        times = np.asarray(times, np.float64)
+        return cls(flow, 1.0 / float(np.median(np.diff(times))), times)
+
+    @property
+    def times(self) -> np.ndarray:
+        """Each frame's time (s) from the first frame."""
+        if self.frame_times is not None:
+            return self.frame_times
+        return np.arange(len(self.pair_flow) + 1) / self.fps
 
     @classmethod
     def from_frames(cls, frames: np.ndarray, fps: float) -> Motion:
@@ -173,6 +213,9 @@ class Motion:
 
     @property
     def duration(self) -> float:
+        """From the first frame to the end of the last one (which lasts one typical frame interval)."""
+        if self.frame_times is not None:
+            return float(self.frame_times[-1]) + 1.0 / self.fps
         return (len(self.pair_flow) + 1) / self.fps
 
     @property
@@ -186,23 +229,38 @@ class Motion:
 
     def peaks(self) -> np.ndarray:
         """AV-Align video peaks (s): strict local maxima of the trajectory of at least 0.1 px, at frame i / fps."""
-        return strict_maxima(self.trajectory(), PEAK_MIN_FLOW) / self.fps
+        peaks = strict_maxima(self.trajectory(), PEAK_MIN_FLOW)
+        return self.frame_times[peaks] if self.frame_times is not None else peaks / self.fps
 
     def speed_times(self) -> np.ndarray:
-        """Each pair's flow belongs to the midpoint between its two frames."""
-        return (np.arange(len(self.pair_flow)) + 0.5) / self.fps
+        """Each pair's flow belongs to the midpoint between its two frames (a variable-rate video: the uniform grid
+        at ``fps`` over those midpoints that :meth:`speed` is sampled on)."""
+        if self.frame_times is None:
+            return (np.arange(len(self.pair_flow)) + 0.5) / self.fps
+        mids = (self.frame_times[:-1] + self.frame_times[1:]) / 2
+        return mids[0] + np.arange(int(np.floor((mids[-1] - mids[0]) * self.fps + 1e-9)) + 1) / self.fps
+
+    def uniform_flow(self) -> np.ndarray:
+        """The per-pair flow at :meth:`speed_times` (itself on a constant-rate video)."""
+        if self.frame_times is None:
+            return self.pair_flow
+        mids = (self.frame_times[:-1] + self.frame_times[1:]) / 2
+        return np.interp(self.speed_times(), mids, self.pair_flow)
 
     def speed(self) -> np.ndarray:
         """The flow speed smoothed by a Gaussian of ``SPEED_SMOOTHING_S`` (Bailando's 5 frames at 60 fps)."""
-        return gaussian_filter1d(self.pair_flow, SPEED_SMOOTHING_S * self.fps, mode="reflect")
+        return gaussian_filter1d(self.uniform_flow(), SPEED_SMOOTHING_S * self.fps, mode="reflect")
 
     def kinematic_beats(self) -> np.ndarray:
         """Motion beats (s): where the smoothed speed has a local minimum, i.e. the motion stops or turns."""
-        return (local_minima(self.speed()) + 0.5) / self.fps
+        minima = local_minima(self.speed())
+        if self.frame_times is None:
+            return (minima + 0.5) / self.fps
+        return self.speed_times()[0] + minima / self.fps
 
     def tempo(self) -> float:
         """BPM of the strongest periodicity of the flow speed; NaN when it has none within the tempo range."""
-        return autocorrelation_tempo(self.pair_flow, self.fps)
+        return autocorrelation_tempo(self.uniform_flow(), self.fps)
 
     def is_still(self) -> bool:
         return len(self.pair_flow) == 0 or float(self.pair_flow.max()) < PEAK_MIN_FLOW
@@ -411,7 +469,7 @@ def conventions() -> dict:
             "video": "every frame at the video's own frame rate (the stream's guessed rate) and resolution; "
                      "RGB -> grayscale with OpenCV's luma weights",
             "optical_flow": {"method": f"cv2.calcOpticalFlowFarneback (OpenCV {opencv_version()})", **FARNEBACK},
-            "flow_trajectory": "mean flow magnitude from frame i-1 to frame i, placed at frame i (i / fps); "
+            "flow_trajectory": "mean flow magnitude from frame i-1 to frame i, placed at frame i (i / fps; on a variable-rate video, the frame's timestamp); "
                                "frame 0 repeats frame 1's value",
             "video_peaks": f"strict local maxima of the trajectory with magnitude >= {PEAK_MIN_FLOW:g} px",
             "audio_peaks": f"librosa {librosa_version()} onset_strength + onset_detect with default parameters "

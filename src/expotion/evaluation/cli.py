@@ -21,10 +21,12 @@ import torch
 
 from .. import atomic
 from ..devices import usable_device
+from .. import option_types as opt
 from ..weights import weights_dir
 from . import embed, metrics, plots, report
 from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
                     read_cache_split, read_captions)
+from .output_names import check_label
 from .video import VideoClip
 
 DEFAULT_BATCH_SIZE = 8
@@ -40,13 +42,6 @@ def parse_device(text: str) -> torch.device:
         return usable_device(text)
     except ValueError as err:
         raise InputError(str(err)) from None
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,13 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="row labels in the Markdown table, one per generated directory (default: their names)")
     parser.add_argument("--clap-model", default=None,
                         help="a CLAP checkpoint directory, or a hub name in the HF cache, instead of laion/larger_clap_music")
-    parser.add_argument("--is-splits", type=positive_int, default=metrics.DEFAULT_IS_SPLITS,
+    parser.add_argument("--is-splits", type=opt.positive_int, default=metrics.DEFAULT_IS_SPLITS,
                         help="number of IS splits (capped at the number of clips)")
-    parser.add_argument("--seed", type=int, default=metrics.DEFAULT_SEED, help="seed of the IS split shuffle")
-    parser.add_argument("--beat-trim", type=float, default=metrics.rhythm.DEFAULT_TRIM_S,
+    parser.add_argument("--seed", type=opt.seed, default=metrics.DEFAULT_SEED, help="seed of the IS split shuffle")
+    parser.add_argument("--beat-trim", type=opt.non_negative_float, default=metrics.rhythm.DEFAULT_TRIM_S,
                         help="drop beats before this time (s) on both sides before beat F1")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to RESULTS_DIR/tensorboard")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=opt.positive_int, default=DEFAULT_BATCH_SIZE,
                         help="clips embedded together; a forward pass takes at most this many 10 s windows "
                              "(VGGish: ten times as many 0.96 s frames)")
     parser.add_argument("--plots", action="store_true",
@@ -136,7 +131,7 @@ def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, V
 
 def system_labels(args: argparse.Namespace) -> list[str]:
     """One distinct row label per generated directory (also the name of its results folder when there are several)."""
-    labels = args.label or [Path(g).resolve().name for g in args.generated]
+    labels = [check_label(label) for label in args.label or [Path(g).resolve().name for g in args.generated]]
     if len(labels) != len(args.generated):
         raise InputError(f"--label: {len(labels)} labels for {len(args.generated)} generated directories")
     if len(set(labels)) != len(labels):
@@ -212,7 +207,7 @@ def evaluate_system(args: argparse.Namespace, label: str, generated: Path, pairi
     }
     report.write_json(out / "metrics.json", evaluation, states, options, summary, sys.argv)
     report.write_csv(out / "per_clip.csv", evaluation)
-    figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else []
+    figures = plots.write_figures(out / "plots", evaluation, label, log=log) if args.plots else {}
     if args.tensorboard:
         report.write_tensorboard(out / "tensorboard", evaluation)
     flagged = len(evaluation.excluded) + len(pairing.only_generated) + len(pairing.only_reference)

@@ -159,6 +159,7 @@ def catalog() -> dict[str, Extractor]:
                                       "n_fft": chroma.N_FFT, "hop": chroma.HOP, "tuning": chroma.TUNING},
                   None, lambda _m, item: {"chroma": chroma.chromagram(at(chroma.SAMPLE_RATE, item))}),
         Extractor("motion", "video", {"flow": alignment.FARNEBACK, "frames": "all, own rate and size, RGB -> gray",
+                                      "times": "frame timestamps",
                                       "opencv": alignment.opencv_version},
                   None, lambda _m, path: alignment.video_motion(path)),
         Extractor("onsets", "audio", {"sample_rate": alignment.ONSET_SAMPLE_RATE, "hop": alignment.ONSET_HOP,

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from . import alignment, rhythm
 from .audio import load_audio, resample
 from .metrics import Evaluation
+from .output_names import figure_names
 
 COLORS = {"generated": "tab:orange", "reference": "tab:blue"}
 OTHER_COLORS = ("tab:green", "tab:purple", "tab:brown")
@@ -90,7 +91,7 @@ def draw_clip(motion: alignment.Motion, music: dict[str, alignment.Music], title
     end = motion.duration
 
     ax = axes[0]
-    frame_times = np.arange(len(motion.pair_flow) + 1) / motion.fps
+    frame_times = motion.times
     ax.plot(frame_times, motion.trajectory(), color=MOTION_COLOR, lw=0.8, label="flow per frame (AV-Align)")
     speed_times, speed = motion.speed_times(), motion.speed()
     ax.plot(speed_times, speed, color="tab:cyan", lw=1.6, label="smoothed speed (BAS)")
@@ -192,17 +193,18 @@ def summary_figure(evaluation: Evaluation, label: str) -> Figure:
     return fig
 
 
-def write_figures(out_dir: Path, evaluation: Evaluation, label: str, log: Callable[[str], None] = print) -> list[str]:
-    """One PNG per clip with a video and the summary figure; returns the clip ids drawn."""
+def write_figures(out_dir: Path, evaluation: Evaluation, label: str,
+                  log: Callable[[str], None] = print) -> dict[str, str]:
+    """One PNG per clip with a video and the summary figure; returns each drawn clip's file name in ``out_dir``
+    (:func:`~.output_names.figure_names`: safe, distinct, never ``summary.png``)."""
     if not evaluation.clip_inputs:
         log("--plots: no clip has video features, so there is nothing to draw")
-        return []
+        return {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawn = []
+    drawn = figure_names(list(evaluation.clip_inputs))
     for clip_id, clip in evaluation.clip_inputs.items():
-        draw_clip(clip.motion, clip.music, clip_id).savefig(out_dir / f"{clip_id}.png", dpi=110)
-        drawn.append(clip_id)
+        draw_clip(clip.motion, clip.music, clip_id).savefig(out_dir / drawn[clip_id], dpi=110)
     summary_figure(evaluation, label).savefig(out_dir / "summary.png", dpi=110)
     log(f"wrote {len(drawn)} clip figures and summary.png to {out_dir}")
     return drawn

@@ -21,6 +21,7 @@ from .embed import ExtractorState
 from .files import Pairing
 from .maths import KL_EPS
 from .metrics import CONTROL_SHIFTS, SPECS, Evaluation, MetricResult, MetricSpec, Options
+from .output_names import markdown_link
 
 CSV_COLUMNS = (
     "clip_id", "generated", "reference", "video", "caption",
@@ -263,7 +264,7 @@ def table(specs: list[MetricSpec], rows: dict[str, dict[str, MetricResult]], not
     return lines
 
 
-def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figures: list[str],
+def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figures: dict[str, str],
                       folder: str = "", titled: bool = False) -> list[str]:
     """The video–music group: generated, reference and shuffled-pairs rows, conventions and links to the figures
     (in ``folder``/plots); ``titled`` names the system in the heading."""
@@ -288,8 +289,8 @@ def alignment_section(evaluation: Evaluation, label: str, notes: list[str], figu
     ]
     if figures:
         plots = f"{folder}/plots" if folder else "plots"
-        lines += ["", f"![summary]({plots}/summary.png)", "",
-                  "Per clip: " + ", ".join(f"[{clip_id}]({plots}/{clip_id}.png)" for clip_id in figures)]
+        lines += ["", "!" + markdown_link("summary", f"{plots}/summary.png"), "",
+                  "Per clip: " + ", ".join(markdown_link(clip_id, f"{plots}/{name}") for clip_id, name in figures.items())]
     return lines
 
 
@@ -301,7 +302,7 @@ class System:
     label: str
     evaluation: Evaluation
     pairing: Pairing
-    figures: list[str] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)  # clip id -> its figure's file name in plots/
     folder: str = ""
 
 

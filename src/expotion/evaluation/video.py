@@ -39,6 +39,18 @@ def frame_indices(n_frames: int, k: int) -> np.ndarray:
     return np.linspace(0, n_frames - 1, k).astype(int)
 
 
+def frames_at_even_times(times: list[float | None], rate: float, k: int) -> np.ndarray:
+    """``k`` frame indices spread uniformly in time (first and last included): on a constant-rate video those of
+    :func:`frame_indices`; on a variable-rate one, the last frame shown at each of ``k`` evenly spaced times."""
+    if any(t is None for t in times):  # frames without timestamps: their order is all there is
+        return frame_indices(len(times), k)
+    stamps = np.asarray(times, np.float64) - times[0]
+    if np.all(np.abs(stamps - np.arange(len(stamps)) / rate) < 0.25 / rate):
+        return frame_indices(len(stamps), k)
+    targets = np.linspace(0.0, stamps[-1], k)
+    return np.searchsorted(stamps, targets + 1e-9, side="right") - 1
+
+
 def decode_span(container: av.container.InputContainer, clip: VideoClip):
     """``(time, frame)`` for the clip's decoded frames in order; a span is reached by a seek to the keyframe before it.
 
@@ -75,7 +87,7 @@ def uniform_frames(clip: VideoClip, k: int) -> list[np.ndarray]:
         if not container.streams.video:
             raise MediaError(f"{clip.path}: no video stream")
         stream = container.streams.video[0]
-        period = 1.0 / float(stream.average_rate or 30)
+        rate = float(stream.guessed_rate or stream.average_rate or 30)
         try:
             times = [t for t, _ in decode_span(container, clip)]
         except av.error.FFmpegError as err:
@@ -83,10 +95,10 @@ def uniform_frames(clip: VideoClip, k: int) -> list[np.ndarray]:
     if not times:
         where = f" in {clip.start_s:g}-{clip.start_s + clip.duration_s:g} s" if clip.is_span else ""
         raise MediaError(f"{clip.path}: video holds no frames{where}")
-    if clip.is_span and times[-1] < clip.start_s + clip.duration_s - 2 * period:
+    if clip.is_span and times[-1] < clip.start_s + clip.duration_s - 2 / rate:
         raise MediaError(f"{clip.path}: video ends at {times[-1]:.2f} s, the clip needs "
                          f"{clip.start_s:g}-{clip.start_s + clip.duration_s:g} s")
-    wanted = frame_indices(len(times), k)
+    wanted = frames_at_even_times(times, rate, k)
     frames: dict[int, np.ndarray] = {}
     with open_container(clip.path) as container:
         for i, (_, frame) in enumerate(decode_span(container, clip)):
