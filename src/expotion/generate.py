@@ -38,6 +38,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from .cache import CacheError
 from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, check_feature_shapes, extractor_profile,
                          method_of, musicgen_source, read_adaptor)
 from .clipflow.checkpoint import METHOD as CLIP_FLOW
@@ -623,7 +624,7 @@ def run(args: argparse.Namespace) -> int:
         sampling = SamplingSettings(args.seed, args.cfg, args.top_k, args.extend_stride)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
     except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointError,
-            FileNotFoundError) as err:
+            CacheError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
 

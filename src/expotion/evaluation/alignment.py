@@ -29,7 +29,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from ..extractors.farneback import FarnebackConfig, flow_magnitude
-from ..media import MediaError, open_container
+from ..media import MediaError, frame_rgb, open_container
 from . import rhythm
 from .audio import resample
 from .video import VideoClip, decode_span
@@ -74,7 +74,7 @@ def video_motion(clip: VideoClip | Path) -> dict[str, np.ndarray]:
         if not rate:
             raise MediaError(f"{clip.path}: video stream has no frame rate")
         try:
-            flows = pair_flows(frame.to_ndarray(format="rgb24") for _, frame in decode_span(container, clip))
+            flows = pair_flows(frame_rgb(frame) for _, frame in decode_span(container, clip))
         except (av.error.FFmpegError, cv2.error) as err:
             raise MediaError(f"{clip}: cannot read the video's frames ({type(err).__name__}: {err})") from err
     if flows is None:
