@@ -206,7 +206,7 @@ def test_case1_a_split_that_is_not_a_plain_name_is_refused_with_its_line(tmp_pat
                                  "not leading '.'): it names a folder of the cache"]
 
 
-def test_case1_split_names_with_dots_dashes_and_underscores_are_kept(tmp_path):
+def test_split_names_with_dots_dashes_and_underscores_are_kept(tmp_path):
     path = write_csv(tmp_path, ["a,a.mp4,,c,train-2.v1,", "b,b.mp4,,c,val_A,"])
     assert [r.split for r in load_manifest(path)] == ["train-2.v1", "val_A"]
 
