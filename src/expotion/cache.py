@@ -102,11 +102,14 @@ class ShardWriter:
     def skip(self, clip_id: str, reason: str) -> None:
         self.skipped.append({"clip": clip_id, "reason": reason})
 
-    def cover(self, recording: str, duration_s: float, planned: int, clips: int, dropped_s: float) -> None:
+    def cover(self, recording: str, duration_s: float, clips: int, dropped_s: float,
+              planned: int | None = None) -> None:
         """Record how much of a recording its written clips cover (the summary lists what was dropped):
-        ``planned`` clips fit its length, ``clips`` were written, ``dropped_s`` seconds are in none of them."""
-        self.coverage.append({"recording": recording, "duration_s": round(duration_s, 3), "planned_clips": planned,
-                              "clips": clips, "dropped_s": round(dropped_s, 3)})
+        ``clips`` were written, ``dropped_s`` seconds are in none of them, ``planned`` clips fit its length
+        (default: ``clips``)."""
+        self.coverage.append({"recording": recording, "duration_s": round(duration_s, 3),
+                              "planned_clips": clips if planned is None else planned, "clips": clips,
+                              "dropped_s": round(dropped_s, 3)})
 
     def commit(self) -> Path:
         self.file.attrs["skipped"] = json.dumps(self.skipped)

@@ -45,7 +45,7 @@ def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, wri
         write_clips(rec, clips, audio, info.duration_s, audio_s, ex, cfg, writer)
     finally:
         written = [c for c in clips if c.id in writer.file["clips"] and c.id not in before]
-        writer.cover(rec.id, duration, len(clips), len(written), duration - covered_seconds(written))
+        writer.cover(rec.id, duration, len(written), duration - covered_seconds(written), len(clips))
     return None
 
 
