@@ -196,3 +196,61 @@ def test_face_boxes_outside_the_frame_are_refused_and_mostly_outside_ones_warned
     assert str(err.value) == "--face-box 900 10 1000 80 does not overlap the 320x256 frame"
     with pytest.raises(ManifestError, match="^x: face_box 320 0 400 80 does not overlap"):  # touching an edge
         check_face_box((320, 0, 400, 80), 320, 256, where="x: face_box")
+
+
+# ---- names, captions and boxes refused with their line, before any work ---------------------------
+@pytest.mark.parametrize("split", ["../../x", "../other-cache/train", "a/b", ".hidden", "..", "tr ain", "/abs"])
+def test_case1_a_split_that_is_not_a_plain_name_is_refused_with_its_line(tmp_path, split):
+    path = write_csv(tmp_path, ["a,a.mp4,,c,train,", f'b,b.mp4,,c,"{split}",'])
+    assert problems_of(path) == [f"{path}:3: split {split!r} is not a name (letters, digits, '-', '_' and '.', "
+                                 "not leading '.'): it names a folder of the cache"]
+
+
+def test_split_names_with_dots_dashes_and_underscores_are_kept(tmp_path):
+    path = write_csv(tmp_path, ["a,a.mp4,,c,train-2.v1,", "b,b.mp4,,c,val_A,"])
+    assert [r.split for r in load_manifest(path)] == ["train-2.v1", "val_A"]
+
+
+def test_case3_a_face_box_under_the_minimum_size_is_refused_with_its_line(tmp_path):
+    from expotion.manifest import MIN_FACE_SIDE
+
+    path = write_csv(tmp_path, ["a,a.mp4,,c,train,10 10 11 11", f"b,b.mp4,,c,train,0 0 {MIN_FACE_SIDE} 200"])
+    assert problems_of(path) == [f"{path}:2: face_box '10 10 11 11' is 1x1 px; a face box's short side must be at "
+                                 f"least {MIN_FACE_SIDE} source pixels (leave it empty to detect the face)"]
+
+
+def test_case4_control_characters_in_captions_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text('id,video,caption\na,a.mp4,"calm\nlate-night piano"\nb,b.mp4,drums\x00 and bass\n'
+                    "c,c.mp4,\x1b[31mred\x7f\n")
+    assert problems_of(path) == [f"{path}:4: caption holds control character(s) U+0000; remove them",
+                                 f"{path}:5: caption holds control character(s) U+001B, U+007F; remove them"]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"video": "a.mp4", "caption": "ok\tfine"}) + "\n"
+                     + json.dumps({"video": "b.mp4", "caption": "nul\u0000here"}) + "\n")
+    assert problems_of(jsonl) == [f"{jsonl}:2: caption holds control character(s) U+0000; remove them"]
+
+
+def test_case8_a_manifest_that_is_a_folder_or_a_symlink_loop_is_named_in_one_line(tmp_path, capsys, tiny_profile_cfg):
+    from pathlib import Path
+
+    from expotion.cli import main
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    loop = tmp_path / "loop.csv"
+    loop.symlink_to(tmp_path / "other.csv")
+    (tmp_path / "other.csv").symlink_to(loop)
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "gone.csv")
+    with pytest.raises(ManifestError, match=rf"^manifest {folder}: a folder, not a manifest file"):
+        load_manifest(folder)
+    with pytest.raises(ManifestError, match=rf"^manifest {loop}: a symlink loop \(it never reaches a file\)$"):
+        load_manifest(loop)
+    with pytest.raises(ManifestError, match=rf"^manifest {dangling}: a symlink to a missing file"):
+        load_manifest(dangling)
+    for manifest, problem in ((folder, "a folder"), (loop, "a symlink loop")):
+        code = main(["features", "--manifest", str(manifest), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
+                     "--tiny-dir", str(Path(tiny_profile_cfg.marlin_path).parent)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and problem in err and "Traceback" not in err, err

@@ -536,7 +536,8 @@ def test_dropped_tails_are_listed_and_keep_tail_takes_an_overlapping_last_clip(s
                   clip_seconds=3.0, data_root=small_demo.parent)
     plain = run(cfg)
     assert plain.written == {"train": 1}
-    assert plain.coverage == [{"recording": "demo-000", "duration_s": 4.0, "clips": 1, "dropped_s": 1.0, "split": "train"}]
+    assert plain.coverage == [{"recording": "demo-000", "duration_s": 4.0, "planned_clips": 1, "clips": 1, "dropped_s": 1.0,
+                              "split": "train"}]
     assert ("dropped after the last whole clip, in 1 recordings (--keep-tail adds a last clip that overlaps the one "
             "before):\n  demo-000: 1.00 s of 4.00 s") in plain.report()
 

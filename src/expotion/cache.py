@@ -7,6 +7,10 @@ their :class:`~expotion.rates.StreamRate` as attributes where they are time
 series (``fps``, ``t0``, and for Synchformer ``segment_len``/``segment_hop``). ``/text/generic`` holds
 the generic prompt's text embedding. A shard is written under a temporary
 name and renamed when complete, so a killed run never leaves a partial shard.
+Every dataset carries HDF5's ``fletcher32`` checksum and the file is written
+with the latest format (``libver="latest"``), whose metadata (object headers,
+attributes, B-trees) is checksummed too; :func:`open_shard` reads every dataset
+and attribute once, so a corrupt shard is refused by name before use.
 No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
 One run at a time writes a cache, or one run per node of a multi-node run:
 see :func:`cache_lock`.
@@ -60,7 +64,7 @@ class ShardWriter:
     def __init__(self, path: Path, attrs: dict):
         self.path = Path(path)
         self.target = AtomicFile(self.path)
-        self.file = h5py.File(self.target.tmp, "w")
+        self.file = h5py.File(self.target.tmp, "w", libver="latest")
         self.file.attrs["schema_version"] = SCHEMA_VERSION
         for key, value in attrs.items():
             self.file.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
@@ -79,7 +83,7 @@ class ShardWriter:
         for name, value in attrs.items():
             group.attrs[name] = value if isinstance(value, (str, int, float)) else json.dumps(value)
         for name, value in stored.items():
-            ds = group.create_dataset(name, data=value)
+            ds = create_checked(group, name, value)
             if name == "codes":
                 ds.attrs["frame_rate"] = rates.codes_fps
             elif name in VIDEO_STREAMS:
@@ -88,14 +92,23 @@ class ShardWriter:
     def add_text(self, key: str, hidden: np.ndarray) -> None:
         hidden = hidden.astype(np.float32)
         check_finite({f"text/{key}": hidden})
-        self.file.require_group("text").create_dataset(key, data=hidden)
+        create_checked(self.file.require_group("text"), key, hidden)
+
+    def discard(self, clip_ids: Iterable[str]) -> None:
+        """Remove clips already stored (a recording that failed part-way is skipped whole)."""
+        for clip_id in clip_ids:
+            del self.file["clips"][clip_id]
 
     def skip(self, clip_id: str, reason: str) -> None:
         self.skipped.append({"clip": clip_id, "reason": reason})
 
-    def cover(self, recording: str, duration_s: float, clips: int, dropped_s: float) -> None:
-        """Record how much of a recording its clips cover (the summary lists what was dropped)."""
-        self.coverage.append({"recording": recording, "duration_s": round(duration_s, 3), "clips": clips,
+    def cover(self, recording: str, duration_s: float, clips: int, dropped_s: float,
+              planned: int | None = None) -> None:
+        """Record how much of a recording its written clips cover (the summary lists what was dropped):
+        ``clips`` were written, ``dropped_s`` seconds are in none of them, ``planned`` clips fit its length
+        (default: ``clips``)."""
+        self.coverage.append({"recording": recording, "duration_s": round(duration_s, 3),
+                              "planned_clips": clips if planned is None else planned, "clips": clips,
                               "dropped_s": round(dropped_s, 3)})
 
     def commit(self) -> Path:
@@ -109,6 +122,11 @@ class ShardWriter:
         if self.file.id.valid:
             self.file.close()
         self.target.abort()
+
+
+def create_checked(group: h5py.Group, name: str, value: np.ndarray) -> h5py.Dataset:
+    """A dataset with a ``fletcher32`` checksum (chunked, as the filter needs; an empty array has no chunk)."""
+    return group.create_dataset(name, data=value, fletcher32=value.size > 0 and value.ndim > 0)
 
 
 def check_finite(arrays: dict[str, np.ndarray]) -> None:
@@ -226,7 +244,7 @@ def written_split(path: Path) -> str | None:
     try:
         with h5py.File(path, "r") as f:
             return str(f.attrs.get("split", "")) or None
-    except OSError:
+    except Exception:  # noqa: BLE001  (any corruption: then it is not a shard this layout can vouch for)
         return None
 
 
@@ -240,16 +258,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def open_shard(path: str | os.PathLike) -> h5py.File:
-    """Open a shard read-only, refusing truncated files and other schema versions by name."""
+REBUILD = "rerun `make features` (or `expotion features`) to rebuild it"
+
+
+def open_shard(path: str | os.PathLike, verify: bool = True) -> h5py.File:
+    """Open a shard read-only, refusing truncated or corrupt files and other schema versions by name.
+
+    With ``verify`` every dataset and attribute is read once (checking the checksums), so corruption is
+    reported here, in one line, and not as an error deep inside training or generation.
+    """
     path = Path(path)
     if not path.exists():
         raise CacheError(f"{path}: shard not found")
     try:
         f = h5py.File(path, "r")
-    except OSError as err:
-        raise CacheError(f"{path}: not a readable HDF5 shard (truncated or corrupt): {err}") from err
-    version, complete = f.attrs.get("schema_version"), bool(f.attrs.get("complete", False))
+    except Exception as err:  # noqa: BLE001  (h5py raises several types for a damaged file)
+        raise CacheError(f"{path}: not a readable HDF5 shard (truncated or corrupt: {one_line(err)}); {REBUILD}") from err
+    try:
+        version, complete = f.attrs.get("schema_version"), bool(f.attrs.get("complete", False))
+        if verify and version == SCHEMA_VERSION and complete:
+            read_everything(f)
+    except Exception as err:  # noqa: BLE001
+        f.close()
+        raise CacheError(f"{path}: corrupt shard ({one_line(err)}); {REBUILD}") from err
     if version != SCHEMA_VERSION:
         f.close()
         raise CacheError(f"{path}: schema_version {version}, but this version of expotion reads "
@@ -258,6 +289,20 @@ def open_shard(path: str | os.PathLike) -> h5py.File:
         f.close()
         raise CacheError(f"{path}: shard was not completed")
     return f
+
+
+def read_everything(f: h5py.File) -> None:
+    """Read every attribute and dataset of ``f``: the checksums of each are checked as it is read."""
+    def visit(_name: str, obj) -> None:
+        dict(obj.attrs.items())
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+    dict(f.attrs.items())
+    f.visititems(visit)
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def shard_attrs(path: Path) -> dict | None:

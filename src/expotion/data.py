@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import CacheError, claim_clip_ids, list_shards, open_shard
+from .cache import REBUILD, CacheError, claim_clip_ids, list_shards, open_shard
 from .manifest import VIDEO_AUDIO
 from .rates import DEFAULT_RATES, StreamRate
 
@@ -111,7 +111,7 @@ class ClipDataset(Dataset):
                 claim_clip_ids(owners, path, f["clips"].keys())
                 seen += len(f["clips"])
                 recordings_skipped += json.loads(f.attrs.get("skipped", "[]"))
-                too_short |= any(not c["clips"] for c in json.loads(f.attrs.get("coverage", "[]")))
+                too_short |= any(not c.get("planned_clips", c["clips"]) for c in json.loads(f.attrs.get("coverage", "[]")))
                 self.scan(path, f)
         if not self.refs:
             raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped, too_short))
@@ -189,6 +189,12 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         """The clip's crop, or None (skipped, reason logged once) if any of its features is not finite."""
         ref = self.refs[index]
+        try:
+            return self.read(ref)
+        except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
+            raise CacheError(f"{ref.path}: corrupt shard (clip {ref.clip_id}: {err}); {REBUILD}") from err
+
+    def read(self, ref: ClipRef) -> dict | None:
         ds = self.datasets(ref)
         n_frames = ds["codes"].shape[1]
         start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
@@ -299,8 +305,11 @@ class CachedClip:
 
     def features(self, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The clip's visual input, read from its shard (no batch dimension)."""
-        with h5py.File(self.shard, "r") as f:
-            return read_visual(f["clips"][self.clip_id], streams)
+        try:
+            with h5py.File(self.shard, "r") as f:
+                return read_visual(f["clips"][self.clip_id], streams)
+        except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
+            raise CacheError(f"{self.shard}: corrupt shard (clip {self.clip_id}: {err}); {REBUILD}") from err
 
 
 def read_clips(root: str | os.PathLike, streams: tuple[str, ...]) -> list[CachedClip]:

@@ -17,6 +17,19 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """``(size, modification time in ns)``: what a cached result made from the file depends on, beside its path.
+
+    Size and time, not a content hash: they are free to read for hours of video, and every tool that writes a
+    file (or a copy that does not keep times) changes them. None for a file that cannot be read.
+    """
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def prepare_output(path: str | os.PathLike, inputs: dict[str, Path], what: str,
                    suffixes: tuple[str, ...] = ()) -> Path:
     """Check that output ``path`` overwrites none of ``inputs`` (name -> path) and create its folder.

@@ -37,6 +37,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from .cache import CacheError
 from .checkpoint import (CheckpointError, CheckpointMismatch, build_adaptor, check_feature_shapes, extractor_profile,
                          method_of, musicgen_source, read_adaptor)
 from .clipflow.checkpoint import METHOD as CLIP_FLOW
@@ -625,7 +626,7 @@ def run(args: argparse.Namespace) -> int:
         generation_window.check_extend_stride(args.extend_stride, args.checkpoint, args.musicgen, DEFAULT_MUSICGEN)
         return run_single(args, settings, sampling, start) if args.video else run_batch(args, settings, sampling)
     except (GenerationError, OutputError, MediaError, ManifestError, MissingWeightsError, CheckpointError,
-            FileNotFoundError) as err:
+            CacheError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
 

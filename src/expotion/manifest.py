@@ -7,13 +7,16 @@ A manifest is a CSV (with header) or JSONL file, one row per recording:
 ``audio``     path of the music, relative to the data root; empty (or ``@video``)
               means "use the video's own audio stream"
 ``caption``   the text prompt describing the music
-``split``     ``train``, ``val``, ``test`` ...
-``face_box``  optional ``x0 y0 x1 y1`` in source pixels: a fixed face box that
-              replaces face detection (fixed-camera studio recordings)
+``split``     ``train``, ``val``, ``test`` ...: a name (letters, digits, ``-``, ``_``
+              and ``.``, not leading), since it names a folder of the cache
+``face_box``  optional ``x0 y0 x1 y1`` in source pixels of the upright picture
+              (after the video's rotation metadata is applied): a fixed face box
+              that replaces face detection (fixed-camera studio recordings); its
+              short side must be at least :data:`MIN_FACE_SIDE` pixels
 
 The data root defaults to the manifest's directory. Paths that leave it are
 rejected when the manifest is read, before any work starts. So is every other
-problem (a CSV row with more or fewer fields than the header, a JSONL line that
+problem (a caption holding NUL or another control character, a CSV row with more or fewer fields than the header, a JSONL line that
 is not an object, a JSON value that is not a string, a row without ``video``,
 named with the keys it has that are not columns, e.g. a misspelled ``vdeo``),
 all in one error that gives each problem's line in the file. JSONL values are strings, or null for
@@ -22,11 +25,13 @@ all in one error that gives each problem's line in the file. JSONL values are st
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,11 @@ from .rates import DEFAULT_RATES
 
 VIDEO_AUDIO = "@video"
 COLUMNS = ("id", "video", "audio", "caption", "split", "face_box")
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a split names a folder of the cache, never a path
+# The smallest face MTCNN looks for (its ``min_face_size``): a fixed box smaller than any face detection returns
+# holds too few pixels for MARLIN's 224 px crop, whose features would then be nearly constant.
+MIN_FACE_SIDE = 20
+CAPTION_LAYOUT = "\t\n\r"  # the only control characters a caption may hold (a quoted CSV field may span lines)
 
 
 class ManifestError(ValueError):
@@ -103,7 +113,27 @@ def parse_face_box(text: str | list | None, *, where: str) -> tuple[int, int, in
         raise ManifestError(f"{where}: face_box must be four numbers 'x0 y0 x1 y1', got {text!r}") from err
     if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
         raise ManifestError(f"{where}: face_box {text!r} is empty or negative")
+    if min(x1 - x0, y1 - y0) < MIN_FACE_SIDE:
+        raise ManifestError(f"{where}: face_box {text!r} is {x1 - x0}x{y1 - y0} px; a face box's short side must be "
+                            f"at least {MIN_FACE_SIDE} source pixels (leave it empty to detect the face)")
     return x0, y0, x1, y1
+
+
+def check_split(text: str, *, where: str) -> str:
+    """A split is a plain name (it becomes ``<cache>/<split>/``): never a path, never hidden or ``..``."""
+    if not SPLIT_NAME.match(text):
+        raise ManifestError(f"{where}: split {text!r} is not a name (letters, digits, '-', '_' and '.', "
+                            "not leading '.'): it names a folder of the cache")
+    return text
+
+
+def check_caption(text: str, *, where: str) -> str:
+    """Refuse NUL and other control characters (HDF5 strings cannot hold NUL; the rest are invisible)."""
+    bad = sorted({c for c in text if unicodedata.category(c) == "Cc" and c not in CAPTION_LAYOUT})
+    if bad:
+        named = ", ".join(f"U+{ord(c):04X}" for c in bad)
+        raise ManifestError(f"{where}: caption holds control character(s) {named}; remove them")
+    return text
 
 
 def check_face_box(box: tuple[int, int, int, int] | None, width: int, height: int, *, where: str) -> str | None:
@@ -127,7 +157,10 @@ Problem = tuple[int, str]  # (line number, message naming the file and the line)
 
 def read_text(path: Path) -> str:
     """The manifest as UTF-8 text; a leading byte-order mark (written by spreadsheet exports) is dropped."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(f"manifest {path}: cannot be read ({err.strerror})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -223,8 +256,7 @@ def check_header(path: Path, line: int, header: list[str]) -> None:
 def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[Recording]:
     """Read and validate a manifest. Every problem is reported at once, with the file's line number."""
     path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"manifest not found: {path}")
+    check_manifest_file(path)
     if data_root is not None and not Path(data_root).is_dir():
         raise ManifestError(f"--data-root {data_root}: no such folder")
     root = Path(os.path.abspath(data_root if data_root is not None else path.parent))
@@ -249,6 +281,22 @@ def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
     return recordings
 
 
+def check_manifest_file(path: Path) -> None:
+    """One line for a manifest path that is not a readable file: missing, a folder, a symlink loop."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ManifestError(f"manifest {path}: a symlink to a missing file ({os.readlink(path)})") from None
+        raise ManifestError(f"manifest not found: {path}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ManifestError(f"manifest {path}: a symlink loop (it never reaches a file)") from None
+        raise ManifestError(f"manifest {path}: cannot be read ({err.strerror})") from None
+    if path.is_dir():
+        raise ManifestError(f"manifest {path}: a folder, not a manifest file (give the .csv or .jsonl inside it)")
+
+
 def check_has_video(row: dict, where: str) -> None:
     """Refuse a row without a ``video`` key, naming the keys it has that no manifest uses (a misspelled
     ``video`` would otherwise read as an empty path)."""
@@ -271,8 +319,8 @@ def parse_row(row: dict, root: Path, where: str) -> Recording:
         id=rec_id,
         video=video,
         audio=audio,
-        caption=str(row.get("caption") or "").strip(),
-        split=str(row.get("split") or "train").strip(),
+        caption=check_caption(str(row.get("caption") or "").strip(), where=where),
+        split=check_split(str(row.get("split") or "train").strip(), where=where),
         face_box=parse_face_box(row.get("face_box"), where=where),
         root=root,
     )

@@ -5,6 +5,13 @@ their presentation timestamps (see :func:`expotion.rates.sample_indices`), so a
 recording is decoded in a single pass regardless of how many extractors run.
 Problems with the file become :class:`MediaError` with a message naming the
 file, which the precompute stage records per clip instead of crashing.
+
+Frames are always handed out upright: a video's display-matrix rotation (a
+phone held upright records sideways pixels plus a rotation, e.g. -90 degrees)
+is applied at decode by :func:`frame_rgb`, the one conversion every stage
+(precompute, generate, the app, evaluation) reads frames through. Sizes in
+:class:`VideoInfo`, and face boxes, are in the upright picture's pixels.
+Mirroring flags of the matrix are not applied (cameras do not write them).
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ class VideoInfo:
     fps: float
     duration_s: float
     has_audio: bool
+    rotation: int = 0  # counter-clockwise degrees the stored picture is turned by to show it upright
 
 
 @dataclass
@@ -68,13 +76,39 @@ def stream_duration(container: av.container.InputContainer, stream: av.stream.St
     return None
 
 
+def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """``image`` (H, W, ...) turned counter-clockwise by ``rotation`` degrees (a display matrix's rotation, as
+    PyAV's ``VideoFrame.rotation`` reads it), rounded to quarter turns: the picture as players show it."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+
+
+def frame_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """A decoded frame as upright uint8 RGB (H, W, 3); ``width``/``height`` resize the stored picture first."""
+    return upright(frame.to_ndarray(format="rgb24", width=width, height=height), frame.rotation)
+
+
+def first_frame_rotation(container: av.container.InputContainer, stream: av.stream.Stream) -> int:
+    """The display rotation of the stream's first frame (0 when nothing decodes); read through that frame.
+
+    PyAV hands the display matrix out with the decoded frames, not with the stream."""
+    try:
+        frame = next(iter(container.decode(stream)), None)
+    except av.error.FFmpegError:
+        return 0
+    return int(frame.rotation) if frame is not None else 0
+
+
 def probe_video(path: Path) -> VideoInfo:
-    """Container metadata, checked for the problems that make a recording unusable."""
+    """Container metadata, checked for the problems that make a recording unusable; sizes are upright."""
     with open_container(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
+        rotation = first_frame_rotation(container, stream)
+        if round(rotation / 90) % 2:
+            width, height = height, width
         if min(width, height) < MIN_SIDE:
             raise MediaError(f"{path}: resolution {width}x{height} is too small (short side < {MIN_SIDE} px)")
         if max(width, height) > MAX_SIDE:
@@ -83,7 +117,7 @@ def probe_video(path: Path) -> VideoInfo:
         duration = stream_duration(container, stream)
         if not rate or not duration:
             raise MediaError(f"{path}: video stream has no frame rate or duration (corrupt or truncated?)")
-        return VideoInfo(Path(path), width, height, float(rate), duration, bool(container.streams.audio))
+        return VideoInfo(Path(path), width, height, float(rate), duration, bool(container.streams.audio), rotation)
 
 
 def has_video_frames(path: Path) -> bool:
@@ -130,7 +164,7 @@ def iter_clip_frames(
                 if not pending:
                     return
                 if t >= pending[0][1][0] - frame_period:
-                    buf_frames.append(frame.to_ndarray(format="rgb24", width=out_w, height=out_h))
+                    buf_frames.append(frame_rgb(frame, out_w, out_h))
                     buf_times.append(t)
         except av.error.FFmpegError as err:
             failure = f"has a decode error ({err})"
@@ -301,13 +335,14 @@ def write_clip_videos(source: Path, clips: list[ClipVideo]) -> Iterator[tuple[in
             raise MediaError(f"{source}: no video stream")
         vin = src.streams.video[0]
         vin.thread_type = "AUTO"
+        rotation = probe_video(source).rotation
         writers: dict[int, ClipWriter] = {}
         try:
             for index, clip in enumerate(clips):
                 if same_file(clip.out, source):
                     yield index, MediaError(f"{clip.out}: this is the source video; writing the clip would destroy it")
                 else:
-                    writers[index] = ClipWriter(clip, vin)
+                    writers[index] = ClipWriter(clip, vin, rotation)
             held, failure = None, None
             try:
                 for frame, t in timed_frames(src, vin):
@@ -328,7 +363,7 @@ def write_clip_videos(source: Path, clips: list[ClipVideo]) -> Iterator[tuple[in
 class ClipWriter:
     """The H.264 + AAC mp4 of one :class:`ClipVideo`, written under a temporary name until complete."""
 
-    def __init__(self, clip: ClipVideo, template: av.stream.Stream):
+    def __init__(self, clip: ClipVideo, template: av.stream.Stream, rotation: int = 0):
         self.clip, self.start, self.end = clip, clip.start_s, clip.start_s + clip.duration_s
         self.period = 1.0 / float(template.average_rate or 25)
         self.wav = sf.SoundFile(clip.audio)
@@ -340,6 +375,8 @@ class ClipWriter:
         self.stream.height = template.codec_context.height // 2 * 2
         self.stream.pix_fmt = "yuv420p"
         self.stream.time_base = template.time_base
+        if rotation:  # the stored pixels are copied as they are, so the clip keeps the source's display rotation
+            self.stream.set_display_rotation(rotation)
         self.audio = self.container.add_stream("aac", rate=self.wav.samplerate, layout="mono")
         self.frames, self.last_t, self.last_pts = 0, None, None
 

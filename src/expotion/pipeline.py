@@ -34,7 +34,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import re
 import signal
 import sys
 import threading
@@ -42,22 +41,24 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import __version__, atomic
-from .cache import (LOCK_NAME, CacheError, NonFiniteError, ShardWriter, cache_lock, file_lock, list_shards,
-                    remove_shards_except, remove_stale_temporaries, shard_attrs, shard_path)
+from .cache import (LOCK_NAME, CacheError, ShardWriter, cache_lock, file_lock, open_shard, remove_shards_except,
+                    remove_stale_temporaries, shard_path)
 from .data import GENERIC_PROMPT
 from .devices import usable_device
 from .features import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available, check_names
-from .manifest import VIDEO_AUDIO, Clip, ManifestError, Recording, check_face_box, chop, load_manifest
-from .media import MediaError, iter_clip_frames, probe_video, read_music
+from .files import file_stamp
+from .manifest import VIDEO_AUDIO, Recording, load_manifest
 from .nodes import SINGLE_NODE, NodeShare
-from .rates import DEFAULT_RATES, FeatureShapeError, Rates
+from .precompute_recording import process_isolated
+from .precompute_summary import Summary, collect, written_clip_ids  # noqa: F401  (written_clip_ids: re-exported)
+from .rates import DEFAULT_RATES, Rates
 
 log = logging.getLogger("expotion.precompute")
 
@@ -104,81 +105,6 @@ class ShardJob:
         return shard_path(cache, self.split, self.index)
 
 
-@dataclass
-class Summary:
-    written: Counter = field(default_factory=Counter)
-    skipped: list[dict] = field(default_factory=list)
-    notes: list[dict] = field(default_factory=list)
-    coverage: list[dict] = field(default_factory=list)  # per recording: split, duration_s, clips, dropped_s
-    splits: list[str] = field(default_factory=list)
-    reused_shards: int = 0
-    new_shards: int = 0
-    clip_seconds: float = DEFAULT_RATES.clip_seconds
-    node: NodeShare = SINGLE_NODE
-    missing: list[str] = field(default_factory=list)  # shards of the plan not written yet (by other nodes)
-
-    @property
-    def empty_splits(self) -> list[str]:
-        """Splits without a clip; only known once every shard is written."""
-        return [] if self.missing else [s for s in self.splits if not self.written[s]]
-
-    def report(self) -> str:
-        lines = [f"clips written: {dict(self.written)} ({self.new_shards} new shards, {self.reused_shards} reused"
-                 + (f" by {self.node})" if self.node.count > 1 else ")")]
-        if self.missing:
-            lines.append(f"{len(self.missing)} shards are not written yet (the other nodes write them): "
-                         f"{', '.join(self.missing[:4])}{' ...' if len(self.missing) > 4 else ''}. The last node "
-                         "to finish writes summary.json; or run the same command with --merge-summary then.")
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)}:")
-            lines += [f"  {s['clip']}: {s['reason']}" for s in self.skipped]
-        if self.notes:
-            lines.append(f"notes on {len(self.notes)} clips:")
-            lines += [f"  {n['clip']}: {n['note']}" for n in self.notes]
-        dropped = [c for c in self.coverage if c["clips"] and c["dropped_s"] > 0]
-        if dropped:
-            lines.append(f"dropped after the last whole clip, in {len(dropped)} recordings "
-                         f"(--keep-tail adds a last clip that overlaps the one before):")
-            lines += [f"  {c['recording']}: {c['dropped_s']:.2f} s of {c['duration_s']:.2f} s" for c in dropped]
-        lines += [self.empty_split_message(s) for s in self.empty_splits]
-        return "\n".join(lines)
-
-    def empty_split_message(self, split: str) -> str:
-        """Why ``split`` got no clips, with the remedy its skip reasons call for: a shorter --clip-seconds only
-        when recordings were shorter than one clip."""
-        short = [c for c in self.coverage if c["split"] == split and not c["clips"]]
-        short_ids = {c["recording"] for c in short}
-        others = [s for s in self.skipped if s.get("split") == split and s["clip"] not in short_ids]
-        parts = [f"split '{split}' got no clips: every recording in it was skipped"]
-        if short:
-            parts.append(f"{len(short)} recording(s) shorter than one {self.clip_seconds:g} s clip (the longest lasts "
-                         f"{max(c['duration_s'] for c in short):.2f} s): pass a shorter --clip-seconds (with make: "
-                         f"FEATURE_ARGS=\"--clip-seconds N\") or fix the recordings")
-        if others:
-            parts.append(skip_reasons(others))
-        return "; ".join(parts) + "."
-
-    def to_json(self) -> dict:
-        return {"written": self.written, "skipped": self.skipped, "notes": self.notes,
-                "recordings": self.coverage, "empty_splits": self.empty_splits}
-
-
-def reason_kind(reason: str) -> str:
-    """A skip reason without the file it names or the detail in parentheses, so reasons can be counted."""
-    kind = reason.split(": ", 1)[-1]
-    return re.sub(r" \([^()]*\)$", "", kind)
-
-
-def skip_reasons(skipped: list[dict]) -> str:
-    """The most common of ``skipped``'s reasons with its count, and where the full list is."""
-    kinds = Counter(reason_kind(s["reason"]) for s in skipped)
-    (kind, count), rest = kinds.most_common(1)[0], len(kinds) - 1
-    example = next(s for s in skipped if reason_kind(s["reason"]) == kind)
-    more = f", and {rest} other reason(s)" if rest else ""
-    return (f"{len(skipped)} skipped, {count} for '{kind}' (e.g. {example['reason']}){more}; fix those recordings "
-            f"or the manifest (the skipped list above and in summary.json gives each reason)")
-
-
 def plan(recordings: list[Recording], per_shard: int) -> list[ShardJob]:
     """Fixed shards: each split's recordings sorted by id, ``per_shard`` at a time."""
     jobs = []
@@ -192,6 +118,9 @@ def assignment(job: ShardJob, cfg: PrecomputeConfig) -> str:
     """Fingerprint of what a shard should contain; a finished shard with another fingerprint is redone."""
     spec = {
         "recordings": [(r.id, r.relative(r.video), r.caption, r.face_box) for r in job.recordings],
+        # every input file by path, size and modification time: another audio file, or a file replaced in place
+        "files": [(file_stamp(r.video), r.relative(r.audio) if r.audio else VIDEO_AUDIO,
+                   file_stamp(r.audio) if r.audio else None) for r in job.recordings],
         "extractors": list(cfg.names),
         "clip_seconds": cfg.clip_seconds,
         "models": cfg.extractors.describe(),
@@ -203,96 +132,27 @@ def assignment(job: ShardJob, cfg: PrecomputeConfig) -> str:
 
 
 def is_done(job: ShardJob, cfg: PrecomputeConfig) -> bool:
-    attrs = shard_attrs(job.path(cfg.cache))
-    return attrs is not None and attrs.get("assignment") == assignment(job, cfg)
+    """Whether the shard exists, is intact (checksums) and was written for this job's inputs and settings.
+
+    A corrupt shard is logged by name and counts as not done, so this run rebuilds it. Checked once per
+    file state (a shard is read in full to check it).
+    """
+    path = job.path(cfg.cache)
+    if not path.exists():
+        return False
+    stat = path.stat()
+    key = (path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _CHECKED:
+        try:
+            with open_shard(path) as f:
+                _CHECKED[key] = str(f.attrs.get("assignment", ""))
+        except CacheError as err:
+            log.warning("%s: this run rebuilds it", str(err).split("; rerun")[0])
+            _CHECKED[key] = None
+    return _CHECKED[key] == assignment(job, cfg)
 
 
-def process_recording(rec: Recording, ex: Extractors, cfg: PrecomputeConfig, writer: ShardWriter) -> None:
-    """Write every usable clip of ``rec``; record each unusable one with its reason."""
-    rates = ex.rates
-    try:
-        info = probe_video(rec.video)
-        audio = read_music(rec.video, rec.audio, rates.sample_rate) if "codes" in ex.names else None
-    except MediaError as err:
-        return skip(writer, rec.id, str(err))
-    try:
-        clipped = check_face_box(rec.face_box, info.width, info.height, where=f"{rec.video}: face_box")
-    except ManifestError as err:
-        return skip(writer, rec.id, str(err))
-    if clipped:
-        log.warning("%s", clipped)
-    audio_s = None if audio is None else len(audio) / rates.sample_rate
-    duration = info.duration_s if audio_s is None else min(info.duration_s, audio_s)
-    clips = chop(rec, duration, cfg.clip_seconds, keep_tail=cfg.keep_tail)
-    covered = max((c.start_s + c.duration_s for c in clips), default=0.0)
-    writer.cover(rec.id, duration, len(clips), duration - covered)
-    if not clips:
-        return skip(writer, rec.id, f"{length_of(rec, info.duration_s, audio_s)} is shorter than one clip "
-                                    f"({cfg.clip_seconds:g} s)")
-    if not rec.caption and "t5" in ex.names:
-        for clip in clips:
-            skip(writer, clip.id, f"{rec.video}: missing caption in the manifest")
-        return None
-    text = ex.text([rec.caption])[0] if "t5" in ex.names else None
-    windows = [(c.start_s, c.duration_s) for c in clips]
-    try:
-        for i, frames in iter_clip_frames(rec.video, windows, ex.cfg.max_short_side):
-            if isinstance(frames, MediaError):
-                skip(writer, clips[i].id, str(frames))
-                continue
-            write_clip(clips[i], frames, audio, text, ex, writer)
-    except MediaError as err:
-        skip(writer, rec.id, str(err))
-    return None
-
-
-def length_of(rec: Recording, video_s: float, audio_s: float | None) -> str:
-    """A recording's usable length, naming the file that sets it (a separate audio file may be the shorter)."""
-    if audio_s is None or audio_s >= video_s:
-        return f"{rec.video}: {video_s:.2f} s"
-    if rec.audio:
-        return f"{rec.audio}: {audio_s:.2f} s (its video {rec.video} lasts {video_s:.2f} s)"
-    return f"{rec.video}: its audio track's {audio_s:.2f} s"
-
-
-def write_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWriter) -> None:
-    """Extract and store one clip; features of the wrong shape or with NaN/inf skip the clip instead."""
-    try:
-        store_clip(clip, frames, audio, text, ex, writer)
-    except (FeatureShapeError, NonFiniteError) as err:
-        skip(writer, clip.id, f"{clip.recording.video}: {clip.start_s:g}-{clip.start_s + clip.duration_s:g} s: {err}")
-
-
-def store_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWriter) -> None:
-    rates, rec = ex.rates, clip.recording
-    feats = ex.video_features(frames, clip.duration_s, rec.face_box)
-    if "marlin" in ex.names and not feats.arrays["marlin_mask"].any() and set(ex.names) <= {"marlin"}:
-        return skip(writer, clip.id, f"{rec.video}: no face detected in {clip.start_s:g}-{clip.start_s + clip.duration_s:g} s")
-    arrays = dict(feats.arrays)
-    if audio is not None:
-        a = int(round(clip.start_s * rates.sample_rate))
-        arrays["codes"] = ex.codes(audio[a : a + rates.audio_samples(clip.duration_s)], clip.duration_s)
-    if text is not None:
-        arrays["t5"] = text
-    attrs = {
-        "caption": rec.caption,
-        "source": rec.relative(rec.video),
-        "audio_source": rec.relative(rec.audio) if rec.audio else VIDEO_AUDIO,
-        "recording": rec.id,
-        "start_s": clip.start_s,
-        "duration_s": clip.duration_s,
-        "sample_rate": rates.sample_rate,
-        "notes": feats.notes,
-    }
-    writer.add_clip(clip.id, arrays, attrs, rates)
-    for note in feats.notes:
-        log.warning("%s: %s", clip.id, note)
-    return None
-
-
-def skip(writer: ShardWriter, clip_id: str, reason: str) -> None:
-    log.warning("skip %s: %s", clip_id, reason)
-    writer.skip(clip_id, reason)
+_CHECKED: dict[tuple, str | None] = {}  # a checked shard's file state -> its assignment (None: corrupt)
 
 
 def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
@@ -302,7 +162,7 @@ def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
     writer = ShardWriter(job.path(cfg.cache), attrs)
     try:
         for rec in job.recordings:
-            process_recording(rec, ex, cfg, writer)
+            process_isolated(rec, ex, cfg, writer)
         if "t5" in ex.names:
             writer.add_text("generic", ex.text([GENERIC_PROMPT])[0])
         return writer.commit()
@@ -402,8 +262,9 @@ def summarise(jobs: list[ShardJob], cfg: PrecomputeConfig, summary: Summary) -> 
     """Fill ``summary`` from the shards on disk; when every shard of the plan is there, delete the shards
     outside it and write ``summary.json``."""
     summary.splits = sorted({j.split for j in jobs})
-    summary.missing = [j.path(cfg.cache).relative_to(cfg.cache).as_posix() for j in jobs if not is_done(j, cfg)]
-    collect(summary, [j.path(cfg.cache) for j in jobs])
+    done = [j for j in jobs if is_done(j, cfg)]
+    summary.missing = [j.path(cfg.cache).relative_to(cfg.cache).as_posix() for j in jobs if j not in done]
+    collect(summary, [j.path(cfg.cache) for j in done])
     if not summary.missing:
         remove_stale_shards(jobs, cfg)
         atomic.write_text(Path(cfg.cache) / "summary.json", json.dumps(summary.to_json(), indent=2))
@@ -462,30 +323,3 @@ def worker_context(cfg: PrecomputeConfig) -> mp.context.BaseContext:
     if {"codes", "t5"} & set(cfg.names):
         import audiocraft.models  # noqa: F401  (imported once here instead of once per worker)
     return mp.get_context("fork")
-
-
-def collect(summary: Summary, paths: list[Path]) -> None:
-    """Gather written clips, skips and notes from the shards themselves (so resumed runs report fully)."""
-    import h5py
-
-    for path in paths:
-        if not path.exists():
-            continue
-        with h5py.File(path, "r") as f:
-            split = f.attrs["split"]
-            summary.skipped += [{**s, "split": split} for s in json.loads(f.attrs.get("skipped", "[]"))]
-            summary.coverage += [{**c, "split": split} for c in json.loads(f.attrs.get("coverage", "[]"))]
-            for clip_id, group in f["clips"].items():
-                summary.written[split] += 1
-                summary.notes += [{"clip": clip_id, "note": n} for n in json.loads(group.attrs.get("notes", "[]"))]
-
-
-def written_clip_ids(cache: Path) -> list[str]:
-    """Sorted ids of every clip in the cache."""
-    import h5py
-
-    ids = []
-    for path in list_shards(cache):
-        with h5py.File(path, "r") as f:
-            ids += list(f["clips"].keys())
-    return sorted(ids)

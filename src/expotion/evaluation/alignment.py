@@ -29,7 +29,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from ..extractors.farneback import FarnebackConfig, flow_magnitude
-from ..media import MediaError, open_container
+from ..media import MediaError, frame_rgb, open_container
 from . import rhythm
 from .audio import resample
 from .video import VideoClip, decode_span
@@ -88,7 +88,7 @@ def timed_frames(decoded, times: list[float | None]):
     """The RGB frames of ``decoded`` ``(time, frame)`` pairs, recording each frame's time in ``times``."""
     for t, frame in decoded:
         times.append(t)
-        yield frame.to_ndarray(format="rgb24")
+        yield frame_rgb(frame)
 
 
 def clip_times(times: list[float | None], rate: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..media import MediaError, open_container
+from ..media import MediaError, frame_rgb, open_container
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def uniform_frames(clip: VideoClip, k: int) -> list[np.ndarray]:
     with open_container(clip.path) as container:
         for i, (_, frame) in enumerate(decode_span(container, clip)):
             if i in wanted:
-                frames[i] = frame.to_ndarray(format="rgb24")
+                frames[i] = frame_rgb(frame)
             if i >= wanted[-1]:
                 break
     return [frames[i] for i in wanted]
