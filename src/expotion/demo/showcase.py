@@ -35,9 +35,9 @@ def final_val_loss(run: Path) -> float | None:
     return events.Scalars("val/loss")[-1].value
 
 
-def loss_line(name: str, run: Path) -> str:
+def loss_line(name: str, run: Path, missing: str) -> str:
     loss = final_val_loss(run)
-    return f"  {name:34s} {'(no run)' if loss is None else f'{loss:.3f}'}  ({run})"
+    return f"  {name:34s} {missing if loss is None else f'{loss:.3f}  ({run})'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  plain MusicGen:     {videos['musicgen'].with_suffix('.mp4').resolve()}  "
           f"(alignment figure {videos['musicgen'].with_suffix('.png').resolve()})")
     print("Final validation loss (lower is better):")
-    print(loss_line("with the video features", args.checkpoint.parent))
+    print(loss_line("with the video features", args.checkpoint.parent, "(no logged validation loss)"))
     if args.control_run is not None:
-        print(loss_line("with them zeroed (the control)", args.control_run))
+        print(loss_line("with them zeroed (the control)", args.control_run,
+                        f"not trained yet: `make demo-control` trains it ({args.control_run}) and prints both"))
     return 0
 
 
