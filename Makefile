@@ -1,7 +1,10 @@
 # Expotion — one target per stage, each a subcommand of `expotion` (src/expotion/cli.py).
 # Every target installs what it needs first.
 SHELL := /bin/bash
+# The interpreter that creates .venv: Python 3.11 (pyproject.toml's requires-python). The variables users set are
+# listed, with their defaults, in docs/makefile.md.
 PYTHON ?= python3
+PYTHON_VERSION := 3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 # The install is keyed on the content of the requirement files, not on file times: the stamp
@@ -30,10 +33,25 @@ CONFIG ?= lightning_configs/tiny_cpu.yaml
 ARGS ?=
 LOGDIR ?= runs
 DEMO_RUN := runs/tiny_cpu
+DEMO_CACHE := cache/demo
+DEMO_CHECKPOINT := $(DEMO_RUN)/adaptor.pt
+DEMO_RESULTS := results/demo
+# The control that shows the video matters: the demo run again, on zeroed video features.
+DEMO_CONTROL_RUN := runs/tiny_cpu_zero_visual
+DEMO_TRAIN_ARGS := --trainer.enable_progress_bar=false
 
-.PHONY: install demo demo-clip-flow demo-data tiny-weights features train generate eval tensorboard app browser-deps docs test test-all clean-cache
+.PHONY: install check-python demo demo-control demo-clip-flow demo-data tiny-weights features train generate eval tensorboard app browser-deps docs test test-all clean-cache
 
-install: $(STAMP)
+install: check-python $(STAMP)
+
+# The venv's interpreter when there is one, else the one that would create it: refused, naming the one to use,
+# before anything is installed.
+check-python:
+	@py=$(if $(wildcard $(PY)),$(PY),$(PYTHON)); \
+	v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || { \
+		echo "make install: no Python interpreter '$$py'; Expotion needs Python $(PYTHON_VERSION): install it and run make again with PYTHON=python$(PYTHON_VERSION)" >&2; exit 2; }; \
+	[ "$$v" = "$(PYTHON_VERSION)" ] || { \
+		echo "make install: $$py is Python $$v; Expotion needs Python $(PYTHON_VERSION): run make again with PYTHON=python$(PYTHON_VERSION)$(if $(wildcard $(PY)), after removing $(VENV) (made by Python $$v))" >&2; exit 2; }
 
 ifneq ($(shell cat $(STAMP) 2>/dev/null),$(REQUIREMENTS_HASH))
 .PHONY: $(STAMP)
@@ -58,8 +76,15 @@ demo: demo-data tiny-weights
 	$(MAKE) --no-print-directory features
 	@echo "demo features written to $(CACHE); inspect with: $(EXPOTION) cache inspect $(CACHE)"
 	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml \
-		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(DEMO_RUN)"
-	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_RUN)/adaptor.pt
+		ARGS="$(DEMO_TRAIN_ARGS) --trainer.default_root_dir=$(DEMO_RUN)"
+	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_CHECKPOINT) --control-run $(DEMO_CONTROL_RUN)
+
+# The zeroed-video control of the demo run (--model.zero_visual=true), then the demo's comparison again with its loss.
+# Apart from `make demo` because it doubles the demo's training time.
+demo-control: demo
+	$(MAKE) --no-print-directory train CONFIG=lightning_configs/tiny_cpu.yaml \
+		ARGS="$(DEMO_TRAIN_ARGS) --trainer.default_root_dir=$(DEMO_CONTROL_RUN) --model.zero_visual=true"
+	$(PY) -m expotion.demo.showcase --manifest $(MANIFEST) --checkpoint $(DEMO_CHECKPOINT) --control-run $(DEMO_CONTROL_RUN)
 
 # The second method (CLIP + flow) on the demo data with tiny models: its features, training, generation for the
 # validation clips and their evaluation (beside Expotion's demo run when `make demo` made one).
@@ -85,19 +110,31 @@ features: install
 train: install
 	$(EXPOTION) train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)
 
-# Batch generation for a cached split (the checkpoint names its MusicGen and extractor profile)
+# Batch generation for a cached split (the checkpoint names its MusicGen and extractor profile). The demo checkpoint
+# is the default only on the demo's cache: another cache needs CHECKPOINT=runs/.../adaptor.pt (empty: plain MusicGen).
 SPLIT ?= $(CACHE)/val
 OUT_DIR ?= outputs/generated
-GEN_ARGS ?= --checkpoint $(DEMO_RUN)/adaptor.pt --reference-dir outputs/reference
+CHECKPOINT ?= $(DEMO_CHECKPOINT)
+GEN_ARGS ?= --reference-dir outputs/reference
+ON_DEMO_CACHE = $(filter $(DEMO_CACHE)/%,$(SPLIT))
+GENERATE_REFUSAL = make generate: SPLIT=$(SPLIT) is not the demo's cache, but CHECKPOINT is the demo's \
+	($(DEMO_CHECKPOINT)); name the adaptor trained for it: make generate SPLIT=$(SPLIT) CHECKPOINT=runs/NAME/adaptor.pt \
+	(or CHECKPOINT= for plain MusicGen)
 generate: install
-	$(EXPOTION) generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(GEN_ARGS)
+	@$(if $(and $(if $(ON_DEMO_CACHE),,other),$(filter $(DEMO_CHECKPOINT),$(CHECKPOINT))),\
+		echo "$(GENERATE_REFUSAL)" >&2; exit 2,:)
+	$(EXPOTION) generate --cache $(SPLIT) --out-dir $(OUT_DIR) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(GEN_ARGS)
 
 # Table 1 metrics: generated vs reference audio, paired by clip id.
 GENERATED ?= $(OUT_DIR)
 REFERENCE ?= outputs/reference
-RESULTS ?= results/demo
+RESULTS ?= $(DEMO_RESULTS)
 EVAL_ARGS ?=
+EVAL_REFUSAL = make eval: GENERATED=$(GENERATED) SPLIT=$(SPLIT) are not the demo's, but RESULTS is the demo's folder \
+	($(DEMO_RESULTS)); name this evaluation's own folder: make eval GENERATED=$(GENERATED) RESULTS=results/NAME
 eval: install
+	@$(if $(and $(filter $(DEMO_RESULTS),$(RESULTS)),$(if $(and $(ON_DEMO_CACHE),$(filter outputs/generated,$(GENERATED))),,other)),\
+		echo "$(EVAL_REFUSAL)" >&2; exit 2,:)
 	$(EXPOTION) eval --generated $(GENERATED) --reference $(REFERENCE) --out $(RESULTS) $(EVAL_ARGS)
 
 tensorboard: install

@@ -1,4 +1,6 @@
 """Every real loading path, exercised with tiny random models saved in the released on-disk formats."""
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -169,3 +171,20 @@ def test_weights_check_lists_missing_files(tmp_path, capsys, monkeypatch):
     for name in ("marlin_vit_base_ytf.encoder.pt", "24-01-04T16-39-21.pt", "raft_large_C_T_SKHT_V2-ff5fadd5.pth"):
         assert name in out
     assert "MISSING" in out and "goes in:" in out
+    # each checkpoint that comes from its authors' release names where to get it
+    assert "https://github.com/ControlNet/MARLIN/releases/download/model_v1/marlin_vit_base_ytf.encoder.pt" in out
+    from expotion.extractors.motionformer import CHECKPOINT_URL
+
+    assert CHECKPOINT_URL in out
+
+
+def test_missing_hub_musicgen_names_the_hf_download_command(tmp_path, monkeypatch):
+    """The pinned huggingface_hub ships the ``hf`` command (no ``huggingface-cli``); the message names what exists."""
+    import huggingface_hub.constants as hc
+
+    from expotion.musicgen import check_musicgen_available
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(MissingWeightsError, match=r"\(hf download facebook/musicgen-small\)"):
+        check_musicgen_available("facebook/musicgen-small")
+    assert (Path(sys.executable).parent / "hf").exists()

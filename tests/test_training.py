@@ -243,6 +243,20 @@ def test_make_train_ckpt_path_last_resumes_at_the_next_step(tmp_path, demo_cache
     assert scalar_steps(versions[-1], "train/loss") == [killed_at, killed_at + 1]
 
 
+def test_a_step_interval_longer_than_an_epoch_still_saves_last_at_every_epoch_end(tmp_path, demo_cache,
+                                                                                   tiny_profile_cfg, monkeypatch):
+    """The paper configs checkpoint every 200 steps; an epoch end between two of them still writes last.ckpt, so a run
+    stopped there loses nothing, and one stopped later loses less than an epoch."""
+    from expotion.train import main
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg, every_n_steps=3, batch_size=1)  # 4 steps/epoch
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    run = tmp_path / "run"
+    assert step_checkpoints(run) == {3}  # the step interval's own checkpoint
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # the epoch's end
+
+
 # ablation overlay -> (face, motion, generic prompt) it selects
 ABLATIONS = {
     "face.yaml": (True, None, False),

@@ -41,6 +41,26 @@ class RunCheckpoint(ModelCheckpoint):
         self.run_dirpath(trainer)  # "last" is resolved before setup
         return super()._find_last_checkpoints(trainer)
 
+    def save_last_at_epoch_end(self, trainer: L.Trainer) -> None:
+        """Writes ``last.ckpt`` at the end of every epoch when a step interval left it older.
+
+        Lightning takes ``every_n_train_steps`` and ``every_n_epochs`` as exclusive: with a step
+        interval alone nothing is saved when an epoch ends, and a run stopped after it would redo
+        up to the interval's steps. So an interrupted run loses at most one epoch (or one
+        interval, when that is shorter)."""
+        if self.save_last and self._every_n_train_steps >= 1 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self.save_last_at_epoch_end(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self.save_last_at_epoch_end(trainer)
+
 
 class AdaptorExport(L.Callback):
     """Writes the method's export, ``adaptor.pt`` (trained weights + what they expect), after every epoch and when

@@ -191,7 +191,7 @@ def check_musicgen_available(name_or_dir: str) -> str:
         if hub_file(repo, filename) is None:
             raise MissingWeightsError(
                 f"MusicGen '{name_or_dir}' needs hub repo '{repo}' ({filename}) in the Hugging Face cache "
-                f"{hf_hub_cache()}; download it there (huggingface-cli download {repo}) on a machine with "
+                f"{hf_hub_cache()}; download it there (hf download {repo}) on a machine with "
                 "network, or pass a local model directory."
             )
     return name_or_dir

@@ -228,10 +228,14 @@ def run(cfg: PrecomputeConfig) -> Summary:
     """
     jobs = plan(load_manifest(cfg.manifest, cfg.data_root), cfg.recordings_per_shard)
     mine = [job for k, job in enumerate(jobs) if cfg.node.takes(k)]
+    checked = any(not is_done(j, cfg) for j in mine)
+    if checked:  # before the cache folder and its lock exist: a refused run leaves nothing behind
+        check_available(cfg.extractors, cfg.names)
     with cache_lock(cfg.cache, on_wait=log.warning, node=cfg.node):
         todo = [j for j in mine if not is_done(j, cfg)]
         if todo:
-            check_available(cfg.extractors, cfg.names)
+            if not checked:  # another run removed a shard while this one waited for the lock
+                check_available(cfg.extractors, cfg.names)
             for tmp in remove_stale_temporaries(cfg.cache, owned=[j.path(cfg.cache) for j in mine]):
                 log.info("removed %s, left by a run that was killed", tmp)
             run_jobs(todo, cfg)

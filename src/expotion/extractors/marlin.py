@@ -16,13 +16,14 @@ import yaml
 from ..weights import WeightSpec, in_weights_dir, register, require
 
 MARLIN_FILE = "marlin_vit_base_ytf.encoder.pt"
+MARLIN_URL = f"https://github.com/ControlNet/MARLIN/releases/download/model_v1/{MARLIN_FILE}"  # the authors' release
 SUFFIX = ".encoder.pt"
 
 register(
     WeightSpec(
         key="marlin",
         filename=MARLIN_FILE,
-        where="the weights directory ($EXPOTION_WEIGHTS or ./weights)",
+        where=f"the weights directory ($EXPOTION_WEIGHTS or ./weights); the MARLIN authors' ViT-B encoder, {MARLIN_URL}",
         needed_by="face features (precompute, generate)",
         locate=in_weights_dir(MARLIN_FILE),
     )
