@@ -309,14 +309,18 @@ def test_generation_hook_feeds_lm_generate_the_training_memory(musicgen):
 
 def test_trained_decoder_choices(musicgen):
     lm = musicgen.lm
-    assert trained_decoder(lm, "none") == {}
-    cross = trained_decoder(lm, "cross_attention")
+    assert trained_decoder(lm, "none", "none") == {}
+    cross = trained_decoder(lm, "cross_attention", "none")
     layers = len(lm.transformer.layers)
     assert {n.split(".")[2] for n in cross} == {str(i) for i in range(layers)}
     assert all(".cross_attention." in n or ".norm_cross." in n for n in cross)
-    assert len(trained_decoder(lm, "all")) == len(list(lm.parameters()))
+    assert trained_decoder(lm, "cross_attention", "concat") == cross
+    decoder = {n for n, _ in lm.named_parameters() if not n.startswith("condition_provider.")}
+    projection = {n for n, _ in lm.named_parameters() if n.startswith("condition_provider.conditioners.description.output_proj.")}
+    assert projection and trained_decoder(lm, "all", "concat").keys() == decoder | projection
+    assert trained_decoder(lm, "all", "none").keys() == decoder
     with pytest.raises(ValueError, match="decoder"):
-        trained_decoder(lm, "half")
+        trained_decoder(lm, "half", "none")
 
 
 # ---- learning ------------------------------------------------------------------------------------
@@ -348,7 +352,7 @@ def test_the_method_learns_a_code_only_the_video_shows(tiny_profile_cfg):
     torch.manual_seed(0)
     lm = load_musicgen(tiny_profile_cfg.musicgen).lm  # a copy of its own: this test trains it
     lm.eval()  # no dropout: the test is about the memory path, not regularisation
-    decoder = trained_decoder(lm, "all")
+    decoder = trained_decoder(lm, "all", "none")
     for param in decoder.values():
         param.requires_grad_(True)
     conditioner = ClipFlowConditioner(small_cfg(tokens_per_frame=2), SHAPES, lm.dim, 50.0)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import CLIP_S, moving_frames, precompute_config, write_video
+from conftest import CLIP_S, moving_frames, write_video
 
 from expotion.checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
 from expotion.clipflow.checkpoint import build_clip_flow, save_clip_flow
@@ -28,13 +28,8 @@ SMALL = {"visual_layers": 1, "motion_layers": 1, "heads": 2, "tokens_per_frame":
 
 
 @pytest.fixture(scope="module")
-def cache(small_demo, tiny_profile_cfg, tmp_path_factory) -> Path:
-    """The small demo (three 4 s recordings) with clip, farneback, codes and t5 in 2 s clips."""
-    from expotion.pipeline import run
-
-    root = tmp_path_factory.mktemp("clip-flow-cache")
-    run(precompute_config(small_demo, root, tiny_profile_cfg, names=(*STREAMS, "codes", "t5")))
-    return root
+def cache(clip_flow_cache) -> Path:
+    return clip_flow_cache
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def checkpoint_for(path: Path, musicgen, spec, seed: int = 0, **cfg) -> Path:
     torch.manual_seed(seed)
     config = ClipFlowConfig(**{**SMALL, "max_seconds": CLIP_S, **cfg})
     conditioner = ClipFlowConditioner(config, spec.shapes, musicgen.lm.dim, musicgen.frame_rate)
-    decoder = {name: p + 0.01 * torch.randn_like(p) for name, p in trained_decoder(musicgen.lm, config.decoder).items()}
+    decoder = {name: p + 0.01 * torch.randn_like(p) for name, p in trained_decoder(musicgen.lm, config.decoder, config.text).items()}
     return save_clip_flow(path, conditioner, decoder, model_signature(musicgen), spec)
 
 

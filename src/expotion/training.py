@@ -126,8 +126,12 @@ class ExpotionModule(L.LightningModule):
         for i, gate in enumerate(self.adaptor.gates.detach()):
             self.log(f"gates/layer_{self.adaptor.start + i:02d}", gate, batch_size=1)
 
+    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """What the optimizer updates, by module name: the adaptor's trainable parameters."""
+        return {f"adaptor.{name}": p for name, p in self.adaptor.named_parameters() if p.requires_grad}
+
     def configure_optimizers(self):
-        params = [p for p in self.adaptor.parameters() if p.requires_grad]
+        params = list(self.trained_parameters().values())
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.hparams.warmup_epochs is None:

@@ -93,7 +93,7 @@ class ClipFlowModule(L.LightningModule):
         self.lm = self.musicgen.lm
         check_cross_attention(self.lm)
         self.signature = model_signature(self.musicgen)
-        self.decoder = trained_decoder(self.lm, self.cfg.decoder)
+        self.decoder = trained_decoder(self.lm, self.cfg.decoder, self.cfg.text)
         for param in self.decoder.values():
             param.requires_grad_(True)
         self.conditioner: ClipFlowConditioner | None = None
@@ -160,7 +160,7 @@ class ClipFlowModule(L.LightningModule):
             logged_loss(self, self(batch), batch["codes"], "val", pooled=self.objective.pooled)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = list(self.trained_parameters().values())
         optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, self.optim.warmup_steps)
@@ -172,6 +172,12 @@ class ClipFlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints: only what trains ---------------------------------------------------------
+    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """What the optimizer updates, by module name: the conditioner and the chosen MusicGen parameters, each of
+        which takes part in the loss (DDP stops on a parameter that gets no gradient)."""
+        return {**{f"lm.{name}": p for name, p in self.decoder.items()},
+                **{f"conditioner.{name}": p for name, p in self.conditioner.named_parameters()}}
+
     def trained_keys(self) -> set[str]:
         return {f"lm.{name}" for name in self.decoder} | {f"conditioner.{k}" for k in self.conditioner.state_dict()}
 
