@@ -316,7 +316,8 @@ def test_trained_decoder_choices(musicgen):
     assert all(".cross_attention." in n or ".norm_cross." in n for n in cross)
     assert trained_decoder(lm, "cross_attention", "concat") == cross
     decoder = {n for n, _ in lm.named_parameters() if not n.startswith("condition_provider.")}
-    projection = {n for n, _ in lm.named_parameters() if n.startswith("condition_provider.conditioners.description.output_proj.")}
+    projection = {n for n, _ in lm.named_parameters()
+                  if n.startswith("condition_provider.conditioners.description.output_proj.")}
     assert projection and trained_decoder(lm, "all", "concat").keys() == decoder | projection
     assert trained_decoder(lm, "all", "none").keys() == decoder
     with pytest.raises(ValueError, match="decoder"):
