@@ -83,6 +83,7 @@ def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Pa
     model = cfg["model"]["init_args"]
     model["musicgen"] = tiny_profile_cfg.musicgen
     model["clip_flow"].update(max_seconds=CLIP_S, **clip_flow)
+    model["optim"]["warmup_steps"] = 2  # the runs here are 4 updates
     cfg["data"].update(cache_dir=str(cache), crop_seconds=1.0, batch_size=2)
     cfg["trainer"].update(default_root_dir=str(tmp_path / "run"), enable_progress_bar=False, max_epochs=2)
     cfg["trainer"]["callbacks"] = [
@@ -249,6 +250,7 @@ def test_mismatched_features_and_methods_are_refused(tmp_path, musicgen, spec, t
 
 def test_configs_parse_with_the_paper_settings():
     """clip_flow_small.yaml carries §5.1's numbers; the no-motion overlay changes only the motion stream."""
+    from expotion.clipflow.training import Optimization
     from expotion.data import ShardDataModule
     from expotion.train import ExpotionCLI
 
@@ -260,12 +262,17 @@ def test_configs_parse_with_the_paper_settings():
     small = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_small.yaml")]).config
     model = small.model.init_args
     assert small.model.class_path == "expotion.clipflow.training.ClipFlowModule"
-    assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size, small.trainer.max_epochs) == (3.5e-5, 4000,
-                                                                                                           64, 10)
+    assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size) == (3.5e-5, 4000, 64)
+    # 10 audiocraft epochs of 416 updates, validated after each, whatever the size of the data
+    assert (small.trainer.max_steps, small.trainer.max_epochs, small.trainer.val_check_interval,
+            small.trainer.check_val_every_n_epoch) == (4160, None, 416, None)
+    optim = Optimization(**model.optim)  # audiocraft's MusicGen solver's AdamW and clipping
+    assert (optim.betas, optim.eps, optim.weight_decay, optim.max_norm) == ((0.9, 0.95), 1e-8, 0.1, 1.0)
     assert model.clip_flow.decoder == "all" and model.clip_flow.text == "none" and model.clip_flow.motion
     assert model.objective.pooled  # Eq. 1
     ema = small.trainer.callbacks[0]
     assert ema.class_path.endswith("EMAWeightAveraging") and ema.init_args.decay == 0.99
+    assert ema.init_args.update_every_n_steps == 10  # audiocraft's ema.updates: 10
     assert [c.class_path.rsplit(".", 1)[1] for c in small.trainer.callbacks].index("AdaptorExport") > 0  # after EMA
     ablation = ParseOnly(None, ShardDataModule, run=False,
                          args=["--config", str(configs / "clip_flow_small.yaml"),
@@ -274,3 +281,46 @@ def test_configs_parse_with_the_paper_settings():
     assert ablation.model.init_args.clip_flow.tokens_per_frame == 8 and ablation.model.init_args.optim.lr == 3.5e-5
     tiny = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_tiny.yaml")]).config
     assert tiny.model.class_path == small.model.class_path and tiny.trainer.accelerator == "cpu"
+
+
+def scheduled_rates(optim, total: int) -> list[float]:
+    """The rate of each update 0 ... ``total`` as the scheduler itself gives it (stepped once per update)."""
+    from expotion.clipflow.training import clip_flow_schedule
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler = clip_flow_schedule(optimizer, optim, total)
+    rates = []
+    for _ in range(total + 1):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_paper_schedule_warms_up_from_zero_to_its_rate_at_4000_and_ends_at_zero_at_4160():
+    """§5.1 read as audiocraft's cosine scheduler: linear from 0 over 4000 updates, cosine to 0 at update 4160."""
+    from expotion.clipflow.training import Optimization
+
+    rates = scheduled_rates(Optimization(lr=3.5e-5, warmup_steps=4000), 4160)
+    assert rates[0] == 0.0 and rates[2000] == pytest.approx(1.75e-5, rel=1e-12)
+    assert rates[4000] == pytest.approx(3.5e-5, rel=1e-12) and max(rates) == rates[4000]
+    assert rates[4080] == pytest.approx(1.75e-5, rel=1e-9)  # halfway down the cosine
+    assert rates[4160] == pytest.approx(0.0, abs=1e-20) and 0 < rates[4159] < 1e-8
+    assert all(a <= b for a, b in zip(rates[:4000], rates[1:4001]))
+    assert all(a >= b for a, b in zip(rates[4000:], rates[4001:]))
+
+
+def test_a_run_that_cannot_leave_its_warmup_is_refused_in_one_line_unless_meant(tmp_path, cache, tiny_profile_cfg,
+                                                                                capsys):
+    """4 updates with a warmup of 10: one line before training, no checkpoint; the flag trains anyway."""
+    from expotion.train import run
+
+    config = cli_config(tmp_path, cache, tiny_profile_cfg)
+    args = ["fit", "--config", str(config), "--model.optim.warmup_steps=10", "--trainer.callbacks=[]"]
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: the learning-rate warmup (10 updates) lasts the whole run (4 updates), so the rate never "
+                   "reaches 0.003: lower --model.optim.warmup_steps, train longer (--trainer.max_steps), or pass "
+                   "--model.optim.whole_run_warmup=true if that is meant")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert run([*args, "--model.optim.whole_run_warmup=true", "--trainer.max_epochs=1"]) == 0

@@ -37,10 +37,18 @@ def adapted_predictions(lm, adaptor: ConditionAdaptor, feats: dict[str, torch.Te
         return lm.compute_predictions(codes, [], condition_tensors=condition)
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
-    """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``."""
+class ScheduleError(ValueError):
+    """A learning-rate schedule the run cannot follow (told in one line before training starts)."""
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float, from_zero: bool = False) -> float:
+    """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``.
+
+    The warmup's first step has the factor ``1 / warmup``, or 0 with ``from_zero`` (audiocraft's cosine scheduler,
+    which the CLIP + flow paper trained with: the full rate is reached at step ``warmup`` itself).
+    """
     if step < warmup:
-        return (step + 1) / warmup
+        return (step + (0 if from_zero else 1)) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
