@@ -14,7 +14,6 @@ copies the model.
 """
 from __future__ import annotations
 
-import logging
 import os
 from copy import deepcopy
 from dataclasses import dataclass
@@ -32,9 +31,8 @@ from ..training import ScheduleError, logged_loss, warmup_cosine
 from .checkpoint import save_clip_flow
 from .conditioner import ClipFlowConditioner, ClipFlowConfig
 from .memory import check_cross_attention, condition_dropout, memory_condition, trained_decoder
+from .statistics import stream_statistics
 
-log = logging.getLogger("expotion.clipflow")
-STATISTICS_CLIPS = 256  # clips read for the feature statistics
 
 
 def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str, torch.Tensor],
@@ -50,14 +48,6 @@ def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str,
     text = (text_embeddings(lm, batch["text"], batch["text_mask"], keep_text)
             if conditioner.cfg.text == "concat" else None)
     return lm.compute_predictions(codes, [], condition_tensors=memory_condition(z, keep_memory, text))
-
-
-def stream_samples(dataset: ClipDataset, streams: tuple[str, ...], clips: int = STATISTICS_CLIPS) -> dict[str, torch.Tensor]:
-    """Every time step of up to ``clips`` clips spread evenly over ``dataset``, per stream: (steps, *shape)."""
-    count = min(clips, len(dataset))
-    picks = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)})
-    items = [item for item in map(dataset.__getitem__, picks) if item is not None]  # None: non-finite, skipped
-    return {name: torch.cat([item[name] for item in items]) for name in streams}
 
 
 @dataclass(frozen=True)
@@ -153,8 +143,8 @@ class ClipFlowModule(L.LightningModule):
         self.spec = dataset.spec
         self.conditioner = ClipFlowConditioner(self.cfg, self.spec.shapes, self.signature["dim"],
                                                self.signature["frame_rate"])
-        for name, samples in stream_samples(dataset, self.streams).items():
-            self.conditioner.standardize[name].fit(samples)
+        for name, moments in stream_statistics(dataset, self.streams).items():
+            self.conditioner.standardize[name].fit_moments(moments)
         self.conditioner.to(self.device)
 
     def setup(self, stage: str) -> None:
