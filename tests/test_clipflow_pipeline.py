@@ -324,3 +324,17 @@ def test_a_run_that_cannot_leave_its_warmup_is_refused_in_one_line_unless_meant(
                    "--model.optim.whole_run_warmup=true if that is meant")
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert run([*args, "--model.optim.whole_run_warmup=true", "--trainer.max_epochs=1"]) == 0
+
+
+def test_the_schedule_page_is_what_the_scheduler_gives_for_clip_flow_small():
+    """docs/clip-flow-schedule.md is regenerated, unchanged, by the command it names."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "clip_flow_schedule.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    page = (ROOT / "docs" / "clip-flow-schedule.md").read_text()
+    assert done.stdout == page
+    assert "| 4,000 | 3.5e-05 |" in page and "| 4,160 | 0 |" in page and "| 0 | 0 |" in page
