@@ -46,7 +46,8 @@ def checkpoint_for(path: Path, musicgen, spec, seed: int = 0, **cfg) -> Path:
     torch.manual_seed(seed)
     config = ClipFlowConfig(**{**SMALL, "max_seconds": CLIP_S, **cfg})
     conditioner = ClipFlowConditioner(config, spec.shapes, musicgen.lm.dim, musicgen.frame_rate)
-    decoder = {name: p + 0.01 * torch.randn_like(p) for name, p in trained_decoder(musicgen.lm, config.decoder, config.text).items()}
+    trained = trained_decoder(musicgen.lm, config.decoder, config.text)
+    decoder = {name: p + 0.01 * torch.randn_like(p) for name, p in trained.items()}
     return save_clip_flow(path, conditioner, decoder, model_signature(musicgen), spec)
 
 
