@@ -47,7 +47,7 @@ def clip_flow_variant(mg, seconds: float, decoder: str, device: str):
     conditioner = ClipFlowConditioner(cfg, {"clip": (CLIP_TOKENS, CLIP_DIM), "farneback": FLOW_MAP}, mg.lm.dim,
                                       mg.frame_rate).to(device)
     rates = {"clip": R.clip, "farneback": R.farneback}
-    decoder_params = list(trained_decoder(mg.lm, decoder).values())
+    decoder_params = list(trained_decoder(mg.lm, decoder, cfg.text).values())
 
     def predict(batch):
         for p in mg.lm.parameters():  # variants share one MusicGen: only this variant's decoder part trains

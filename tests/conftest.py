@@ -62,6 +62,16 @@ def demo_cache(small_demo, tiny_profile_cfg, tmp_path_factory):
     return cache, run(precompute_config(small_demo, cache, tiny_profile_cfg))
 
 
+@pytest.fixture(scope="session")
+def clip_flow_cache(small_demo, tiny_profile_cfg, tmp_path_factory) -> Path:
+    """The small demo (three 4 s recordings) with clip, farneback, codes and t5 in 2 s clips."""
+    from expotion.pipeline import run
+
+    root = tmp_path_factory.mktemp("clip-flow-cache")
+    run(precompute_config(small_demo, root, tiny_profile_cfg, names=("clip", "farneback", "codes", "t5")))
+    return root
+
+
 def write_video(path: Path, frames: np.ndarray, fps: float = 25, *, pts: list[int] | None = None,
                 audio: np.ndarray | None = None, sample_rate: int = 32000, codec: str = "libx264") -> Path:
     """Encode uint8 frames (N, H, W, 3) with PyAV; optional custom pts (in 1/1000 s) and AAC audio."""

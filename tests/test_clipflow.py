@@ -165,30 +165,54 @@ def test_standardization_by_training_statistics_is_saved_with_the_weights():
     assert {"standardize.clip.mean", "standardize.farneback.std"} <= set(conditioner.state_dict())
 
 
-class NumberedClips:
-    """A stand-in for a ClipDataset whose clip i holds the value i in every stream (None: a skipped clip)."""
-
-    def __init__(self, n: int, skipped: tuple[int, ...] = ()):
-        self.n, self.skipped = n, skipped
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor] | None:
-        if i in self.skipped:
-            return None
-        return {"clip": torch.full((2, 3), float(i)), "farneback": torch.full((1, 4), float(i))}
-
-
 def test_statistics_read_every_clip_of_a_small_split_and_spread_over_a_large_one():
     """The statistics see all clips when there are fewer than asked, and evenly spread ones when there are more."""
-    from expotion.clipflow.training import stream_samples
+    from expotion.clipflow.statistics import statistics_picks
 
-    small = stream_samples(NumberedClips(12, skipped=(5,)), ("clip", "farneback"), clips=256)
-    assert small["clip"].shape == (22, 3) and small["farneback"].shape == (11, 4)
-    assert small["clip"][::2, 0].tolist() == [float(i) for i in range(12) if i != 5]
-    large = stream_samples(NumberedClips(1000), ("clip",), clips=5)["clip"][::2, 0]
-    assert large.tolist() == [0.0, 250.0, 500.0, 749.0, 999.0]
+    assert statistics_picks(12, 256) == list(range(12))
+    assert statistics_picks(1000, 5) == [0, 250, 500, 749, 999]
+    assert statistics_picks(1, 256) == [0]
+
+
+def test_running_moments_merge_to_the_moments_of_the_whole():
+    """Batches of any sizes, folded in any grouping, give the whole array's mean, std and overall std."""
+    from expotion.clipflow.statistics import RunningMoments, moments_of
+
+    samples = 3 + 2 * torch.randn(101, 4, 5, dtype=torch.float64)
+    whole = moments_of(samples)
+    left, right = RunningMoments((4, 5)), RunningMoments((4, 5))
+    for part in samples[:37].split(5):
+        left.add(part)
+    right.add(samples[37:])
+    left.merge(right)
+    left.merge(RunningMoments((4, 5)))  # an empty set changes nothing
+    assert left.count == whole.count == 101
+    torch.testing.assert_close(left.mean, samples.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(left.std(), samples.std(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(whole.std(), samples.std(0), rtol=1e-12, atol=1e-12)
+    assert left.overall_std() == pytest.approx(float(samples.std()), rel=1e-12)
+
+
+def test_streaming_statistics_equal_the_whole_array_ones(clip_flow_cache, monkeypatch):
+    """Read 3 steps at a time from the shards, the statistics equal those of every time step of every clip held
+    at once (in float64, then rounded to the float32 buffers), and the model standardises with them."""
+    from expotion.clipflow import statistics
+    from expotion.data import ClipDataset
+
+    monkeypatch.setattr(statistics, "STEPS_PER_READ", 3)  # several reads per clip: 4 CLIP frames, 7 flows
+    dataset = ClipDataset(clip_flow_cache / "train", ("clip", "farneback"), 2.0, True)
+    streamed = statistics.stream_statistics(dataset, ("clip", "farneback"))
+    items = [dataset[i] for i in range(len(dataset))]
+    for name, moments in streamed.items():
+        whole = torch.cat([item[name] for item in items]).double()
+        assert moments.count == len(whole) and len(items) == 4
+        for ours, reference in ((moments.mean, whole.mean(0)), (moments.std(), whole.std(0))):
+            scale = float(reference.abs().max())
+            torch.testing.assert_close(ours.float(), reference.float(), rtol=2 ** -23, atol=2 ** -23 * scale)
+        norm = ClipFlowConditioner(small_cfg(), {**SHAPES, **dataset.spec.shapes}, 64, 50.0).standardize[name]
+        norm.fit_moments(moments)
+        expected = whole.std(0).clamp(min=1e-3 * float(whole.std()) + 1e-8).float()
+        torch.testing.assert_close(norm.std, expected, rtol=2 ** -23, atol=0)
 
 
 @pytest.mark.parametrize("motion", [True, False])
@@ -309,14 +333,19 @@ def test_generation_hook_feeds_lm_generate_the_training_memory(musicgen):
 
 def test_trained_decoder_choices(musicgen):
     lm = musicgen.lm
-    assert trained_decoder(lm, "none") == {}
-    cross = trained_decoder(lm, "cross_attention")
+    assert trained_decoder(lm, "none", "none") == {}
+    cross = trained_decoder(lm, "cross_attention", "none")
     layers = len(lm.transformer.layers)
     assert {n.split(".")[2] for n in cross} == {str(i) for i in range(layers)}
     assert all(".cross_attention." in n or ".norm_cross." in n for n in cross)
-    assert len(trained_decoder(lm, "all")) == len(list(lm.parameters()))
+    assert trained_decoder(lm, "cross_attention", "concat") == cross
+    decoder = {n for n, _ in lm.named_parameters() if not n.startswith("condition_provider.")}
+    projection = {n for n, _ in lm.named_parameters()
+                  if n.startswith("condition_provider.conditioners.description.output_proj.")}
+    assert projection and trained_decoder(lm, "all", "concat").keys() == decoder | projection
+    assert trained_decoder(lm, "all", "none").keys() == decoder
     with pytest.raises(ValueError, match="decoder"):
-        trained_decoder(lm, "half")
+        trained_decoder(lm, "half", "none")
 
 
 # ---- learning ------------------------------------------------------------------------------------
@@ -348,7 +377,7 @@ def test_the_method_learns_a_code_only_the_video_shows(tiny_profile_cfg):
     torch.manual_seed(0)
     lm = load_musicgen(tiny_profile_cfg.musicgen).lm  # a copy of its own: this test trains it
     lm.eval()  # no dropout: the test is about the memory path, not regularisation
-    decoder = trained_decoder(lm, "all")
+    decoder = trained_decoder(lm, "all", "none")
     for param in decoder.values():
         param.requires_grad_(True)
     conditioner = ClipFlowConditioner(small_cfg(tokens_per_frame=2), SHAPES, lm.dim, 50.0)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import CLIP_S, moving_frames, precompute_config, write_video
+from conftest import CLIP_S, moving_frames, write_video
 
 from expotion.checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
 from expotion.clipflow.checkpoint import build_clip_flow, save_clip_flow
@@ -28,13 +28,8 @@ SMALL = {"visual_layers": 1, "motion_layers": 1, "heads": 2, "tokens_per_frame":
 
 
 @pytest.fixture(scope="module")
-def cache(small_demo, tiny_profile_cfg, tmp_path_factory) -> Path:
-    """The small demo (three 4 s recordings) with clip, farneback, codes and t5 in 2 s clips."""
-    from expotion.pipeline import run
-
-    root = tmp_path_factory.mktemp("clip-flow-cache")
-    run(precompute_config(small_demo, root, tiny_profile_cfg, names=(*STREAMS, "codes", "t5")))
-    return root
+def cache(clip_flow_cache) -> Path:
+    return clip_flow_cache
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,8 @@ def checkpoint_for(path: Path, musicgen, spec, seed: int = 0, **cfg) -> Path:
     torch.manual_seed(seed)
     config = ClipFlowConfig(**{**SMALL, "max_seconds": CLIP_S, **cfg})
     conditioner = ClipFlowConditioner(config, spec.shapes, musicgen.lm.dim, musicgen.frame_rate)
-    decoder = {name: p + 0.01 * torch.randn_like(p) for name, p in trained_decoder(musicgen.lm, config.decoder).items()}
+    trained = trained_decoder(musicgen.lm, config.decoder, config.text)
+    decoder = {name: p + 0.01 * torch.randn_like(p) for name, p in trained.items()}
     return save_clip_flow(path, conditioner, decoder, model_signature(musicgen), spec)
 
 
@@ -88,6 +84,7 @@ def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Pa
     model = cfg["model"]["init_args"]
     model["musicgen"] = tiny_profile_cfg.musicgen
     model["clip_flow"].update(max_seconds=CLIP_S, **clip_flow)
+    model["optim"]["warmup_steps"] = 2  # the runs here are 4 updates
     cfg["data"].update(cache_dir=str(cache), crop_seconds=1.0, batch_size=2)
     cfg["trainer"].update(default_root_dir=str(tmp_path / "run"), enable_progress_bar=False, max_epochs=2)
     cfg["trainer"]["callbacks"] = [
@@ -254,6 +251,7 @@ def test_mismatched_features_and_methods_are_refused(tmp_path, musicgen, spec, t
 
 def test_configs_parse_with_the_paper_settings():
     """clip_flow_small.yaml carries §5.1's numbers; the no-motion overlay changes only the motion stream."""
+    from expotion.clipflow.training import Optimization
     from expotion.data import ShardDataModule
     from expotion.train import ExpotionCLI
 
@@ -265,12 +263,17 @@ def test_configs_parse_with_the_paper_settings():
     small = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_small.yaml")]).config
     model = small.model.init_args
     assert small.model.class_path == "expotion.clipflow.training.ClipFlowModule"
-    assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size, small.trainer.max_epochs) == (3.5e-5, 4000,
-                                                                                                           64, 10)
+    assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size) == (3.5e-5, 4000, 64)
+    # 10 audiocraft epochs of 416 updates, validated after each, whatever the size of the data
+    assert (small.trainer.max_steps, small.trainer.max_epochs, small.trainer.val_check_interval,
+            small.trainer.check_val_every_n_epoch) == (4160, None, 416, None)
+    optim = Optimization(**model.optim)  # audiocraft's MusicGen solver's AdamW and clipping
+    assert (optim.betas, optim.eps, optim.weight_decay, optim.max_norm) == ((0.9, 0.95), 1e-8, 0.1, 1.0)
     assert model.clip_flow.decoder == "all" and model.clip_flow.text == "none" and model.clip_flow.motion
     assert model.objective.pooled  # Eq. 1
     ema = small.trainer.callbacks[0]
     assert ema.class_path.endswith("EMAWeightAveraging") and ema.init_args.decay == 0.99
+    assert ema.init_args.update_every_n_steps == 10  # audiocraft's ema.updates: 10
     assert [c.class_path.rsplit(".", 1)[1] for c in small.trainer.callbacks].index("AdaptorExport") > 0  # after EMA
     ablation = ParseOnly(None, ShardDataModule, run=False,
                          args=["--config", str(configs / "clip_flow_small.yaml"),
@@ -279,3 +282,60 @@ def test_configs_parse_with_the_paper_settings():
     assert ablation.model.init_args.clip_flow.tokens_per_frame == 8 and ablation.model.init_args.optim.lr == 3.5e-5
     tiny = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_tiny.yaml")]).config
     assert tiny.model.class_path == small.model.class_path and tiny.trainer.accelerator == "cpu"
+
+
+def scheduled_rates(optim, total: int) -> list[float]:
+    """The rate of each update 0 ... ``total`` as the scheduler itself gives it (stepped once per update)."""
+    from expotion.clipflow.training import clip_flow_schedule
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler = clip_flow_schedule(optimizer, optim, total)
+    rates = []
+    for _ in range(total + 1):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_paper_schedule_warms_up_from_zero_to_its_rate_at_4000_and_ends_at_zero_at_4160():
+    """§5.1 read as audiocraft's cosine scheduler: linear from 0 over 4000 updates, cosine to 0 at update 4160."""
+    from expotion.clipflow.training import Optimization
+
+    rates = scheduled_rates(Optimization(lr=3.5e-5, warmup_steps=4000), 4160)
+    assert rates[0] == 0.0 and rates[2000] == pytest.approx(1.75e-5, rel=1e-12)
+    assert rates[4000] == pytest.approx(3.5e-5, rel=1e-12) and max(rates) == rates[4000]
+    assert rates[4080] == pytest.approx(1.75e-5, rel=1e-9)  # halfway down the cosine
+    assert rates[4160] == pytest.approx(0.0, abs=1e-20) and 0 < rates[4159] < 1e-8
+    assert all(a <= b for a, b in zip(rates[:4000], rates[1:4001]))
+    assert all(a >= b for a, b in zip(rates[4000:], rates[4001:]))
+
+
+def test_a_run_that_cannot_leave_its_warmup_is_refused_in_one_line_unless_meant(tmp_path, cache, tiny_profile_cfg,
+                                                                                capsys):
+    """4 updates with a warmup of 10: one line before training, no checkpoint; the flag trains anyway."""
+    from expotion.train import run
+
+    config = cli_config(tmp_path, cache, tiny_profile_cfg)
+    args = ["fit", "--config", str(config), "--model.optim.warmup_steps=10", "--trainer.callbacks=[]"]
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: the learning-rate warmup (10 updates) lasts the whole run (4 updates), so the rate never "
+                   "reaches 0.003: lower --model.optim.warmup_steps, train longer (--trainer.max_steps), or pass "
+                   "--model.optim.whole_run_warmup=true if that is meant")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert run([*args, "--model.optim.whole_run_warmup=true", "--trainer.max_epochs=1"]) == 0
+
+
+def test_the_schedule_page_is_what_the_scheduler_gives_for_clip_flow_small():
+    """docs/clip-flow-schedule.md is regenerated, unchanged, by the command it names."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "clip_flow_schedule.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    page = (ROOT / "docs" / "clip-flow-schedule.md").read_text()
+    assert done.stdout == page
+    assert "| 4,000 | 3.5e-05 |" in page and "| 4,160 | 0 |" in page and "| 0 | 0 |" in page

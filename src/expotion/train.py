@@ -24,10 +24,10 @@ from .cache import CacheError  # noqa: E402
 from .checkpoint import CheckpointError, load_file  # noqa: E402
 from .data import ShardDataModule  # noqa: E402
 from .known_warnings import silence_known_warnings  # noqa: E402
-from .training import ExpotionModule  # noqa: E402
+from .training import ExpotionModule, ScheduleError  # noqa: E402
 from .weights import MissingWeightsError  # noqa: E402
 
-USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError)
+USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError)
 CLIP_FLOW_MODULE = "expotion.clipflow.training.ClipFlowModule"
 EXPOTION_MODULE = f"{ExpotionModule.__module__}.{ExpotionModule.__name__}"
 METHOD_NAMES = {EXPOTION_MODULE: "Expotion", CLIP_FLOW_MODULE: "CLIP + flow"}

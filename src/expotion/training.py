@@ -37,10 +37,18 @@ def adapted_predictions(lm, adaptor: ConditionAdaptor, feats: dict[str, torch.Te
         return lm.compute_predictions(codes, [], condition_tensors=condition)
 
 
-def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
-    """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``."""
+class ScheduleError(ValueError):
+    """A learning-rate schedule the run cannot follow (told in one line before training starts)."""
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float, from_zero: bool = False) -> float:
+    """Learning-rate factor: linear warmup over ``warmup`` steps, then cosine decay to ``floor`` at step ``total``.
+
+    The warmup's first step has the factor ``1 / warmup``, or 0 with ``from_zero`` (audiocraft's cosine scheduler,
+    which the CLIP + flow paper trained with: the full rate is reached at step ``warmup`` itself).
+    """
     if step < warmup:
-        return (step + 1) / warmup
+        return (step + (0 if from_zero else 1)) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -126,8 +134,12 @@ class ExpotionModule(L.LightningModule):
         for i, gate in enumerate(self.adaptor.gates.detach()):
             self.log(f"gates/layer_{self.adaptor.start + i:02d}", gate, batch_size=1)
 
+    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """What the optimizer updates, by module name: the adaptor's trainable parameters."""
+        return {f"adaptor.{name}": p for name, p in self.adaptor.named_parameters() if p.requires_grad}
+
     def configure_optimizers(self):
-        params = [p for p in self.adaptor.parameters() if p.requires_grad]
+        params = list(self.trained_parameters().values())
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.hparams.warmup_epochs is None:

@@ -15,7 +15,7 @@ from ..checkpoint import CheckpointMismatch, check_compatible, check_method, spe
 from ..data import FeatureSpec
 from ..musicgen import model_signature
 from .conditioner import ClipFlowConditioner, ClipFlowConfig
-from .memory import check_cross_attention, trained_decoder
+from .memory import CONDITIONERS, check_cross_attention, trained_decoder
 
 METHOD = "clip_flow"
 
@@ -38,14 +38,19 @@ def build_clip_flow(path: Path, payload: dict, musicgen) -> tuple[ClipFlowCondit
     spec = spec_from_dict(payload["features"])
     conditioner = ClipFlowConditioner(cfg, spec.shapes, signature["dim"], signature["frame_rate"])
     conditioner.load_state_dict(payload["state_dict"], strict=True)
-    load_decoder(path, lm, cfg.decoder, payload["decoder"])
+    load_decoder(path, lm, cfg, payload["decoder"])
     return conditioner, spec
 
 
 @torch.no_grad()
-def load_decoder(path: Path, lm: torch.nn.Module, which: str, saved: dict[str, torch.Tensor]) -> None:
-    """Copy the trained MusicGen parameters into ``lm``; refuse a set of names or shapes that does not fit."""
-    params = trained_decoder(lm, which)
+def load_decoder(path: Path, lm: torch.nn.Module, cfg: ClipFlowConfig, saved: dict[str, torch.Tensor]) -> None:
+    """Copy the trained MusicGen parameters into ``lm``; refuse a set of names or shapes that does not fit.
+
+    Exports made before ``decoder: all`` left out the condition encoders the cached text never meets still carry
+    them, untouched by training (they never had a gradient) and never read: those are not loaded."""
+    which = cfg.decoder
+    params = trained_decoder(lm, which, cfg.text)
+    saved = {k: v for k, v in saved.items() if k in params or not k.startswith(CONDITIONERS)}
     if params.keys() != saved.keys():
         extra, missing = sorted(saved.keys() - params.keys()), sorted(params.keys() - saved.keys())
         raise CheckpointMismatch(f"{path}: its MusicGen weights ({which}) do not fit this MusicGen: "

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rates import StreamRate
+from .statistics import RunningMoments, moments_of
 
 TEXT_MODES = ("none", "concat")
 DECODER_CHOICES = ("none", "cross_attention", "all")
@@ -110,12 +111,15 @@ class Standardization(nn.Module):
         self.register_buffer("mean", torch.zeros(shape))
         self.register_buffer("std", torch.ones(shape))
 
-    @torch.no_grad()
     def fit(self, samples: torch.Tensor) -> None:
-        """Statistics over ``samples`` (N, *shape); a std below 1e-3 of the overall std is raised to it."""
-        samples = samples.to(self.mean)
-        self.mean.copy_(samples.mean(0))
-        self.std.copy_(samples.std(0).clamp(min=1e-3 * float(samples.std()) + 1e-8))
+        """Statistics over ``samples`` (N, *shape) held in memory (see :meth:`fit_moments`)."""
+        self.fit_moments(moments_of(samples))
+
+    @torch.no_grad()
+    def fit_moments(self, moments: RunningMoments) -> None:
+        """Statistics from running moments; a std below 1e-3 of the overall std is raised to it."""
+        self.mean.copy_(moments.mean)
+        self.std.copy_(moments.std().clamp(min=1e-3 * moments.overall_std() + 1e-8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -93,11 +93,18 @@ def memory_attached(lm: nn.Module, z: torch.Tensor, with_text: bool) -> Iterator
         handle.remove()
 
 
-def trained_decoder(lm: nn.Module, which: str) -> dict[str, nn.Parameter]:
+CONDITIONERS = "condition_provider."  # MusicGen's condition encoders in ``lm``
+TEXT_PROJECTION = f"{CONDITIONERS}conditioners.{TEXT_KEY}.output_proj."  # all of them the cached text states meet
+
+
+def trained_decoder(lm: nn.Module, which: str, text: str) -> dict[str, nn.Parameter]:
     """The MusicGen parameters that train with the conditioner: none, every cross-attention block, or all.
 
-    ``cross_attention`` takes each layer's cross-attention and the LayerNorm before it.
-    The text encoder (T5) is never among them: audiocraft keeps it outside the module tree.
+    ``cross_attention`` takes each layer's cross-attention and the LayerNorm before it. ``all`` takes every
+    parameter that shapes the loss: the decoder, and the text conditioner's output projection only with
+    ``text: concat`` (the cached text states meet nothing else of it; with ``none`` the text never reaches the
+    decoder). A parameter without a gradient would stop multi-process (DDP) training at its second step.
+    The text encoder (T5) itself is never among them: audiocraft keeps it outside the module tree.
     """
     if which == "none":
         return {}
@@ -105,7 +112,8 @@ def trained_decoder(lm: nn.Module, which: str) -> dict[str, nn.Parameter]:
         return {name: p for name, p in lm.named_parameters()
                 if name.startswith("transformer.layers.") and (".cross_attention." in name or ".norm_cross." in name)}
     if which == "all":
-        return dict(lm.named_parameters())
+        return {name: p for name, p in lm.named_parameters()
+                if not name.startswith(CONDITIONERS) or (text == "concat" and name.startswith(TEXT_PROJECTION))}
     raise ValueError(f"decoder must be none, cross_attention or all, got {which!r}")
 
 

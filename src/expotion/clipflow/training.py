@@ -14,7 +14,6 @@ copies the model.
 """
 from __future__ import annotations
 
-import logging
 import os
 from copy import deepcopy
 from dataclasses import dataclass
@@ -28,13 +27,12 @@ from ..data import ClipDataset, FeatureSpec, visual_names
 from ..musicgen import load_musicgen, model_signature, place_musicgen
 from ..rates import StreamRate
 from ..objective import ObjectiveConfig
-from ..training import logged_loss, warmup_cosine
+from ..training import ScheduleError, logged_loss, warmup_cosine
 from .checkpoint import save_clip_flow
 from .conditioner import ClipFlowConditioner, ClipFlowConfig
 from .memory import check_cross_attention, condition_dropout, memory_condition, trained_decoder
+from .statistics import stream_statistics
 
-log = logging.getLogger("expotion.clipflow")
-STATISTICS_CLIPS = 256  # clips read for the feature statistics
 
 
 def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str, torch.Tensor],
@@ -52,25 +50,39 @@ def clip_flow_predictions(lm, conditioner: ClipFlowConditioner, feats: dict[str,
     return lm.compute_predictions(codes, [], condition_tensors=memory_condition(z, keep_memory, text))
 
 
-def stream_samples(dataset: ClipDataset, streams: tuple[str, ...], clips: int = STATISTICS_CLIPS) -> dict[str, torch.Tensor]:
-    """Every time step of up to ``clips`` clips spread evenly over ``dataset``, per stream: (steps, *shape)."""
-    count = min(clips, len(dataset))
-    picks = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)})
-    items = [item for item in map(dataset.__getitem__, picks) if item is not None]  # None: non-finite, skipped
-    return {name: torch.cat([item[name] for item in items]) for name in streams}
-
-
 @dataclass(frozen=True)
 class Optimization:
-    """§5.1: AdamW at 3.5e-5, a linear warmup over 4000 optimizer steps, then cosine decay to zero at the last step.
+    """§5.1: AdamW at 3.5e-5, a linear warmup over 4000 updates, then cosine decay to zero at the last update.
 
-    The paper names AdamW without a weight decay; 0.01 is AdamW's usual default.
+    The paper names only AdamW; its other settings are those of the trainer it ran, audiocraft's MusicGen solver
+    (``config/solver/musicgen/default.yaml``): betas (0.9, 0.95), eps 1e-8, weight decay 0.1, the gradient norm
+    clipped at 1.0 (``max_norm``, 0 for none), and a warmup that starts from a rate of zero. A warmup that lasts
+    the whole run is refused unless ``whole_run_warmup`` says it is meant.
     (A group of its own, so switching ``model.class_path`` carries no Expotion ``lr`` over.)
     """
 
     lr: float = 3.5e-5
-    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    max_norm: float = 1.0
     warmup_steps: int = 4000
+    whole_run_warmup: bool = False
+
+
+def clip_flow_schedule(optimizer: torch.optim.Optimizer, optim: Optimization,
+                       total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """§5.1's rate per update: linear from zero over ``optim.warmup_steps``, then a cosine to zero at ``total``.
+
+    Refuses, in one line, a run of ``total`` updates that never leaves its warmup, unless ``optim.whole_run_warmup``.
+    """
+    warmup = max(1, optim.warmup_steps)
+    if warmup >= total and not optim.whole_run_warmup:
+        raise ScheduleError(f"the learning-rate warmup ({warmup} updates) lasts the whole run ({total} updates), so "
+                            f"the rate never reaches {optim.lr:g}: lower --model.optim.warmup_steps, train longer "
+                            "(--trainer.max_steps), or pass --model.optim.whole_run_warmup=true if that is meant")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total, 0.0, from_zero=True))
 
 
 class ClipFlowModule(L.LightningModule):
@@ -93,7 +105,7 @@ class ClipFlowModule(L.LightningModule):
         self.lm = self.musicgen.lm
         check_cross_attention(self.lm)
         self.signature = model_signature(self.musicgen)
-        self.decoder = trained_decoder(self.lm, self.cfg.decoder)
+        self.decoder = trained_decoder(self.lm, self.cfg.decoder, self.cfg.text)
         for param in self.decoder.values():
             param.requires_grad_(True)
         self.conditioner: ClipFlowConditioner | None = None
@@ -131,8 +143,8 @@ class ClipFlowModule(L.LightningModule):
         self.spec = dataset.spec
         self.conditioner = ClipFlowConditioner(self.cfg, self.spec.shapes, self.signature["dim"],
                                                self.signature["frame_rate"])
-        for name, samples in stream_samples(dataset, self.streams).items():
-            self.conditioner.standardize[name].fit(samples)
+        for name, moments in stream_statistics(dataset, self.streams).items():
+            self.conditioner.standardize[name].fit_moments(moments)
         self.conditioner.to(self.device)
 
     def setup(self, stage: str) -> None:
@@ -160,18 +172,27 @@ class ClipFlowModule(L.LightningModule):
             logged_loss(self, self(batch), batch["codes"], "val", pooled=self.objective.pooled)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, self.optim.warmup_steps)
-        if warmup >= total:
-            log.warning("the learning-rate warmup (%d steps) lasts the whole run (%d steps): the rate never reaches "
-                        "%g; lower --model.optim.warmup_steps", warmup, total, self.optim.lr)
-        # §5.1: cosine decay to zero
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, 0.0))
+        params = list(self.trained_parameters().values())
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+                                      weight_decay=self.optim.weight_decay)
+        scheduler = clip_flow_schedule(optimizer, self.optim, max(1, int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """The gradient norm clipped at ``optim.max_norm``, as audiocraft does; ``--trainer.gradient_clip_val``, when
+        given, replaces it."""
+        if gradient_clip_val is None and self.optim.max_norm > 0:
+            gradient_clip_val, gradient_clip_algorithm = self.optim.max_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     # ---- checkpoints: only what trains ---------------------------------------------------------
+    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """What the optimizer updates, by module name: the conditioner and the chosen MusicGen parameters, each of
+        which takes part in the loss (DDP stops on a parameter that gets no gradient)."""
+        return {**{f"lm.{name}": p for name, p in self.decoder.items()},
+                **{f"conditioner.{name}": p for name, p in self.conditioner.named_parameters()}}
+
     def trained_keys(self) -> set[str]:
         return {f"lm.{name}" for name in self.decoder} | {f"conditioner.{k}" for k in self.conditioner.state_dict()}
 
