@@ -1,4 +1,4 @@
-# Expotion — one target per stage, each a subcommand of `expotion` (src/expotion/cli.py).
+# Expotion — one target per stage, each a subcommand of `expotion` (src/expotion/cli/main.py).
 # Every target installs what it needs first.
 SHELL := /bin/bash
 # The interpreter that creates .venv: Python 3.11 (pyproject.toml's requires-python). The variables users set are
@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # holds their hash, so a fresh clone beside an installed .venv does not reinstall.
 REQUIREMENTS := $(sort $(wildcard requirements/*.txt)) pyproject.toml
 REQUIREMENTS_HASH := $(shell sha256sum $(REQUIREMENTS) | sha256sum | cut -c1-16)
-EXPOTION := $(PY) -m expotion.cli
+EXPOTION := $(PY) -m expotion.cli.main
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1

@@ -26,14 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import spread  # noqa: E402
 
-from expotion.extractors.clip import load_clip, save_tiny  # noqa: E402
-from expotion.extractors.farneback import FarnebackConfig, farneback_magnitudes  # noqa: E402
-from expotion.media import iter_clip_frames  # noqa: E402
-from expotion.rates import DEFAULT_RATES as R  # noqa: E402
-from expotion.rates import sample_indices  # noqa: E402
+from expotion.core.rates import DEFAULT_RATES as R
+from expotion.core.rates import sample_indices
+from expotion.data.media import iter_clip_frames
+from expotion.extractors.clip import load_clip, save_tiny
+from expotion.extractors.farneback import FarnebackConfig, farneback_magnitudes
 
 
 def write_video(path: Path, seconds: float, fps: int = 25, size: tuple[int, int] = (360, 480)) -> Path:

@@ -6,7 +6,7 @@ is a fresh process that opens the split, then runs one statistics pass while a t
 memory every millisecond; the figure is the peak above the resident memory just before the pass. Side by side,
 repeats interleaved:
 
-- ``streaming``: :func:`expotion.clipflow.statistics.stream_statistics`, what training runs;
+- ``streaming``: :func:`expotion.methods.clipflow.statistics.stream_statistics`, what training runs;
 - ``whole-array``: every time step of every clip held at once, then its mean and std (the earlier way).
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python bench/clip_flow_statistics.py [--clips 16 --repeats 3]
@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-
 from common import CLIP_DIM, CLIP_TOKENS, FLOW_MAP, spread  # noqa: E402
 
 STREAMS = ("clip", "farneback")
@@ -36,8 +35,8 @@ METHODS = ("streaming", "whole-array")
 
 def write_cache(root: Path, clips: int, seconds: float) -> Path:
     """One train shard of ``clips`` random clips of ``seconds`` at the released sizes."""
-    from expotion.cache import ShardWriter, shard_path
-    from expotion.rates import DEFAULT_RATES as R
+    from expotion.core.rates import DEFAULT_RATES as R
+    from expotion.data.shards import ShardWriter, shard_path
 
     rng = np.random.default_rng(0)
     writer = ShardWriter(shard_path(root, "train", 0), {})
@@ -60,8 +59,8 @@ def measure(cache: str, seconds: float, method: str) -> None:
     """In this process: one statistics pass; prints its peak resident memory above the start, in bytes."""
     import torch
 
-    from expotion.clipflow.statistics import moments_of, stream_statistics
-    from expotion.data import ClipDataset
+    from expotion.data.clips import ClipDataset
+    from expotion.methods.clipflow.statistics import moments_of, stream_statistics
 
     dataset = ClipDataset(Path(cache) / "train", STREAMS, seconds, False)
     peak, done = [0], threading.Event()

@@ -22,15 +22,15 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from common import CLIP_DIM, CLIP_TOKENS, FLOW_MAP, spread, trained_adaptor, training_setup  # noqa: E402
 
-from expotion.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig  # noqa: E402
-from expotion.clipflow.memory import trained_decoder  # noqa: E402
-from expotion.clipflow.training import clip_flow_predictions  # noqa: E402
-from expotion.objective import codebook_cross_entropy  # noqa: E402
-from expotion.rates import DEFAULT_RATES as R  # noqa: E402
-from expotion.training import adapted_predictions  # noqa: E402
+from expotion.core.rates import DEFAULT_RATES as R
+from expotion.methods.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig
+from expotion.methods.clipflow.memory import trained_decoder
+from expotion.methods.clipflow.module import clip_flow_predictions
+from expotion.methods.expotion.module import adapted_predictions
+from expotion.musicgen.objective import codebook_cross_entropy
+
 
 def expotion_variant(mg, seconds: float, device: str):
     adaptor = trained_adaptor(mg.lm, len(mg.lm.transformer.layers), seconds, device)

@@ -7,10 +7,10 @@ import tempfile
 
 import torch
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-from expotion.embedding import VisualConfig
-from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
-from expotion.rates import DEFAULT_RATES as R
+from expotion.core.rates import DEFAULT_RATES as R
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import VisualConfig
+from expotion.musicgen.loading import TinyMusicGenConfig, load_musicgen, save_tiny
 
 FEATURE_DIMS = {"marlin": 768, "synchformer": 768}  # the released MARLIN and Synchformer widths
 CLIP_TOKENS, CLIP_DIM, FLOW_MAP = 50, 768, (112, 112)  # CLIP ViT-B/32's last hidden state; the Farneback map

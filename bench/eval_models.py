@@ -38,11 +38,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from expotion.evaluation import alignment, languagebind, passt, rhythm, vggish  # noqa: E402
-from expotion.evaluation.audio import resample  # noqa: E402
-from expotion.evaluation.batching import run_windows  # noqa: E402
-from expotion.evaluation.embed import catalog  # noqa: E402
-from expotion.evaluation.video import VideoClip  # noqa: E402
+from expotion.evaluation import alignment, languagebind, passt, rhythm, vggish
+from expotion.evaluation.audio import resample
+from expotion.evaluation.batching import run_windows
+from expotion.evaluation.embed import catalog
+from expotion.evaluation.video import VideoClip
 
 SR = 32000
 MODELS = ("vggish", "passt", "clap_audio", "languagebind_audio", "languagebind_video")

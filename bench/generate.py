@@ -21,11 +21,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from common import model_arguments, random_musicgen, spread, trained_adaptor  # noqa: E402
 
-from expotion.generation import decode_audio, generate_tokens  # noqa: E402
-from expotion.rates import DEFAULT_RATES as R  # noqa: E402
+from expotion.core.rates import DEFAULT_RATES as R
+from expotion.musicgen.windows import decode_audio, generate_tokens
 
 GOALS = {"all": 1.15, "quarter": 1.05}  # adaptor / plain with L = N and with L = N/4
 

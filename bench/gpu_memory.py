@@ -21,9 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
-from expotion.embedding import VisualConfig  # noqa: E402
-from expotion.musicgen import TinyMusicGenConfig, tiny_lm_cfg  # noqa: E402
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import VisualConfig
+from expotion.musicgen.loading import TinyMusicGenConfig, tiny_lm_cfg
 
 # audiocraft's released sizes (its config/model/lm/musicgen_lm.yaml and model_scale overrides)
 SIZES = {"small": (1024, 24, 16), "medium": (1536, 48, 24), "large": (2048, 48, 32)}

@@ -18,16 +18,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils.data import ConcatDataset, DataLoader  # noqa: E402
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
-from expotion.data import ClipDataset, collate, visual_names  # noqa: E402
-from expotion.demo.synth import synthesize_demo  # noqa: E402
-from expotion.embedding import VisualConfig  # noqa: E402
-from expotion.features import tiny_profile  # noqa: E402
-from expotion.tiny import PRECOMPUTE, make_tiny  # noqa: E402
-from expotion.musicgen import load_musicgen  # noqa: E402
-from expotion.objective import codebook_cross_entropy  # noqa: E402
-from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
-from expotion.training import adapted_predictions  # noqa: E402
+from expotion.core.tiny import PRECOMPUTE, make_tiny
+from expotion.data.clips import ClipDataset, collate, visual_names
+from expotion.demo.synth import synthesize_demo
+from expotion.extractors.bank import tiny_profile
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import VisualConfig
+from expotion.methods.expotion.module import adapted_predictions
+from expotion.musicgen.loading import load_musicgen
+from expotion.musicgen.objective import codebook_cross_entropy
+from expotion.precompute.pipeline import PrecomputeConfig, run
 
 STREAMS = ("marlin", "synchformer")
 

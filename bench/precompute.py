@@ -19,13 +19,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from expotion.demo.synth import synthesize_demo  # noqa: E402
-from expotion.features import tiny_profile  # noqa: E402
-from expotion.tiny import PRECOMPUTE, make_tiny  # noqa: E402
-from expotion.manifest import load_manifest  # noqa: E402
-from expotion.media import iter_clip_frames  # noqa: E402
-from expotion.pipeline import PrecomputeConfig, run  # noqa: E402
-from expotion.rates import DEFAULT_RATES, sample_indices  # noqa: E402
+from expotion.core.rates import DEFAULT_RATES, sample_indices
+from expotion.core.tiny import PRECOMPUTE, make_tiny
+from expotion.data.manifest import load_manifest
+from expotion.data.media import iter_clip_frames
+from expotion.demo.synth import synthesize_demo
+from expotion.extractors.bank import tiny_profile
+from expotion.precompute.pipeline import PrecomputeConfig, run
 
 
 def timed(fn) -> float:

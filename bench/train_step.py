@@ -16,12 +16,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from common import trained_adaptor, training_setup  # noqa: E402
 
-from expotion.objective import codebook_cross_entropy  # noqa: E402
-from expotion.rates import DEFAULT_RATES as R  # noqa: E402
-from expotion.training import adapted_predictions  # noqa: E402
+from expotion.core.rates import DEFAULT_RATES as R
+from expotion.methods.expotion.module import adapted_predictions
+from expotion.musicgen.objective import codebook_cross_entropy
 
 
 def step(lm, adaptor, optimizer, batch) -> int:

@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from expotion.clipflow.training import Optimization, clip_flow_schedule  # noqa: E402
-from expotion.data import ShardDataModule  # noqa: E402
-from expotion.train import ExpotionCLI  # noqa: E402
+from expotion.cli.train import ExpotionCLI
+from expotion.data.clips import ShardDataModule
+from expotion.methods.clipflow.module import Optimization, clip_flow_schedule
 
 CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "clip_flow_small.yaml"
 SHOWN = (*range(0, 4000, 500), 3900, 3999, 4000, 4001, *range(4020, 4160, 20), 4159, 4160)
@@ -48,7 +48,7 @@ def main() -> None:
           f"a linear warmup from zero over {optim.warmup_steps:,} updates, then a cosine decay to zero at the last. "
           "Update *k* is taken at the rate shown for *k*; the row for "
           f"{trainer.max_steps:,} is the rate after the last update.\n")
-    print("Generated from the training scheduler itself (`expotion.clipflow.training.clip_flow_schedule` on the "
+    print("Generated from the training scheduler itself (`expotion.methods.clipflow.module.clip_flow_schedule` on the "
           "parsed config) by:\n")
     print("```bash\nPYTHONPATH=src .venv/bin/python docs/clip_flow_schedule.py > docs/clip-flow-schedule.md\n```\n")
     print("| update | learning rate | |\n|---:|---:|:---|")

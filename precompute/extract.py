@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from expotion.cli import main as expotion
+from expotion.cli.main import main as expotion
 
 
 def main(argv: list[str] | None = None) -> int:

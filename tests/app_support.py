@@ -23,12 +23,12 @@ def tiny_checkpoint(tiny_profile_cfg, path: Path) -> Path:
     """An adaptor checkpoint for the tiny MusicGen and the tiny extractors' feature shapes (non-zero gates)."""
     import torch
 
-    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-    from expotion.checkpoint import save_adaptor
-    from expotion.data import FeatureSpec
-    from expotion.embedding import VisualConfig
-    from expotion.musicgen import load_musicgen, model_signature
-    from expotion.rates import DEFAULT_RATES
+    from expotion.core.rates import DEFAULT_RATES
+    from expotion.data.clips import FeatureSpec
+    from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.methods.expotion.embedding import VisualConfig
+    from expotion.methods.expotion.export import save_adaptor
+    from expotion.musicgen.loading import load_musicgen, model_signature
 
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     streams = ("marlin", "synchformer")
@@ -94,7 +94,7 @@ def launch_cli(*argv: str) -> tuple[subprocess.Popen, str]:
     printed. The caller stops it with ``stop``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, "-m", "expotion.cli", "app", *argv, "--port", str(free_port())]
+    cmd = [sys.executable, "-m", "expotion.cli.main", "app", *argv, "--port", str(free_port())]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, lines, deadline = None, [], time.monotonic() + 120
     while url is None and time.monotonic() < deadline:

@@ -27,8 +27,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_profile_cfg(tmp_path_factory):
     """Tiny random extractors and MusicGen, written once in the real on-disk formats."""
-    from expotion.features import tiny_profile
-    from expotion.tiny import PRECOMPUTE, make_tiny
+    from expotion.core.tiny import PRECOMPUTE, make_tiny
+    from expotion.extractors.bank import tiny_profile
 
     root = tmp_path_factory.mktemp("tiny-weights")
     make_tiny(root, PRECOMPUTE)
@@ -47,7 +47,7 @@ CLIP_S = 2.0
 
 
 def precompute_config(manifest, cache, ext, **kw):
-    from expotion.pipeline import PrecomputeConfig
+    from expotion.precompute.pipeline import PrecomputeConfig
 
     return PrecomputeConfig(manifest=manifest, cache=cache, extractors=ext, clip_seconds=CLIP_S,
                             recordings_per_shard=kw.pop("per_shard", 2), **kw)
@@ -56,7 +56,7 @@ def precompute_config(manifest, cache, ext, **kw):
 @pytest.fixture(scope="session")
 def demo_cache(small_demo, tiny_profile_cfg, tmp_path_factory):
     """The small demo through the precompute stage: 2 s clips, 4 train and 2 val; (cache dir, summary)."""
-    from expotion.pipeline import run
+    from expotion.precompute.pipeline import run
 
     cache = tmp_path_factory.mktemp("cache")
     return cache, run(precompute_config(small_demo, cache, tiny_profile_cfg))
@@ -65,7 +65,7 @@ def demo_cache(small_demo, tiny_profile_cfg, tmp_path_factory):
 @pytest.fixture(scope="session")
 def clip_flow_cache(small_demo, tiny_profile_cfg, tmp_path_factory) -> Path:
     """The small demo (three 4 s recordings) with clip, farneback, codes and t5 in 2 s clips."""
-    from expotion.pipeline import run
+    from expotion.precompute.pipeline import run
 
     root = tmp_path_factory.mktemp("clip-flow-cache")
     run(precompute_config(small_demo, root, tiny_profile_cfg, names=("clip", "farneback", "codes", "t5")))

@@ -5,10 +5,10 @@ import pytest
 import torch
 import yaml
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-from expotion.embedding import JointVisualEmbedding, VisualConfig, temporal_smoothing
-from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
-from expotion.rates import DEFAULT_RATES, Rates, StreamRate
+from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import JointVisualEmbedding, VisualConfig, temporal_smoothing
+from expotion.musicgen.loading import TinyMusicGenConfig, load_musicgen, save_tiny
 
 OFFICIAL_YAML = Path(__file__).resolve().parents[1] / "lightning_configs" / "official.yaml"
 
@@ -157,7 +157,7 @@ def test_only_the_adaptor_learns(model_and_l):
     if handle:
         handle.remove()
         assert not lower_outputs[0].requires_grad  # layers below N-L build no autograd graph
-    from expotion.objective import codebook_cross_entropy
+    from expotion.musicgen.objective import codebook_cross_entropy
 
     loss, _, _ = codebook_cross_entropy(out.logits, codes, out.mask)
     loss.backward()

@@ -18,8 +18,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from expotion.app import generate_tab  # noqa: E402
-from expotion.app.server import build_app  # noqa: E402
+from expotion.app import generate_tab
+from expotion.app.server import build_app
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def served(tiny_profile_cfg, tmp_path_factory):
 
 
 def test_a_port_in_use_is_one_line(served, tiny_profile_cfg, capsys):
-    from expotion.cli import main
+    from expotion.cli.main import main
 
     port = int(served["url"].rstrip("/").rsplit(":", 1)[1])  # the launched app holds it
     root = served["root"]
@@ -50,12 +50,12 @@ def test_a_port_in_use_is_one_line(served, tiny_profile_cfg, capsys):
 
 def wide_checkpoint(tiny_profile_cfg, path: Path) -> Path:
     """A checkpoint trained on 768-wide features: the tiny extractors give 32, so it must be refused."""
-    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-    from expotion.checkpoint import save_adaptor
-    from expotion.data import FeatureSpec
-    from expotion.embedding import VisualConfig
-    from expotion.musicgen import load_musicgen, model_signature
-    from expotion.rates import DEFAULT_RATES
+    from expotion.core.rates import DEFAULT_RATES
+    from expotion.data.clips import FeatureSpec
+    from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.methods.expotion.embedding import VisualConfig
+    from expotion.methods.expotion.export import save_adaptor
+    from expotion.musicgen.loading import load_musicgen, model_signature
 
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     spec = FeatureSpec({"marlin": (768,), "synchformer": (768,)},

@@ -19,9 +19,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from expotion.app.study import load_study, trial_order  # noqa: E402
-from expotion.app.study_store import StudyStore  # noqa: E402
-from expotion.cli import main as cli_main  # noqa: E402
+from expotion.app.study import load_study, trial_order
+from expotion.app.study_store import StudyStore
+from expotion.cli.main import main as cli_main
 
 ARTIFACTS = Path(os.environ.get("EXPOTION_TEST_ARTIFACTS", "test-artifacts"))
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -14,10 +14,10 @@ from app_support import CLIPS, SYSTEMS, make_study, parse_app_args
 from expotion.app.results import bootstrap_ci, differences, summarise
 from expotion.app.study import PAPER_QUESTIONS, StudyError, load_study, trial_order
 from expotion.app.study_store import AlreadyAnswered, Response, StudyStore
-from expotion.cli import main as cli_main
+from expotion.cli.main import main as cli_main
 
 pytest.importorskip("gradio")
-from expotion.app.study_tab import Finished, StudyRunner, TrialRemoved  # noqa: E402
+from expotion.app.study_tab import Finished, StudyRunner, TrialRemoved
 
 
 @pytest.fixture

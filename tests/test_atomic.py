@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from expotion.atomic import atomic_path, write_text
+from expotion.core.atomic import atomic_path, write_text
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_generate import adaptor_for, checkpoint, musicgen, random_features, spec, tiny_args  # noqa: F401
 
-from expotion.cli import main as cli_main
-from expotion.generate import ModelSettings, SamplingSettings, generate_for_cache, load_models, plan_batches
-from expotion.generation import generate_tokens
-from expotion.sampling import clip_seed
+from expotion.cli.main import main as cli_main
+from expotion.inference.generate import ModelSettings, SamplingSettings, generate_for_cache, load_models, plan_batches
+from expotion.musicgen.sampling import clip_seed
+from expotion.musicgen.windows import generate_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_a_clip_gets_the_same_tokens_alone_and_inside_any_batch_in_any_order(mus
 
 @pytest.mark.gpu
 def test_per_row_generators_sample_on_the_gpu(tiny_profile_cfg, spec):  # noqa: F811
-    from expotion.musicgen import load_musicgen
+    from expotion.musicgen.loading import load_musicgen
 
     musicgen = load_musicgen(tiny_profile_cfg.musicgen, device="cuda")
     adaptor = adaptor_for(musicgen, spec, 1.0).cuda()
@@ -81,7 +81,7 @@ def models(checkpoint, tiny_profile_cfg):  # noqa: F811
 
 
 def test_batches_hold_clips_of_one_duration_and_one_set_of_streams(models, demo_cache):
-    from expotion.data import read_clips
+    from expotion.data.clips import read_clips
 
     clips = read_clips(demo_cache[0] / "train", tuple(models.spec.shapes))  # four 2 s clips
     assert [len(b) for b in plan_batches(models, clips, 3)] == [3, 1]
@@ -124,7 +124,7 @@ def test_two_lightning_processes_write_the_wavs_of_one(demo_cache, checkpoint, t
     finally:
         torch.set_num_threads(threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, "-m", "expotion.cli", *args, "--out-dir", str(tmp_path / "two"),
+    done = subprocess.run([sys.executable, "-m", "expotion.cli.main", *args, "--out-dir", str(tmp_path / "two"),
                            "--devices", "2"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     wavs = sorted(p.name for p in (tmp_path / "one").glob("*.wav"))
@@ -145,7 +145,7 @@ def test_each_lightning_process_puts_every_model_on_its_own_gpu(demo_cache, chec
     args = ["generate", "--cache", str(demo_cache[0] / "val"), "--checkpoint", str(checkpoint), "--batch-size", "2",
             "--device", "cuda", "--devices", "2", "--out-dir", str(tmp_path / "two"), *tiny_args(tiny_profile_cfg)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, "-m", "expotion.cli", *args], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "expotion.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["devices"] == [["cuda:0"], ["cuda:1"]]

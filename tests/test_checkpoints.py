@@ -14,12 +14,13 @@ import torch
 from conftest import moving_frames, write_video
 from test_training import run_train, tiny_config
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-from expotion.checkpoint import read_adaptor, save_adaptor
-from expotion.cli import main as cli_main
-from expotion.data import ClipDataset
-from expotion.embedding import VisualConfig
-from expotion.musicgen import load_musicgen, model_signature
+from expotion.cli.main import main as cli_main
+from expotion.data.clips import ClipDataset
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import VisualConfig
+from expotion.methods.expotion.export import save_adaptor
+from expotion.musicgen.loading import load_musicgen, model_signature
+from expotion.solvers.export import read_adaptor
 
 
 class WritesAFile:
@@ -108,8 +109,8 @@ def test_generate_refuses_unusable_adaptor_files_in_one_line(tmp_path, demo_cach
 
 
 def test_resume_refuses_unusable_checkpoints_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys, monkeypatch):
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny
-    from expotion.train import run
+    from expotion.cli.train import run
+    from expotion.musicgen.loading import TinyMusicGenConfig, save_tiny
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
@@ -140,7 +141,7 @@ def test_generate_uses_the_musicgen_and_extractors_it_was_trained_with(tmp_path,
                                                                        monkeypatch, caplog):
     """Trained with a relative MusicGen path and the tiny extractors; generated from another folder, after the
     project moved, without --musicgen or --profile."""
-    from expotion.train import main
+    from expotion.cli.train import main
 
     project = tmp_path / "project"
     shutil.copytree(Path(tiny_profile_cfg.musicgen), project / "models" / "musicgen_tiny")
@@ -174,7 +175,7 @@ def as_clip_flow_checkpoint(good: Path, dest: Path, class_path: bool = True) -> 
     ckpt["state_dict"] = {"conditioner." + k.removeprefix("adaptor."): v for k, v in ckpt["state_dict"].items()}
     ckpt["hyper_parameters"].pop("_class_path")
     if class_path:
-        ckpt["hyper_parameters"]["_class_path"] = "expotion.clipflow.training.ClipFlowModule"
+        ckpt["hyper_parameters"]["_class_path"] = "expotion.methods.clipflow.module.ClipFlowModule"
     torch.save(ckpt, dest)
     return dest
 
@@ -188,10 +189,10 @@ def test_resume_refuses_a_checkpoint_of_the_other_method_in_one_line(tmp_path, d
     fit = ["fit", "--config", str(config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0"]
     assert run_train_ok(fit, capsys) == 0
     good = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(good, weights_only=True)["hyper_parameters"]["_class_path"] == "expotion.training.ExpotionModule"
+    assert torch.load(good, weights_only=True)["hyper_parameters"]["_class_path"] == "expotion.methods.expotion.module.ExpotionModule"
     elsewhere = [*fit, f"--trainer.default_root_dir={tmp_path / 'other'}"]
-    clip_flow = "a checkpoint of a CLIP + flow (expotion.clipflow.training.ClipFlowModule) run"
-    expotion = "Expotion (expotion.training.ExpotionModule)"
+    clip_flow = "a checkpoint of a CLIP + flow (expotion.methods.clipflow.module.ClipFlowModule) run"
+    expotion = "Expotion (expotion.methods.expotion.module.ExpotionModule)"
     for recorded in (True, False):  # the class LightningCLI records, else the weights' prefixes tell
         path = as_clip_flow_checkpoint(good, tmp_path / f"clip_flow_{recorded}.ckpt", recorded)
         code, error = run_train([*elsewhere, "--ckpt_path", str(path)], capsys)
@@ -202,12 +203,12 @@ def test_resume_refuses_a_checkpoint_of_the_other_method_in_one_line(tmp_path, d
                         f"--trainer.default_root_dir={tmp_path / 'other'}"]
     code, error = run_train([*clip_flow_config, "--ckpt_path", str(good)], capsys)
     assert code == 2 and error.startswith(f"error: {good}: a checkpoint of a {expotion} run, but the config trains "
-                                          "CLIP + flow (expotion.clipflow.training.ClipFlowModule); ")
+                                          "CLIP + flow (expotion.methods.clipflow.module.ClipFlowModule); ")
     assert not (tmp_path / "other").exists()  # refused before anything ran
 
 
 def run_train_ok(args: list[str], capsys) -> int:
-    from expotion.train import run
+    from expotion.cli.train import run
 
     code = run(args)
     capsys.readouterr()
@@ -215,7 +216,7 @@ def run_train_ok(args: list[str], capsys) -> int:
 
 
 def test_files_torch_did_not_write_are_named_as_such_and_legacy_torch_files_load(tmp_path):
-    from expotion.checkpoint import CheckpointError, load_file
+    from expotion.solvers.export import CheckpointError, load_file
 
     legacy = tmp_path / "legacy.pt"
     torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
@@ -230,8 +231,8 @@ def test_files_torch_did_not_write_are_named_as_such_and_legacy_torch_files_load
 def test_an_adaptor_exported_by_an_earlier_version_loads_and_generates_its_tokens(tiny_profile_cfg):
     """``tests/data/adaptor_v1``: an ``adaptor.pt`` and the tokens it generated when it was written (see the README
     there). Loading it with the same tiny MusicGen must give those tokens, so exported files stay usable."""
-    from expotion.checkpoint import load_adaptor
-    from expotion.generation import generate_tokens
+    from expotion.methods.expotion.export import load_adaptor
+    from expotion.musicgen.windows import generate_tokens
 
     data = Path(__file__).parent / "data" / "adaptor_v1"
     saved = np.load(data / "adaptor_tokens.npz")

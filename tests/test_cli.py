@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from expotion.cli import build_parser, main
+from expotion.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from expotion.clipflow.conditioner import (
-    ClipFlowConditioner,
-    ClipFlowConfig,
-    CrossAttentionFusion,
-    MemoryProjection,
-    MotionEmbedding,
-    VisualEmbedding,
-    motion_visible,
-)
-from expotion.clipflow.memory import condition_dropout, memory_attached, memory_condition, trained_decoder
+from expotion.core.rates import Rates
+from expotion.core.weights import MissingWeightsError
 from expotion.extractors.clip import load_clip, save_tiny
 from expotion.extractors.farneback import FarnebackConfig, farneback_magnitudes, flow_magnitude
-from expotion.musicgen import load_musicgen
-from expotion.rates import Rates
-from expotion.weights import MissingWeightsError
+from expotion.methods.clipflow.conditioner import (ClipFlowConditioner, ClipFlowConfig, CrossAttentionFusion,
+                                                   MemoryProjection, MotionEmbedding, VisualEmbedding, motion_visible)
+from expotion.methods.clipflow.memory import condition_dropout, memory_attached, memory_condition, trained_decoder
+from expotion.musicgen.loading import load_musicgen
 
 RATES = {"clip": Rates().clip, "farneback": Rates().farneback}
 SHAPES = {"clip": (17, 32), "farneback": (32, 48)}  # tiny CLIP tokens x width; small magnitude maps
@@ -151,7 +144,7 @@ def test_memory_projection_gives_p_tokens_per_frame_in_frame_order():
 
 def test_standardization_by_training_statistics_is_saved_with_the_weights():
     """Each element minus its training mean over its training std; a constant element is not blown up."""
-    from expotion.clipflow.conditioner import Standardization
+    from expotion.methods.clipflow.conditioner import Standardization
 
     samples = 5 + 2 * torch.randn(400, 3, 4)
     samples[:, 0, 0] = 7.0  # a static background pixel
@@ -167,7 +160,7 @@ def test_standardization_by_training_statistics_is_saved_with_the_weights():
 
 def test_statistics_read_every_clip_of_a_small_split_and_spread_over_a_large_one():
     """The statistics see all clips when there are fewer than asked, and evenly spread ones when there are more."""
-    from expotion.clipflow.statistics import statistics_picks
+    from expotion.methods.clipflow.statistics import statistics_picks
 
     assert statistics_picks(12, 256) == list(range(12))
     assert statistics_picks(1000, 5) == [0, 250, 500, 749, 999]
@@ -176,7 +169,7 @@ def test_statistics_read_every_clip_of_a_small_split_and_spread_over_a_large_one
 
 def test_running_moments_merge_to_the_moments_of_the_whole():
     """Batches of any sizes, folded in any grouping, give the whole array's mean, std and overall std."""
-    from expotion.clipflow.statistics import RunningMoments, moments_of
+    from expotion.methods.clipflow.statistics import RunningMoments, moments_of
 
     samples = 3 + 2 * torch.randn(101, 4, 5, dtype=torch.float64)
     whole = moments_of(samples)
@@ -196,8 +189,8 @@ def test_running_moments_merge_to_the_moments_of_the_whole():
 def test_streaming_statistics_equal_the_whole_array_ones(clip_flow_cache, monkeypatch):
     """Read 3 steps at a time from the shards, the statistics equal those of every time step of every clip held
     at once (in float64, then rounded to the float32 buffers), and the model standardises with them."""
-    from expotion.clipflow import statistics
-    from expotion.data import ClipDataset
+    from expotion.data.clips import ClipDataset
+    from expotion.methods.clipflow import statistics
 
     monkeypatch.setattr(statistics, "STEPS_PER_READ", 3)  # several reads per clip: 4 CLIP frames, 7 flows
     dataset = ClipDataset(clip_flow_cache / "train", ("clip", "farneback"), 2.0, True)
@@ -371,8 +364,8 @@ def test_the_method_learns_a_code_only_the_video_shows(tiny_profile_cfg):
     Each 0.5 s segment's code is uniform over 16 values and independent of the past, so without the video every
     segment's first step costs ln 16 whatever the model: ``segments * ln 16 / steps`` per step on average.
     """
-    from expotion.clipflow.training import clip_flow_predictions
-    from expotion.objective import codebook_cross_entropy
+    from expotion.methods.clipflow.module import clip_flow_predictions
+    from expotion.musicgen.objective import codebook_cross_entropy
 
     torch.manual_seed(0)
     lm = load_musicgen(tiny_profile_cfg.musicgen).lm  # a copy of its own: this test trains it

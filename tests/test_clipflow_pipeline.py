@@ -12,15 +12,16 @@ import torch
 import yaml
 from conftest import CLIP_S, moving_frames, write_video
 
-from expotion.checkpoint import CheckpointMismatch, build_adaptor, read_adaptor
-from expotion.clipflow.checkpoint import build_clip_flow, save_clip_flow
-from expotion.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig
-from expotion.clipflow.memory import trained_decoder
-from expotion.data import ClipDataset, FeatureSpec, read_clips
-from expotion.generate import (ModelSettings, SamplingSettings, check_clip, generate_for_cache, generate_for_video,
-                               load_models, plan_batches)
-from expotion.generation import GenerationError, generate_tokens, generation_windows
-from expotion.musicgen import load_musicgen, model_signature
+from expotion.data.clips import ClipDataset, FeatureSpec, read_clips
+from expotion.inference.generate import (ModelSettings, SamplingSettings, check_clip, generate_for_cache,
+                                         generate_for_video, load_models, plan_batches)
+from expotion.methods.clipflow.checkpoint import build_clip_flow, save_clip_flow
+from expotion.methods.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig
+from expotion.methods.clipflow.memory import trained_decoder
+from expotion.methods.expotion.export import build_adaptor
+from expotion.musicgen.loading import load_musicgen, model_signature
+from expotion.musicgen.windows import GenerationError, generate_tokens, generation_windows
+from expotion.solvers.export import CheckpointMismatch, read_adaptor
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = ("clip", "farneback")
@@ -52,7 +53,7 @@ def checkpoint_for(path: Path, musicgen, spec, seed: int = 0, **cfg) -> Path:
 
 
 def test_precompute_writes_clip_and_farneback_streams(cache, spec, tiny_profile_cfg):
-    from expotion.rates import DEFAULT_RATES as R
+    from expotion.core.rates import DEFAULT_RATES as R
 
     assert spec.shapes == {"clip": (17, 32), "farneback": (112, 112)}
     assert spec.rates == {"clip": R.clip, "farneback": R.farneback}
@@ -64,9 +65,9 @@ def test_precompute_writes_clip_and_farneback_streams(cache, spec, tiny_profile_
 
 def test_windowed_clip_and_farneback_equal_one_pass(tmp_path, tiny_profile_cfg):
     """A long video's clip and farneback streams, read window by window, equal one pass over it bit for bit."""
-    from expotion.features import Extractors
-    from expotion.media import iter_clip_frames
-    from expotion.windowed import plan_windows, video_features
+    from expotion.data.media import iter_clip_frames
+    from expotion.extractors.bank import Extractors
+    from expotion.extractors.long_video import plan_windows, video_features
 
     ex = Extractors(tiny_profile_cfg, STREAMS)
     video = write_video(tmp_path / "v.mp4", moving_frames(int(5.3 * 25), 96, 128), fps=25)
@@ -89,10 +90,10 @@ def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Pa
     cfg["trainer"].update(default_root_dir=str(tmp_path / "run"), enable_progress_bar=False, max_epochs=2)
     cfg["trainer"]["callbacks"] = [
         {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5}},
-        {"class_path": "expotion.callbacks.RunCheckpoint",
+        {"class_path": "expotion.solvers.callbacks.RunCheckpoint",
          "init_args": {"save_last": True, "dirpath": str(tmp_path / "ckpt")}},
-        {"class_path": "expotion.callbacks.AdaptorExport", "init_args": {"dirpath": str(tmp_path / "export")}},
-        {"class_path": "expotion.callbacks.AudioSamples", "init_args": {"every_n_epochs": 1, "seconds": 0.5}},
+        {"class_path": "expotion.solvers.callbacks.AdaptorExport", "init_args": {"dirpath": str(tmp_path / "export")}},
+        {"class_path": "expotion.solvers.callbacks.AudioSamples", "init_args": {"every_n_epochs": 1, "seconds": 0.5}},
     ]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -102,7 +103,7 @@ def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Pa
 def test_cli_trains_with_ema_and_exports_the_average(tmp_path, cache, tiny_profile_cfg, musicgen):
     """LightningCLI picks the method from model.class_path; checkpoints hold only what trains; the export at the end
     holds the EMA weights; the export loads back for generation."""
-    from expotion.train import main
+    from expotion.cli.train import main
 
     config = cli_config(tmp_path, cache, tiny_profile_cfg, decoder="cross_attention")
     with warnings.catch_warnings(record=True) as caught:
@@ -132,8 +133,8 @@ def test_cli_trains_with_ema_and_exports_the_average(tmp_path, cache, tiny_profi
 
 
 def test_zero_visual_feeds_zeros(tmp_path, cache, tiny_profile_cfg):
-    from expotion.clipflow.training import ClipFlowModule
-    from expotion.data import collate
+    from expotion.data.clips import collate
+    from expotion.methods.clipflow.module import ClipFlowModule
 
     module = ClipFlowModule(tiny_profile_cfg.musicgen, ClipFlowConfig(**SMALL), zero_visual=True)
     batch = collate([ClipDataset(cache / "val", STREAMS, CLIP_S, False)[0]])
@@ -142,9 +143,9 @@ def test_zero_visual_feeds_zeros(tmp_path, cache, tiny_profile_cfg):
 
 
 def test_the_pooled_loss_is_eq_1_one_mean_over_every_codebook_and_step(cache, tiny_profile_cfg):
-    from expotion.clipflow.training import ClipFlowModule
-    from expotion.data import collate
-    from expotion.objective import ObjectiveConfig, codebook_cross_entropy
+    from expotion.data.clips import collate
+    from expotion.methods.clipflow.module import ClipFlowModule
+    from expotion.musicgen.objective import ObjectiveConfig, codebook_cross_entropy
 
     dataset = ClipDataset(cache / "val", STREAMS, CLIP_S, False)
     module = ClipFlowModule(tiny_profile_cfg.musicgen, ClipFlowConfig(**SMALL), objective=ObjectiveConfig(pooled=True))
@@ -251,9 +252,9 @@ def test_mismatched_features_and_methods_are_refused(tmp_path, musicgen, spec, t
 
 def test_configs_parse_with_the_paper_settings():
     """clip_flow_small.yaml carries §5.1's numbers; the no-motion overlay changes only the motion stream."""
-    from expotion.clipflow.training import Optimization
-    from expotion.data import ShardDataModule
-    from expotion.train import ExpotionCLI
+    from expotion.cli.train import ExpotionCLI
+    from expotion.data.clips import ShardDataModule
+    from expotion.methods.clipflow.module import Optimization
 
     class ParseOnly(ExpotionCLI):
         def instantiate_classes(self) -> None:
@@ -262,7 +263,7 @@ def test_configs_parse_with_the_paper_settings():
     configs = ROOT / "lightning_configs"
     small = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(configs / "clip_flow_small.yaml")]).config
     model = small.model.init_args
-    assert small.model.class_path == "expotion.clipflow.training.ClipFlowModule"
+    assert small.model.class_path == "expotion.methods.clipflow.module.ClipFlowModule"
     assert (model.optim.lr, model.optim.warmup_steps, small.data.batch_size) == (3.5e-5, 4000, 64)
     # 10 audiocraft epochs of 416 updates, validated after each, whatever the size of the data
     assert (small.trainer.max_steps, small.trainer.max_epochs, small.trainer.val_check_interval,
@@ -286,7 +287,7 @@ def test_configs_parse_with_the_paper_settings():
 
 def scheduled_rates(optim, total: int) -> list[float]:
     """The rate of each update 0 ... ``total`` as the scheduler itself gives it (stepped once per update)."""
-    from expotion.clipflow.training import clip_flow_schedule
+    from expotion.methods.clipflow.module import clip_flow_schedule
 
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
     scheduler = clip_flow_schedule(optimizer, optim, total)
@@ -300,7 +301,7 @@ def scheduled_rates(optim, total: int) -> list[float]:
 
 def test_the_paper_schedule_warms_up_from_zero_to_its_rate_at_4000_and_ends_at_zero_at_4160():
     """§5.1 read as audiocraft's cosine scheduler: linear from 0 over 4000 updates, cosine to 0 at update 4160."""
-    from expotion.clipflow.training import Optimization
+    from expotion.methods.clipflow.module import Optimization
 
     rates = scheduled_rates(Optimization(lr=3.5e-5, warmup_steps=4000), 4160)
     assert rates[0] == 0.0 and rates[2000] == pytest.approx(1.75e-5, rel=1e-12)
@@ -314,7 +315,7 @@ def test_the_paper_schedule_warms_up_from_zero_to_its_rate_at_4000_and_ends_at_z
 def test_a_run_that_cannot_leave_its_warmup_is_refused_in_one_line_unless_meant(tmp_path, cache, tiny_profile_cfg,
                                                                                 capsys):
     """4 updates with a warmup of 10: one line before training, no checkpoint; the flag trains anyway."""
-    from expotion.train import run
+    from expotion.cli.train import run
 
     config = cli_config(tmp_path, cache, tiny_profile_cfg)
     args = ["fit", "--config", str(config), "--model.optim.warmup_steps=10", "--trainer.callbacks=[]"]

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from expotion.features import AUDIO_TEXT, EXTRACTORS, STREAMS, VISUAL, Extractors
-from expotion.pipeline import worker_device
-from expotion.rates import VIDEO_STREAMS
+from expotion.core.rates import VIDEO_STREAMS
+from expotion.extractors.bank import AUDIO_TEXT, EXTRACTORS, STREAMS, VISUAL, Extractors
+from expotion.precompute.pipeline import worker_device
 
 META = torch.device("meta")
 
@@ -41,7 +41,7 @@ def test_extractors_move_as_one_module_musicgen_included(tiny_profile_cfg):
 
 
 def test_moving_musicgen_takes_the_t5_audiocraft_keeps_outside_the_module_tree(tiny_profile_cfg):
-    from expotion.musicgen import MusicGenModule, load_musicgen
+    from expotion.musicgen.loading import MusicGenModule, load_musicgen
 
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     cond = musicgen.lm.condition_provider.conditioners["description"]
@@ -77,10 +77,10 @@ def test_worker_devices(monkeypatch):
 @pytest.mark.gpu
 def test_precompute_on_cuda_runs_every_extractor_there(small_demo, tiny_profile_cfg, tmp_path):
     import h5py
-
     from conftest import precompute_config
-    from expotion.manifest import load_manifest
-    from expotion.pipeline import ShardJob, process_shard
+
+    from expotion.data.manifest import load_manifest
+    from expotion.precompute.pipeline import ShardJob, process_shard
 
     cuda = torch.device("cuda:0")
     ex = Extractors(replace(tiny_profile_cfg, device="cuda:0"))

@@ -72,7 +72,7 @@ def assert_equal_and_trained(first: dict, second: dict, initial: dict[str, torch
 def test_clip_flow_trains_under_ddp_with_equal_weights_on_both_ranks(tmp_path, clip_flow_cache, tiny_profile_cfg):
     """decoder ``all`` with text ``none`` (clip_flow_small.yaml's choice) has T5's projection outside the trained
     set; with it inside, DDP stops at the second step."""
-    from expotion.musicgen import load_musicgen
+    from expotion.musicgen.loading import load_musicgen
 
     model = {"musicgen": tiny_profile_cfg.musicgen, "clip_flow": {"max_seconds": 2.0, "decoder": "all"},
              "optim": {"warmup_steps": 1}}

@@ -83,7 +83,7 @@ COMMANDS = documented_commands()
 def entry_point(words: list[str]) -> tuple[str, str, list[str]]:
     """("module" or "path", its name, argv) of a python or expotion command."""
     if words[0] == "expotion":
-        return "module", "expotion.cli", words[1:]
+        return "module", "expotion.cli.main", words[1:]
     if words[1] == "-m":
         return "module", words[2], words[3:]
     return "path", str(ROOT / words[1]), words[2:]
@@ -151,9 +151,9 @@ def run_program(kind: str, name: str, argv: list[str]) -> int:
 def check_program(words: list[str]) -> None:
     """Parse the command's arguments with the real parser, then run it with ``--help``."""
     kind, name, argv = entry_point(words)
-    if argv[:1] == ["train"] or name == "expotion.train":
-        from expotion.train import ExpotionCLI
-        from expotion.train import main as train
+    if argv[:1] == ["train"] or name == "expotion.cli.train":
+        from expotion.cli.train import ExpotionCLI
+        from expotion.cli.train import main as train
 
         argv = argv[1:] if argv[:1] == ["train"] else argv
         out = io.StringIO()

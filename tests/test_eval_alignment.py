@@ -14,9 +14,9 @@ import pytest
 from eval_synth import burst_offsets, click_track, oscillation_offsets, write_pan_video
 from scipy.special import erf
 
+from expotion.data.media import MediaError
 from expotion.evaluation import alignment, rhythm
 from expotion.evaluation.video import VideoClip
-from expotion.media import MediaError
 
 SR = 22050
 SECONDS = 10.0

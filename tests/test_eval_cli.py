@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from eval_synth import click_track, tone, write_video, write_wav
 
-from expotion.cli import main as expotion_main
-from expotion import tiny
+from expotion.cli.main import main as expotion_main
+from expotion.core import tiny
 from expotion.evaluation import models
 
 SR = 22050

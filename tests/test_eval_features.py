@@ -8,11 +8,11 @@ import pytest
 import torch
 from eval_synth import tone, write_video, write_wav
 
+from expotion.data.media import MediaError
 from expotion.evaluation import audio, chroma, languagebind, passt, vggish
 from expotion.evaluation.files import InputError, pair_directories, read_captions
 from expotion.evaluation.maths import chroma_cosine
 from expotion.evaluation.video import frame_indices
-from expotion.media import MediaError
 
 A4 = 440.0
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from eval_synth import click_track, tone, write_video, write_wav
 
-from expotion.cache import list_shards, open_shard
-from expotion.cli import main as expotion_main
-from expotion import tiny
+from expotion.cli.main import main as expotion_main
+from expotion.core import tiny
+from expotion.data.media import mux_audio
+from expotion.data.shards import list_shards, open_shard
 from expotion.evaluation import embed, languagebind, models
 from expotion.evaluation.batching import full_precision
 from expotion.evaluation.files import captions_for_clips, read_captions
 from expotion.evaluation.video import VideoClip, uniform_frames
-from expotion.media import mux_audio
 
 SR = 22050
 

@@ -6,16 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from expotion.evaluation.maths import (
-    KL_EPS,
-    chroma_cosine,
-    cosine_similarity,
-    frechet_distance,
-    gaussian_statistics,
-    inception_score,
-    kl_divergence,
-    softmax,
-)
+from expotion.evaluation.maths import (KL_EPS, chroma_cosine, cosine_similarity, frechet_distance, gaussian_statistics,
+                                       inception_score, kl_divergence, softmax)
 
 
 def random_rotation(d: int, seed: int) -> np.ndarray:

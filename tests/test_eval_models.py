@@ -9,10 +9,10 @@ import pytest
 import torch
 from eval_synth import tone, write_video
 
-from expotion.cli import main as expotion_main
-from expotion import tiny
+from expotion.cli.main import main as expotion_main
+from expotion.core import tiny
+from expotion.core.weights import REGISTRY, MissingWeightsError
 from expotion.evaluation import clap, languagebind, models, passt, vggish
-from expotion.weights import REGISTRY, MissingWeightsError
 
 EVAL_KEYS = ("vggish", "passt", "clap_music", "languagebind_video", "languagebind_audio")
 RELEASED_AUDIO = languagebind.TowerConfig(num_mel_bins=112, target_length=1036)

@@ -13,7 +13,7 @@ import soundfile as sf
 from conftest import moving_frames, write_video
 from eval_synth import burst_offsets, click_track, write_pan_video, write_wav
 
-from expotion.cli import main as expotion_main
+from expotion.cli.main import main as expotion_main
 from expotion.evaluation import alignment, plots
 
 SR = 22050

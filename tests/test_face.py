@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from expotion.face import FaceDetector, crop_faces, smooth_track, square_boxes
+from expotion.extractors.face import FaceDetector, crop_faces, smooth_track, square_boxes
 
 
 @pytest.fixture(scope="module")

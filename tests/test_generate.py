@@ -15,17 +15,18 @@ import soundfile as sf
 import torch
 from conftest import moving_frames, write_video
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-from expotion.checkpoint import save_adaptor
-from expotion.cli import main as cli_main
-from expotion.data import GENERIC_PROMPT, ClipDataset
-from expotion.embedding import VisualConfig
-from expotion.files import OutputError
-from expotion.generate import ModelSettings, SamplingSettings, generate_for_cache, generate_for_video, load_models
-from expotion.generation import (GenerationError, decoding_steps, default_extend_stride, generate_tokens,
-                                 generation_windows)
-from expotion.media import iter_clip_frames
-from expotion.musicgen import load_musicgen, model_signature
+from expotion.cli.main import main as cli_main
+from expotion.core.outputs import OutputError
+from expotion.data.clips import GENERIC_PROMPT, ClipDataset
+from expotion.data.media import iter_clip_frames
+from expotion.inference.generate import (ModelSettings, SamplingSettings, generate_for_cache, generate_for_video,
+                                         load_models)
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import VisualConfig
+from expotion.methods.expotion.export import save_adaptor
+from expotion.musicgen.loading import load_musicgen, model_signature
+from expotion.musicgen.windows import (GenerationError, decoding_steps, default_extend_stride, generate_tokens,
+                                       generation_windows)
 
 STREAMS = ("marlin", "synchformer")
 
@@ -48,7 +49,7 @@ def adaptor_for(musicgen, spec, gate: float, seconds: float = 2.0) -> ConditionA
 
 
 def random_features(seconds: float) -> dict:
-    from expotion.rates import DEFAULT_RATES as R
+    from expotion.core.rates import DEFAULT_RATES as R
 
     return {"marlin": torch.randn(1, R.marlin_windows(seconds), 32), "synchformer": torch.randn(1, R.synchformer_tokens(seconds), 32)}
 
@@ -180,7 +181,7 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
         c.mux(a.encode(None))
     assert cli_main([*base[:2], str(empty), *base[3:], "--prompt", "x"]) == 2
     assert "empty.mp4: the video has no frames" in caplog.text
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny
+    from expotion.musicgen.loading import TinyMusicGenConfig, save_tiny
 
     other = save_tiny(tmp_path / "mg6", cfg=TinyMusicGenConfig(num_layers=6))
     args = [*base, "--prompt", "x", "--checkpoint", str(checkpoint)]
@@ -198,9 +199,9 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
 
 def refuse_model_loading(monkeypatch) -> None:
     """Make loading any model fail the test: the checks under test must refuse before that."""
-    import expotion.generate
+    import expotion.inference.generate
 
-    monkeypatch.setattr(expotion.generate, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    monkeypatch.setattr(expotion.inference.generate, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
 
 
 @pytest.mark.parametrize("stride", [0.0, -5.0, 0.001], ids=["zero", "negative", "under-one-frame"])

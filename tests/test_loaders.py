@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from expotion.weights import MissingWeightsError
+from expotion.core.weights import MissingWeightsError
 
 
 # ---- MusicGen (audiocraft) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_musicgen_dir(tmp_path_factory):
-    from expotion.musicgen import save_tiny
+    from expotion.musicgen.loading import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("musicgen"))
 
@@ -28,7 +28,7 @@ def test_tiny_musicgen_files_have_audiocraft_export_layout(tiny_musicgen_dir):
 def test_musicgen_loads_through_get_pretrained(tiny_musicgen_dir):
     from audiocraft.models import MusicGen
 
-    from expotion.musicgen import load_musicgen, model_signature
+    from expotion.musicgen.loading import load_musicgen, model_signature
 
     model = load_musicgen(str(tiny_musicgen_dir))
     assert isinstance(model, MusicGen)
@@ -42,7 +42,7 @@ def test_musicgen_loads_through_get_pretrained(tiny_musicgen_dir):
 
 
 def test_encodec_tokens_and_text_hidden(tiny_musicgen_dir):
-    from expotion.musicgen import encode_audio, load_musicgen, text_hidden
+    from expotion.musicgen.loading import encode_audio, load_musicgen, text_hidden
 
     model = load_musicgen(str(tiny_musicgen_dir))
     wav = np.sin(2 * np.pi * 440 * np.arange(64000) / 32000).astype(np.float32)
@@ -60,7 +60,7 @@ def test_encodec_tokens_and_text_hidden(tiny_musicgen_dir):
 
 def test_tiny_encodec_tokens_follow_the_audio(tiny_musicgen_dir):
     """Codes of the tiny EnCodec change with the audio, so a demo trained on them can learn from the video."""
-    from expotion.musicgen import encode_audio, load_musicgen
+    from expotion.musicgen.loading import encode_audio, load_musicgen
 
     model = load_musicgen(str(tiny_musicgen_dir))
     t = np.arange(64000) / 32000
@@ -76,7 +76,7 @@ def test_tiny_encodec_tokens_follow_the_audio(tiny_musicgen_dir):
 
 def test_tiny_musicgen_at_the_released_codebook_size_seeds_every_code(tmp_path):
     """With 2048 codes per codebook (MusicGen's), the calibration audio grows until every code gets its own frame."""
-    from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
+    from expotion.musicgen.loading import TinyMusicGenConfig, load_musicgen, save_tiny
 
     model = load_musicgen(str(save_tiny(tmp_path, cfg=TinyMusicGenConfig(card=2048))))
     first, *rest = (layer._codebook.embed for layer in model.compression_model.quantizer.vq.layers)
@@ -85,7 +85,7 @@ def test_tiny_musicgen_at_the_released_codebook_size_seeds_every_code(tmp_path):
 
 
 def test_musicgen_missing_files_named(tmp_path, monkeypatch):
-    from expotion.musicgen import check_musicgen_available
+    from expotion.musicgen.loading import check_musicgen_available
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "state_dict.bin").write_bytes(b"")
@@ -100,7 +100,7 @@ def test_musicgen_missing_files_named(tmp_path, monkeypatch):
 
 
 def test_truncated_t5_vocabulary_is_refused():
-    from expotion.musicgen import check_text_tokenizer
+    from expotion.musicgen.loading import check_text_tokenizer
 
     cond = SimpleNamespace(t5_tokenizer=list(range(100)))
     model = SimpleNamespace(lm=SimpleNamespace(condition_provider=SimpleNamespace(conditioners={"description": cond})))
@@ -163,7 +163,7 @@ def test_raft_explicit_checkpoint_and_flow_shapes(tmp_path):
 
 # ---- registry ----------------------------------------------------------------------------------
 def test_weights_check_lists_missing_files(tmp_path, capsys, monkeypatch):
-    from expotion.cli import main
+    from expotion.cli.main import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert main(["weights", "check", "--weights-dir", str(tmp_path)]) == 1  # a file is missing
@@ -182,7 +182,7 @@ def test_missing_hub_musicgen_names_the_hf_download_command(tmp_path, monkeypatc
     """The pinned huggingface_hub ships the ``hf`` command (no ``huggingface-cli``); the message names what exists."""
     import huggingface_hub.constants as hc
 
-    from expotion.musicgen import check_musicgen_available
+    from expotion.musicgen.loading import check_musicgen_available
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(MissingWeightsError, match=r"\(hf download facebook/musicgen-small\)"):

@@ -11,16 +11,16 @@ import pytest
 import torch
 from conftest import moving_frames, write_video
 
-from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-from expotion.checkpoint import save_adaptor
-from expotion.data import FeatureSpec
-from expotion.embedding import VisualConfig
-from expotion.features import Extractors
-from expotion.generation import DECODE_CHUNK, decode_audio
-from expotion.media import iter_clip_frames, probe_video
-from expotion.musicgen import load_musicgen, model_signature
-from expotion.rates import DEFAULT_RATES
-from expotion.windowed import plan_windows, video_features
+from expotion.core.rates import DEFAULT_RATES
+from expotion.data.clips import FeatureSpec
+from expotion.data.media import iter_clip_frames, probe_video
+from expotion.extractors.bank import Extractors
+from expotion.extractors.long_video import plan_windows, video_features
+from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.embedding import VisualConfig
+from expotion.methods.expotion.export import save_adaptor
+from expotion.musicgen.loading import load_musicgen, model_signature
+from expotion.musicgen.windows import DECODE_CHUNK, decode_audio
 
 
 def single_pass(ex: Extractors, video: Path, face_box):
@@ -92,7 +92,7 @@ def test_chunked_decoding_matches_one_pass(tiny_profile_cfg):
 
 PEAK_RSS = """
 import resource, sys
-from expotion.cli import main
+from expotion.cli.main import main
 code = main(sys.argv[1:])
 print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT", code)
 """

@@ -16,7 +16,7 @@ def test_make_generate_on_another_cache_refuses_the_demo_checkpoint():
     done = make("generate", "SPLIT=cache/mine/val")
     assert done.returncode == 2
     assert "CHECKPOINT=runs/NAME/adaptor.pt" in done.stderr and "runs/tiny_cpu/adaptor.pt" in done.stderr
-    assert "expotion.cli generate" not in done.stdout  # refused before the command ran
+    assert "expotion.cli.main generate" not in done.stdout  # refused before the command ran
 
 
 def test_make_generate_passes_the_checkpoint_named():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from expotion.manifest import ManifestError, check_face_box, chop, load_manifest
+from expotion.data.manifest import ManifestError, check_face_box, chop, load_manifest
 
 
 def write_csv(tmp_path, rows, header="id,video,audio,caption,split,face_box"):
@@ -212,7 +212,7 @@ def test_split_names_with_dots_dashes_and_underscores_are_kept(tmp_path):
 
 
 def test_case3_a_face_box_under_the_minimum_size_is_refused_with_its_line(tmp_path):
-    from expotion.manifest import MIN_FACE_SIDE
+    from expotion.data.manifest import MIN_FACE_SIDE
 
     path = write_csv(tmp_path, ["a,a.mp4,,c,train,10 10 11 11", f"b,b.mp4,,c,train,0 0 {MIN_FACE_SIDE} 200"])
     assert problems_of(path) == [f"{path}:2: face_box '10 10 11 11' is 1x1 px; a face box's short side must be at "
@@ -234,7 +234,7 @@ def test_case4_control_characters_in_captions_are_refused_with_their_line(tmp_pa
 def test_case8_a_manifest_that_is_a_folder_or_a_symlink_loop_is_named_in_one_line(tmp_path, capsys, tiny_profile_cfg):
     from pathlib import Path
 
-    from expotion.cli import main
+    from expotion.cli.main import main
 
     folder = tmp_path / "data"
     folder.mkdir()

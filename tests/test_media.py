@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import moving_frames, write_video
 
-from expotion.media import MediaError, is_variable_rate, iter_clip_frames, probe_video, read_audio
+from expotion.data.media import MediaError, is_variable_rate, iter_clip_frames, probe_video, read_audio
 
 
 def test_one_pass_yields_each_window_with_relative_timestamps(tmp_path):
@@ -101,7 +101,7 @@ def test_clip_video_starting_between_frames_of_an_ntsc_source(tmp_path):
 
     import soundfile as sf
 
-    from expotion.media import ClipVideo, write_clip_videos
+    from expotion.data.media import ClipVideo, write_clip_videos
 
     src = tmp_path / "ntsc.mp4"
     frames = moving_frames(120, h=64, w=80)

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from expotion.extractors.motionformer import (
-    CHECKPOINT_FILENAME,
-    MotionFormer,
-    MotionFormerConfig,
-    load_synchformer_visual,
-    preprocess_segments,
-    save_synchformer_format,
-)
-from expotion.weights import REGISTRY, MissingWeightsError
+from expotion.core.weights import REGISTRY, MissingWeightsError
+from expotion.extractors.motionformer import (CHECKPOINT_FILENAME, MotionFormer, MotionFormerConfig,
+                                              load_synchformer_visual, preprocess_segments, save_synchformer_format)
 
 KEYS_FILE = Path(__file__).parent / "data" / "synchformer_vfeat_keys.txt"
 TINY = MotionFormerConfig.tiny()

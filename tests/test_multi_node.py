@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLIP_S, precompute_config as config
+from conftest import CLIP_S
+from conftest import precompute_config as config
 from test_precompute import same_files
 
-from expotion.cache import CacheError, ShardWriter, cache_lock, remove_stale_temporaries
-from expotion.nodes import SINGLE_NODE, NodeError, NodeShare, node_share
-from expotion.pipeline import merge_summary
+from expotion.core.nodes import SINGLE_NODE, NodeError, NodeShare, node_share
+from expotion.data.shards import CacheError, ShardWriter, cache_lock, remove_stale_temporaries
+from expotion.precompute.pipeline import merge_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from expotion.cli import build_parser, main as cli_main
+from expotion.cli.main import build_parser
+from expotion.cli.main import main as cli_main
 
 GENERATE = ["generate", "--video", "v.mp4", "--out", "o.wav"]
 GENERATE_BATCH = ["generate", "--cache", "c/val", "--out-dir", "o"]
@@ -87,7 +88,7 @@ def test_a_huge_seed_is_refused_by_the_command_before_any_work(tmp_path, capsys)
 
 
 def test_library_callers_get_the_same_seed_range():
-    from expotion import option_types
+    from expotion.core import option_types
 
     assert option_types.check_seed(2**63 - 1) == 2**63 - 1
     for bad in (2**63, -1, 1.5, True):

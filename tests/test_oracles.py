@@ -126,10 +126,10 @@ def test_gated_prefix_attention_is_eq_10_to_12(tmp_path):
     Checked on what the layer hands to its cross-attention (H_l plus the attention result), at non-zero
     gates, against a naive einsum of the equations on the frozen weights.
     """
-    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-    from expotion.embedding import VisualConfig
-    from expotion.musicgen import TinyMusicGenConfig, load_musicgen, save_tiny
-    from expotion.rates import DEFAULT_RATES
+    from expotion.core.rates import DEFAULT_RATES
+    from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.methods.expotion.embedding import VisualConfig
+    from expotion.musicgen.loading import TinyMusicGenConfig, load_musicgen, save_tiny
 
     lm = load_musicgen(str(save_tiny(tmp_path / "mg", seed=2, cfg=TinyMusicGenConfig(num_layers=3)))).lm
     adaptor = ConditionAdaptor(lm, AdaptorConfig(n_adapted=2, visual=VisualConfig(face=False, motion="synchformer"),
@@ -178,7 +178,7 @@ def test_gated_prefix_attention_is_eq_10_to_12(tmp_path):
 def test_codebook_cross_entropy_equals_musicgen_solver():
     from audiocraft.solvers.musicgen import MusicGenSolver
 
-    from expotion.objective import codebook_cross_entropy
+    from expotion.musicgen.objective import codebook_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 4, 20, 32, generator=g)

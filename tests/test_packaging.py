@@ -7,12 +7,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-import tomllib
 from functools import cache
 from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,16 +21,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import CLIP_S, moving_frames, precompute_config as config, write_video
+from conftest import CLIP_S, moving_frames, write_video
+from conftest import precompute_config as config
 
-from expotion.cache import SCHEMA_VERSION, CacheError, NonFiniteError, ShardWriter, list_shards, open_shard
-from expotion.cache import main as cache_main
-from expotion.cache import remove_stale_temporaries
-from expotion.data import ClipDataset, read_clips
+from expotion.core.nodes import NodeShare
+from expotion.core.rates import DEFAULT_RATES, FeatureShapeError, Rates, StreamRate, check_shape
+from expotion.data.clips import ClipDataset, read_clips
+from expotion.data.shards import (SCHEMA_VERSION, CacheError, NonFiniteError, ShardWriter, list_shards, open_shard,
+                                  remove_stale_temporaries)
+from expotion.data.shards import main as cache_main
 from expotion.evaluation.files import InputError, read_cache_split
-from expotion.nodes import NodeShare
-from expotion.pipeline import merge_summary, run, written_clip_ids
-from expotion.rates import DEFAULT_RATES, FeatureShapeError, Rates, StreamRate, check_shape
+from expotion.precompute.pipeline import merge_summary, run, written_clip_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +61,8 @@ def test_every_clip_written_with_schema(demo_cache):
 def test_features_follow_the_video(demo_cache, small_demo, tiny_profile_cfg):
     """Different recordings (tempo, chords) give different features; a clip's codes are its own span of the music,
     encoded again to the same tokens."""
-    from expotion.media import read_audio
-    from expotion.musicgen import encode_audio, load_musicgen
+    from expotion.data.media import read_audio
+    from expotion.musicgen.loading import encode_audio, load_musicgen
 
     cache, _ = demo_cache
     with h5py.File(cache / "train/shard-00000.h5") as f:
@@ -111,7 +112,7 @@ def test_shard_with_other_schema_or_truncated_is_refused(demo_cache, tmp_path):
 
 
 def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_demo, tiny_profile_cfg, tmp_path, capsys):
-    from expotion.cli import main as expotion
+    from expotion.cli.main import main as expotion
 
     paper = Rates(synchformer_stride=5)
     cache = tmp_path / "cache"
@@ -135,7 +136,7 @@ def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_d
 def test_clip_seconds_off_the_encodec_frame_grid_are_refused_before_any_work(seconds, small_demo, tiny_profile_cfg,
                                                                              tmp_path, capsys):
     """EnCodec gives whole 20 ms frames, so a 2.01 s clip's codes never had the frame count its streams are cut to."""
-    from expotion.cli import main as expotion
+    from expotion.cli.main import main as expotion
 
     assert expotion(["features", "--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
                      "--tiny-dir", tiny_profile_cfg.weights_dir, "--extractors", "codes",
@@ -153,7 +154,7 @@ def test_clip_seconds_off_the_encodec_frame_grid_are_refused_before_any_work(sec
 def test_settings_that_cannot_run_here_are_refused_before_any_work(extra, message, small_demo, tiny_profile_cfg,
                                                                    tmp_path, capsys):
     """A typo in --extractors or a device this machine lacks is one line, not a failure in every worker."""
-    from expotion.cli import main as expotion
+    from expotion.cli.main import main as expotion
 
     assert expotion(["features", "--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
                      "--tiny-dir", tiny_profile_cfg.weights_dir, "--workers", "2", *extra]) == 2
@@ -173,8 +174,8 @@ def test_clip_seconds_on_the_grid_give_codes_of_their_frame_count(seconds, small
 
 
 def test_missing_weights_fail_before_any_work(small_demo, tmp_path):
-    from expotion.features import real_profile
-    from expotion.weights import MissingWeightsError
+    from expotion.core.weights import MissingWeightsError
+    from expotion.extractors.bank import real_profile
 
     with pytest.raises(MissingWeightsError, match="marlin_vit_base_ytf.encoder.pt") as err:
         run(config(small_demo, tmp_path / "cache", real_profile(tmp_path / "no-weights")))
@@ -283,7 +284,7 @@ def test_sigkill_then_rerun_gives_the_same_clips(small_demo, demo_cache, tiny_pr
 def test_ctrl_c_stops_with_one_line(small_demo, tiny_profile_cfg, tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the run waits for another run's lock:
     one line and status 130, no traceback, nothing written."""
-    from expotion.cache import cache_lock
+    from expotion.data.shards import cache_lock
 
     tiny_dir = Path(tiny_profile_cfg.marlin_path).parent
     cache = tmp_path / "cache"
@@ -345,7 +346,7 @@ def test_shard_writer_refuses_non_finite_values(tmp_path):
 
 def test_clips_with_non_finite_or_misshapen_features_are_skipped_with_a_reason(
         small_demo, tiny_profile_cfg, tmp_path, monkeypatch):
-    from expotion.features import STREAMS
+    from expotion.extractors.bank import STREAMS
 
     stream = STREAMS["synchformer"]
     calls = []
@@ -417,7 +418,7 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
 POOL_PARENT = """
 import multiprocessing as mp, os, sys, time
 from pathlib import Path
-from expotion.pipeline import die_with_parent
+from expotion.precompute.pipeline import die_with_parent
 
 def init(parent, ready):
     die_with_parent(parent)
@@ -551,8 +552,8 @@ def test_dropped_tails_are_listed_and_keep_tail_takes_an_overlapping_last_clip(s
 
 
 def test_extractor_output_checks_are_exceptions(tiny_profile_cfg):
+    from expotion.extractors.bank import Extractors
     from expotion.extractors.raft import compute_flow, load_raft
-    from expotion.features import Extractors
 
     ex = Extractors(tiny_profile_cfg, ("codes",))
     with pytest.raises(FeatureShapeError, match=r"^codes: output shape \(75,\) for a 2 s clip, expected \(100,\)$"):

@@ -9,13 +9,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import moving_frames, precompute_config as config, write_video
+from conftest import moving_frames, write_video
+from conftest import precompute_config as config
 
-from expotion.cache import CacheError, list_shards, open_shard
-from expotion.cache import main as cache_main
-from expotion.data import ClipDataset, read_clips
-from expotion.manifest import ManifestError
-from expotion.pipeline import run, written_clip_ids
+from expotion.data.clips import ClipDataset, read_clips
+from expotion.data.manifest import ManifestError
+from expotion.data.shards import CacheError, list_shards, open_shard
+from expotion.data.shards import main as cache_main
+from expotion.precompute.pipeline import run, written_clip_ids
 
 
 def demo_copy(small_demo: Path, dest: Path, edits: dict[str, dict[str, str]] | None = None) -> Path:
@@ -69,7 +70,7 @@ def test_case4_an_unexpected_error_in_one_recording_skips_it_and_later_shards_ar
     """The second clip of the first recording fails inside an extractor: that recording is skipped whole (its
     first clip, already stored, is removed) with the error as its reason; every later recording and shard is
     written."""
-    from expotion.features import STREAMS
+    from expotion.extractors.bank import STREAMS
 
     stream, calls = STREAMS["synchformer"], []
 
@@ -123,7 +124,7 @@ def test_case6_a_corrupt_shard_is_named_by_every_reader_rebuilt_by_features_and_
         small_demo, tiny_profile_cfg, tmp_path, caplog, capsys, monkeypatch):
     from test_training import run_train, tiny_config
 
-    from expotion.train import main as train_main
+    from expotion.cli.train import main as train_main
 
     cache = tmp_path / "cache"
     cfg = config(small_demo, cache, tiny_profile_cfg, per_shard=1)

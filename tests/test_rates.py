@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from expotion.rates import DEFAULT_RATES, Rates, StreamRate, sample_indices
+from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate, sample_indices
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_sample_indices_start_offset():
 
 
 def test_check_shape_names_the_stream():
-    from expotion.rates import FeatureShapeError, check_shape
+    from expotion.core.rates import FeatureShapeError, check_shape
 
     check_shape("codes", (100,), (100,), 2.0)
     with pytest.raises(FeatureShapeError, match=r"^codes: output shape \(75,\) for a 2 s clip, expected \(100,\)$"):
@@ -79,7 +79,7 @@ def test_config_checks_are_exceptions_not_asserts():
     import subprocess
     import sys
 
-    code = "from expotion.embedding import FlowEmbedding; FlowEmbedding(8, out_dim=100)"
+    code = "from expotion.methods.expotion.embedding import FlowEmbedding; FlowEmbedding(8, out_dim=100)"
     result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "ValueError: flow_dim must be a multiple of 16 (channels pooled to 4x4), got 100" in result.stderr

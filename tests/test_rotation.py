@@ -44,8 +44,8 @@ CODECS = {"ffv1": (".mkv", 0.0), "libx264": (".mp4", 4.0)}  # container, mean ab
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("rotation", [-90, 90, 180])
 def test_case5_precompute_and_eval_decode_rotated_videos_upright(tmp_path, rotation, codec):
+    from expotion.data.media import iter_clip_frames, probe_video
     from expotion.evaluation.video import VideoClip, uniform_frames
-    from expotion.media import iter_clip_frames, probe_video
 
     suffix, tolerance = CODECS[codec]
     frames = upright_frames()
@@ -73,7 +73,7 @@ def test_case5_eval_motion_of_a_rotated_video_equals_the_upright_ones(tmp_path):
 
 def test_case5_generated_clip_videos_keep_the_rotation(tmp_path):
     """The clip mp4s generation cuts from a rotated recording show upright too (the rotation is carried over)."""
-    from expotion.media import ClipVideo, iter_clip_frames, probe_video, write_clip_videos
+    from expotion.data.media import ClipVideo, iter_clip_frames, probe_video, write_clip_videos
 
     frames = upright_frames()
     source = write_rotated(tmp_path / "rotated.mkv", frames, -90, "ffv1")
@@ -90,7 +90,7 @@ def test_case5_precompute_features_of_a_rotated_recording_equal_the_upright_ones
     still the same face crop; every feature equals the upright file's."""
     import h5py
 
-    from expotion.pipeline import run
+    from expotion.precompute.pipeline import run
 
     frames = upright_frames(100)
     write_rotated(tmp_path / "upright.mkv", frames, 0, "ffv1")

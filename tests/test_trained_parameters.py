@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import CLIP_S
 
-from expotion.adaptor import AdaptorConfig
-from expotion.clipflow.conditioner import ClipFlowConfig
-from expotion.data import ClipDataset, collate
-from expotion.embedding import VisualConfig
+from expotion.data.clips import ClipDataset, collate
+from expotion.methods.clipflow.conditioner import ClipFlowConfig
+from expotion.methods.expotion.adaptor import AdaptorConfig
+from expotion.methods.expotion.embedding import VisualConfig
 
 SMALL = {"visual_layers": 1, "motion_layers": 1, "heads": 2, "tokens_per_frame": 2, "max_seconds": CLIP_S}
 ADAPTORS = {
@@ -41,7 +41,7 @@ def one_step_gradients(module, dataset: ClipDataset) -> tuple[list[str], list[st
 @pytest.mark.parametrize("decoder", ["none", "cross_attention", "all"])
 @pytest.mark.parametrize("text", ["none", "concat"])
 def test_every_trained_clip_flow_parameter_gets_a_gradient(clip_flow_cache, tiny_profile_cfg, decoder, text):
-    from expotion.clipflow.training import ClipFlowModule
+    from expotion.methods.clipflow.module import ClipFlowModule
 
     torch.manual_seed(0)
     module = ClipFlowModule(tiny_profile_cfg.musicgen, ClipFlowConfig(**SMALL, decoder=decoder, text=text))
@@ -55,7 +55,7 @@ def test_every_trained_clip_flow_parameter_gets_a_gradient(clip_flow_cache, tiny
 
 @pytest.mark.parametrize("adaptor", sorted(ADAPTORS))
 def test_every_trained_expotion_parameter_gets_a_gradient(demo_cache, tiny_profile_cfg, adaptor):
-    from expotion.training import ExpotionModule
+    from expotion.methods.expotion.module import ExpotionModule
 
     torch.manual_seed(0)
     cfg = AdaptorConfig(**{"n_adapted": 2, "max_seconds": CLIP_S,

@@ -13,11 +13,12 @@ import pytest
 import torch
 import yaml
 
-from expotion.cache import CacheError
-from expotion.checkpoint import CheckpointError, CheckpointMismatch, load_adaptor, read_adaptor, save_adaptor
-from expotion.conditioning import text_condition
-from expotion.data import ClipDataset, collate
-from expotion.musicgen import load_musicgen, model_signature, text_hidden
+from expotion.data.clips import ClipDataset, collate
+from expotion.data.shards import CacheError
+from expotion.methods.expotion.export import load_adaptor, save_adaptor
+from expotion.musicgen.loading import load_musicgen, model_signature, text_hidden
+from expotion.musicgen.text import text_condition
+from expotion.solvers.export import CheckpointError, CheckpointMismatch, read_adaptor
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = ("marlin", "synchformer")
@@ -115,9 +116,9 @@ def test_a_crop_longer_than_the_cached_clips_names_the_flag_and_the_clip_length(
 
 
 def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_path, tiny_profile_cfg):
-    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-    from expotion.embedding import VisualConfig
-    from expotion.musicgen import TinyMusicGenConfig, save_tiny
+    from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.methods.expotion.embedding import VisualConfig
+    from expotion.musicgen.loading import TinyMusicGenConfig, save_tiny
 
     spec = ClipDataset(demo_cache[0] / "val", STREAMS, 2.0, False).spec
     sig = model_signature(musicgen)
@@ -167,7 +168,7 @@ def scalar_steps(log_dir: Path, tag: str) -> list[int]:
 def test_cli_trains_logs_and_exports_adaptor(tmp_path, demo_cache, tiny_profile_cfg, musicgen, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from expotion.train import main
+    from expotion.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg, every_n_steps=2)
@@ -247,7 +248,7 @@ def test_a_step_interval_longer_than_an_epoch_still_saves_last_at_every_epoch_en
                                                                                    tiny_profile_cfg, monkeypatch):
     """The paper configs checkpoint every 200 steps; an epoch end between two of them still writes last.ckpt, so a run
     stopped there loses nothing, and one stopped later loses less than an epoch."""
-    from expotion.train import main
+    from expotion.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg, every_n_steps=3, batch_size=1)  # 4 steps/epoch
@@ -271,8 +272,8 @@ ABLATIONS = {
 def test_every_config_parses(tmp_path):
     from lightning.pytorch.cli import LightningCLI
 
-    from expotion.data import ShardDataModule
-    from expotion.training import ExpotionModule
+    from expotion.data.clips import ShardDataModule
+    from expotion.methods.expotion.module import ExpotionModule
 
     class ParseOnly(LightningCLI):
         def instantiate_classes(self) -> None:
@@ -309,13 +310,13 @@ def test_every_config_parses(tmp_path):
             assert model.min_lr == 1e-4 and model.lr == 0.01 and model.adaptor.n_adapted == 48
             assert cfg.trainer.precision == "16-mixed" and cfg.trainer.gradient_clip_val == 0.1
             assert cfg.trainer.max_epochs == 20 and cfg.trainer.default_root_dir == "runs/musicgen_large"
-            assert cfg.trainer.callbacks[0].class_path == "expotion.callbacks.RunCheckpoint"  # paper.yaml's kept
+            assert cfg.trainer.callbacks[0].class_path == "expotion.solvers.callbacks.RunCheckpoint"  # paper.yaml's kept
             raft = configs / "ablations" / "raft.yaml" in files
             assert model.adaptor.visual.motion == ("raft" if raft else "synchformer")
 
 
 def test_runs_in_different_root_dirs_keep_their_own_exports(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch, caplog):
-    from expotion.train import main
+    from expotion.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
@@ -347,7 +348,7 @@ def tampered_copy(cache: Path, dest: Path, edits: dict[tuple[str, str, str], flo
 
 
 def test_nonfinite_features_skip_the_clip(tmp_path, demo_cache, tiny_profile_cfg, caplog, monkeypatch):
-    from expotion.train import main
+    from expotion.cli.train import main
 
     cache = tampered_copy(demo_cache[0], tmp_path / "cache", {("train", "demo-000-000", "synchformer"): float("nan"),
                                                               ("val", "demo-002-000", "marlin"): float("inf")})
@@ -375,7 +376,7 @@ def test_nonfinite_features_skip_the_clip(tmp_path, demo_cache, tiny_profile_cfg
 
 def run_train(args: list[str], capsys) -> tuple[int, str]:
     """Exit code and the one error line of ``python -m expotion.train ARGS`` (no traceback allowed)."""
-    from expotion.train import run
+    from expotion.cli.train import run
 
     code = run(args)
     err = capsys.readouterr().err
@@ -385,7 +386,7 @@ def run_train(args: list[str], capsys) -> tuple[int, str]:
 
 
 def test_unusable_caches_are_refused_in_one_line(tmp_path, demo_cache, tiny_profile_cfg, capsys, monkeypatch):
-    from expotion.cache import ShardWriter
+    from expotion.data.shards import ShardWriter
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
@@ -433,10 +434,10 @@ def test_on_fit_start_places_every_musicgen_part_on_the_module_device(tmp_path, 
     """Device plumbing on CPU: what audiocraft keeps outside the LM's module tree follows the module's device."""
     import lightning as L
 
-    from expotion.adaptor import AdaptorConfig
-    from expotion.data import ShardDataModule
-    from expotion.embedding import VisualConfig
-    from expotion.training import ExpotionModule
+    from expotion.data.clips import ShardDataModule
+    from expotion.methods.expotion.adaptor import AdaptorConfig
+    from expotion.methods.expotion.embedding import VisualConfig
+    from expotion.methods.expotion.module import ExpotionModule
 
     module = ExpotionModule(tiny_profile_cfg.musicgen, AdaptorConfig(2, VisualConfig(), max_seconds=2.0))
     mg = module.musicgen
@@ -461,7 +462,7 @@ def test_place_musicgen_moves_parts_outside_the_module_tree(tiny_profile_cfg):
     """A text encoder held in a conditioner's __dict__ (as audiocraft's T5Conditioner does) moves with the rest.
 
     The target is the meta device, where nothing starts, so every check fails for a part left behind."""
-    from expotion.musicgen import place_musicgen
+    from expotion.musicgen.loading import place_musicgen
 
     meta = torch.device("meta")
     mg = load_musicgen(tiny_profile_cfg.musicgen)
@@ -478,7 +479,7 @@ def test_place_musicgen_moves_parts_outside_the_module_tree(tiny_profile_cfg):
 def test_two_training_steps_with_audio_samples_on_cuda(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from expotion.train import main
+    from expotion.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path, demo_cache[0], tiny_profile_cfg)
@@ -492,7 +493,7 @@ def test_two_training_steps_with_audio_samples_on_cuda(tmp_path, demo_cache, tin
 
 
 def test_pooled_loss_is_one_cross_entropy_over_every_valid_position():
-    from expotion.objective import codebook_cross_entropy
+    from expotion.musicgen.objective import codebook_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 4, 30, 16, generator=g)
@@ -512,7 +513,7 @@ def test_pooled_loss_is_one_cross_entropy_over_every_valid_position():
 
 
 def test_warmup_cosine_schedule():
-    from expotion.training import warmup_cosine
+    from expotion.methods.expotion.module import warmup_cosine
 
     factors = [warmup_cosine(step, 4, 20, 0.01) for step in range(21)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
@@ -545,8 +546,8 @@ def lr_per_step(log_dir: str) -> list[float]:
 def test_official_options_train_with_their_schedule(tmp_path, demo_cache, tiny_profile_cfg, musicgen, monkeypatch):
     """official.yaml on CPU (full precision: fp16 needs a GPU): causal prefix, official positions, pooled loss,
     weight decay, clipping, 2 warmup epochs and a cosine down to 1e-4."""
-    from expotion.train import main
-    from expotion.training import warmup_cosine
+    from expotion.cli.train import main
+    from expotion.methods.expotion.module import warmup_cosine
 
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "--config", str(official_config(tmp_path, demo_cache, tiny_profile_cfg, "cpu", "32-true"))])
@@ -563,7 +564,7 @@ def test_official_options_train_with_their_schedule(tmp_path, demo_cache, tiny_p
 
 @pytest.mark.gpu
 def test_official_options_train_in_fp16_with_a_grad_scaler(tmp_path, demo_cache, tiny_profile_cfg, monkeypatch):
-    from expotion.train import main
+    from expotion.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "--config", str(official_config(tmp_path, demo_cache, tiny_profile_cfg, "gpu", "16-mixed"))])
@@ -574,9 +575,9 @@ def test_official_options_train_in_fp16_with_a_grad_scaler(tmp_path, demo_cache,
 def test_checkpoint_records_the_synchformer_stride(musicgen, demo_cache, tmp_path):
     from dataclasses import replace
 
-    from expotion.adaptor import AdaptorConfig, ConditionAdaptor
-    from expotion.embedding import VisualConfig
-    from expotion.rates import Rates
+    from expotion.core.rates import Rates
+    from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.methods.expotion.embedding import VisualConfig
 
     spec = ClipDataset(demo_cache[0] / "val", STREAMS, 2.0, False).spec
     paper = replace(spec, rates={**spec.rates, "synchformer": Rates(synchformer_stride=5).synchformer})

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from conftest import moving_frames, write_video
 
-from expotion.known_warnings import LOG_FILTERS, silence_known_warnings
+from expotion.core.known_warnings import LOG_FILTERS, silence_known_warnings
 
 KNOWN = ("WARNING[XFORMERS]", "torch.nn.utils.weight_norm", "LeafSpec", "Tip: For seamless",
          "LightningCLI's args parameter")
@@ -48,7 +48,7 @@ def test_filters_drop_the_known_messages_and_keep_others():
 def test_a_generate_command_prints_none_of_the_known_warnings(tmp_path, tiny_profile_cfg):
     """The whole `expotion generate` path in a fresh process: imports, model building, generation."""
     video = write_video(tmp_path / "v.mp4", moving_frames(25, 64, 80), fps=25)
-    proc = subprocess.run([sys.executable, "-m", "expotion.cli", "generate", "--video", str(video), "--prompt", "pop",
+    proc = subprocess.run([sys.executable, "-m", "expotion.cli.main", "generate", "--video", str(video), "--prompt", "pop",
                            "--musicgen", tiny_profile_cfg.musicgen, "--profile", "tiny", "--tiny-dir", tiny_profile_cfg.weights_dir,
                            "--top-k", "20",
                            "--out", str(tmp_path / "o.wav")], capture_output=True, text=True, env=ENV, timeout=600)
@@ -61,7 +61,7 @@ def test_a_generate_command_prints_none_of_the_known_warnings(tmp_path, tiny_pro
 
 def test_a_train_command_prints_none_of_the_known_warnings():
     """`expotion train` passes LightningCLI the arguments after `train`, which Lightning warns about by default."""
-    proc = subprocess.run([sys.executable, "-m", "expotion.cli", "train", "fit", "--config", str(CONFIG),
+    proc = subprocess.run([sys.executable, "-m", "expotion.cli.main", "train", "fit", "--config", str(CONFIG),
                            "--print_config"],
                           capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

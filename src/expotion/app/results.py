@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .study import Study, StudyError, load_study
-from .. import option_types as opt
-from .study_store import DatabaseProblem, Response, checked_responses
+from expotion.app.study import Study, StudyError, load_study
+from expotion.app.study_store import DatabaseProblem, Response, checked_responses
+from expotion.core import option_types as opt
 
 
 @dataclass(frozen=True)

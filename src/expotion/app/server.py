@@ -19,8 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli import add_model_arguments
-from .. import option_types as opt
+from expotion.core import option_types as opt
+from expotion.core.option_types import add_model_arguments
 
 DEFAULT_MAX_UPLOAD_MB = 100.0  # about a minute of 1080p phone video; the Generate tab reads only what it needs
 
@@ -99,9 +99,9 @@ def build_app(args: argparse.Namespace):
     """
     import gradio as gr
 
-    from .generate_tab import ModelPlace, build_generate_tab
-    from .study import load_study
-    from .study_tab import StudyRunner, build_study_tab
+    from expotion.app.generate_tab import ModelPlace, build_generate_tab
+    from expotion.app.study import load_study
+    from expotion.app.study_tab import StudyRunner, build_study_tab
 
     study = load_study(args.study) if args.study else None
     if args.study_only and study is None:
@@ -123,8 +123,8 @@ def build_app(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .study import StudyError
-    from .study_store import DatabaseProblem
+    from expotion.app.study import StudyError
+    from expotion.app.study_store import DatabaseProblem
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests

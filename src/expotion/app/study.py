@@ -38,9 +38,9 @@ from pathlib import Path
 import soundfile as sf
 import yaml
 
-from ..evaluation.audio import load_audio
-from ..evaluation.files import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, InputError, files_by_id, read_captions
-from ..media import mux_audio, probe_video
+from expotion.data.media import mux_audio, probe_video
+from expotion.evaluation.audio import load_audio
+from expotion.evaluation.files import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, InputError, files_by_id, read_captions
 
 log = logging.getLogger(__name__)
 

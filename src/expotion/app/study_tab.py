@@ -16,8 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from .study import Study, trial_media, trial_order
-from .study_store import AlreadyAnswered, StudyStore, Trial
+from expotion.app.study import Study, trial_media, trial_order
+from expotion.app.study_store import AlreadyAnswered, StudyStore, Trial
 
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from expotion.cli import main as cli_main  # noqa: E402
-from expotion.manifest import load_manifest  # noqa: E402
-from expotion.tiny import DEFAULT_DIR  # noqa: E402
+from expotion.cli.main import main as cli_main
+from expotion.core.tiny import DEFAULT_DIR
+from expotion.data.manifest import load_manifest
 
 
 def final_val_loss(run: Path) -> float | None:

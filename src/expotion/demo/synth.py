@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from expotion.core import option_types as opt
+from expotion.core.rates import Rates
 from expotion.demo.music import Song, annotation, caption, plan_song, render_song
 from expotion.demo.video import Figure, render_frames, write_mp4
-from expotion import option_types as opt
-from expotion.rates import Rates
 
 SAMPLE_RATE = Rates().sample_rate
 TEMPO_RANGE = (80, 140)

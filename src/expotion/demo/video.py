@@ -6,11 +6,11 @@ still changes pixel values and the frame-difference energy tracks the beat.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
-from collections.abc import Callable, Iterable, Iterator
 
 import av
 import numpy as np

@@ -28,11 +28,11 @@ import librosa
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from ..extractors.farneback import FarnebackConfig, flow_magnitude
-from ..media import MediaError, frame_rgb, open_container
-from . import rhythm
-from .audio import resample
-from .video import VideoClip, decode_span
+from expotion.data.media import MediaError, frame_rgb, open_container
+from expotion.evaluation import rhythm
+from expotion.evaluation.audio import resample
+from expotion.evaluation.video import VideoClip, decode_span
+from expotion.extractors.farneback import FarnebackConfig, flow_magnitude
 
 # AV-Align, as in the reference script.
 FARNEBACK = FarnebackConfig().opencv_arguments()  # OpenCV's customary parameters, as the reference script

@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from ..media import MediaError, open_container, read_audio
+from expotion.data.media import MediaError, open_container, read_audio
 
 RESAMPLER = "soxr HQ"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from .embed import Store
-from .files import Pairing
+from expotion.evaluation.embed import Store
+from expotion.evaluation.files import Pairing
 
 SILENT_RMS_DBFS = -60.0  # RMS over the whole clip below this is silent (digital silence is -inf)
 MIN_SECONDS = 1.0  # audio shorter than this is too short to evaluate

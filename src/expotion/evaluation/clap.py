@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..weights import MissingWeightsError
-from .audio import split_chunks
-from .batching import device_of, run_windows
+from expotion.core.weights import MissingWeightsError
+from expotion.evaluation.audio import split_chunks
+from expotion.evaluation.batching import device_of, run_windows
 
 VOCAB_MIN_FRACTION = 0.99  # the tokenizer must cover this share of the text encoder's vocabulary
 MIN_TRAILING_SECONDS = 1.0  # a trailing chunk shorter than this is dropped (unless it is the only one)

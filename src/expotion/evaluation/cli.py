@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
-from ..devices import usable_device
-from .. import option_types as opt
-from ..weights import weights_dir
-from . import embed, metrics, plots, report
-from .files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id, pair_directories,
-                    read_cache_split, read_captions)
-from .output_names import check_label
-from .video import VideoClip
+from expotion.core import atomic
+from expotion.core import option_types as opt
+from expotion.core.devices import usable_device
+from expotion.core.weights import weights_dir
+from expotion.evaluation import embed, metrics, plots, report
+from expotion.evaluation.files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id,
+                                       pair_directories, read_cache_split, read_captions)
+from expotion.evaluation.output_names import check_label
+from expotion.evaluation.video import VideoClip
 
 DEFAULT_BATCH_SIZE = 8
 

@@ -15,21 +15,21 @@ import functools
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .. import atomic
-from ..media import MediaError
-from ..weights import MissingWeightsError
-from . import audio as audio_mod
-from . import alignment, chroma, languagebind, models, passt, rhythm, vggish
-from . import clap as clap_mod
-from .batching import full_precision, run_windows
-from .video import VideoClip
+from expotion.core import atomic
+from expotion.core.weights import MissingWeightsError
+from expotion.data.media import MediaError
+from expotion.evaluation import alignment, chroma, languagebind, models, passt, rhythm, vggish
+from expotion.evaluation import audio as audio_mod
+from expotion.evaluation import clap as clap_mod
+from expotion.evaluation.batching import full_precision, run_windows
+from expotion.evaluation.video import VideoClip
 
 CACHE_VERSION = 1
 HASH_BLOCK = 1 << 22

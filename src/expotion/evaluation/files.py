@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import CacheError, claim_clip_ids, list_shards, open_shard
-from ..manifest import ManifestError, load_manifest, recording_of
-from .video import VideoClip
+from expotion.data.manifest import ManifestError, load_manifest, recording_of
+from expotion.data.shards import CacheError, claim_clip_ids, list_shards, open_shard
+from expotion.evaluation.video import VideoClip
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")

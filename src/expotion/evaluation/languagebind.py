@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
-from ..layers import Mlp, SplitAttention, activation
-from .video import VideoClip, uniform_frames
+from expotion.core.layers import Mlp, SplitAttention, activation
+from expotion.evaluation.video import VideoClip, uniform_frames
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import alignment, checks, maths, rhythm
-from .embed import Item, Store
-from .files import Pairing
-from .video import VideoClip
+from expotion.evaluation import alignment, checks, maths, rhythm
+from expotion.evaluation.embed import Item, Store
+from expotion.evaluation.files import Pairing
+from expotion.evaluation.video import VideoClip
 
 DEFAULT_IS_SPLITS = 10
 DEFAULT_SEED = 0

@@ -1,24 +1,25 @@
 """The pretrained models evaluation needs: where their files live, and loading them.
 
-Each file is registered with :mod:`expotion.weights`, so ``expotion weights
+Each file is registered with :mod:`expotion.core.weights`, so ``expotion weights
 check`` lists it. Single-file checkpoints are looked for in the weights
 directory, then in ``$TORCH_HOME/hub/checkpoints`` (where their own download
 code puts them); Hugging Face checkpoints in ``<weights>/<name>/``, then in the
 Hugging Face cache. Nothing here downloads, and nothing falls back to random
-weights: a missing file raises :class:`~expotion.weights.MissingWeightsError`
+weights: a missing file raises :class:`~expotion.core.weights.MissingWeightsError`
 naming the file and where it goes.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from ..weights import REGISTRY, MissingWeightsError, WeightSpec, hub_file, register, require, torch_hub_checkpoints
-from . import clap as clap_mod
-from . import languagebind, passt, vggish
+from expotion.core.weights import (REGISTRY, MissingWeightsError, WeightSpec, hub_file, register, require,
+                                   torch_hub_checkpoints)
+from expotion.evaluation import clap as clap_mod
+from expotion.evaluation import languagebind, passt, vggish
 
 VGGISH_FILE = "vggish-10086976.pth"
 PASST_FILE = "passt-s-f128-p16-s10-ap.476-swa.pt"

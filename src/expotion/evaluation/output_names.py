@@ -12,7 +12,7 @@ import hashlib
 import re
 from urllib.parse import quote
 
-from .files import InputError
+from expotion.evaluation.files import InputError
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 RESERVED = {"summary"}  # the summary figure's stem

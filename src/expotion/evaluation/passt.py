@@ -19,9 +19,9 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
-from ..layers import Attention, Mlp
-from .audio import split_chunks
-from .batching import device_of, run_windows
+from expotion.core.layers import Attention, Mlp
+from expotion.evaluation.audio import split_chunks
+from expotion.evaluation.batching import device_of, run_windows
 
 SAMPLE_RATE = 32000
 N_MELS = 128

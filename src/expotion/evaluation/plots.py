@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import alignment, rhythm
-from .audio import load_audio, resample
-from .metrics import Evaluation
-from .output_names import figure_names
+from expotion.evaluation import alignment, rhythm
+from expotion.evaluation.audio import load_audio, resample
+from expotion.evaluation.metrics import Evaluation
+from expotion.evaluation.output_names import figure_names
 
 COLORS = {"generated": "tab:orange", "reference": "tab:blue"}
 OTHER_COLORS = ("tab:green", "tab:purple", "tab:brown")

@@ -13,15 +13,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__, atomic
-from . import alignment, checks, chroma, passt, rhythm, vggish
-from .audio import RESAMPLER
-from .clap import MIN_TRAILING_SECONDS
-from .embed import ExtractorState
-from .files import Pairing
-from .maths import KL_EPS
-from .metrics import CONTROL_SHIFTS, SPECS, Evaluation, MetricResult, MetricSpec, Options
-from .output_names import markdown_link
+from expotion import __version__
+from expotion.core import atomic
+from expotion.evaluation import alignment, checks, chroma, passt, rhythm, vggish
+from expotion.evaluation.audio import RESAMPLER
+from expotion.evaluation.clap import MIN_TRAILING_SECONDS
+from expotion.evaluation.embed import ExtractorState
+from expotion.evaluation.files import Pairing
+from expotion.evaluation.maths import KL_EPS
+from expotion.evaluation.metrics import CONTROL_SHIFTS, SPECS, Evaluation, MetricResult, MetricSpec, Options
+from expotion.evaluation.output_names import markdown_link
 
 CSV_COLUMNS = (
     "clip_id", "generated", "reference", "video", "caption",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import device_of, run_windows
+from expotion.evaluation.batching import device_of, run_windows
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 0.025

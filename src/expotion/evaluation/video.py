@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..media import MediaError, frame_rgb, open_container
+from expotion.data.media import MediaError, frame_rgb, open_container
 
 
 @dataclass(frozen=True)

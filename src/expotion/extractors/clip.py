@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..weights import MissingWeightsError, WeightSpec, hub_file, register
+from expotion.core.weights import MissingWeightsError, WeightSpec, hub_file, register
 
 HUB_NAME = "openai/clip-vit-base-patch32"
 LOCAL_NAME = "clip-vit-base-patch32"  # the directory under the weights directory

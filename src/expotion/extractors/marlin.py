@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..weights import WeightSpec, in_weights_dir, register, require
+from expotion.core.weights import WeightSpec, in_weights_dir, register, require
 
 MARLIN_FILE = "marlin_vit_base_ytf.encoder.pt"
 MARLIN_URL = f"https://github.com/ControlNet/MARLIN/releases/download/model_v1/{MARLIN_FILE}"  # the authors' release

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from expotion.layers import Attention, Mlp, merge_heads
-from expotion.rates import DEFAULT_RATES, Rates
-from expotion.weights import WeightSpec, register, require, weights_dir
+from expotion.core.layers import Attention, Mlp, merge_heads
+from expotion.core.rates import DEFAULT_RATES, Rates
+from expotion.core.weights import WeightSpec, register, require, weights_dir
 
 LAYER_NORM_EPS = 1e-6
 CKPT_PREFIX = "vfeat_extractor."

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..weights import WeightSpec, register, require, torch_hub_checkpoints
+from expotion.core.weights import WeightSpec, register, require, torch_hub_checkpoints
 
 RAFT_FILES = {"small": "raft_small_C_T_V2-01064c6d.pth", "large": "raft_large_C_T_SKHT_V2-ff5fadd5.pth"}
 

@@ -1,0 +1,1 @@
+"""The `expotion` command and its subcommands."""

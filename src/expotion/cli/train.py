@@ -1,0 +1,160 @@
+"""Training entry point (LightningCLI).
+
+    python -m expotion.train fit --config lightning_configs/tiny_cpu.yaml [--trainer.max_epochs=3 ...]
+    python -m expotion.train fit --config ... --ckpt_path last      # resume at the next step
+    python -m expotion.train fit --config lightning_configs/clip_flow_tiny.yaml   # the CLIP + flow method
+
+Everything a run writes lives under ``--trainer.default_root_dir``, so rerunning the
+same command with ``--ckpt_path last`` continues from its latest checkpoint. Bad
+input (an unusable cache or checkpoint, missing weights) ends the command with
+one line naming the file and the problem. The method is ``model.class_path``:
+Expotion's adaptor by default, ``expotion.methods.clipflow.module.ClipFlowModule`` for the CLIP + flow method.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from expotion.core.known_warnings import silence_known_warnings
+from expotion.core.weights import MissingWeightsError
+from expotion.data.clips import ShardDataModule
+from expotion.data.shards import CacheError
+from expotion.methods.expotion.module import ExpotionModule, ScheduleError
+from expotion.solvers.export import CheckpointError, load_file
+
+# Class paths of configs written before the package was laid out by stage, and where those classes are now.
+RENAMED = {
+    "expotion.training.": "expotion.methods.expotion.module.",
+    "expotion.clipflow.training.": "expotion.methods.clipflow.module.",
+    "expotion.callbacks.": "expotion.solvers.callbacks.",
+}
+
+
+class RenamedClassPath(ValueError):
+    """A config names a class by the path it had before it moved; the message gives the new one."""
+
+
+USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError, RenamedClassPath)
+CLIP_FLOW_MODULE = "expotion.methods.clipflow.module.ClipFlowModule"
+EXPOTION_MODULE = f"{ExpotionModule.__module__}.{ExpotionModule.__name__}"
+METHOD_NAMES = {EXPOTION_MODULE: "Expotion", CLIP_FLOW_MODULE: "CLIP + flow"}
+WEIGHT_PREFIXES = {"adaptor.": EXPOTION_MODULE, "conditioner.": CLIP_FLOW_MODULE}
+
+
+def trained_module(payload: object) -> str | None:
+    """The LightningModule class a Lightning checkpoint was trained with: the class path LightningCLI recorded in
+    its hyperparameters, else the one its weights' prefixes belong to (None when neither tells)."""
+    if not isinstance(payload, dict):
+        return None
+    hparams = payload.get("hyper_parameters")
+    if isinstance(hparams, dict) and isinstance(hparams.get("_class_path"), str):
+        return hparams["_class_path"]
+    state_dict = payload.get("state_dict")
+    keys = state_dict.keys() if isinstance(state_dict, dict) else ()
+    found = {module for prefix, module in WEIGHT_PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
+    return found.pop() if len(found) == 1 else None
+
+
+def describe_method(class_path: str) -> str:
+    """A module's method name with its class path, e.g. ``CLIP + flow (expotion.methods.clipflow.module.ClipFlowModule)``."""
+    name = METHOD_NAMES.get(class_path)
+    return f"{name} ({class_path})" if name else class_path
+
+
+def check_resumed_method(path: str | os.PathLike, payload: object, class_path: str) -> None:
+    """Refuse resuming a run of one method with a config that trains another: LightningCLI would otherwise
+    take the checkpoint's model and fail later on data the config chose for its own method. Classes other than
+    the two methods' modules (a user's subclass) are left to Lightning."""
+    trained = trained_module(payload)
+    if trained in METHOD_NAMES and class_path in METHOD_NAMES and trained != class_path:
+        raise CheckpointError(f"{path}: a checkpoint of a {describe_method(trained)} run, but the config trains "
+                              f"{describe_method(class_path)}; resume it with the config it was trained with, "
+                              "or start without --ckpt_path")
+
+
+class ExpotionCLI(LightningCLI):
+    """Any LightningModule as ``model.class_path`` (configs that name none train Expotion's adaptor), with
+    checkpoint files checked up front."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({"model": {"class_path": EXPOTION_MODULE}})
+
+    def parse_arguments(self, parser, args) -> None:
+        """Refuse an unusable ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and "://" not in ckpt_path \
+                and not ckpt_path.startswith("registry"):
+            model = self.config[subcommand].get("model")
+            class_path = model.get("class_path") if model is not None else None
+            payload = load_file(ckpt_path)
+            if class_path:
+                check_resumed_method(ckpt_path, payload, class_path)
+
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path last``: the run's newest last checkpoint, which must exist and be readable."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "last":
+            config["ckpt_path"] = self.last_checkpoint()
+            check_resumed_method(config["ckpt_path"], load_file(config["ckpt_path"]),
+                                 f"{type(self.model).__module__}.{type(self.model).__qualname__}")
+
+    def last_checkpoint(self) -> str:
+        """The newest ``last*.ckpt`` of the run's checkpoint callbacks, where Lightning would look for it."""
+        callbacks = [cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+        found = {path for cb in callbacks for path in cb._find_last_checkpoints(self.trainer)}
+        if not found:
+            where = ", ".join(sorted({str(cb.dirpath) for cb in callbacks})) or "(no ModelCheckpoint configured)"
+            raise CheckpointError(f"--ckpt_path last: no last.ckpt in {where}; run without --ckpt_path to start "
+                                  "training, or pass a checkpoint file")
+        return max(found, key=os.path.getmtime)
+
+
+def config_texts(args: list[str]) -> list[tuple[str, str]]:
+    """(where, text) of the command line and of each ``--config`` file it names."""
+    texts = [("the command line", " ".join(args))]
+    for i, arg in enumerate(args):
+        path = arg.removeprefix("--config=") if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        if path and Path(path).is_file():
+            texts.append((path, Path(path).read_text(errors="replace")))
+    return texts
+
+
+def check_renamed_class_paths(args: list[str]) -> None:
+    """Refuse, in one line naming the new spelling, a class path that moved (jsonargparse would only say that it
+    cannot import it)."""
+    for where, text in config_texts(args):
+        for old, new in RENAMED.items():
+            found = re.search(rf"(?<![\w.]){re.escape(old)}(\w+)", text)
+            if found:
+                raise RenamedClassPath(f"{where}: {found.group(0)} has moved: use {new}{found.group(1)}")
+
+
+def main(args: list[str] | None = None) -> LightningCLI:
+    silence_known_warnings()
+    check_renamed_class_paths(sys.argv[1:] if args is None else list(args))
+    return ExpotionCLI(None, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
+
+
+def run(args: list[str] | None = None) -> int:
+    """:func:`main` as a command: a problem with the user's files is one line on stderr and exit code 2."""
+    try:
+        main(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

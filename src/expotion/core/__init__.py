@@ -1,0 +1,1 @@
+"""Pieces every stage shares: rates and lengths, devices, atomic files, output paths, weights."""

@@ -1,0 +1,329 @@
+"""Training data from the HDF5 feature cache: a Dataset of clips and a LightningDataModule.
+
+Shards are validated when the dataset is built (schema version, truncation, a clip id in two shards)
+and opened lazily, once per worker process, when items are read. Each item is a
+random crop of ``crop_seconds`` (training) or the clip start (validation): the
+codes are sliced, and the visual streams are kept whole with the crop's start
+time, so temporal smoothing (Eq. 1/3) places the crop exactly. A clip whose
+features hold NaN or inf is skipped when it is read, with the reason logged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from expotion.core.rates import DEFAULT_RATES, StreamRate
+from expotion.data.manifest import VIDEO_AUDIO
+from expotion.data.shards import REBUILD, CacheError, claim_clip_ids, list_shards, open_shard
+
+log = logging.getLogger("expotion.data.clips")
+GENERIC_TEXT = "generic"  # where a shard keeps the text states of GENERIC_PROMPT
+GENERIC_PROMPT = "music with catchy melody"  # the §4.5 ablation's one prompt in place of every caption
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    path: Path
+    clip_id: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the cache provides for the chosen streams: feature shapes (without time) and rates.
+
+    ``extractors`` is provenance, not layout (so not compared): the profile that
+    computed the features (``profile``, ``weights_dir``), empty if the cache does not record it.
+    ``prompt`` is the one prompt training used in place of every caption (the generic-prompt
+    ablation), or None when each clip's caption was used; generation follows it.
+    """
+
+    shapes: dict[str, tuple[int, ...]]
+    rates: dict[str, StreamRate]
+    text_dim: int
+    extractors: dict[str, str] = field(default_factory=dict, compare=False)
+    prompt: str | None = field(default=None, compare=False)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: shape[0] for name, shape in self.shapes.items()}
+
+
+def visual_names(streams: tuple[str, ...]) -> tuple[str, ...]:
+    """The datasets a clip's visual input consists of: the streams, plus the face mask with MARLIN."""
+    return (*streams, *(("marlin_mask",) if "marlin" in streams else ()))
+
+
+def shard_profile(f: h5py.File) -> dict[str, str]:
+    """The extractor profile a shard records in its ``models`` attribute."""
+    models = json.loads(f.attrs.get("models", "{}"))
+    return {key: models[key] for key in ("profile", "weights_dir") if models.get(key)}
+
+
+def nonfinite(item: dict) -> list[str]:
+    """Names of an item's float tensors that hold NaN or inf."""
+    return [name for name, value in item.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def stream_rates(group: h5py.Group, streams: tuple[str, ...]) -> dict[str, StreamRate]:
+    """The timing of each of a clip's feature streams, as the precompute stage recorded it."""
+    return {name: StreamRate.from_attrs(group[name].attrs) for name in streams if name in group}
+
+
+def read_visual(datasets, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A clip's visual input from its HDF5 datasets: features as float32, the face mask as bool."""
+    out = {}
+    for name in visual_names(streams):
+        if name in datasets:
+            value = datasets[name][()]
+            out[name] = torch.from_numpy(value if value.dtype == bool else value.astype(np.float32))
+    return out
+
+
+class ClipDataset(Dataset):
+    """Clips of every shard under ``root`` that carry codes, text states and ``streams``."""
+
+    def __init__(self, root: str | os.PathLike, streams: tuple[str, ...], crop_seconds: float,
+                 random_crop: bool, generic_prompt: bool = False):
+        self.root, self.streams, self.crop_seconds = Path(root), tuple(streams), crop_seconds
+        self.random_crop, self.generic_prompt = random_crop, generic_prompt
+        self.crop_frames = DEFAULT_RATES.codes_frames(crop_seconds)
+        self.refs: list[ClipRef] = []
+        self.spec: FeatureSpec | None = None
+        self.short_seconds: list[float] = []  # lengths of the clips skipped as shorter than the crop
+        shards = list_shards(self.root)
+        if not shards:
+            raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
+        seen, recordings_skipped, too_short = 0, [], False
+        owners: dict[str, Path] = {}  # clip id -> its shard: a second shard with the id is refused
+        for path in shards:
+            with open_shard(path) as f:
+                claim_clip_ids(owners, path, f["clips"].keys())
+                seen += len(f["clips"])
+                recordings_skipped += json.loads(f.attrs.get("skipped", "[]"))
+                too_short |= any(not c.get("planned_clips", c["clips"]) for c in json.loads(f.attrs.get("coverage", "[]")))
+                self.scan(path, f)
+        if not self.refs:
+            raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped, too_short))
+        self._files: dict[Path, h5py.File] = {}
+        self._handles: dict[ClipRef, dict[str, h5py.Dataset]] = {}
+        self._pid = os.getpid()
+        self._reported: set[ClipRef] = set()
+
+    def no_clips_message(self, n_shards: int, seen: int, recordings_skipped: list[dict], too_short: bool) -> str:
+        """Why no clip can be used: nothing was cached (and what precompute skipped), or every clip was refused.
+
+        ``too_short``: a recording gave no clip for its length (the shards' coverage), the one case a shorter
+        --clip-seconds helps."""
+        if seen:
+            return (f"{self.root}: no clip has codes, t5 and {', '.join(self.streams)} of >= {self.crop_seconds:g} s "
+                    f"(all {seen} cached clips were skipped, see the warnings above){self.crop_advice()}")
+        why = ""
+        if recordings_skipped:
+            first = recordings_skipped[0]
+            why = f"; precompute skipped {len(recordings_skipped)}, e.g. {first['clip']}: {first['reason']}"
+        advice = ("check the recordings' lengths against --clip-seconds (FEATURE_ARGS)"
+                  if too_short or not recordings_skipped else
+                  "fix the skipped recordings or the manifest (the cache's summary.json gives every reason)")
+        return f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); {advice} and rerun `make features`"
+
+    def crop_advice(self) -> str:
+        """What to set ``--data.crop_seconds`` to when clips were skipped as shorter than the crop: the lengths the
+        cache holds."""
+        if not self.short_seconds:
+            return ""
+        low, high = min(self.short_seconds), max(self.short_seconds)
+        held = f"{high:g} s" if high - low < 1e-6 else f"{low:g} to {high:g} s"
+        return (f"; the cache holds clips of {held}, shorter than --data.crop_seconds {self.crop_seconds:g}: set "
+                f"--data.crop_seconds to at most {high:g}, or precompute longer clips (--clip-seconds)")
+
+    def scan(self, path: Path, f: h5py.File) -> None:
+        needed = ("codes", "t5", *self.streams)
+        for clip_id, g in f["clips"].items():
+            missing = [n for n in needed if n not in g]
+            if missing:
+                log.warning("skip %s in %s: no %s", clip_id, path, ", ".join(missing))
+            elif g["codes"].shape[1] < self.crop_frames:
+                self.short_seconds.append(g["codes"].shape[1] / DEFAULT_RATES.codes_fps)
+                log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
+            elif self.spec is not None and stream_rates(g, self.streams) != self.spec.rates:
+                log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip_id, path,
+                            stream_rates(g, self.streams), self.spec.rates)
+            else:
+                self.refs.append(ClipRef(path, clip_id, str(g.attrs["caption"])))
+                if self.spec is None:
+                    self.spec = FeatureSpec(
+                        shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
+                        rates=stream_rates(g, self.streams),
+                        text_dim=int(g["t5"].shape[1]),
+                        extractors=shard_profile(f),
+                        prompt=GENERIC_PROMPT if self.generic_prompt else None,
+                    )
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def datasets(self, ref: ClipRef) -> dict[str, h5py.Dataset]:
+        """The clip's datasets; each worker process opens its own file handles (they do not survive fork)."""
+        if self._pid != os.getpid():
+            self._files, self._handles, self._pid = {}, {}, os.getpid()
+        if ref not in self._handles:
+            if ref.path not in self._files:
+                self._files[ref.path] = h5py.File(ref.path, "r")
+            f = self._files[ref.path]
+            g = f["clips"][ref.clip_id]
+            names = ("codes", *visual_names(self.streams))
+            self._handles[ref] = {n: g[n] for n in names} | {"text": f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]}
+        return self._handles[ref]
+
+    def __getitem__(self, index: int) -> dict | None:
+        """The clip's crop, or None (skipped, reason logged once) if any of its features is not finite."""
+        ref = self.refs[index]
+        try:
+            return self.read(ref)
+        except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
+            raise CacheError(f"{ref.path}: corrupt shard (clip {ref.clip_id}: {err}); {REBUILD}") from err
+
+    def read(self, ref: ClipRef) -> dict | None:
+        ds = self.datasets(ref)
+        n_frames = ds["codes"].shape[1]
+        start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
+        item = {
+            "clip_id": ref.clip_id,
+            "caption": GENERIC_PROMPT if self.generic_prompt else ref.caption,
+            "codes": torch.from_numpy(ds["codes"][:, start : start + self.crop_frames].astype(np.int64)),
+            "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
+            "text": torch.from_numpy(ds["text"][()].astype(np.float32)),
+        } | read_visual(ds, self.streams)
+        bad = nonfinite(item)
+        if bad:
+            if ref not in self._reported:
+                self._reported.add(ref)
+                log.warning("skip %s in %s: non-finite values (NaN/inf) in %s", ref.clip_id, ref.path, ", ".join(bad))
+            return None
+        return item
+
+    def first_usable(self) -> dict | None:
+        """The first clip whose features are all finite (for audio samples), or None."""
+        return next((item for item in map(self.__getitem__, range(len(self))) if item is not None), None)
+
+
+def collate(items: list[dict | None]) -> dict | None:
+    """Stack fixed-size fields; pad text states with zeros and a 0/1 mask (never with real values).
+
+    Skipped clips (None) are left out; a batch of only skipped clips is None, and its step is skipped.
+    """
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
+    batch = {"clip_id": [i["clip_id"] for i in items], "caption": [i["caption"] for i in items]}
+    for key in items[0]:
+        if key not in batch and key != "text":
+            batch[key] = torch.stack([i[key] for i in items])
+    longest = max(i["text"].shape[0] for i in items)
+    text = torch.zeros(len(items), longest, items[0]["text"].shape[1])
+    mask = torch.zeros(len(items), longest, dtype=torch.long)
+    for b, item in enumerate(items):
+        text[b, : item["text"].shape[0]] = item["text"]
+        mask[b, : item["text"].shape[0]] = 1
+    batch["text"], batch["text_mask"] = text, mask
+    return batch
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train and validation clips from ``<cache_dir>/<split>/shard-*.h5``."""
+
+    def __init__(self, cache_dir: str = "cache/demo", train_split: str = "train", val_split: str = "val",
+                 batch_size: int = 10, num_workers: int = 2, crop_seconds: float = 10.0,
+                 generic_prompt: bool = False, streams: tuple[str, ...] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: ClipDataset | None = None
+        self.val_set: ClipDataset | None = None
+
+    def required_streams(self) -> tuple[str, ...]:
+        if self.hparams.streams is not None:
+            return tuple(self.hparams.streams)
+        return tuple(self.trainer.lightning_module.streams)
+
+    def dataset(self, split: str, option: str, random_crop: bool) -> ClipDataset:
+        cache = Path(self.hparams.cache_dir)
+        others = sorted(p.name for p in cache.iterdir() if p.is_dir() and list_shards(p)) if cache.is_dir() else []
+        if not list_shards(cache / split) and others:
+            raise CacheError(f"{cache} has no '{split}' split (it has: {', '.join(others)}); give some manifest rows "
+                             f"split={split} and rerun `make features`, or choose a split with --data.{option}")
+        return ClipDataset(cache / split, self.required_streams(), self.hparams.crop_seconds, random_crop,
+                           self.hparams.generic_prompt)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self.dataset(self.hparams.train_split, "train_split", random_crop=True)
+        if self.val_set is None and stage in (None, "fit", "validate"):
+            self.val_set = self.dataset(self.hparams.val_split, "val_split", random_crop=False)
+
+    def loader(self, dataset: ClipDataset, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
+                          collate_fn=collate, persistent_workers=workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val_set, shuffle=False)
+
+
+@dataclass
+class CachedClip:
+    """A clip of the cache for generation: its prompt, span and source; its features are read when needed."""
+
+    clip_id: str
+    caption: str
+    start_s: float
+    duration_s: float
+    source: Path
+    audio_source: Path | None
+    shard: Path
+    shapes: dict[str, tuple[int, ...]]  # (time, ...) of each visual dataset it has (features and mask)
+    missing: list[str]
+    rates: dict[str, StreamRate]
+
+    @property
+    def vector_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one time step of each visual dataset."""
+        return {name: shape[1:] for name, shape in self.shapes.items()}
+
+    def features(self, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The clip's visual input, read from its shard (no batch dimension)."""
+        try:
+            with h5py.File(self.shard, "r") as f:
+                return read_visual(f["clips"][self.clip_id], streams)
+        except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
+            raise CacheError(f"{self.shard}: corrupt shard (clip {self.clip_id}: {err}); {REBUILD}") from err
+
+
+def read_clips(root: str | os.PathLike, streams: tuple[str, ...]) -> list[CachedClip]:
+    """Every cached clip under ``root``, in id order, without reading its features."""
+    clips, owners = [], {}  # owners: clip id -> its shard, to refuse a second shard with the id
+    for path in list_shards(Path(root)):
+        with open_shard(path) as f:
+            claim_clip_ids(owners, path, f["clips"].keys())
+            data_root = Path(f.attrs.get("data_root", "."))
+            for clip_id, g in f["clips"].items():
+                audio = str(g.attrs["audio_source"])
+                clips.append(CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]),
+                                        float(g.attrs["duration_s"]), data_root / str(g.attrs["source"]),
+                                        None if audio == VIDEO_AUDIO else data_root / audio, path,
+                                        {n: g[n].shape for n in visual_names(streams) if n in g},
+                                        [n for n in streams if n not in g], stream_rates(g, streams)))
+    return sorted(clips, key=lambda clip: clip.clip_id)

@@ -1,0 +1,1 @@
+"""Music for a video, or for every clip of a cached split, on one or many processes."""

@@ -1,0 +1,1 @@
+"""audiocraft's MusicGen as a dependency: loading, text conditions, the loss, sampling, windowed generation."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule every method shares, its callbacks and exported files."""
