@@ -31,7 +31,8 @@ from expotion.data.shards import (SCHEMA_VERSION, CacheError, NonFiniteError, Sh
                                   remove_stale_temporaries)
 from expotion.data.shards import main as cache_main
 from expotion.evaluation.files import InputError, read_cache_split
-from expotion.precompute.pipeline import merge_summary, run, written_clip_ids
+from expotion.precompute.pipeline import merge_summary, run
+from expotion.precompute.summary import written_clip_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 

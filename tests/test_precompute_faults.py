@@ -16,7 +16,8 @@ from expotion.data.clips import ClipDataset, read_clips
 from expotion.data.manifest import ManifestError
 from expotion.data.shards import CacheError, list_shards, open_shard
 from expotion.data.shards import main as cache_main
-from expotion.precompute.pipeline import run, written_clip_ids
+from expotion.precompute.pipeline import run
+from expotion.precompute.summary import written_clip_ids
 
 
 def demo_copy(small_demo: Path, dest: Path, edits: dict[str, dict[str, str]] | None = None) -> Path:

@@ -26,7 +26,9 @@ from expotion.core.known_warnings import silence_known_warnings
 from expotion.core.weights import MissingWeightsError
 from expotion.data.clips import ShardDataModule
 from expotion.data.shards import CacheError
-from expotion.methods.expotion.module import ExpotionModule, ScheduleError
+import expotion.methods  # noqa: F401  (registers the methods)
+from expotion.methods.expotion.module import ScheduleError
+from expotion.methods.registry import METHODS, method_named, method_of_module
 from expotion.solvers.export import CheckpointError, load_file
 
 # Class paths of configs written before the package was laid out by stage, and where those classes are now.
@@ -42,10 +44,7 @@ class RenamedClassPath(ValueError):
 
 
 USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError, RenamedClassPath)
-CLIP_FLOW_MODULE = "expotion.methods.clipflow.module.ClipFlowModule"
-EXPOTION_MODULE = f"{ExpotionModule.__module__}.{ExpotionModule.__name__}"
-METHOD_NAMES = {EXPOTION_MODULE: "Expotion", CLIP_FLOW_MODULE: "CLIP + flow"}
-WEIGHT_PREFIXES = {"adaptor.": EXPOTION_MODULE, "conditioner.": CLIP_FLOW_MODULE}
+DEFAULT_METHOD = "expotion"  # what a config that names no model.class_path trains
 
 
 def trained_module(payload: object) -> str | None:
@@ -58,22 +57,23 @@ def trained_module(payload: object) -> str | None:
         return hparams["_class_path"]
     state_dict = payload.get("state_dict")
     keys = state_dict.keys() if isinstance(state_dict, dict) else ()
-    found = {module for prefix, module in WEIGHT_PREFIXES.items() if any(k.startswith(prefix) for k in keys)}
+    found = {m.module for m in METHODS.values()
+             if m.module and m.weight_prefix and any(k.startswith(m.weight_prefix) for k in keys)}
     return found.pop() if len(found) == 1 else None
 
 
 def describe_method(class_path: str) -> str:
     """A module's method name with its class path, e.g. ``CLIP + flow (expotion.methods.clipflow.module.ClipFlowModule)``."""
-    name = METHOD_NAMES.get(class_path)
-    return f"{name} ({class_path})" if name else class_path
+    method = method_of_module(class_path)
+    return f"{method.title} ({class_path})" if method else class_path
 
 
 def check_resumed_method(path: str | os.PathLike, payload: object, class_path: str) -> None:
     """Refuse resuming a run of one method with a config that trains another: LightningCLI would otherwise
     take the checkpoint's model and fail later on data the config chose for its own method. Classes other than
-    the two methods' modules (a user's subclass) are left to Lightning."""
+    the registered methods' modules (a user's subclass) are left to Lightning."""
     trained = trained_module(payload)
-    if trained in METHOD_NAMES and class_path in METHOD_NAMES and trained != class_path:
+    if method_of_module(trained or "") and method_of_module(class_path) and trained != class_path:
         raise CheckpointError(f"{path}: a checkpoint of a {describe_method(trained)} run, but the config trains "
                               f"{describe_method(class_path)}; resume it with the config it was trained with, "
                               "or start without --ckpt_path")
@@ -84,7 +84,7 @@ class ExpotionCLI(LightningCLI):
     checkpoint files checked up front."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"model": {"class_path": EXPOTION_MODULE}})
+        parser.set_defaults({"model": {"class_path": method_named(DEFAULT_METHOD).module}})
 
     def parse_arguments(self, parser, args) -> None:
         """Refuse an unusable ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""

@@ -51,10 +51,9 @@ from expotion.data.shards import CacheError
 from expotion.extractors.bank import ExtractorConfig, Extractors, VideoFeatures, profile_config
 from expotion.extractors.long_video import DEFAULT_WINDOW_S, video_features
 from expotion.inference import generation_window
-from expotion.methods.clipflow.checkpoint import METHOD as CLIP_FLOW
-from expotion.methods.clipflow.checkpoint import build_clip_flow
-from expotion.methods.expotion.export import build_adaptor
-from expotion.musicgen.loading import load_musicgen, model_signature
+import expotion.methods  # noqa: F401  (registers the methods)
+from expotion.methods.registry import method_named
+from expotion.musicgen.loading import load_musicgen
 from expotion.musicgen.sampling import clip_seed
 from expotion.musicgen.video_conditioning import VideoConditioning
 from expotion.musicgen.windows import (GenerationError, check_prompt, decoded_chunks, generate_tokens, model_prompt,
@@ -209,10 +208,10 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
         musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)
     else:
         musicgen = load_musicgen(settings.musicgen or musicgen_source(settings.checkpoint, payload), settings.device)
-        if method_of(payload) == CLIP_FLOW:
-            adaptor, spec = build_clip_flow(settings.checkpoint, payload, musicgen)
-        else:
-            adaptor, spec = build_adaptor(settings.checkpoint, payload, musicgen.lm, model_signature(musicgen))
+        method = method_named(method_of(payload))
+        if method.load is None:
+            raise CheckpointError(f"{settings.checkpoint}: the '{method.name}' method has no trained part to load")
+        adaptor, spec = method.load(settings.checkpoint, payload, musicgen)
         extraction_rates(settings.checkpoint, spec)  # refuse features this version cannot extract before any work
         adaptor = adaptor.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:

@@ -59,7 +59,7 @@ from expotion.data.shards import (LOCK_NAME, CacheError, ShardWriter, cache_lock
                                   remove_shards_except, remove_stale_temporaries, shard_path)
 from expotion.extractors.bank import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available, check_names
 from expotion.precompute.recording import process_isolated
-from expotion.precompute.summary import Summary, collect, written_clip_ids
+from expotion.precompute.summary import Summary, collect
 
 log = logging.getLogger("expotion.precompute")
 
