@@ -133,17 +133,25 @@ def test_synchformer_stride_is_a_precompute_option_recorded_in_the_shard(small_d
         assert f["clips/demo-000-000/synchformer"].shape[0] == DEFAULT_RATES.synchformer_tokens(CLIP_S)
 
 
-@pytest.mark.parametrize("seconds", [2.01, 3.333, 0.0, -2.0])
-def test_clip_seconds_off_the_encodec_frame_grid_are_refused_before_any_work(seconds, small_demo, tiny_profile_cfg,
-                                                                             tmp_path, capsys):
+@pytest.mark.parametrize("seconds, message", [
+    (2.01, "--clip-seconds 2.01: a clip must be a positive whole number of EnCodec frames (0.02 s each at 50 Hz)"),
+    (3.333, "--clip-seconds 3.333: a clip must be a positive whole number of EnCodec frames (0.02 s each at 50 Hz)"),
+    (0.0, "argument --clip-seconds: must be greater than 0, got 0"),  # refused while the command line is parsed
+    (-2.0, "argument --clip-seconds: must be greater than 0, got -2"),
+])
+def test_clip_seconds_off_the_encodec_frame_grid_are_refused_before_any_work(seconds, message, small_demo,
+                                                                             tiny_profile_cfg, tmp_path, capsys):
     """EnCodec gives whole 20 ms frames, so a 2.01 s clip's codes never had the frame count its streams are cut to."""
     from expotion.cli.main import main as expotion
 
-    assert expotion(["features", "--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
-                     "--tiny-dir", tiny_profile_cfg.weights_dir, "--extractors", "codes",
-                     "--clip-seconds", str(seconds)]) == 2
-    assert (f"--clip-seconds {seconds:g}: a clip must be a positive whole number of EnCodec frames (0.02 s each at "
-            "50 Hz)") in capsys.readouterr().err
+    argv = ["features", "--manifest", str(small_demo), "--cache", str(tmp_path / "cache"), "--profile", "tiny",
+            "--tiny-dir", tiny_profile_cfg.weights_dir, "--extractors", "codes", "--clip-seconds", str(seconds)]
+    try:
+        status = expotion(argv)
+    except SystemExit as exit:  # argparse's own refusal of a non-positive number
+        status = exit.code
+    assert status == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
 
 
