@@ -191,6 +191,9 @@ def test_a_warmup_in_epochs_longer_than_the_run_is_refused_unless_meant():
     (["--config", "OLD"], "OLD: model.min_lr has moved: use model.optim.min_lr"),
     (["--config", "CALLBACK"], "CALLBACK: expotion.callbacks.AdaptorExport has been renamed: use "
                                "expotion.solvers.callbacks.MethodExport"),
+    (["--model.class_path=expotion.clipflow.training.ClipFlowModule"],
+     "the command line: expotion.clipflow.training.ClipFlowModule has moved: use "
+     "expotion.methods.clipflow.module.ClipFlowModule"),
     (["--trainer.callbacks+=expotion.solvers.callbacks.AdaptorExport"],
      "the command line: expotion.solvers.callbacks.AdaptorExport has been renamed: use "
      "expotion.solvers.callbacks.MethodExport"),

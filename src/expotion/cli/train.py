@@ -38,12 +38,10 @@ RENAMED_CLASSES = {
     "expotion.callbacks.AdaptorExport": "expotion.solvers.callbacks.MethodExport",
     "expotion.solvers.callbacks.AdaptorExport": "expotion.solvers.callbacks.MethodExport",
 }
-# Modules of configs written before the package was laid out by stage, and where their classes are now.
-RENAMED = {
-    "expotion.training.": "expotion.methods.expotion.module.",
-    "expotion.clipflow.training.": "expotion.methods.clipflow.module.",
-    "expotion.callbacks.": "expotion.solvers.callbacks.",
-}
+# Modules of configs written before the package was laid out by stage: the callbacks', and each built-in method's
+# LightningModule's (by the method's registered name; the registry says where its class is now).
+RENAMED_CALLBACKS = {"expotion.callbacks.": "expotion.solvers.callbacks."}
+RENAMED_METHOD_MODULES = {"expotion.training.": "expotion", "expotion.clipflow.training.": "clip_flow"}
 # Expotion's options of the optimizer and schedule before every method shared one ``model.optim`` group.
 RENAMED_OPTIONS = ("lr", "weight_decay", "warmup_fraction", "warmup_epochs", "min_lr")
 
@@ -154,7 +152,9 @@ def check_renamed_class_paths(args: list[str]) -> None:
         for old, new in RENAMED_CLASSES.items():
             if re.search(rf"(?<![\w.]){re.escape(old)}(?!\w)", text):
                 raise OldSpelling(f"{where}: {old} has been renamed: use {new}")
-        for old, new in RENAMED.items():
+        modules = {old: method_named(name).module.rsplit(".", 1)[0] + "."
+                   for old, name in RENAMED_METHOD_MODULES.items()}
+        for old, new in {**modules, **RENAMED_CALLBACKS}.items():
             found = re.search(rf"(?<![\w.]){re.escape(old)}(\w+)", text)
             if found:
                 raise OldSpelling(f"{where}: {found.group(0)} has moved: use {new}{found.group(1)}")
