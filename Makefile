@@ -95,7 +95,7 @@ demo-clip-flow: demo-data tiny-weights
 	$(MAKE) --no-print-directory train CONFIG=lightning_configs/clip_flow_tiny.yaml \
 		ARGS="--trainer.enable_progress_bar=false --trainer.default_root_dir=$(CLIP_FLOW_RUN)"
 	$(EXPOTION) generate --cache $(CLIP_FLOW_CACHE)/val --out-dir outputs/clip-flow \
-		--checkpoint $(CLIP_FLOW_RUN)/adaptor.pt --reference-dir outputs/reference
+		--checkpoint $(CLIP_FLOW_RUN)/clip_flow.pt --reference-dir outputs/reference
 	$(if $(wildcard $(DEMO_RUN)/adaptor.pt),$(EXPOTION) generate --cache $(CACHE)/val --out-dir outputs/expotion \
 		--checkpoint $(DEMO_RUN)/adaptor.pt,)
 	$(EXPOTION) eval --generated outputs/clip-flow $(if $(wildcard $(DEMO_RUN)/adaptor.pt),outputs/expotion) \

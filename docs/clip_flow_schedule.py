@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 from expotion.cli.train import ExpotionCLI
 from expotion.data.clips import ShardDataModule
-from expotion.methods.clipflow.module import Optimization, clip_flow_schedule
+from expotion.solvers.optimization import Optimization, learning_rate_schedule
 
 CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "clip_flow_small.yaml"
 SHOWN = (*range(0, 4000, 500), 3900, 3999, 4000, 4001, *range(4020, 4160, 20), 4159, 4160)
@@ -29,7 +29,7 @@ class ParseOnly(ExpotionCLI):
 def rates(optim: Optimization, total: int) -> list[float]:
     """The rate of updates 0 ... ``total``, stepping the scheduler once per update as Lightning does."""
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
-    scheduler = clip_flow_schedule(optimizer, optim, total)
+    scheduler = learning_rate_schedule(optimizer, optim, total)
     out = []
     for _ in range(total + 1):
         out.append(scheduler.get_last_lr()[0])
@@ -48,8 +48,8 @@ def main() -> None:
           f"a linear warmup from zero over {optim.warmup_steps:,} updates, then a cosine decay to zero at the last. "
           "Update *k* is taken at the rate shown for *k*; the row for "
           f"{trainer.max_steps:,} is the rate after the last update.\n")
-    print("Generated from the training scheduler itself (`expotion.methods.clipflow.module.clip_flow_schedule` on the "
-          "parsed config) by:\n")
+    print("Generated from the training scheduler itself (`expotion.solvers.optimization.learning_rate_schedule` "
+          "on the parsed config) by:\n")
     print("```bash\nPYTHONPATH=src .venv/bin/python docs/clip_flow_schedule.py > docs/clip-flow-schedule.md\n```\n")
     print("| update | learning rate | |\n|---:|---:|:---|")
     for step in SHOWN:

@@ -92,7 +92,7 @@ def cli_config(tmp_path: Path, cache: Path, tiny_profile_cfg, **clip_flow) -> Pa
         {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5}},
         {"class_path": "expotion.solvers.callbacks.RunCheckpoint",
          "init_args": {"save_last": True, "dirpath": str(tmp_path / "ckpt")}},
-        {"class_path": "expotion.solvers.callbacks.AdaptorExport", "init_args": {"dirpath": str(tmp_path / "export")}},
+        {"class_path": "expotion.solvers.callbacks.MethodExport", "init_args": {"dirpath": str(tmp_path / "export")}},
         {"class_path": "expotion.solvers.callbacks.AudioSamples", "init_args": {"every_n_epochs": 1, "seconds": 0.5}},
     ]
     path = tmp_path / "config.yaml"
@@ -116,7 +116,7 @@ def test_cli_trains_with_ema_and_exports_the_average(tmp_path, cache, tiny_profi
     assert lm_keys and all(".cross_attention." in k or ".norm_cross." in k for k in lm_keys)
     assert set(ckpt["state_dict"]) == set(ckpt["current_model_state"]) == cli.model.trained_keys()
 
-    payload = read_adaptor(tmp_path / "export" / "adaptor.pt")
+    payload = read_adaptor(tmp_path / "export" / "clip_flow.pt")
     assert payload["method"] == "clip_flow" and payload["config"]["decoder"] == "cross_attention"
     averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
     name = "conditioner.projection.proj.weight"
@@ -124,7 +124,7 @@ def test_cli_trains_with_ema_and_exports_the_average(tmp_path, cache, tiny_profi
     assert not torch.equal(averaged[name], current[name])
 
     fresh = load_musicgen(tiny_profile_cfg.musicgen)
-    conditioner, loaded_spec = build_clip_flow(tmp_path / "export" / "adaptor.pt", payload, fresh)
+    conditioner, loaded_spec = build_clip_flow(tmp_path / "export" / "clip_flow.pt", payload, fresh)
     weight = "transformer.layers.0.cross_attention.in_proj_weight"
     assert torch.equal(dict(fresh.lm.named_parameters())[weight], averaged[f"lm.{weight}"])
     assert loaded_spec.shapes == {"clip": (17, 32), "farneback": (112, 112)}
@@ -254,7 +254,7 @@ def test_configs_parse_with_the_paper_settings():
     """clip_flow_small.yaml carries §5.1's numbers; the no-motion overlay changes only the motion stream."""
     from expotion.cli.train import ExpotionCLI
     from expotion.data.clips import ShardDataModule
-    from expotion.methods.clipflow.module import Optimization
+    from expotion.solvers.optimization import Optimization
 
     class ParseOnly(ExpotionCLI):
         def instantiate_classes(self) -> None:
@@ -275,7 +275,7 @@ def test_configs_parse_with_the_paper_settings():
     ema = small.trainer.callbacks[0]
     assert ema.class_path.endswith("EMAWeightAveraging") and ema.init_args.decay == 0.99
     assert ema.init_args.update_every_n_steps == 10  # audiocraft's ema.updates: 10
-    assert [c.class_path.rsplit(".", 1)[1] for c in small.trainer.callbacks].index("AdaptorExport") > 0  # after EMA
+    assert [c.class_path.rsplit(".", 1)[1] for c in small.trainer.callbacks].index("MethodExport") > 0  # after EMA
     ablation = ParseOnly(None, ShardDataModule, run=False,
                          args=["--config", str(configs / "clip_flow_small.yaml"),
                                "--config", str(configs / "clip_flow_no_motion.yaml")]).config
@@ -287,10 +287,10 @@ def test_configs_parse_with_the_paper_settings():
 
 def scheduled_rates(optim, total: int) -> list[float]:
     """The rate of each update 0 ... ``total`` as the scheduler itself gives it (stepped once per update)."""
-    from expotion.methods.clipflow.module import clip_flow_schedule
+    from expotion.solvers.optimization import learning_rate_schedule
 
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
-    scheduler = clip_flow_schedule(optimizer, optim, total)
+    scheduler = learning_rate_schedule(optimizer, optim, total)
     rates = []
     for _ in range(total + 1):
         rates.append(scheduler.get_last_lr()[0])
@@ -301,9 +301,11 @@ def scheduled_rates(optim, total: int) -> list[float]:
 
 def test_the_paper_schedule_warms_up_from_zero_to_its_rate_at_4000_and_ends_at_zero_at_4160():
     """§5.1 read as audiocraft's cosine scheduler: linear from 0 over 4000 updates, cosine to 0 at update 4160."""
-    from expotion.methods.clipflow.module import Optimization
+    from dataclasses import replace
 
-    rates = scheduled_rates(Optimization(lr=3.5e-5, warmup_steps=4000), 4160)
+    from expotion.methods.clipflow.module import CLIP_FLOW_OPTIMIZATION
+
+    rates = scheduled_rates(replace(CLIP_FLOW_OPTIMIZATION, lr=3.5e-5, warmup_steps=4000), 4160)
     assert rates[0] == 0.0 and rates[2000] == pytest.approx(1.75e-5, rel=1e-12)
     assert rates[4000] == pytest.approx(3.5e-5, rel=1e-12) and max(rates) == rates[4000]
     assert rates[4080] == pytest.approx(1.75e-5, rel=1e-9)  # halfway down the cosine

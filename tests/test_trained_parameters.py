@@ -62,6 +62,6 @@ def test_every_trained_expotion_parameter_gets_a_gradient(demo_cache, tiny_profi
                            "visual": VisualConfig(face=True, motion="synchformer"), **ADAPTORS[adaptor]})
     module = ExpotionModule(tiny_profile_cfg.musicgen, cfg)
     dataset = ClipDataset(demo_cache[0] / "train", cfg.visual.streams, CLIP_S, False)
-    module.build(dataset.spec)
+    module.build(dataset)
     missing, frozen_with_grad = one_step_gradients(module, dataset)
     assert missing == [] and frozen_with_grad == []

@@ -295,7 +295,7 @@ def test_every_config_parses(tmp_path):
         assert cfg.model.adaptor.n_adapted >= 1
         if files[-1].name == "musicgen_small.yaml":
             assert cfg.model.musicgen == "facebook/musicgen-small" and cfg.model.adaptor.n_adapted == 24
-            assert cfg.trainer.default_root_dir == "runs/musicgen_small" and cfg.model.lr == 0.01  # base kept
+            assert cfg.trainer.default_root_dir == "runs/musicgen_small" and cfg.model.optim.lr == 0.01  # base kept
         if files[-1].parent.name == "ablations":  # each Table 1 / §4.5 row over the large size config
             visual = cfg.model.adaptor.visual
             assert (visual.face, visual.motion, cfg.data.generic_prompt) == ABLATIONS[files[-1].name], files[-1]
@@ -305,8 +305,8 @@ def test_every_config_parses(tmp_path):
         if files[-1].name == "official.yaml":
             model = cfg.model
             assert model.adaptor.prefix_causal and model.adaptor.pos_embedding == "official"
-            assert model.objective.pooled and model.weight_decay == 0.02 and model.warmup_epochs == 2
-            assert model.min_lr == 1e-4 and model.lr == 0.01 and model.adaptor.n_adapted == 48
+            assert model.objective.pooled and model.optim.weight_decay == 0.02 and model.optim.warmup_epochs == 2
+            assert model.optim.min_lr == 1e-4 and model.optim.lr == 0.01 and model.adaptor.n_adapted == 48
             assert cfg.trainer.precision == "16-mixed" and cfg.trainer.gradient_clip_val == 0.1
             assert cfg.trainer.max_epochs == 20 and cfg.trainer.default_root_dir == "runs/musicgen_large"
             assert cfg.trainer.callbacks[0].class_path == "expotion.solvers.callbacks.RunCheckpoint"  # paper.yaml's kept
@@ -512,7 +512,7 @@ def test_pooled_loss_is_one_cross_entropy_over_every_valid_position():
 
 
 def test_warmup_cosine_schedule():
-    from expotion.methods.expotion.module import warmup_cosine
+    from expotion.solvers.optimization import warmup_cosine
 
     factors = [warmup_cosine(step, 4, 20, 0.01) for step in range(21)]
     assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
@@ -526,7 +526,8 @@ def official_config(tmp_path: Path, demo_cache, tiny_profile_cfg, accelerator: s
     cfg = yaml.safe_load(config.read_text())
     official = yaml.safe_load((ROOT / "lightning_configs" / "official.yaml").read_text())
     cfg["model"]["adaptor"].update(official["model"]["adaptor"])
-    cfg["model"].update({k: v for k, v in official["model"].items() if k != "adaptor"})
+    cfg["model"]["optim"].update(official["model"]["optim"])
+    cfg["model"].update({k: v for k, v in official["model"].items() if k not in ("adaptor", "optim")})
     cfg["trainer"].update(official["trainer"], max_epochs=3, accelerator=accelerator, precision=precision)
     cfg["trainer"]["callbacks"][3]["init_args"]["every_n_epochs"] = 0
     config.write_text(yaml.safe_dump(cfg))
@@ -546,14 +547,14 @@ def test_official_options_train_with_their_schedule(tmp_path, demo_cache, tiny_p
     """official.yaml on CPU (full precision: fp16 needs a GPU): causal prefix, official positions, pooled loss,
     weight decay, clipping, 2 warmup epochs and a cosine down to 1e-4."""
     from expotion.cli.train import main
-    from expotion.methods.expotion.module import warmup_cosine
+    from expotion.solvers.optimization import warmup_cosine
 
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "--config", str(official_config(tmp_path, demo_cache, tiny_profile_cfg, "cpu", "32-true"))])
     module = cli.model
     assert module.adaptor.cfg.prefix_causal and module.objective.pooled and cli.trainer.gradient_clip_val == 0.1
     assert cli.trainer.global_step == 6  # 4 train clips, batch 2, 3 epochs
-    lr = module.hparams.lr
+    lr = module.optim.lr
     expected = [lr * warmup_cosine(step, 4, 6, 1e-4 / lr) for step in range(6)]  # warmup: 2 epochs = 4 steps
     assert lr_per_step(cli.trainer.log_dir) == pytest.approx(expected, rel=1e-5)
     assert module.adaptor.gates.abs().sum() > 0

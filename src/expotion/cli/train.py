@@ -17,6 +17,8 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
@@ -27,23 +29,28 @@ from expotion.core.weights import MissingWeightsError
 from expotion.data.clips import ShardDataModule
 from expotion.data.shards import CacheError
 import expotion.methods  # noqa: F401  (registers the methods)
-from expotion.methods.expotion.module import ScheduleError
 from expotion.methods.registry import METHODS, method_named, method_of_module
 from expotion.solvers.export import CheckpointError, load_file
+from expotion.solvers.optimization import ScheduleError
 
-# Class paths of configs written before the package was laid out by stage, and where those classes are now.
-RENAMED = {
-    "expotion.training.": "expotion.methods.expotion.module.",
-    "expotion.clipflow.training.": "expotion.methods.clipflow.module.",
-    "expotion.callbacks.": "expotion.solvers.callbacks.",
+# Classes of configs written before they were renamed or moved, and what they are now (checked first).
+RENAMED_CLASSES = {
+    "expotion.callbacks.AdaptorExport": "expotion.solvers.callbacks.MethodExport",
+    "expotion.solvers.callbacks.AdaptorExport": "expotion.solvers.callbacks.MethodExport",
 }
+# Modules of configs written before the package was laid out by stage: the callbacks', and each built-in method's
+# LightningModule's (by the method's registered name; the registry says where its class is now).
+RENAMED_CALLBACKS = {"expotion.callbacks.": "expotion.solvers.callbacks."}
+RENAMED_METHOD_MODULES = {"expotion.training.": "expotion", "expotion.clipflow.training.": "clip_flow"}
+# Expotion's options of the optimizer and schedule before every method shared one ``model.optim`` group.
+RENAMED_OPTIONS = ("lr", "weight_decay", "warmup_fraction", "warmup_epochs", "min_lr")
 
 
-class RenamedClassPath(ValueError):
-    """A config names a class by the path it had before it moved; the message gives the new one."""
+class OldSpelling(ValueError):
+    """A config names a class or an option by the spelling it had before it moved; the message gives the new one."""
 
 
-USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError, RenamedClassPath)
+USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError, OldSpelling)
 DEFAULT_METHOD = "expotion"  # what a config that names no model.class_path trains
 
 
@@ -83,8 +90,16 @@ class ExpotionCLI(LightningCLI):
     """Any LightningModule as ``model.class_path`` (configs that name none train Expotion's adaptor), with
     checkpoint files checked up front."""
 
+    def __init__(self, *args, **kwargs):
+        given = kwargs.get("args")
+        self.default_model = trained_class_path(list(given) if isinstance(given, list) else sys.argv[1:])
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"model": {"class_path": method_named(DEFAULT_METHOD).module}})
+        """The default ``model.class_path`` is the one the command's configs name, not always Expotion's: when
+        the class changes, jsonargparse keeps the first class's values of options both have (``optim``), defaults
+        included, so CLIP + flow would train with Expotion's optimizer defaults."""
+        parser.set_defaults({"model": {"class_path": self.default_model}})
 
     def parse_arguments(self, parser, args) -> None:
         """Refuse an unusable ``--ckpt_path`` file before LightningCLI reads hyperparameters from it."""
@@ -134,15 +149,66 @@ def check_renamed_class_paths(args: list[str]) -> None:
     """Refuse, in one line naming the new spelling, a class path that moved (jsonargparse would only say that it
     cannot import it)."""
     for where, text in config_texts(args):
-        for old, new in RENAMED.items():
+        for old, new in RENAMED_CLASSES.items():
+            if re.search(rf"(?<![\w.]){re.escape(old)}(?!\w)", text):
+                raise OldSpelling(f"{where}: {old} has been renamed: use {new}")
+        modules = {old: method_named(name).module.rsplit(".", 1)[0] + "."
+                   for old, name in RENAMED_METHOD_MODULES.items()}
+        for old, new in {**modules, **RENAMED_CALLBACKS}.items():
             found = re.search(rf"(?<![\w.]){re.escape(old)}(\w+)", text)
             if found:
-                raise RenamedClassPath(f"{where}: {found.group(0)} has moved: use {new}{found.group(1)}")
+                raise OldSpelling(f"{where}: {found.group(0)} has moved: use {new}{found.group(1)}")
+
+
+def config_model(text: str) -> dict:
+    """The ``model`` section of a config file's text (empty when it has none or is not YAML: LightningCLI says so)."""
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else {}
+
+
+def trained_class_path(args: list[str]) -> str:
+    """The ``model.class_path`` the command trains: the last one its config files name, or the command line's,
+    else the default method's."""
+    command_line, *files = config_texts(args)
+    found = method_named(DEFAULT_METHOD).module
+    for _, text in files:
+        found = str(config_model(text).get("class_path", found))
+    named = re.findall(r"--model(?:\.class_path)?[= ]([\w.]+)(?=\s|$)", command_line[1])
+    return named[-1] if named else found
+
+
+def old_option(where: str, text: str) -> tuple[str, str] | None:
+    """(old, new) spelling of the first optimizer option ``text`` gives where it was before ``model.optim``."""
+    if where == "the command line":
+        found = re.search(rf"--model\.(init_args\.)?({'|'.join(RENAMED_OPTIONS)})(?=[=\s]|$)", text)
+        return (f"--model.{found.group(1) or ''}{found.group(2)}",
+                f"--model.{found.group(1) or ''}optim.{found.group(2)}") if found else None
+    model = config_model(text)
+    model = model["init_args"] if isinstance(model.get("init_args"), dict) else model
+    key = next((k for k in RENAMED_OPTIONS if k in model), None)
+    return (f"model.{key}", f"model.optim.{key}") if key else None
+
+
+def check_renamed_options(args: list[str]) -> None:
+    """Refuse, in one line naming the new spelling, an optimizer option of a built-in method given where it was
+    before every method shared ``model.optim`` (a user's own LightningModule keeps its own options)."""
+    if method_of_module(trained_class_path(args)) is None:
+        return
+    for where, text in config_texts(args):
+        renamed = old_option(where, text)
+        if renamed:
+            raise OldSpelling(f"{where}: {renamed[0]} has moved: use {renamed[1]}")
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
     silence_known_warnings()
-    check_renamed_class_paths(sys.argv[1:] if args is None else list(args))
+    given = sys.argv[1:] if args is None else list(args)
+    check_renamed_class_paths(given)
+    check_renamed_options(given)
     return ExpotionCLI(None, ShardDataModule, args=args, save_config_kwargs={"overwrite": True})
 
 

@@ -1,1 +1,1 @@
-"""Training: the LightningModule every method shares, its callbacks and exported files."""
+"""Training: the LightningModule every method subclasses, its optimizer and schedule, callbacks and exported files."""

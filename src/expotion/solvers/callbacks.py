@@ -1,7 +1,8 @@
-"""Training callbacks: checkpoints a rerun finds, the adaptor-only export, and audio samples in TensorBoard.
+"""Training callbacks: checkpoints a rerun finds, the method's export, and audio samples in TensorBoard.
 
 Every output of a run lives under ``trainer.default_root_dir``: Lightning
-checkpoints in ``checkpoints/``, ``adaptor.pt``, and the TensorBoard logs in
+checkpoints in ``checkpoints/``, the method's export (Expotion's ``adaptor.pt``, CLIP + flow's ``clip_flow.pt``),
+and the TensorBoard logs in
 ``lightning_logs/version_N``. Runs with different root directories never share a file.
 """
 from __future__ import annotations
@@ -62,31 +63,33 @@ class RunCheckpoint(ModelCheckpoint):
             self.save_last_at_epoch_end(trainer)
 
 
-class AdaptorExport(L.Callback):
-    """Writes the method's export, ``adaptor.pt`` (trained weights + what they expect), after every epoch and when
-    training ends, into ``dirpath`` (default: the run's ``default_root_dir``). Replacing the export of an earlier run
-    is announced."""
+class MethodExport(L.Callback):
+    """Writes the method's export (trained weights + what they expect) after every epoch and when training ends,
+    into ``dirpath`` (default: the run's ``default_root_dir``), as ``filename`` (default: the method's own file,
+    ``adaptor.pt`` for Expotion, ``clip_flow.pt`` for CLIP + flow). Replacing the export of an earlier run is
+    announced."""
 
-    def __init__(self, dirpath: str | None = None, filename: str = "adaptor.pt"):
+    def __init__(self, dirpath: str | None = None, filename: str | None = None):
         self.dirpath, self.filename = dirpath, filename
 
-    def path(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath or trainer.default_root_dir) / self.filename
+    def path(self, trainer: L.Trainer, pl_module) -> Path:
+        return Path(self.dirpath or trainer.default_root_dir) / (self.filename or pl_module.method.export_name)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        path = self.path(trainer)
+        path = self.path(trainer, pl_module)
         if trainer.is_global_zero and trainer.ckpt_path is None and path.exists():
-            log.warning("%s holds the adaptor of an earlier run; this run replaces it after its first epoch "
-                        "(give --trainer.default_root_dir another directory to keep both)", path)
+            log.warning("%s holds the %s of an earlier run; this run replaces it after its first epoch "
+                        "(give --trainer.default_root_dir another directory to keep both)", path,
+                        pl_module.conditioning_name)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            pl_module.export(self.path(trainer))
+            pl_module.export(self.path(trainer, pl_module))
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         """Export once more: a weight-averaging callback listed before this one has just put its average in place."""
         if trainer.is_global_zero:
-            pl_module.export(self.path(trainer))
+            pl_module.export(self.path(trainer, pl_module))
 
 
 class AudioSamples(L.Callback):
@@ -112,7 +115,7 @@ class AudioSamples(L.Callback):
         batch = collate([item])
         feats = {k: v.to(pl_module.device) for k, v in pl_module.visual_inputs(batch).items()}
         seconds = min(self.seconds, batch["codes"].shape[-1] / mg.frame_rate)
-        tokens = generate_tokens(mg, batch["caption"], seconds, pl_module.adaptor, feats, pl_module.spec.rates,
+        tokens = generate_tokens(mg, batch["caption"], seconds, pl_module.conditioning, feats, pl_module.spec.rates,
                                  seed=self.seed)
         step = trainer.global_step
         experiment.add_audio("samples/generated", torch.from_numpy(decode_audio(mg, tokens, seconds)), step, mg.sample_rate)

@@ -188,15 +188,16 @@ def check_compatible(path: Path, payload: dict, musicgen: dict, spec: FeatureSpe
                     f"got {spec.shapes.get(name)} at {spec.rates.get(name)}")
 
 
-def check_state_dict(path: Path, saved: dict, expected: dict) -> None:
-    """Refuse adaptor weights whose names or shapes differ from the adaptor they are loaded into, in one line."""
+def check_state_dict(path: Path, saved: dict, expected: dict, what: str = "adaptor") -> None:
+    """Refuse weights whose names or shapes differ from the module (``what``: its name) they are loaded into, in
+    one line."""
     problems = [f"missing {name}" for name in sorted(expected.keys() - saved.keys())]
     problems += [f"unexpected {name}" for name in sorted(saved.keys() - expected.keys())]
-    problems += [f"{name} has shape {tuple(saved[name].shape)}, the adaptor {tuple(expected[name].shape)}"
+    problems += [f"{name} has shape {tuple(saved[name].shape)}, the {what} {tuple(expected[name].shape)}"
                  for name in sorted(expected.keys() & saved.keys()) if saved[name].shape != expected[name].shape]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise CheckpointMismatch(f"{path}: the adaptor weights do not fit: {'; '.join(problems[:3])}{more}")
+        raise CheckpointMismatch(f"{path}: the {what} weights do not fit: {'; '.join(problems[:3])}{more}")
 
 
 def check_feature_shapes(path: Path, spec: FeatureSpec, shapes: dict[str, tuple[int, ...]], source: str,

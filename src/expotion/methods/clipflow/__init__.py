@@ -15,4 +15,4 @@ from expotion.methods.clipflow.checkpoint import METHOD, build_clip_flow
 from expotion.methods.registry import Method, register_method
 
 register_method(Method(METHOD, "CLIP + flow", module="expotion.methods.clipflow.module.ClipFlowModule",
-                       export_name="adaptor.pt", weight_prefix="conditioner.", load=build_clip_flow))
+                       export_name="clip_flow.pt", weight_prefix="conditioner.", load=build_clip_flow))
