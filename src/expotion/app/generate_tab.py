@@ -25,6 +25,8 @@ from expotion.data.media import MediaError
 from expotion.evaluation.alignment import AlignmentFailure
 from expotion.evaluation.plots import clip_figure
 from expotion.inference import Models, ModelSettings, SamplingSettings, generate_for_video, load_models
+import expotion.methods  # noqa: F401  (registers the methods)
+from expotion.methods.registry import METHODS
 from expotion.musicgen.windows import GenerationError
 from expotion.solvers.export import CheckpointMismatch
 
@@ -117,9 +119,11 @@ def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, p
 
 
 def checkpoint_choices(runs_dir: Path) -> list[str]:
-    """Every ``adaptor.pt`` under the runs directory (newest first), then plain MusicGen."""
-    found = sorted(Path(runs_dir).rglob("adaptor.pt"), key=lambda p: p.stat().st_mtime, reverse=True) \
-        if Path(runs_dir).is_dir() else []
+    """Every exported checkpoint under the runs directory, by the file names the registered methods export to
+    (newest first), then plain MusicGen."""
+    exports = {method.export_name for method in METHODS.values() if method.export_name}
+    found = sorted({p for name in exports for p in Path(runs_dir).rglob(name)}, key=lambda p: p.stat().st_mtime,
+                   reverse=True) if Path(runs_dir).is_dir() else []
     return [*(str(p) for p in found), PLAIN_MUSICGEN]
 
 

@@ -17,6 +17,7 @@ from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate
 from expotion.data.clips import FeatureSpec
 from expotion.extractors.bank import ExtractorConfig, Extractors, profile_config
 from expotion.extractors.long_video import DEFAULT_WINDOW_S
+from expotion.extractors.streams import rates_matching
 import expotion.methods  # noqa: F401  (registers the methods)
 from expotion.methods.registry import method_named
 from expotion.musicgen.loading import load_musicgen
@@ -116,7 +117,7 @@ class Models:
 def extraction_rates(checkpoint: Path, spec: FeatureSpec) -> Rates:
     """The rates to extract video features at for a checkpoint, e.g. the Synchformer stride it was trained with."""
     try:
-        return DEFAULT_RATES.matching(spec.rates)
+        return rates_matching(DEFAULT_RATES, spec.rates)
     except ValueError as err:
         raise CheckpointMismatch(f"{checkpoint}: {err}") from err
 
