@@ -37,6 +37,7 @@ def write_cache(root: Path, clips: int, seconds: float) -> Path:
     """One train shard of ``clips`` random clips of ``seconds`` at the released sizes."""
     from expotion.core.rates import DEFAULT_RATES as R
     from expotion.data.shards import ShardWriter, shard_path
+    from expotion.extractors.bank import stored_layout
 
     rng = np.random.default_rng(0)
     writer = ShardWriter(shard_path(root, "train", 0), {})
@@ -45,7 +46,7 @@ def write_cache(root: Path, clips: int, seconds: float) -> Path:
                   "farneback": rng.random((R.farneback_flows(seconds), *FLOW_MAP), dtype=np.float32),
                   "codes": rng.integers(0, 2048, (4, R.codes_frames(seconds))).astype(np.int16),
                   "t5": rng.standard_normal((8, 768), dtype=np.float32)}
-        writer.add_clip(f"clip{i:03d}", arrays, {"caption": "music"})
+        writer.add_clip(f"clip{i:03d}", arrays, {"caption": "music"}, stored_layout(tuple(arrays), R))
     writer.commit()
     return root
 

@@ -32,7 +32,7 @@ def tiny_checkpoint(tiny_profile_cfg, path: Path) -> Path:
 
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     streams = ("marlin", "synchformer")
-    spec = FeatureSpec({s: (32,) for s in streams}, {s: DEFAULT_RATES.stream(s) for s in streams}, 32)
+    spec = FeatureSpec({s: (32,) for s in streams}, {s: getattr(DEFAULT_RATES, s) for s in streams}, 32)
     adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=10.0), spec.dims, 50.0)
     with torch.no_grad():
         adaptor.gates.fill_(0.5)

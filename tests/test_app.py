@@ -59,7 +59,7 @@ def wide_checkpoint(tiny_profile_cfg, path: Path) -> Path:
 
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     spec = FeatureSpec({"marlin": (768,), "synchformer": (768,)},
-                       {s: DEFAULT_RATES.stream(s) for s in ("marlin", "synchformer")}, 32)
+                       {s: getattr(DEFAULT_RATES, s) for s in ("marlin", "synchformer")}, 32)
     adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig()), spec.dims, 50.0)
     return save_adaptor(path, adaptor, model_signature(musicgen), spec)
 

@@ -13,7 +13,8 @@ import torch
 from test_generate import adaptor_for, checkpoint, musicgen, random_features, spec, tiny_args  # noqa: F401
 
 from expotion.cli.main import main as cli_main
-from expotion.inference.generate import ModelSettings, SamplingSettings, generate_for_cache, load_models, plan_batches
+from expotion.inference import ModelSettings, SamplingSettings, generate_for_cache, load_models
+from expotion.inference.batch import plan_batches
 from expotion.musicgen.sampling import clip_seed
 from expotion.musicgen.windows import generate_tokens
 

@@ -13,8 +13,8 @@ import yaml
 from conftest import CLIP_S, moving_frames, write_video
 
 from expotion.data.clips import ClipDataset, FeatureSpec, read_clips
-from expotion.inference.generate import (ModelSettings, SamplingSettings, check_clip, generate_for_cache,
-                                         generate_for_video, load_models, plan_batches)
+from expotion.inference import ModelSettings, SamplingSettings, generate_for_cache, generate_for_video, load_models
+from expotion.inference.batch import check_clip, plan_batches
 from expotion.methods.clipflow.checkpoint import build_clip_flow, save_clip_flow
 from expotion.methods.clipflow.conditioner import ClipFlowConditioner, ClipFlowConfig
 from expotion.methods.clipflow.memory import trained_decoder
@@ -165,7 +165,7 @@ def test_generate_single_long_and_batch(tmp_path, cache, spec, musicgen, tiny_pr
     settings = ModelSettings(checkpoint=ckpt, profile="tiny", tiny_dir=Path(tiny_profile_cfg.musicgen).parent,
                              device="cpu")
     models = load_models(settings)
-    assert isinstance(models.adaptor, ClipFlowConditioner)
+    assert isinstance(models.conditioning, ClipFlowConditioner)
     video = write_video(tmp_path / "v.mp4", moving_frames(115), fps=25)  # 4.6 s: four windows of 2 s every 1 s
     with caplog.at_level("INFO", "expotion"):
         result = generate_for_video(models, video, None, tmp_path / "out.wav", mux=tmp_path / "out.mp4",

@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from expotion.core.rates import VIDEO_STREAMS
 from expotion.extractors.bank import AUDIO_TEXT, EXTRACTORS, STREAMS, VISUAL, Extractors
 from expotion.precompute.pipeline import worker_device
 
@@ -20,7 +19,7 @@ def devices(module: torch.nn.Module) -> set[torch.device]:
 
 
 def test_every_registered_stream_loads_onto_the_device_it_is_given(tiny_profile_cfg):
-    assert set(VISUAL) == set(STREAMS) == set(VIDEO_STREAMS) and EXTRACTORS == (*VISUAL, *AUDIO_TEXT)
+    assert set(VISUAL) == set(STREAMS) == {"marlin", "synchformer", "raft", "clip", "farneback"} and EXTRACTORS == (*VISUAL, *AUDIO_TEXT)
     for stream in STREAMS.values():
         model = stream.load(stream.path(tiny_profile_cfg), META, tiny_profile_cfg)
         cpu = stream.load(stream.path(tiny_profile_cfg), torch.device("cpu"), tiny_profile_cfg)

@@ -19,8 +19,7 @@ from expotion.cli.main import main as cli_main
 from expotion.core.outputs import OutputError
 from expotion.data.clips import GENERIC_PROMPT, ClipDataset
 from expotion.data.media import iter_clip_frames
-from expotion.inference.generate import (ModelSettings, SamplingSettings, generate_for_cache, generate_for_video,
-                                         load_models)
+from expotion.inference import ModelSettings, SamplingSettings, generate_for_cache, generate_for_video, load_models
 from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
 from expotion.methods.expotion.embedding import VisualConfig
 from expotion.methods.expotion.export import save_adaptor
@@ -199,9 +198,9 @@ def test_bad_inputs_get_clear_messages(tmp_path, checkpoint, tiny_profile_cfg, c
 
 def refuse_model_loading(monkeypatch) -> None:
     """Make loading any model fail the test: the checks under test must refuse before that."""
-    import expotion.inference.generate
+    import expotion.cli.generate
 
-    monkeypatch.setattr(expotion.inference.generate, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    monkeypatch.setattr(expotion.cli.generate, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
 
 
 @pytest.mark.parametrize("stride", [0.0, -5.0, 0.001], ids=["zero", "negative", "under-one-frame"])
@@ -419,16 +418,16 @@ def test_every_model_runs_on_the_device_with_a_bfloat16_adaptor(device, tmp_path
     wav, _ = sf.read(result.wav)
     assert len(wav) == 64000 and np.isfinite(wav).all()
     devices = models.devices()
-    assert {"musicgen.lm", "musicgen.compression_model", "conditioner.description", "adaptor", "extractor.marlin",
+    assert {"musicgen.lm", "musicgen.compression_model", "conditioner.description", "conditioning", "extractor.marlin",
             "extractor.synchformer"} <= set(devices)
     expected = str(torch.device(device, 0) if device == "cuda" else torch.device(device))
     assert all(found == {expected} for found in devices.values()), devices
-    assert {p.dtype for p in models.adaptor.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in models.conditioning.parameters()} == {torch.bfloat16}
     # at zero gates a bfloat16 adaptor still leaves MusicGen's tokens exactly as they were
     with torch.no_grad():
-        models.adaptor.gates.zero_()
+        models.conditioning.gates.zero_()
     feats = random_features(1.0)
-    ours = generate_tokens(models.musicgen, ["pop"], 1.0, models.adaptor, feats, spec.rates, seed=3, top_k=50)
+    ours = generate_tokens(models.musicgen, ["pop"], 1.0, models.conditioning, feats, spec.rates, seed=3, top_k=50)
     plain = generate_tokens(models.musicgen, ["pop"], 1.0, seed=3, top_k=50)
     assert torch.equal(ours, plain)
 

@@ -338,15 +338,18 @@ def test_one_and_two_workers_write_bit_identical_caches(small_demo, demo_cache, 
 
 # ---- non-finite features -----------------------------------------------------------------------
 def test_shard_writer_refuses_non_finite_values(tmp_path):
+    from expotion.extractors.bank import stored_layout
+
     writer = ShardWriter(tmp_path / "train" / "shard-00000.h5", {"split": "train"})
+    layout = stored_layout(("marlin", "raft", "t5"), DEFAULT_RATES)
     good = {"marlin": np.ones((4, 8), np.float32), "t5": np.ones((3, 8), np.float32)}
-    writer.add_clip("ok", good, {"caption": "x"})
+    writer.add_clip("ok", good, {"caption": "x"}, layout)
     bad = [({"marlin": np.full((4, 8), np.nan, np.float32)}, r"NaN or inf in marlin \(32 of 32 values\)"),
            ({"t5": np.array([[np.inf, 0, 0]], np.float32)}, r"NaN or inf in t5 \(1 of 3 values\)"),
            ({"raft": np.array([1.0, 7e4], np.float32)}, r"raft \(1 of 2 values\).*overflow above 65504")]
     for arrays, message in bad:
         with pytest.raises(NonFiniteError, match=message):
-            writer.add_clip("bad", {**good, **arrays}, {"caption": "x"})
+            writer.add_clip("bad", {**good, **arrays}, {"caption": "x"}, layout)
     with pytest.raises(NonFiniteError, match="text/generic"):
         writer.add_text("generic", np.array([[np.nan]], np.float32))
     with h5py.File(writer.commit()) as f:

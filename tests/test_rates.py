@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate, sample_indices
+from expotion.extractors.bank import rates_matching
 
 
 @pytest.mark.parametrize(
@@ -115,8 +116,8 @@ def test_stream_rate_attrs_round_trip():
 def test_rates_matching_a_checkpoint_take_its_stride():
     paper = Rates(synchformer_stride=5)
     streams = {"marlin": paper.marlin, "synchformer": paper.synchformer}
-    assert DEFAULT_RATES.matching(streams).synchformer_stride == 5
-    assert DEFAULT_RATES.matching({"marlin": paper.marlin}) == DEFAULT_RATES
+    assert rates_matching(DEFAULT_RATES, streams).synchformer_stride == 5
+    assert rates_matching(DEFAULT_RATES, {"marlin": paper.marlin}) == DEFAULT_RATES
     old_reading = StreamRate(25.0, 0.04)  # the flattened tokens read as one uniform stream
     with pytest.raises(ValueError, match="'synchformer' features at .* cannot be extracted"):
-        DEFAULT_RATES.matching({"synchformer": old_reading})
+        rates_matching(DEFAULT_RATES, {"synchformer": old_reading})

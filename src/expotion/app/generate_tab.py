@@ -24,7 +24,9 @@ from expotion.data.manifest import ManifestError, load_manifest, parse_face_box
 from expotion.data.media import MediaError
 from expotion.evaluation.alignment import AlignmentFailure
 from expotion.evaluation.plots import clip_figure
-from expotion.inference.generate import Models, ModelSettings, SamplingSettings, generate_for_video, load_models
+from expotion.inference import Models, ModelSettings, SamplingSettings, generate_for_video, load_models
+import expotion.methods  # noqa: F401  (registers the methods)
+from expotion.methods.registry import METHODS
 from expotion.musicgen.windows import GenerationError
 from expotion.solvers.export import CheckpointMismatch
 
@@ -87,7 +89,7 @@ _models_lock = threading.Lock()
 
 
 def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, progress: Progress) -> GenerateResult:
-    """The app's only coupling to generation: ``expotion.inference.generate``'s library API, with the models kept loaded."""
+    """The app's only coupling to generation: ``expotion.inference``'s library API, with the models kept loaded."""
 
     def on_stage(stage: str, done: int, total: int) -> None:
         if stage in STAGES:
@@ -103,7 +105,7 @@ def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, p
             _models[settings] = load_models(settings, on_stage)
         models = _models[settings]
     notices = NoticeCollector()
-    logging.getLogger("expotion.inference.generate").addHandler(notices)
+    logging.getLogger("expotion.inference").addHandler(notices)
     try:
         stem = request.video.stem
         result = generate_for_video(models, request.video, request.prompt, out_dir / f"{stem}-music.wav",
@@ -111,15 +113,17 @@ def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, p
                                     sampling=SamplingSettings(request.seed, request.cfg, request.top_k),
                                     progress=on_stage)
     finally:
-        logging.getLogger("expotion.inference.generate").removeHandler(notices)
+        logging.getLogger("expotion.inference").removeHandler(notices)
     return GenerateResult(result.wav, result.mux, sf.info(result.wav).duration,
                           [m.replace(str(request.video), request.video.name) for m in notices.messages])
 
 
 def checkpoint_choices(runs_dir: Path) -> list[str]:
-    """Every ``adaptor.pt`` under the runs directory (newest first), then plain MusicGen."""
-    found = sorted(Path(runs_dir).rglob("adaptor.pt"), key=lambda p: p.stat().st_mtime, reverse=True) \
-        if Path(runs_dir).is_dir() else []
+    """Every exported checkpoint under the runs directory, by the file names the registered methods export to
+    (newest first), then plain MusicGen."""
+    exports = {method.export_name for method in METHODS.values() if method.export_name}
+    found = sorted({p for name in exports for p in Path(runs_dir).rglob(name)}, key=lambda p: p.stat().st_mtime,
+                   reverse=True) if Path(runs_dir).is_dir() else []
     return [*(str(p) for p in found), PLAIN_MUSICGEN]
 
 

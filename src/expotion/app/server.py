@@ -35,7 +35,7 @@ def upload_megabytes(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a network)")
     p.add_argument("--port", type=opt.port, default=7860)
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="where the checkpoint list looks for adaptor.pt")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where the checkpoint list looks for exported checkpoints (e.g. adaptor.pt)")
     p.add_argument("--musicgen", help="hub name or local dir (default: each checkpoint's own)")
     p.add_argument("--demo-manifest", type=Path, default=Path("demo_data/manifest.csv"),
                    help="recordings offered as demo clips, if the file exists")

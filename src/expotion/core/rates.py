@@ -11,13 +11,11 @@ re-deriving them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 TIME_RESOLUTION_S = 1e-9  # vectors whose centres agree to this describe the same instant
-# every video feature stream has a rate property of this name (features.STREAMS registers their extractors)
-VIDEO_STREAMS = ("marlin", "synchformer", "raft", "clip", "farneback")
 
 
 @dataclass(frozen=True)
@@ -187,27 +185,6 @@ class Rates:
     @property
     def codes(self) -> StreamRate:
         return StreamRate(self.codes_fps, 0.0)
-
-    def stream(self, name: str) -> StreamRate:
-        """The rate of a video stream (``VIDEO_STREAMS``) or of ``codes``; KeyError for any other name."""
-        if name not in (*VIDEO_STREAMS, "codes"):
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def matching(self, streams: dict[str, StreamRate]) -> Rates:
-        """These rates with the Synchformer stride that ``streams`` (e.g. an adaptor's) were written with.
-
-        Raises ValueError naming the first stream these rates cannot reproduce.
-        """
-        rates = self
-        synch = streams.get("synchformer")
-        if synch is not None and synch.segment_len:
-            rates = replace(self, synchformer_stride=int(round(synch.segment_hop * self.synchformer_video_fps)))
-        for name, rate in streams.items():
-            if rates.stream(name) != rate:
-                raise ValueError(f"'{name}' features at {rate} cannot be extracted by this version, which "
-                                 f"writes them at {rates.stream(name)}; rebuild the cache and retrain")
-        return rates
 
 
 class FeatureShapeError(ValueError):

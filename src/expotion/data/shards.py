@@ -27,16 +27,18 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import h5py
 import numpy as np
 
 from expotion.core.atomic import AtomicFile
 from expotion.core.nodes import SINGLE_NODE, NodeShare
-from expotion.core.rates import DEFAULT_RATES, VIDEO_STREAMS, Rates, StreamRate
+from expotion.core.rates import StreamRate
 
 SCHEMA_VERSION = 2  # 2: Synchformer datasets record their segment layout (token times)
 LOCK_NAME = ".lock"
@@ -58,6 +60,14 @@ def shard_path(cache: Path, split: str, index: int) -> Path:
     return Path(cache) / split / f"shard-{index:05d}.h5"
 
 
+@dataclass(frozen=True)
+class StoredArray:
+    """How a shard stores one array of a clip: its dtype (None: as given) and its dataset's attributes (its rate)."""
+
+    dtype: type | None = None
+    attrs: Mapping[str, float | int] = field(default_factory=dict)
+
+
 class ShardWriter:
     """Write one shard under a temporary name; publish it atomically on :meth:`commit`."""
 
@@ -72,22 +82,20 @@ class ShardWriter:
         self.skipped: list[dict] = []
         self.coverage: list[dict] = []
 
-    def add_clip(self, clip_id: str, arrays: dict[str, np.ndarray], attrs: dict, rates: Rates = DEFAULT_RATES) -> None:
-        """Store one clip; raise :class:`NonFiniteError` (writing nothing) if any stream holds NaN or inf."""
+    def add_clip(self, clip_id: str, arrays: dict[str, np.ndarray], attrs: dict,
+                 layout: Mapping[str, StoredArray] = MappingProxyType({})) -> None:
+        """Store one clip, each array as ``layout`` says (the caller's facts: e.g. the extractors' dtypes and rates;
+        an array it does not name is stored as given); raise :class:`NonFiniteError` (writing nothing) if any array
+        holds NaN or inf once converted."""
+        none = StoredArray()
         with np.errstate(over="ignore"):  # an overflow becomes inf, which check_finite reports by stream
-            # video features as float16: half the disk, ample precision
-            stored = {name: value.astype(np.float16 if name in VIDEO_STREAMS else value.dtype)
-                      for name, value in arrays.items()}
+            stored = {name: value.astype(layout.get(name, none).dtype or value.dtype) for name, value in arrays.items()}
         check_finite(stored)
         group = self.file["clips"].create_group(clip_id)
         for name, value in attrs.items():
             group.attrs[name] = value if isinstance(value, (str, int, float)) else json.dumps(value)
         for name, value in stored.items():
-            ds = create_checked(group, name, value)
-            if name == "codes":
-                ds.attrs["frame_rate"] = rates.codes_fps
-            elif name in VIDEO_STREAMS:
-                ds.attrs.update(rates.stream(name).to_attrs())
+            create_checked(group, name, value).attrs.update(layout.get(name, none).attrs)
 
     def add_text(self, key: str, hidden: np.ndarray) -> None:
         hidden = hidden.astype(np.float32)

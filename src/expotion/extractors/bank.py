@@ -5,14 +5,13 @@ Both the precompute stage and ``generate`` build an :class:`Extractors` and call
 training and at inference come from the same code. Every output length is
 checked against :mod:`expotion.core.rates`.
 
-Each video stream is one :class:`Stream` in ``STREAMS``: its weights, its
-loader ``(path, device, cfg)``, its rate, its per-step shape and how it is
-computed. A new stream is one :func:`register_stream` call.
+Each video stream is one :class:`~expotion.extractors.streams.Stream`, registered here with its facts (its
+weights, its loader ``(path, device, cfg)``, its computation, its rate, per-step shape, stored dtype and long-video
+window). A new stream is one :func:`~expotion.extractors.streams.register_stream` call.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate, check_shape, s
 from expotion.core.tiny import PRECOMPUTE, tiny_path
 from expotion.core.weights import REGISTRY, MissingWeightsError, torch_hub_checkpoints, weights_dir
 from expotion.data.media import ClipFrames
+from expotion.data.shards import StoredArray
 from expotion.extractors.clip import ClipVision, check_clip_dir, find_clip, load_clip
 from expotion.extractors.face import FaceDetector, FaceTrack, crop_faces, smooth_track, square_boxes
 from expotion.extractors.farneback import FarnebackConfig, FarnebackFlow
@@ -31,6 +31,8 @@ from expotion.extractors.marlin import MARLIN_FILE, load_marlin
 from expotion.extractors.motionformer import (CHECKPOINT_FILENAME, WEIGHTS_SUBDIR, MotionFormerConfig,
                                               load_synchformer_visual, preprocess_segments)
 from expotion.extractors.raft import RAFT_FILES, FlowConfig, compute_flow, load_raft
+from expotion.extractors.streams import STREAMS, Stream, register_stream, stored_arrays
+from expotion.extractors.streams import rates_matching  # noqa: F401  (re-exported, with the built-in streams registered)
 from expotion.musicgen.loading import MusicGenModule, check_musicgen_available, encode_audio, load_musicgen, text_hidden
 
 
@@ -114,37 +116,6 @@ class VideoFeatures:
     notes: list[str] = field(default_factory=list)
 
 
-# ---- the registry of video feature streams ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One video feature stream: the weights it reads, how to load them, its rate, shape and computation.
-
-    ``load(path, device, cfg)`` returns the frozen model on ``device``; ``compute(extractors, model, clip,
-    duration_s, face_box, out)`` adds the stream's arrays (and notes) for one clip to ``out``. A stream
-    without weights (``weight_key`` None) gets an empty path; ``check(path)`` refuses an incomplete weights
-    directory before any work starts.
-    """
-
-    name: str
-    load: Callable[[str, torch.device, ExtractorConfig], nn.Module]
-    rate: Callable[[Rates], StreamRate]
-    shape: Callable[[nn.Module, ExtractorConfig], tuple[int, ...]]  # of one time step
-    compute: Callable[..., None]
-    weight_key: Callable[[ExtractorConfig], str] | None = None  # the registered WeightSpec (``expotion weights check``)
-    path: Callable[[ExtractorConfig], str] = lambda cfg: ""
-    check: Callable[[str], object] | None = None
-
-
-STREAMS: dict[str, Stream] = {}
-
-
-def register_stream(stream: Stream) -> Stream:
-    STREAMS[stream.name] = stream
-    return stream
-
-
 def face_features(ex: Extractors, enc: nn.Module, clip: ClipFrames, duration_s: float,
                   face_box: tuple | FaceTrack | None, out: VideoFeatures) -> None:
     """MARLIN features per 16-frame window at 80 fps; windows without a face are zero and masked."""
@@ -197,18 +168,30 @@ def raft_path(cfg: ExtractorConfig) -> str:
     return cfg.raft_checkpoint or str(torch_hub_checkpoints() / RAFT_FILES[cfg.raft_variant])
 
 
+def synchformer_matching(rates: Rates, stored: StreamRate) -> Rates:
+    """The rates with the segment stride that stored Synchformer tokens were written with."""
+    if not stored.segment_len:
+        return rates
+    return replace(rates, synchformer_stride=int(round(stored.segment_hop * rates.synchformer_video_fps)))
+
+
+# Expotion's streams (§3.1), extracted by default.
 register_stream(Stream(
     "marlin", weight_key=lambda cfg: "marlin", path=lambda cfg: cfg.marlin_path,
     load=lambda path, device, cfg: load_marlin(path, device),
-    rate=lambda r: r.marlin, shape=lambda enc, cfg: (enc.dim,), compute=face_features))
+    rate=lambda r: r.marlin, shape=lambda enc, cfg: (enc.dim,), compute=face_features, default=True, faces=True,
+    overlap=lambda r: (r.marlin_window - r.marlin_stride) / r.marlin_video_fps))
 register_stream(Stream(
     "synchformer", weight_key=lambda cfg: "synchformer", path=lambda cfg: cfg.synchformer_path,
     load=lambda path, device, cfg: load_synchformer_visual(path, cfg.synchformer, device=device),
-    rate=lambda r: r.synchformer, shape=lambda model, cfg: (cfg.synchformer.dim,), compute=synchformer_features))
+    rate=lambda r: r.synchformer, shape=lambda model, cfg: (cfg.synchformer.dim,), compute=synchformer_features,
+    default=True, overlap=lambda r: (r.synchformer_segment - r.synchformer_stride) / r.synchformer_video_fps,
+    matching=synchformer_matching))
 register_stream(Stream(
     "raft", weight_key=lambda cfg: f"raft_{cfg.raft_variant}", path=raft_path,
     load=lambda path, device, cfg: load_raft(cfg.raft_variant, cfg.raft_checkpoint, device),
-    rate=lambda r: r.raft, shape=lambda model, cfg: cfg.flow.stored_shape, compute=raft_features))
+    rate=lambda r: r.raft, shape=lambda model, cfg: cfg.flow.stored_shape, compute=raft_features, default=True,
+    pairwise=True))
 
 
 def clip_features(ex: Extractors, model: ClipVision, clip: ClipFrames, duration_s: float, face_box: tuple | None,
@@ -238,20 +221,35 @@ register_stream(Stream(
     rate=lambda r: r.clip, shape=lambda model, cfg: (model.tokens, model.dim), compute=clip_features))
 register_stream(Stream(
     "farneback", load=lambda path, device, cfg: FarnebackFlow(cfg.farneback),
-    rate=lambda r: r.farneback, shape=lambda model, cfg: cfg.farneback.stored_shape, compute=farneback_features))
+    rate=lambda r: r.farneback, shape=lambda model, cfg: cfg.farneback.stored_shape, compute=farneback_features,
+    pairwise=True))
 
-VISUAL = tuple(STREAMS)
+VISUAL = tuple(STREAMS)  # the built-in video streams
 AUDIO_TEXT = ("codes", "t5")  # EnCodec tokens and text states, both from the MusicGen being adapted
 EXTRACTORS = (*VISUAL, *AUDIO_TEXT)
-EXPOTION_VISUAL = ("marlin", "synchformer", "raft")  # clip and farneback feed the CLIP + flow method
-DEFAULT_EXTRACTORS = (*EXPOTION_VISUAL, *AUDIO_TEXT)  # what precompute extracts unless told otherwise
+
+
+def extractor_names() -> tuple[str, ...]:
+    """Every registered video stream (a plug-in's too), then the audio and text extractors."""
+    return (*STREAMS, *AUDIO_TEXT)
+
+
+def default_extractors() -> tuple[str, ...]:
+    """What precompute extracts unless told otherwise: the streams registered as default, audio and text."""
+    return (*(name for name, stream in STREAMS.items() if stream.default), *AUDIO_TEXT)
+
+
+def stored_layout(names: tuple[str, ...], rates: Rates) -> dict[str, StoredArray]:
+    """How the shards store what extractors ``names`` compute: each stream's dtype and rate, the tokens' frame rate."""
+    codes = {"codes": StoredArray(None, {"frame_rate": rates.codes_fps})} if "codes" in names else {}
+    return {**stored_arrays(names, rates), **codes}
 
 
 def check_names(names: tuple[str, ...]) -> None:
     """Refuse extractor names that are not streams of this project (a typo in ``--extractors``)."""
-    unknown = set(names) - set(EXTRACTORS)
+    unknown = set(names) - set(extractor_names())
     if unknown:
-        raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {EXTRACTORS}")
+        raise ValueError(f"unknown extractors {sorted(unknown)}; choose from {extractor_names()}")
 
 
 def check_available(cfg: ExtractorConfig, names: tuple[str, ...]) -> None:
@@ -280,14 +278,15 @@ def check_available(cfg: ExtractorConfig, names: tuple[str, ...]) -> None:
 class Extractors(nn.Module):
     """The frozen models of the chosen extractors, as one module: ``.to(device)`` moves every one of them."""
 
-    def __init__(self, cfg: ExtractorConfig, names: tuple[str, ...] = EXTRACTORS, rates: Rates = DEFAULT_RATES,
+    def __init__(self, cfg: ExtractorConfig, names: tuple[str, ...] | None = None, rates: Rates = DEFAULT_RATES,
                  device: str | torch.device | None = None):
         super().__init__()
+        names = extractor_names() if names is None else names
         check_names(names)
         check_available(cfg, names)
         device = torch.device(device if device is not None else cfg.device)
         self.cfg, self.names, self.rates = cfg, tuple(names), rates
-        self.streams = [STREAMS[n] for n in VISUAL if n in names]
+        self.streams = [STREAMS[n] for n in STREAMS if n in names]
         self.models = nn.ModuleDict({s.name: s.load(s.path(cfg), device, cfg) for s in self.streams})
         if set(AUDIO_TEXT) & set(names):
             self.models["musicgen"] = MusicGenModule(load_musicgen(cfg.musicgen, device))

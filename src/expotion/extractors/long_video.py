@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from expotion.core.rates import VIDEO_STREAMS, Rates, StreamRate
+from expotion.core.rates import Rates
 from expotion.data.media import MediaError, iter_clip_frames
-from expotion.extractors.bank import EXPOTION_VISUAL, Extractors, VideoFeatures
+from expotion.extractors.bank import Extractors, VideoFeatures
 from expotion.extractors.face import FaceTrack
+from expotion.extractors.streams import STREAMS, default_streams, stream_of
 
 DEFAULT_WINDOW_S = 4.8  # about 150 frames of 30 fps video in memory at a time
 
@@ -40,16 +41,11 @@ class FeatureWindow:
     decode_s: float
 
 
-def stream_period(rate: StreamRate) -> Fraction:
-    """Seconds between consecutive vectors (segment starts, when segmented) of a stream, as an exact fraction."""
-    return Fraction(rate.segment_hop if rate.segment_len else 1 / rate.fps).limit_denominator(1000)
-
-
-def stride_grid_s(rates: Rates, face_fps: float, streams: tuple[str, ...] = EXPOTION_VISUAL) -> Fraction:
-    """The shortest span that is a whole number of every stream's stride (and, with MARLIN, of the face-detection
-    period)."""
-    periods = [stream_period(rates.stream(name)) for name in streams]
-    if "marlin" in streams:
+def stride_grid_s(rates: Rates, face_fps: float, streams: tuple[str, ...]) -> Fraction:
+    """The shortest span that is a whole number of every stream's stride (and, for a stream that reads faces, of
+    the face-detection period)."""
+    periods = [STREAMS[name].period(rates) for name in streams]
+    if any(STREAMS[name].faces for name in streams):
         periods.append(1 / Fraction(face_fps).limit_denominator(1000))
     grid = periods[0]
     for p in periods[1:]:
@@ -57,26 +53,22 @@ def stride_grid_s(rates: Rates, face_fps: float, streams: tuple[str, ...] = EXPO
     return grid
 
 
-def lookahead_s(rates: Rates) -> float:
-    """Video past a window's end that the vectors starting inside it need.
-
-    A Synchformer segment overlaps the next by ``segment - stride`` frames, and a
-    RAFT or Farneback flow needs the frame after it; MARLIN windows and CLIP frames do not overlap.
-    """
-    return max((rates.synchformer_segment - rates.synchformer_stride) / rates.synchformer_video_fps,
-               1 / rates.raft_video_fps, 1 / rates.farneback_video_fps,
-               (rates.marlin_window - rates.marlin_stride) / rates.marlin_video_fps)
+def lookahead_s(rates: Rates, streams: tuple[str, ...]) -> float:
+    """Video past a window's end that the vectors starting inside it need: the most any of ``streams`` states
+    (overlapping segments or windows, a flow's next frame)."""
+    return max(STREAMS[name].lookahead_s(rates) for name in streams)
 
 
 def plan_windows(duration_s: float, window_s: float, rates: Rates, face_fps: float,
-                 streams: tuple[str, ...] = EXPOTION_VISUAL) -> list[FeatureWindow]:
-    """Windows of ``window_s`` (rounded to the streams' stride grid) covering ``duration_s``; the last takes the
-    remainder."""
+                 streams: tuple[str, ...] | None = None) -> list[FeatureWindow]:
+    """Windows of ``window_s`` (rounded to the stride grid of ``streams``, by default those precompute extracts by
+    default) covering ``duration_s``; the last takes the remainder."""
+    streams = default_streams() if streams is None else tuple(streams)
     grid = stride_grid_s(rates, face_fps, streams)
     length = grid * max(1, round(Fraction(window_s) / grid))
     count = max(1, int(duration_s / length + 1e-9))
     starts = [float(k * length) for k in range(count)]
-    ahead = lookahead_s(rates)
+    ahead = lookahead_s(rates, streams)
     windows = [FeatureWindow(s, float(length), min(float(length) + ahead, duration_s - s)) for s in starts[:-1]]
     return [*windows, FeatureWindow(starts[-1], None, duration_s - starts[-1])]
 
@@ -100,11 +92,6 @@ def scan_faces(extractors: Extractors, video: Path, windows: list[FeatureWindow]
     return FaceTrack(np.arange(n) / fps, np.concatenate(boxes))
 
 
-def stream_rate_of(rates: Rates, name: str) -> float:
-    """Vectors per second of the array ``name`` (a mask shares its stream's rate)."""
-    return rates.stream(name.removesuffix("_mask")).vectors_per_second
-
-
 def video_features(extractors: Extractors, video: Path, duration_s: float, face_box: tuple | None = None,
                    window_s: float = DEFAULT_WINDOW_S,
                    progress: Callable[[str, int, int], None] | None = None) -> VideoFeatures:
@@ -116,10 +103,10 @@ def video_features(extractors: Extractors, video: Path, duration_s: float, face_
     ``marlin_mask``.
     """
     rates = extractors.rates
-    streams = tuple(name for name in extractors.names if name in VIDEO_STREAMS)
+    streams = tuple(stream.name for stream in extractors.streams)
     windows = plan_windows(duration_s, window_s, rates, extractors.cfg.face_detect_fps, streams)
     face: tuple | FaceTrack | None = face_box
-    if face_box is None and "marlin" in extractors.names:
+    if face_box is None and any(stream.faces for stream in extractors.streams):
         on_window = (lambda done, total: progress("faces", done, total)) if progress else None
         face = scan_faces(extractors, video, windows, on_window)
     parts: dict[str, list[np.ndarray]] = {}
@@ -133,7 +120,7 @@ def video_features(extractors: Extractors, video: Path, duration_s: float, face_
         feats = extractors.video_features(frames, window.decode_s, window_face)
         for name, array in feats.arrays.items():
             if window.keep_s is not None:
-                keep = round(window.keep_s * stream_rate_of(rates, name))
+                keep = round(window.keep_s * stream_of(name).rate(rates).vectors_per_second)
                 if len(array) < keep:
                     raise RuntimeError(f"{video}: window at {window.start_s:g} s gave {len(array)} '{name}' vectors, "
                                        f"fewer than the {keep} it must contribute (rates and lookahead disagree)")

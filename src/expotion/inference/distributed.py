@@ -16,8 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from expotion.inference.generate import (DEFAULT_BATCH_SIZE, BatchResult, CacheJob, ModelSettings, Progress, Prompts,
-                                         SamplingSettings, cached_clips, load_models, share_of)
+from expotion.inference.batch import DEFAULT_BATCH_SIZE, BatchResult, CacheJob, Prompts, cached_clips, share_of
+from expotion.inference.models import ModelSettings, Progress, SamplingSettings, load_models
 
 
 class CacheGeneration(L.LightningModule):

@@ -35,7 +35,7 @@ from expotion.core.rates import DEFAULT_RATES
 from expotion.core.weights import MissingWeightsError
 from expotion.data.manifest import ManifestError
 from expotion.data.shards import CacheError
-from expotion.extractors.bank import DEFAULT_EXTRACTORS, EXTRACTORS, ExtractorConfig
+from expotion.extractors.bank import ExtractorConfig, default_extractors, extractor_names
 from expotion.precompute.pipeline import PrecomputeConfig, merge_summary
 from expotion.precompute.pipeline import run as run_pipeline
 
@@ -46,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="root of the manifest's paths (default: its folder)")
     p.add_argument("--musicgen", default=None, help="MusicGen hub name or local directory (real default facebook/musicgen-small)")
     p.add_argument("--raft-variant", choices=("small", "large"), default=None)
-    p.add_argument("--extractors", default=",".join(DEFAULT_EXTRACTORS),
-                   help=f"comma-separated subset of {','.join(EXTRACTORS)} (default: Expotion's, "
-                        f"{','.join(DEFAULT_EXTRACTORS)}; the CLIP + flow method reads clip,farneback)")
+    p.add_argument("--extractors", default=",".join(default_extractors()),
+                   help=f"comma-separated subset of {','.join(extractor_names())} (default: the streams registered "
+                        f"as default, {','.join(default_extractors())}; train a method on the streams it reads)")
     p.add_argument("--clip-seconds", type=opt.positive_float, default=10.0)
     p.add_argument("--keep-tail", action="store_true",
                    help="also take a last clip ending with the recording, overlapping the one before it")

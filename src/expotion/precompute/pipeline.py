@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ from expotion.data.clips import GENERIC_PROMPT
 from expotion.data.manifest import VIDEO_AUDIO, Recording, load_manifest
 from expotion.data.shards import (LOCK_NAME, CacheError, ShardWriter, cache_lock, file_lock, open_shard,
                                   remove_shards_except, remove_stale_temporaries, shard_path)
-from expotion.extractors.bank import DEFAULT_EXTRACTORS, ExtractorConfig, Extractors, check_available, check_names
+from expotion.extractors.bank import ExtractorConfig, Extractors, check_available, check_names, default_extractors
 from expotion.precompute.recording import process_isolated
 from expotion.precompute.summary import Summary, collect
 
@@ -69,7 +69,7 @@ class PrecomputeConfig:
     manifest: Path
     cache: Path
     extractors: ExtractorConfig
-    names: tuple[str, ...] = DEFAULT_EXTRACTORS
+    names: tuple[str, ...] = field(default_factory=default_extractors)
     data_root: Path | None = None
     clip_seconds: float = DEFAULT_RATES.clip_seconds
     recordings_per_shard: int = 4

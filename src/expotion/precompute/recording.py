@@ -15,7 +15,7 @@ from expotion.core.rates import FeatureShapeError
 from expotion.data.manifest import VIDEO_AUDIO, Clip, ManifestError, Recording, check_face_box, chop
 from expotion.data.media import MediaError, iter_clip_frames, probe_video, read_music
 from expotion.data.shards import NonFiniteError, ShardWriter
-from expotion.extractors.bank import Extractors
+from expotion.extractors.bank import Extractors, stored_layout
 
 if TYPE_CHECKING:
     from expotion.precompute.pipeline import PrecomputeConfig
@@ -120,7 +120,7 @@ def store_clip(clip: Clip, frames, audio, text, ex: Extractors, writer: ShardWri
         "sample_rate": rates.sample_rate,
         "notes": feats.notes,
     }
-    writer.add_clip(clip.id, arrays, attrs, rates)
+    writer.add_clip(clip.id, arrays, attrs, stored_layout(ex.names, rates))
     for note in feats.notes:
         log.warning("%s: %s", clip.id, note)
     return None

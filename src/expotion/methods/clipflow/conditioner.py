@@ -20,7 +20,6 @@ decoder can align memory tokens with the music it is writing.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from expotion.core.rates import StreamRate
+from expotion.extractors.bank import STREAMS  # the registry, with the built-in streams registered
 from expotion.methods.clipflow.memory import window_memory
 from expotion.methods.clipflow.statistics import RunningMoments, moments_of
 
 TEXT_MODES = ("none", "concat")
 DECODER_CHOICES = ("none", "cross_attention", "all")
-PAIRWISE = ("farneback",)  # streams with one vector per pair of consecutive frames
 
 
 @dataclass(frozen=True)
@@ -219,12 +218,6 @@ class MemoryProjection(nn.Module):
         return self.proj(self.norm(o)).unflatten(-1, (self.tokens_per_frame, self.model_dim)).flatten(1, 2)
 
 
-def window_length(name: str, rate: StreamRate, seconds: float) -> int:
-    """Vectors of stream ``name`` in a window of ``seconds``: its frames, one fewer for a pairwise stream."""
-    frames = int(math.floor(seconds * rate.fps + 1e-6))
-    return max(frames - 1, 0) if name in PAIRWISE else frames
-
-
 def window(x: torch.Tensor, rate: StreamRate, start_s: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` vectors of ``x`` (B, T, ...) whose centres start at ``start_s`` (B,), and their times (B, count).
 
@@ -275,14 +268,14 @@ class ClipFlowConditioner(nn.Module):
                 seconds: float) -> torch.Tensor:
         """``Z`` (B, N_v * P, M) for the window ``[start_s, start_s + seconds)`` of each clip (``start_s`` (B,))."""
         feats = {name: self.standardize[name](feats[name]) for name in self.cfg.streams}
-        clip, frame_times = window(feats["clip"], rates["clip"], start_s, window_length("clip", rates["clip"], seconds))
+        clip, frame_times = window(feats["clip"], rates["clip"], start_s, STREAMS["clip"].length(rates["clip"], seconds))
         if clip.shape[1] == 0:
             raise ValueError(f"a {seconds:g} s window holds no CLIP frame at {rates['clip'].fps:g} fps")
         relative = frame_times - start_s[:, None].float()
         o = self.timed(self.visual(clip), relative)
         if self.motion is not None:
             rate = rates["farneback"]
-            maps, centres = window(feats["farneback"], rate, start_s, window_length("farneback", rate, seconds))
+            maps, centres = window(feats["farneback"], rate, start_s, STREAMS["farneback"].length(rate, seconds))
             if maps.shape[1] == 0 and not self.cfg.causal:
                 raise ValueError(f"a {seconds:g} s window holds no Farneback flow at {rate.fps:g} fps")
             f = self.timed(self.motion(maps), centres - start_s[:, None].float())
