@@ -42,6 +42,7 @@ WEIGHT_MODULES = (
     "expotion.extractors.raft",
     "expotion.extractors.clip",
     "expotion.evaluation.models",
+    "expotion.captioners.models",
 )
 
 
