@@ -200,7 +200,7 @@ def test_face_boxes_outside_the_frame_are_refused_and_mostly_outside_ones_warned
 
 # ---- names, captions and boxes refused with their line, before any work ---------------------------
 @pytest.mark.parametrize("split", ["../../x", "../other-cache/train", "a/b", ".hidden", "..", "tr ain", "/abs"])
-def test_case1_a_split_that_is_not_a_plain_name_is_refused_with_its_line(tmp_path, split):
+def test_a_split_that_is_not_a_plain_name_is_refused_with_its_line(tmp_path, split):
     path = write_csv(tmp_path, ["a,a.mp4,,c,train,", f'b,b.mp4,,c,"{split}",'])
     assert problems_of(path) == [f"{path}:3: split {split!r} is not a name (letters, digits, '-', '_' and '.', "
                                  "not leading '.'): it names a folder of the cache"]
@@ -211,7 +211,7 @@ def test_split_names_with_dots_dashes_and_underscores_are_kept(tmp_path):
     assert [r.split for r in load_manifest(path)] == ["train-2.v1", "val_A"]
 
 
-def test_case3_a_face_box_under_the_minimum_size_is_refused_with_its_line(tmp_path):
+def test_a_face_box_under_the_minimum_size_is_refused_with_its_line(tmp_path):
     from expotion.data.manifest import MIN_FACE_SIDE
 
     path = write_csv(tmp_path, ["a,a.mp4,,c,train,10 10 11 11", f"b,b.mp4,,c,train,0 0 {MIN_FACE_SIDE} 200"])
@@ -219,7 +219,7 @@ def test_case3_a_face_box_under_the_minimum_size_is_refused_with_its_line(tmp_pa
                                  f"least {MIN_FACE_SIDE} source pixels (leave it empty to detect the face)"]
 
 
-def test_case4_control_characters_in_captions_are_refused_with_their_line(tmp_path):
+def test_control_characters_in_captions_are_refused_with_their_line(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text('id,video,caption\na,a.mp4,"calm\nlate-night piano"\nb,b.mp4,drums\x00 and bass\n'
                     "c,c.mp4,\x1b[31mred\x7f\n")
@@ -231,7 +231,7 @@ def test_case4_control_characters_in_captions_are_refused_with_their_line(tmp_pa
     assert problems_of(jsonl) == [f"{jsonl}:2: caption holds control character(s) U+0000; remove them"]
 
 
-def test_case8_a_manifest_that_is_a_folder_or_a_symlink_loop_is_named_in_one_line(tmp_path, capsys, tiny_profile_cfg):
+def test_a_manifest_that_is_a_folder_or_a_symlink_loop_is_named_in_one_line(tmp_path, capsys, tiny_profile_cfg):
     from pathlib import Path
 
     from expotion.cli.main import main

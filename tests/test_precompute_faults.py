@@ -33,14 +33,14 @@ def demo_copy(small_demo: Path, dest: Path, edits: dict[str, dict[str, str]] | N
     return manifest
 
 
-def test_case1_a_split_that_escapes_the_cache_stops_the_run_before_any_work(small_demo, tiny_profile_cfg, tmp_path):
+def test_a_split_that_escapes_the_cache_stops_the_run_before_any_work(small_demo, tiny_profile_cfg, tmp_path):
     manifest = demo_copy(small_demo, tmp_path / "data", {"demo-001": {"split": "../../escaped"}})
     with pytest.raises(ManifestError, match=r"manifest.csv:3: split '../../escaped' is not a name"):
         run(config(manifest, tmp_path / "out" / "cache", tiny_profile_cfg))
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
 
 
-def test_case2_a_changed_audio_column_or_audio_file_recomputes_that_shard(small_demo, tiny_profile_cfg, tmp_path):
+def test_a_changed_audio_column_or_audio_file_recomputes_that_shard(small_demo, tiny_profile_cfg, tmp_path):
     """demo-000's audio pointed at demo-002's music: its shard (only) is rewritten, with the new path and the codes
     of that music (equal to demo-002's own clips, cut at the same times); then the file rewritten in place."""
     cache = tmp_path / "cache"
@@ -66,7 +66,7 @@ def test_case2_a_changed_audio_column_or_audio_file_recomputes_that_shard(small_
         assert np.array_equal(f["clips/demo-000-000/codes"][()], old_codes)
 
 
-def test_case4_an_unexpected_error_in_one_recording_skips_it_and_later_shards_are_written(
+def test_an_unexpected_error_in_one_recording_skips_it_and_later_shards_are_written(
         small_demo, tiny_profile_cfg, tmp_path, monkeypatch):
     """The second clip of the first recording fails inside an extractor: that recording is skipped whole (its
     first clip, already stored, is removed) with the error as its reason; every later recording and shard is
@@ -91,7 +91,7 @@ def test_case4_an_unexpected_error_in_one_recording_skips_it_and_later_shards_ar
     assert "demo-000: 0 of 2 clips written, 4.00 s of 4.00 s in no clip" in summary.report()
 
 
-def test_case7_a_truncated_recordings_entry_counts_the_clips_written_and_the_seconds_dropped(
+def test_a_truncated_recordings_entry_counts_the_clips_written_and_the_seconds_dropped(
         small_demo, tiny_profile_cfg, tmp_path):
     """A 4 s Matroska file cut after about 2.6 s: its header still says 4 s; the clip at 0-2 s is written, the one
     at 2-4 s is skipped, and the recording's entry says so."""
@@ -121,7 +121,7 @@ def flip_codes(shard: Path, clip_id: str) -> None:
         raw.write(bytes(b ^ 0xFF for b in data))
 
 
-def test_case6_a_corrupt_shard_is_named_by_every_reader_rebuilt_by_features_and_training_then_runs(
+def test_a_corrupt_shard_is_named_by_every_reader_rebuilt_by_features_and_training_then_runs(
         small_demo, tiny_profile_cfg, tmp_path, caplog, capsys, monkeypatch):
     from test_training import run_train, tiny_config
 
@@ -167,7 +167,7 @@ def test_case6_a_corrupt_shard_is_named_by_every_reader_rebuilt_by_features_and_
     assert (tmp_path / "run" / "adaptor.pt").exists()
 
 
-def test_case6_every_dataset_of_a_shard_carries_a_checksum(small_demo, tiny_profile_cfg, tmp_path):
+def test_every_dataset_of_a_shard_carries_a_checksum(small_demo, tiny_profile_cfg, tmp_path):
     run(config(small_demo, tmp_path / "cache", tiny_profile_cfg, names=("marlin", "codes", "t5")))
     datasets = []
     with h5py.File(tmp_path / "cache/train/shard-00000.h5") as f:

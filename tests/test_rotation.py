@@ -43,7 +43,7 @@ CODECS = {"ffv1": (".mkv", 0.0), "libx264": (".mp4", 4.0)}  # container, mean ab
 
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("rotation", [-90, 90, 180])
-def test_case5_precompute_and_eval_decode_rotated_videos_upright(tmp_path, rotation, codec):
+def test_precompute_and_eval_decode_rotated_videos_upright(tmp_path, rotation, codec):
     from expotion.data.media import iter_clip_frames, probe_video
     from expotion.evaluation.video import VideoClip, uniform_frames
 
@@ -60,7 +60,7 @@ def test_case5_precompute_and_eval_decode_rotated_videos_upright(tmp_path, rotat
     assert seen.shape == (5, H, W, 3) and np.abs(seen.astype(float) - frames[chosen]).mean() <= tolerance
 
 
-def test_case5_eval_motion_of_a_rotated_video_equals_the_upright_ones(tmp_path):
+def test_eval_motion_of_a_rotated_video_equals_the_upright_ones(tmp_path):
     from expotion.evaluation.alignment import video_motion
 
     frames = upright_frames()
@@ -71,7 +71,7 @@ def test_case5_eval_motion_of_a_rotated_video_equals_the_upright_ones(tmp_path):
         assert np.array_equal(rotated[key], upright[key]), key
 
 
-def test_case5_generated_clip_videos_keep_the_rotation(tmp_path):
+def test_generated_clip_videos_keep_the_rotation(tmp_path):
     """The clip mp4s generation cuts from a rotated recording show upright too (the rotation is carried over)."""
     from expotion.data.media import ClipVideo, iter_clip_frames, probe_video, write_clip_videos
 
@@ -85,7 +85,7 @@ def test_case5_generated_clip_videos_keep_the_rotation(tmp_path):
     assert np.abs(clip.frames.astype(float) - frames[10 : 10 + FPS]).mean() <= CODECS["libx264"][1]
 
 
-def test_case5_precompute_features_of_a_rotated_recording_equal_the_upright_ones(tmp_path, tiny_profile_cfg):
+def test_precompute_features_of_a_rotated_recording_equal_the_upright_ones(tmp_path, tiny_profile_cfg):
     """The face box is in upright pixels: here it lies outside the stored (sideways, 64 wide) picture, and is
     still the same face crop; every feature equals the upright file's."""
     import h5py
