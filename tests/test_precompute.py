@@ -29,7 +29,7 @@ from expotion.core.rates import DEFAULT_RATES, FeatureShapeError, Rates, StreamR
 from expotion.data.clips import ClipDataset, read_clips
 from expotion.data.shards import (SCHEMA_VERSION, CacheError, NonFiniteError, ShardWriter, list_shards, open_shard,
                                   remove_stale_temporaries)
-from expotion.data.shards import main as cache_main
+from expotion.cli.cache import main as cache_main
 from expotion.evaluation.files import InputError, read_cache_split
 from expotion.precompute.pipeline import merge_summary, run
 from expotion.precompute.summary import written_clip_ids

@@ -15,7 +15,7 @@ from conftest import precompute_config as config
 from expotion.data.clips import ClipDataset, read_clips
 from expotion.data.manifest import ManifestError
 from expotion.data.shards import CacheError, list_shards, open_shard
-from expotion.data.shards import main as cache_main
+from expotion.cli.cache import main as cache_main
 from expotion.precompute.pipeline import run
 from expotion.precompute.summary import written_clip_ids
 

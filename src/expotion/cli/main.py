@@ -139,9 +139,8 @@ def first_line(module) -> str:
 
 # ---- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from expotion.data import shards as cache
     from expotion.evaluation import cli as evaluation
-    from expotion.cli import generate
+    from expotion.cli import cache, generate
     from expotion.precompute import command as extract
 
     parser = argparse.ArgumentParser(prog="expotion", description=__doc__.split("\n\n")[0])

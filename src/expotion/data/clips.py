@@ -1,4 +1,5 @@
-"""Training data from the HDF5 feature cache: a Dataset of clips and a LightningDataModule.
+"""Clips of the HDF5 feature cache: a Dataset and a LightningDataModule for training, and the one reader of a
+cached split's clips (:func:`read_clips`) for batch generation and evaluation.
 
 Shards are validated when the dataset is built (schema version, truncation, a clip id in two shards)
 and opened lazily, once per worker process, when items are read. Each item is a
@@ -285,14 +286,15 @@ class ShardDataModule(L.LightningDataModule):
 
 @dataclass
 class CachedClip:
-    """A clip of the cache for generation: its prompt, span and source; its features are read when needed."""
+    """A clip of the cache as generation and evaluation read it: its caption, span and source; its features are
+    read when needed."""
 
     clip_id: str
     caption: str
     start_s: float
     duration_s: float
-    source: Path
-    audio_source: Path | None
+    source: Path  # the recording it was cut from, under the data root
+    audio_source: Path | None  # its music's own file, or None when the music is the video's audio
     shard: Path
     shapes: dict[str, tuple[int, ...]]  # (time, ...) of each visual dataset it has (features and mask)
     missing: list[str]
@@ -312,18 +314,24 @@ class CachedClip:
             raise CacheError(f"{self.shard}: corrupt shard (clip {self.clip_id}: {err}); {REBUILD}") from err
 
 
-def read_clips(root: str | os.PathLike, streams: tuple[str, ...]) -> list[CachedClip]:
-    """Every cached clip under ``root``, in id order, without reading its features."""
+def read_clips(root: str | os.PathLike, streams: tuple[str, ...] = (),
+               data_root: str | os.PathLike | None = None) -> list[CachedClip]:
+    """Every cached clip under ``root`` (a shard or a directory of shards), in id order, without reading its features.
+
+    ``streams`` are the visual streams whose shapes, rates and absence are noted. Sources are under the data root
+    each shard records, or under ``data_root`` when the recordings have moved. A clip id held by two shards is a
+    :class:`CacheError` naming both.
+    """
     clips, owners = [], {}  # owners: clip id -> its shard, to refuse a second shard with the id
     for path in list_shards(Path(root)):
         with open_shard(path) as f:
             claim_clip_ids(owners, path, f["clips"].keys())
-            data_root = Path(f.attrs.get("data_root", "."))
+            base = Path(data_root) if data_root is not None else Path(f.attrs.get("data_root", "."))
             for clip_id, g in f["clips"].items():
                 audio = str(g.attrs["audio_source"])
-                clips.append(CachedClip(clip_id, str(g.attrs["caption"]), float(g.attrs["start_s"]),
-                                        float(g.attrs["duration_s"]), data_root / str(g.attrs["source"]),
-                                        None if audio == VIDEO_AUDIO else data_root / audio, path,
+                clips.append(CachedClip(clip_id, str(g.attrs.get("caption", "")), float(g.attrs["start_s"]),
+                                        float(g.attrs["duration_s"]), base / str(g.attrs["source"]),
+                                        None if audio == VIDEO_AUDIO else base / audio, path,
                                         {n: g[n].shape for n in visual_names(streams) if n in g},
                                         [n for n in streams if n not in g], stream_rates(g, streams)))
     return sorted(clips, key=lambda clip: clip.clip_id)

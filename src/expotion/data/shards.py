@@ -1,4 +1,4 @@
-"""The HDF5 feature cache: shard schema, atomic writing, validated reading, and ``inspect``.
+"""The HDF5 feature cache: shard schema, atomic writing, validated reading.
 
 Layout: ``<cache>/<split>/shard-NNNNN.h5``, one group per clip under
 ``/clips/<clip_id>`` holding ``codes`` (K, T) with a ``frame_rate`` attribute,
@@ -15,18 +15,16 @@ No shard ever holds NaN or inf: :meth:`ShardWriter.add_clip` refuses them.
 One run at a time writes a cache, or one run per node of a multi-node run:
 see :func:`cache_lock`.
 
-Usage: ``expotion cache inspect PATH`` (a shard or a directory).
+``expotion cache inspect PATH`` (:mod:`expotion.cli.cache`) summarises shards.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
 import re
 import socket
-import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +36,6 @@ import numpy as np
 
 from expotion.core.atomic import AtomicFile
 from expotion.core.nodes import SINGLE_NODE, NodeShare
-from expotion.core.rates import StreamRate
 
 SCHEMA_VERSION = 2  # 2: Synchformer datasets record their segment layout (token times)
 LOCK_NAME = ".lock"
@@ -338,66 +335,3 @@ def claim_clip_ids(owners: dict[str, Path], shard: Path, clip_ids: Iterable[str]
         if other != shard:
             raise CacheError(f"clip id '{clip_id}' is in two shards, {other} and {shard}; rerun `make features` "
                              "(a run removes the shards outside its plan) or delete the shard that does not belong")
-
-
-def summarize_shard(path: Path) -> dict:
-    with open_shard(path) as f:
-        clips = {}
-        for clip_id, group in f["clips"].items():
-            clips[clip_id] = {
-                "attrs": {k: (v.item() if hasattr(v, "item") else v) for k, v in group.attrs.items()},
-                "datasets": {
-                    name: {"shape": list(ds.shape), "dtype": str(ds.dtype),
-                           **{k: float(v) for k, v in ds.attrs.items()},
-                           **covered_seconds(name, ds)}
-                    for name, ds in group.items()
-                },
-            }
-        return {
-            "path": str(path),
-            "schema_version": int(f.attrs["schema_version"]),
-            "split": f.attrs.get("split", ""),
-            "n_clips": len(clips),
-            "skipped": json.loads(f.attrs.get("skipped", "[]")),
-            "text": {k: list(v.shape) for k, v in f.get("text", {}).items()},
-            "clips": clips,
-        }
-
-
-def covered_seconds(name: str, ds: h5py.Dataset) -> dict:
-    """Seconds of video/audio a time series spans, to compare with the clip duration."""
-    if name == "codes":
-        return {"seconds": ds.shape[1] / float(ds.attrs["frame_rate"])}
-    if "fps" in ds.attrs:
-        return {"seconds": StreamRate.from_attrs(ds.attrs).end(ds.shape[0])}
-    return {}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="cache_command", required=True)
-    inspect = sub.add_parser("inspect", help="print a JSON summary of a shard or every shard under a directory")
-    inspect.add_argument("path", type=Path)
-
-
-def run(args: argparse.Namespace) -> int:
-    shards = list_shards(args.path)
-    if not shards:
-        print(f"no shards under {args.path}", file=sys.stderr)
-        return 1
-    try:
-        summary = [summarize_shard(p) for p in shards]
-    except CacheError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(summary[0] if args.path.is_file() else summary, indent=2))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="expotion cache", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -111,7 +111,7 @@ def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, V
     if cached and not set(ids) & set(cached):
         raise InputError(f"{args.cache}: none of its {len(cached)} clips is among the {len(ids)} paired clips. "
                          f"Cached clips: {a_few(cached)}; paired clips: {a_few(ids)}")
-    videos = {i: cached[i].video for i in ids if i in cached}
+    videos = {i: VideoClip(cached[i].source, cached[i].start_s, cached[i].duration_s) for i in ids if i in cached}
     if videos and not any(v.path.is_file() for v in videos.values()):
         example = next(iter(videos.values())).path
         raise InputError(f"{args.cache}: none of the source videos it names exists (e.g. {example}); "
@@ -125,7 +125,7 @@ def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, V
     if args.captions:
         captions = captions_for_clips(ids, read_captions(args.captions), args.captions)
     else:
-        captions = {i: cached[i].caption for i in ids if i in cached and cached[i].caption}
+        captions = {i: cached[i].caption.strip() for i in ids if i in cached and cached[i].caption.strip()}
     return videos, captions
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expotion.data.manifest import ManifestError, load_manifest, recording_of
-from expotion.data.shards import CacheError, claim_clip_ids, list_shards, open_shard
-from expotion.evaluation.video import VideoClip
+from expotion.data.clips import CachedClip, read_clips
+from expotion.data.shards import CacheError, list_shards
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
@@ -137,40 +137,16 @@ def captions_for_clips(clip_ids: list[str], captions: dict[str, str], source: Pa
     return found
 
 
-@dataclass(frozen=True)
-class CachedClip:
-    """What the feature cache records about a clip that evaluation can use: its caption and its video span."""
-
-    caption: str
-    video: VideoClip
-
-
 def read_cache_split(split: Path, data_root: Path | None = None) -> dict[str, CachedClip]:
-    """Every clip of a cached split (a shard or a directory of shards), by clip id.
+    """Every clip of a cached split (a shard or a directory of shards), by clip id, read by the cache's one reader
+    (:func:`expotion.data.clips.read_clips`); a split that cannot be read is an :class:`InputError`.
 
-    The video span is the clip's source recording under the data root the
-    shard records (or ``data_root``, when the sources have moved), from
-    ``start_s`` for ``duration_s``: the frames precompute cut for the clip.
-    A clip id held by two shards is an :class:`InputError` naming both.
+    A clip's video span is its ``source`` (under ``data_root``, when the sources have moved) from ``start_s``
+    for ``duration_s``: the frames precompute cut for the clip.
     """
-    shards = list_shards(Path(split))
-    if not shards:
+    if not list_shards(Path(split)):
         raise InputError(f"{split}: no cache shards (shard-*.h5) here")
-    clips: dict[str, CachedClip] = {}
-    owners: dict[str, Path] = {}
-    for path in shards:
-        try:
-            shard = open_shard(path)
-        except CacheError as err:
-            raise InputError(str(err)) from err
-        with shard:
-            try:
-                claim_clip_ids(owners, path, shard["clips"].keys())
-            except CacheError as err:
-                raise InputError(str(err)) from err
-            root = Path(data_root) if data_root is not None else Path(shard.attrs.get("data_root", "."))
-            for clip_id, group in shard["clips"].items():
-                span = VideoClip(root / str(group.attrs["source"]), float(group.attrs["start_s"]),
-                                 float(group.attrs["duration_s"]))
-                clips[clip_id] = CachedClip(str(group.attrs.get("caption", "")).strip(), span)
-    return clips
+    try:
+        return {clip.clip_id: clip for clip in read_clips(split, data_root=data_root)}
+    except CacheError as err:
+        raise InputError(str(err)) from err
