@@ -40,6 +40,10 @@ GENERIC_PROMPT = "music with catchy melody"  # the §4.5 ablation's one prompt i
 SPELLINGS = f"{MANIFEST}, {GENERATED}:<kind> (e.g. {GENERATED}:music) or {GENERIC}"
 
 
+class CaptionSourceError(ValueError):
+    """A caption source that is none of the spellings."""
+
+
 class MissingCaptionError(CacheError):
     """A clip has no caption of the chosen source."""
 
@@ -53,7 +57,7 @@ class CaptionSource:
 
     @classmethod
     def parse(cls, text: str | CaptionSource) -> CaptionSource:
-        """``manifest``, ``generic`` or ``generated:<kind>``; anything else is a ValueError naming the spellings."""
+        """``manifest``, ``generic`` or ``generated:<kind>``; anything else is refused naming the spellings."""
         if isinstance(text, CaptionSource):
             return text
         name, _, kind = str(text).strip().partition(":")
@@ -61,7 +65,7 @@ class CaptionSource:
             return cls(name)
         if name == GENERATED and kind.strip():
             return cls(GENERATED, kind.strip())
-        raise ValueError(f"captions {text!r}: expected {SPELLINGS}")
+        raise CaptionSourceError(f"captions {text!r}: expected {SPELLINGS}")
 
     def __str__(self) -> str:
         return f"{GENERATED}:{self.kind}" if self.name == GENERATED else self.name

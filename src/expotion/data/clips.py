@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from expotion.core.rates import DEFAULT_RATES, StreamRate
-from expotion.data.captions import GENERIC, GENERIC_PROMPT, MANIFEST, CaptionSource, clip_caption
+from expotion.data.captions import GENERIC, GENERIC_PROMPT, MANIFEST, CaptionSource, CaptionSourceError, clip_caption
 from expotion.data.manifest import VIDEO_AUDIO
 from expotion.data.shards import REBUILD, CacheError, claim_clip_ids, list_shards, open_shard
 
@@ -221,7 +221,7 @@ def caption_source(captions: str | CaptionSource, generic_prompt: bool = False) 
     """The captions training reads (``--data.captions``); ``generic_prompt`` is the older spelling of ``generic``."""
     source = CaptionSource.parse(captions)
     if generic_prompt and source.name not in (MANIFEST, GENERIC):
-        raise ValueError(f"--data.generic_prompt true and --data.captions {source}: choose one (--data.captions "
+        raise CaptionSourceError(f"--data.generic_prompt true and --data.captions {source}: choose one (--data.captions "
                          "generic is the generic prompt)")
     return CaptionSource(GENERIC) if generic_prompt else source
 

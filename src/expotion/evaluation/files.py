@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from expotion.data.captions import MANIFEST, CaptionSource, MissingCaptionError, clip_caption
 from expotion.data.manifest import ManifestError, load_manifest, recording_of
 from expotion.data.shards import CacheError, claim_clip_ids, list_shards, open_shard
 from expotion.evaluation.video import VideoClip
@@ -145,14 +146,19 @@ class CachedClip:
     video: VideoClip
 
 
-def read_cache_split(split: Path, data_root: Path | None = None) -> dict[str, CachedClip]:
+def read_cache_split(split: Path, data_root: Path | None = None, captions: str = MANIFEST) -> dict[str, CachedClip]:
     """Every clip of a cached split (a shard or a directory of shards), by clip id.
 
     The video span is the clip's source recording under the data root the
     shard records (or ``data_root``, when the sources have moved), from
     ``start_s`` for ``duration_s``: the frames precompute cut for the clip.
-    A clip id held by two shards is an :class:`InputError` naming both.
+    A clip id held by two shards is an :class:`InputError` naming both. ``captions`` chooses the caption source
+    (:class:`~expotion.data.captions.CaptionSource`); a clip lacking a generated caption is an :class:`InputError`.
     """
+    try:
+        source = CaptionSource.parse(captions)
+    except ValueError as err:
+        raise InputError(f"--cache-captions: {err}") from err
     shards = list_shards(Path(split))
     if not shards:
         raise InputError(f"{split}: no cache shards (shard-*.h5) here")
@@ -172,5 +178,15 @@ def read_cache_split(split: Path, data_root: Path | None = None) -> dict[str, Ca
             for clip_id, group in shard["clips"].items():
                 span = VideoClip(root / str(group.attrs["source"]), float(group.attrs["start_s"]),
                                  float(group.attrs["duration_s"]))
-                clips[clip_id] = CachedClip(str(group.attrs.get("caption", "")).strip(), span)
+                clips[clip_id] = CachedClip(cached_caption(shard, clip_id, source, path), span)
     return clips
+
+
+def cached_caption(shard, clip_id: str, source: CaptionSource, path: Path) -> str:
+    """The clip's caption of ``source`` ("" when the manifest gave none); a missing generated one is refused."""
+    if source.name == MANIFEST:
+        return str(shard["clips"][clip_id].attrs.get("caption", "")).strip()
+    try:
+        return clip_caption(shard, clip_id, source)[0].strip()
+    except MissingCaptionError as err:
+        raise InputError(str(err)) from err
