@@ -63,6 +63,8 @@ def stored(cache: Path, kind: str = "music") -> dict[str, tuple[str, dict, np.nd
             musicgen = json.loads(f.attrs["models"])["musicgen"]
             for clip_id, g in f["clips"].items():
                 entry = stored_caption(g, kind)
+                if entry is None:
+                    continue
                 out[clip_id] = (entry.text, entry.provenance, g[f"captions/{kind}/t5"][()], musicgen)
     return out
 
@@ -229,3 +231,23 @@ def test_eval_text_audio_reads_the_generated_captions(captioned, tmp_path, monke
         assert row["caption"] == captions[clip_id][0].strip() != manifest[clip_id]["caption"]
         assert row["text_audio"] and row["text_audio"] != manifest[clip_id]["text_audio"]
     assert expotion([*args, "--out", str(tmp_path / "scene"), "--cache-captions", "generated:scene"]) == 2
+
+
+def test_fused_captions_and_a_bad_recording_skipped_with_its_reason(demo_cache, small_demo, tiny_captioners,
+                                                                   tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache[0], cache)
+    data = tmp_path / "data"
+    shutil.copytree(small_demo.parent, data)
+    with h5py.File(cache / "train" / "shard-00000.h5", "r") as f:
+        gone = data / str(f["clips"]["demo-001-000"].attrs["source"])
+    gone.unlink()
+    assert caption(cache, tiny_captioners, "--captioner", "fused", "--data-root", str(data)) == 1
+    out = capsys.readouterr().out
+    assert "4 written" in out and "2 skipped" in out
+    for clip_id in ("demo-001-000", "demo-001-001"):
+        assert f"skipped {clip_id}: {gone}" in out
+    summary = json.loads((cache / "captions-summary.json").read_text())["fused"]
+    assert [s["clip"] for s in summary["skipped"]] == ["demo-001-000", "demo-001-001"]
+    captions = stored(cache, "fused")
+    assert len(captions) == 4 and {p["reads"][0] for _, p, _, _ in captions.values()} == {"video"}

@@ -279,6 +279,8 @@ class CaptionRun:
         self.add_time("captioning", start)
         updates = []
         for (clip, _), result in zip(batch, results, strict=True):
+            if isinstance(result, str):
+                result = result.replace("\x00", "")  # NUL carries no text, and HDF5 strings cannot hold it
             if isinstance(result, Exception):
                 self.skip(clip, f"the {self.cfg.kind} captioner failed: {type(result).__name__}: {result}", bar)
             elif not result.strip():
