@@ -105,6 +105,18 @@ def test_caption_writes_one_caption_per_clip_with_provenance(captioned, tiny_cap
     assert summary["clips"] == 6 and len(summary["shards_rewritten"]) == 2
 
 
+def test_cache_inspect_lists_each_clips_captions(captioned, capsys):
+    cache, _ = captioned
+    capsys.readouterr()
+    assert expotion(["cache", "inspect", str(cache / "val" / "shard-00000.h5")]) == 0
+    clips = json.loads(capsys.readouterr().out)["clips"]
+    captions = stored(cache)
+    for clip_id, clip in clips.items():
+        assert clip["captions"]["music"]["caption"] == captions[clip_id][0]
+        assert clip["captions"]["music"]["t5"] == list(captions[clip_id][2].shape)
+        assert "captions" not in clip["datasets"]
+
+
 def test_a_rerun_with_nothing_changed_writes_nothing(captioned, tiny_captioners, capsys):
     cache, _ = captioned
     before = files(cache)
