@@ -40,7 +40,7 @@ DEMO_RESULTS := results/demo
 DEMO_CONTROL_RUN := runs/tiny_cpu_zero_visual
 DEMO_TRAIN_ARGS := --trainer.enable_progress_bar=false
 
-.PHONY: install check-python demo demo-control demo-clip-flow demo-data tiny-weights features train generate eval tensorboard app browser-deps docs test test-all clean-cache
+.PHONY: install check-python demo demo-control demo-clip-flow demo-data tiny-weights features captions train generate eval tensorboard app browser-deps docs test test-all clean-cache
 
 install: check-python $(STAMP)
 
@@ -106,6 +106,15 @@ features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
 	$(EXPOTION) features --manifest $(MANIFEST) --cache $(CACHE) --profile $(PROFILE) --tiny-dir $(TINY_DIR) \
 		--workers $(WORKERS) --extractors $(EXTRACTORS) $(if $(DEVICE),--device $(DEVICE)) $(FEATURE_ARGS)
+
+# Generated captions for every clip of CACHE (music, scene or fused), stored with the clips; a rerun captions only
+# what is missing or was made otherwise. The demo reads the tiny stand-ins in TINY_DIR; real models: WEIGHTS_DIR=weights.
+CAPTIONER ?= music
+WEIGHTS_DIR ?= $(TINY_DIR)
+CAPTION_ARGS ?=
+captions: install
+	$(EXPOTION) caption --cache $(CACHE) --captioner $(CAPTIONER) --weights-dir $(WEIGHTS_DIR) \
+		$(if $(DEVICE),--device $(DEVICE)) $(CAPTION_ARGS)
 
 train: install
 	$(EXPOTION) train fit $(foreach c,$(CONFIG),--config $(c)) $(ARGS)

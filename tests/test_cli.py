@@ -18,6 +18,8 @@ def test_subcommands_share_the_model_and_device_options():
     evaluation = parser.parse_args(["eval", "--generated", "g", "--reference", "r", "--out", "o", "--device", "cuda",
                                     "--weights-dir", "w"])
     assert (evaluation.device, str(evaluation.weights_dir)) == ("cuda", "w")
+    caption = parser.parse_args(["caption", "--cache", "c", "--device", "cuda", "--weights-dir", "w"])
+    assert (caption.device, str(caption.weights_dir), caption.captioner) == ("cuda", "w", "music")
     app = parser.parse_args(["app", "--device", "cpu", "--profile", "tiny", "--tiny-dir", "t"])
     assert (app.device, app.profile, str(app.tiny_dir)) == ("cpu", "tiny", "t")
     # generate and app take the profile the checkpoint records unless told; features defaults to the released weights
@@ -31,7 +33,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert done.value.code == 0
     printed = capsys.readouterr().out
-    for command in ("features", "train", "generate", "eval", "weights", "cache", "app", "study"):
+    for command in ("features", "caption", "train", "generate", "eval", "weights", "cache", "app", "study"):
         assert f"\n    {command} " in printed
     assert "95% bootstrap" in printed  # a literal % in a subcommand's help
 

@@ -24,8 +24,12 @@ def summarize_shard(path: Path) -> dict:
                     name: {"shape": list(ds.shape), "dtype": str(ds.dtype),
                            **{k: float(v) for k, v in ds.attrs.items()},
                            **stream_seconds(name, ds)}
-                    for name, ds in group.items()
+                    for name, ds in group.items() if isinstance(ds, h5py.Dataset)
                 },
+                # generated captions (expotion.data.captions): text, provenance, text states' shape
+                "captions": {kind: {**{k: str(v) for k, v in entry.attrs.items()},
+                                    "t5": list(entry["t5"].shape) if "t5" in entry else None}
+                             for kind, entry in group.get("captions", {}).items()},
             }
         return {
             "path": str(path),

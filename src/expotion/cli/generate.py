@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=Path,
                    help="batch mode: each clip's prompt, by clip or recording id (JSON {id: prompt}, CSV id,caption, "
                         "TSV or a manifest), instead of its cached caption")
+    p.add_argument("--captions", default=None,
+                   help="batch mode: the cached captions to prompt with: manifest (default), generated:<kind> (written "
+                        "by `expotion caption`, e.g. generated:music) or generic")
     p.add_argument("--checkpoint", type=Path, help="exported checkpoint (adaptor.pt) of either method; omit for plain "
                                                    "MusicGen")
     p.add_argument("--musicgen", help=f"hub name or local dir (default: the checkpoint's, else {DEFAULT_MUSICGEN})")
@@ -141,6 +144,9 @@ def run_single(args: argparse.Namespace, settings: ModelSettings, sampling: Samp
     if args.prompts is not None:
         raise GenerationError("--prompts gives the prompts of a cached split's clips (--cache); for one video, "
                               "use --prompt")
+    if args.captions is not None:
+        raise GenerationError("--captions chooses the cached captions of a split's clips (--cache); for one video, "
+                              "use --prompt")
     if args.prompt is not None or args.checkpoint is None:
         check_prompt(args.prompt or "")
     check_video_outputs(args.video, args.out, args.mux)
@@ -176,7 +182,7 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         check_prompt(args.prompt)
     if args.prompts is not None and not args.prompts.is_file():
         raise GenerationError(f"--prompts {args.prompts}: file not found")
-    prompts = Prompts(args.prompt, args.prompts)
+    prompts = Prompts(args.prompt, args.prompts, args.captions)
     progress = ProgressBars()
     if args.devices * args.num_nodes > 1:
         result = generate_on_devices(settings, args.cache, args.out_dir, devices=args.devices,

@@ -1,6 +1,7 @@
 """The ``expotion`` command: one entry point for every stage.
 
     expotion features  ...   precompute features into HDF5 shards (src/expotion/precompute/command.py)
+    expotion caption   ...   a generated caption for every cached clip (music, scene or fused)
     expotion train     ...   LightningCLI, arguments passed through unchanged (``expotion train fit --config ...``)
     expotion generate  ...   music for a video, or for every clip of a cached split
     expotion eval      ...   the Table 1 metrics
@@ -140,7 +141,7 @@ def first_line(module) -> str:
 # ---- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from expotion.evaluation import cli as evaluation
-    from expotion.cli import cache, generate
+    from expotion.cli import cache, caption, generate
     from expotion.precompute import command as extract
 
     parser = argparse.ArgumentParser(prog="expotion", description=__doc__.split("\n\n")[0])
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_arguments(p)
     opt.add_model_arguments(p)
     p.set_defaults(func=features)
+
+    p = sub.add_parser("caption", help=first_line(caption))
+    caption.add_arguments(p)
+    opt.add_model_arguments(p, profiles=False)
+    p.set_defaults(func=caption.run)
 
     sub.add_parser("train", help="LightningCLI (fit, validate, ...): `expotion train fit --config CONFIG.yaml`",
                    add_help=False)

@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from expotion.core.known_warnings import silence_known_warnings
 from expotion.core.weights import MissingWeightsError
 from expotion.data.clips import ShardDataModule
+from expotion.data.captions import CaptionSourceError
 from expotion.data.shards import CacheError
 import expotion.methods  # noqa: F401  (registers the methods)
 from expotion.methods.registry import METHODS, method_named, method_of_module
@@ -50,7 +51,7 @@ class OldSpelling(ValueError):
     """A config names a class or an option by the spelling it had before it moved; the message gives the new one."""
 
 
-USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError, OldSpelling)
+USER_ERRORS = (CacheError, CheckpointError, MissingWeightsError, ScheduleError, OldSpelling, CaptionSourceError)
 DEFAULT_METHOD = "expotion"  # what a config that names no model.class_path trains
 
 

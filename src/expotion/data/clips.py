@@ -23,12 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from expotion.core.rates import DEFAULT_RATES, StreamRate
+from expotion.data.captions import GENERIC, GENERIC_PROMPT, MANIFEST, CaptionSource, CaptionSourceError, clip_caption
 from expotion.data.manifest import VIDEO_AUDIO
 from expotion.data.shards import REBUILD, CacheError, claim_clip_ids, list_shards, open_shard
 
 log = logging.getLogger("expotion.data.clips")
-GENERIC_TEXT = "generic"  # where a shard keeps the text states of GENERIC_PROMPT
-GENERIC_PROMPT = "music with catchy melody"  # the §4.5 ablation's one prompt in place of every caption
 
 
 @dataclass(frozen=True)
@@ -95,9 +94,9 @@ class ClipDataset(Dataset):
     """Clips of every shard under ``root`` that carry codes, text states and ``streams``."""
 
     def __init__(self, root: str | os.PathLike, streams: tuple[str, ...], crop_seconds: float,
-                 random_crop: bool, generic_prompt: bool = False):
+                 random_crop: bool, generic_prompt: bool = False, captions: str | CaptionSource = MANIFEST):
         self.root, self.streams, self.crop_seconds = Path(root), tuple(streams), crop_seconds
-        self.random_crop, self.generic_prompt = random_crop, generic_prompt
+        self.random_crop, self.source = random_crop, caption_source(captions, generic_prompt)
         self.crop_frames = DEFAULT_RATES.codes_frames(crop_seconds)
         self.refs: list[ClipRef] = []
         self.spec: FeatureSpec | None = None
@@ -161,14 +160,14 @@ class ClipDataset(Dataset):
                 log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip_id, path,
                             stream_rates(g, self.streams), self.spec.rates)
             else:
-                self.refs.append(ClipRef(path, clip_id, str(g.attrs["caption"])))
+                self.refs.append(ClipRef(path, clip_id, clip_caption(f, clip_id, self.source)[0]))
                 if self.spec is None:
                     self.spec = FeatureSpec(
                         shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
                         rates=stream_rates(g, self.streams),
                         text_dim=int(g["t5"].shape[1]),
                         extractors=shard_profile(f),
-                        prompt=GENERIC_PROMPT if self.generic_prompt else None,
+                        prompt=GENERIC_PROMPT if self.source.name == GENERIC else None,
                     )
 
     def __len__(self) -> int:
@@ -184,7 +183,7 @@ class ClipDataset(Dataset):
             f = self._files[ref.path]
             g = f["clips"][ref.clip_id]
             names = ("codes", *visual_names(self.streams))
-            self._handles[ref] = {n: g[n] for n in names} | {"text": f["text"][GENERIC_TEXT] if self.generic_prompt else g["t5"]}
+            self._handles[ref] = {n: g[n] for n in names} | {"text": clip_caption(f, ref.clip_id, self.source)[1]}
         return self._handles[ref]
 
     def __getitem__(self, index: int) -> dict | None:
@@ -201,7 +200,7 @@ class ClipDataset(Dataset):
         start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
         item = {
             "clip_id": ref.clip_id,
-            "caption": GENERIC_PROMPT if self.generic_prompt else ref.caption,
+            "caption": ref.caption,
             "codes": torch.from_numpy(ds["codes"][:, start : start + self.crop_frames].astype(np.int64)),
             "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
             "text": torch.from_numpy(ds["text"][()].astype(np.float32)),
@@ -217,6 +216,15 @@ class ClipDataset(Dataset):
     def first_usable(self) -> dict | None:
         """The first clip whose features are all finite (for audio samples), or None."""
         return next((item for item in map(self.__getitem__, range(len(self))) if item is not None), None)
+
+
+def caption_source(captions: str | CaptionSource, generic_prompt: bool = False) -> CaptionSource:
+    """The captions training reads (``--data.captions``); ``generic_prompt`` is the older spelling of ``generic``."""
+    source = CaptionSource.parse(captions)
+    if generic_prompt and source.name not in (MANIFEST, GENERIC):
+        raise CaptionSourceError(f"--data.generic_prompt true and --data.captions {source}: choose one (--data.captions "
+                         "generic is the generic prompt)")
+    return CaptionSource(GENERIC) if generic_prompt else source
 
 
 def collate(items: list[dict | None]) -> dict | None:
@@ -246,8 +254,9 @@ class ShardDataModule(L.LightningDataModule):
 
     def __init__(self, cache_dir: str = "cache/demo", train_split: str = "train", val_split: str = "val",
                  batch_size: int = 10, num_workers: int = 2, crop_seconds: float = 10.0,
-                 generic_prompt: bool = False, streams: tuple[str, ...] | None = None):
+                 generic_prompt: bool = False, streams: tuple[str, ...] | None = None, captions: str = MANIFEST):
         super().__init__()
+        caption_source(captions, generic_prompt)  # a misspelt source is refused before any shard is read
         self.save_hyperparameters()
         self.train_set: ClipDataset | None = None
         self.val_set: ClipDataset | None = None
@@ -264,7 +273,7 @@ class ShardDataModule(L.LightningDataModule):
             raise CacheError(f"{cache} has no '{split}' split (it has: {', '.join(others)}); give some manifest rows "
                              f"split={split} and rerun `make features`, or choose a split with --data.{option}")
         return ClipDataset(cache / split, self.required_streams(), self.hparams.crop_seconds, random_crop,
-                           self.hparams.generic_prompt)
+                           self.hparams.generic_prompt, self.hparams.captions)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", type=Path, default=None,
                         help="captions by clip or recording id: the manifest (CSV or JSONL), JSON, CSV with id,caption "
                              "columns, or id<TAB>caption lines; takes precedence over --cache's captions")
+    parser.add_argument("--cache-captions", default="manifest", metavar="SOURCE",
+                        help="which of --cache's captions the text-audio metrics read: manifest (default), "
+                             "generated:<kind> (written by `expotion caption`, e.g. generated:music) or generic")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache (default $EXPOTION_EVAL_CACHE or ./cache/eval)")
@@ -107,7 +110,7 @@ def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, V
     An input that matches none of the paired clips is an error, never an empty metric.
     """
     ids = pairing.ids
-    cached = read_cache_split(args.cache, args.data_root) if args.cache else {}
+    cached = read_cache_split(args.cache, args.data_root, args.cache_captions) if args.cache else {}
     if cached and not set(ids) & set(cached):
         raise InputError(f"{args.cache}: none of its {len(cached)} clips is among the {len(ids)} paired clips. "
                          f"Cached clips: {a_few(cached)}; paired clips: {a_few(ids)}")
@@ -175,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "reference": str(args.reference), "cache": str(args.cache) if args.cache else None,
         "data_root": str(args.data_root) if args.data_root else None,
         "videos": str(args.videos) if args.videos else None, "captions": str(args.captions) if args.captions else None,
+        "cache_captions": args.cache_captions if args.cache and not args.captions else None,
         "weights_dir": str(wdir), "cache_dir": str(cache_root), "metrics_requested": sorted(groups),
         "device": str(device), "batch_size": args.batch_size,
     }

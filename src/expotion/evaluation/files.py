@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from expotion.data.captions import MANIFEST, CaptionSource, read_source_captions
 from expotion.data.manifest import ManifestError, load_manifest, recording_of
 from expotion.data.clips import CachedClip, read_clips
 from expotion.data.shards import CacheError, list_shards
@@ -137,16 +138,25 @@ def captions_for_clips(clip_ids: list[str], captions: dict[str, str], source: Pa
     return found
 
 
-def read_cache_split(split: Path, data_root: Path | None = None) -> dict[str, CachedClip]:
+def read_cache_split(split: Path, data_root: Path | None = None, captions: str = MANIFEST) -> dict[str, CachedClip]:
     """Every clip of a cached split (a shard or a directory of shards), by clip id, read by the cache's one reader
     (:func:`expotion.data.clips.read_clips`); a split that cannot be read is an :class:`InputError`.
 
     A clip's video span is its ``source`` (under ``data_root``, when the sources have moved) from ``start_s``
-    for ``duration_s``: the frames precompute cut for the clip.
+    for ``duration_s``: the frames precompute cut for the clip. ``captions`` chooses the caption source
+    (:class:`~expotion.data.captions.CaptionSource`); a clip lacking a generated caption is an :class:`InputError`.
     """
-    if not list_shards(Path(split)):
+    try:
+        source = CaptionSource.parse(captions)
+    except ValueError as err:
+        raise InputError(f"--cache-captions: {err}") from err
+    shards = list_shards(Path(split))
+    if not shards:
         raise InputError(f"{split}: no cache shards (shard-*.h5) here")
     try:
-        return {clip.clip_id: clip for clip in read_clips(split, data_root=data_root)}
+        clips = {clip.clip_id: clip for clip in read_clips(split, data_root=data_root)}
+        if source.name != MANIFEST:
+            chosen = read_source_captions(shards, source)
+            clips = {clip_id: replace(clip, caption=chosen[clip_id].strip()) for clip_id, clip in clips.items()}
     except CacheError as err:
         raise InputError(str(err)) from err

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from expotion.data.captions import CaptionSource, read_source_captions
 from expotion.data.clips import CachedClip, FeatureSpec, read_clips
 from expotion.data.media import ClipVideo, MediaError, write_clip_videos
 from expotion.core.outputs import OutputError, prepare_output
@@ -52,19 +53,29 @@ class BatchResult:
 class Prompts:
     """What batch mode prompts each clip with: one ``text`` for every clip, or a ``file`` of prompts by clip or
     recording id (the formats of ``expotion eval --captions``), e.g. the fused captions the paper gives its MusicGen
-    baseline. With neither, a checkpoint trained with one prompt for every clip (the generic-prompt ablation) gets
-    that prompt, and any other model each clip's cached caption."""
+    baseline, or the ``captions`` of a source the cache holds (``manifest``, ``generated:<kind>``, ``generic``:
+    :class:`~expotion.data.captions.CaptionSource`). With none, a checkpoint trained with one prompt for every clip
+    (the generic-prompt ablation) gets that prompt, and any other model each clip's cached caption."""
 
     text: str | None = None
     file: Path | None = None
+    captions: str | None = None
 
     def __post_init__(self) -> None:
-        if self.text is not None and self.file is not None:
-            raise GenerationError("give --prompt or --prompts, not both")
+        if sum(x is not None for x in (self.text, self.file, self.captions)) > 1:
+            raise GenerationError("give one of --prompt, --prompts and --captions")
+        if self.captions is not None:
+            try:
+                CaptionSource.parse(self.captions)
+            except ValueError as err:
+                raise GenerationError(f"--captions: {err}") from err
 
     def apply(self, clips: list[CachedClip], spec: FeatureSpec | None) -> list[CachedClip]:
         if self.file is not None:
             return [replace(clip, caption=prompt) for clip, prompt in zip(clips, self.read(clips), strict=True)]
+        if self.captions is not None:
+            found = read_source_captions(sorted({clip.shard for clip in clips}), CaptionSource.parse(self.captions))
+            return [replace(clip, caption=found[clip.clip_id]) for clip in clips]
         text = self.text if self.text is not None else spec.prompt if spec is not None else None
         return clips if text is None else [replace(clip, caption=text) for clip in clips]
 

@@ -53,7 +53,7 @@ from expotion.core.devices import usable_device
 from expotion.core.nodes import SINGLE_NODE, NodeShare
 from expotion.core.outputs import file_stamp
 from expotion.core.rates import DEFAULT_RATES, Rates
-from expotion.data.clips import GENERIC_PROMPT
+from expotion.data.captions import GENERIC_PROMPT
 from expotion.data.manifest import VIDEO_AUDIO, Recording, load_manifest
 from expotion.data.shards import (LOCK_NAME, CacheError, ShardWriter, cache_lock, file_lock, open_shard,
                                   remove_shards_except, remove_stale_temporaries, shard_path)
