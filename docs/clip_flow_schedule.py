@@ -10,11 +10,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
 from expotion.cli.train import ExpotionCLI
 from expotion.data.clips import ShardDataModule
-from expotion.solvers.optimization import Optimization, learning_rate_schedule
+from expotion.solvers.optimization import Optimization, rates_per_update
 
 CONFIG = Path(__file__).resolve().parents[1] / "lightning_configs" / "clip_flow_small.yaml"
 SHOWN = (*range(0, 4000, 500), 3900, 3999, 4000, 4001, *range(4020, 4160, 20), 4159, 4160)
@@ -26,22 +24,11 @@ class ParseOnly(ExpotionCLI):
         pass
 
 
-def rates(optim: Optimization, total: int) -> list[float]:
-    """The rate of updates 0 ... ``total``, stepping the scheduler once per update as Lightning does."""
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
-    scheduler = learning_rate_schedule(optimizer, optim, total)
-    out = []
-    for _ in range(total + 1):
-        out.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    return out
-
 
 def main() -> None:
     config = ParseOnly(None, ShardDataModule, run=False, args=["--config", str(CONFIG)]).config
     optim, trainer = Optimization(**config.model.init_args.optim), config.trainer
-    lr = rates(optim, trainer.max_steps)
+    lr = rates_per_update(optim, trainer.max_steps)
     print("# The learning rate of `clip_flow_small.yaml`\n")
     print(f"§5.1 as audiocraft reads it: {trainer.max_steps:,} updates (`trainer.max_steps`), validated every "
           f"{trainer.val_check_interval} (`trainer.val_check_interval`, one audiocraft epoch), AdamW at {optim.lr:g}, "

@@ -285,27 +285,14 @@ def test_configs_parse_with_the_paper_settings():
     assert tiny.model.class_path == small.model.class_path and tiny.trainer.accelerator == "cpu"
 
 
-def scheduled_rates(optim, total: int) -> list[float]:
-    """The rate of each update 0 ... ``total`` as the scheduler itself gives it (stepped once per update)."""
-    from expotion.solvers.optimization import learning_rate_schedule
-
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
-    scheduler = learning_rate_schedule(optimizer, optim, total)
-    rates = []
-    for _ in range(total + 1):
-        rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    return rates
-
-
 def test_the_paper_schedule_warms_up_from_zero_to_its_rate_at_4000_and_ends_at_zero_at_4160():
     """§5.1 read as audiocraft's cosine scheduler: linear from 0 over 4000 updates, cosine to 0 at update 4160."""
     from dataclasses import replace
 
     from expotion.methods.clipflow.module import CLIP_FLOW_OPTIMIZATION
+    from expotion.solvers.optimization import rates_per_update
 
-    rates = scheduled_rates(replace(CLIP_FLOW_OPTIMIZATION, lr=3.5e-5, warmup_steps=4000), 4160)
+    rates = rates_per_update(replace(CLIP_FLOW_OPTIMIZATION, lr=3.5e-5, warmup_steps=4000), 4160)
     assert rates[0] == 0.0 and rates[2000] == pytest.approx(1.75e-5, rel=1e-12)
     assert rates[4000] == pytest.approx(3.5e-5, rel=1e-12) and max(rates) == rates[4000]
     assert rates[4080] == pytest.approx(1.75e-5, rel=1e-9)  # halfway down the cosine

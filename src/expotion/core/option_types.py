@@ -1,5 +1,5 @@
-"""argparse helpers every command shares: ``type=`` functions for numeric options, so that every command refuses an out-of-range number while it
-parses its command line, in one line naming the flag and the valid range, before any model loads.
+"""argparse helpers every command shares: ``type=`` functions for numeric options, so that every command
+refuses an out-of-range number while it parses its command line, in one line naming the flag and the valid range, before any model loads.
 
 argparse prints ``argument --flag: <message>`` and exits with status 2.
 """
@@ -26,64 +26,35 @@ def _number(text: str, kind: type) -> int | float:
     return value
 
 
-def int_at_least(low: int, name: str = "") -> Callable[[str], int]:
-    """Integers >= ``low``."""
+def bounded(kind: type, low: float, high: float | None = None, *, above: bool = False, name: str = "",
+            shown: str = "") -> Callable[[str], int | float]:
+    """Numbers of ``kind`` from ``low`` (excluded when ``above``) up to ``high`` (excluded; ``shown`` is how the
+    message writes it, e.g. ``2^63``)."""
 
-    def parse(text: str) -> int:
-        value = _number(text, int)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    def show(value: float) -> str:
+        return f"{value:g}" if kind is float else str(value)
+
+    if high is not None:
+        rule = f"must be an integer in [{show(low)}, {shown or show(high)})"
+    else:
+        rule = f"must be greater than {show(low)}" if above else f"must be at least {show(low)}"
+
+    def parse(text: str) -> int | float:
+        value = _number(text, kind)
+        if (value <= low if above else value < low) or (high is not None and value >= high):
+            raise argparse.ArgumentTypeError(f"{rule}, got {show(value)}")
         return value
 
-    parse.__name__ = name or f"int >= {low}"
+    parse.__name__ = name or rule
     return parse
 
 
-def int_in(low: int, high: int, name: str = "", shown: str = "") -> Callable[[str], int]:
-    """Integers in ``[low, high)`` (``shown``: how the message writes ``high``, e.g. ``2^63``)."""
-
-    def parse(text: str) -> int:
-        value = _number(text, int)
-        if not low <= value < high:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {shown or high}), got {value}")
-        return value
-
-    parse.__name__ = name or f"int in [{low}, {high})"
-    return parse
-
-
-def float_above(low: float, name: str = "") -> Callable[[str], float]:
-    """Finite numbers > ``low``."""
-
-    def parse(text: str) -> float:
-        value = _number(text, float)
-        if value <= low:
-            raise argparse.ArgumentTypeError(f"must be greater than {low:g}, got {value:g}")
-        return value
-
-    parse.__name__ = name or f"number > {low:g}"
-    return parse
-
-
-def float_at_least(low: float, name: str = "") -> Callable[[str], float]:
-    """Finite numbers >= ``low``."""
-
-    def parse(text: str) -> float:
-        value = _number(text, float)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:g}, got {value:g}")
-        return value
-
-    parse.__name__ = name or f"number >= {low:g}"
-    return parse
-
-
-positive_int = int_at_least(1, "positive integer")
-non_negative_int = int_at_least(0, "non-negative integer")
-positive_float = float_above(0.0, "positive number")
-non_negative_float = float_at_least(0.0, "non-negative number")
-seed = int_in(0, SEED_LIMIT, "seed", "2^63")
-port = int_in(1, 65536, "port")
+positive_int = bounded(int, 1, name="positive integer")
+non_negative_int = bounded(int, 0, name="non-negative integer")
+positive_float = bounded(float, 0.0, above=True, name="positive number")
+non_negative_float = bounded(float, 0.0, name="non-negative number")
+seed = bounded(int, 0, SEED_LIMIT, name="seed", shown="2^63")
+port = bounded(int, 1, 65536, name="port")
 
 
 def check_seed(value: int, where: str = "seed") -> int:

@@ -105,3 +105,16 @@ def learning_rate_schedule(optimizer: torch.optim.Optimizer, optim: Optimization
     floor = optim.min_lr / optim.lr
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup, total, floor, from_zero=optim.warmup_from_zero))
+
+
+def rates_per_update(optim: Optimization, total: int) -> list[float]:
+    """The learning rate of updates 0 ... ``total``, from the scheduler itself stepped once per update as Lightning
+    steps it (for the docs' schedule table and its tests)."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler = learning_rate_schedule(optimizer, optim, total)
+    rates = []
+    for _ in range(total + 1):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return rates
