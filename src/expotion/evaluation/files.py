@@ -160,3 +160,4 @@ def read_cache_split(split: Path, data_root: Path | None = None, captions: str =
             clips = {clip_id: replace(clip, caption=chosen[clip_id].strip()) for clip_id, clip in clips.items()}
     except CacheError as err:
         raise InputError(str(err)) from err
+    return clips
