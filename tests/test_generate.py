@@ -319,7 +319,7 @@ def test_batch_prompts_come_from_the_flag_the_file_or_the_checkpoint(demo_cache,
     for extra, message in (
             (["--prompts", str(tmp_path / "partial.json")],
              f"{tmp_path / 'partial.json'}: no prompt for 1 of the 2 clips, by clip or recording id: demo-002-001"),
-            (["--prompts", str(tmp_path / "partial.json"), "--prompt", "x"], "give --prompt or --prompts, not both"),
+            (["--prompts", str(tmp_path / "partial.json"), "--prompt", "x"], "give one of --prompt, --prompts and --captions"),
             (["--prompts", str(tmp_path / "none.json")], f"--prompts {tmp_path / 'none.json'}: file not found")):
         caplog.clear()
         assert cli_main([*base, *extra]) == 2
