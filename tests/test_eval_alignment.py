@@ -15,7 +15,7 @@ from eval_synth import burst_offsets, click_track, oscillation_offsets, write_pa
 from scipy.special import erf
 
 from expotion.data.media import MediaError
-from expotion.evaluation import alignment, rhythm
+from expotion.evaluation import alignment, motion_onsets, rhythm
 from expotion.evaluation.video import VideoClip
 
 SR = 22050
@@ -41,14 +41,14 @@ def music_of(samples: np.ndarray, sr: int = SR, track_beats: bool = False) -> al
     from expotion.evaluation.audio import resample
 
     beats = rhythm.track_beats(resample(samples, sr, rhythm.SAMPLE_RATE)) if track_beats else np.zeros(0)
-    return alignment.Music.from_arrays(alignment.audio_onsets(samples, sr), beats)
+    return alignment.Music.from_arrays(motion_onsets.audio_onsets(samples, sr), beats)
 
 
 @pytest.fixture(scope="module")
 def burst_motion(tmp_path_factory) -> alignment.Motion:
     path = write_pan_video(tmp_path_factory.mktemp("v") / "bursts.mp4", burst_offsets(BURSTS, SECONDS, BURST_FPS),
                            BURST_FPS)
-    return alignment.Motion.from_arrays(alignment.video_motion(path))
+    return alignment.Motion.from_arrays(motion_onsets.video_motion(path))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def oscillation_motion(tmp_path_factory) -> alignment.Motion:
     """A pan that stops and turns twice a second (at 0.5, 1.0, 1.5, ... s): 2 Hz motion."""
     path = write_pan_video(tmp_path_factory.mktemp("v") / "oscillation.mp4",
                            oscillation_offsets(2.0, SECONDS, OSC_FPS), OSC_FPS)
-    return alignment.Motion.from_arrays(alignment.video_motion(path))
+    return alignment.Motion.from_arrays(motion_onsets.video_motion(path))
 
 
 # --- the building blocks, by hand ------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_motion_from_decoded_frames_equals_motion_from_the_file(tmp_path):
     path = write_pan_video(tmp_path / "v.mp4", burst_offsets([0.5, 1.2], 2.0, BURST_FPS), BURST_FPS)
     with av.open(str(path)) as container:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    from_file = alignment.Motion.from_arrays(alignment.video_motion(path))
+    from_file = alignment.Motion.from_arrays(motion_onsets.video_motion(path))
     from_frames = alignment.Motion.from_frames(frames, BURST_FPS)
     np.testing.assert_array_equal(from_frames.pair_flow, from_file.pair_flow)
     assert from_frames.fps == from_file.fps
@@ -159,8 +159,8 @@ def test_motion_from_decoded_frames_equals_motion_from_the_file(tmp_path):
 def test_motion_of_a_span_is_that_part_of_the_whole_file(tmp_path):
     """A clip cut from a source recording by a cached span: frames in [2, 6) s are frames 48..143 at 24 fps."""
     path = write_pan_video(tmp_path / "v.mp4", burst_offsets(BURSTS, SECONDS, BURST_FPS), BURST_FPS)
-    whole = alignment.video_motion(path)["pair_flow"]
-    span = alignment.video_motion(VideoClip(path, start_s=2.0, duration_s=4.0))
+    whole = motion_onsets.video_motion(path)["pair_flow"]
+    span = motion_onsets.video_motion(VideoClip(path, start_s=2.0, duration_s=4.0))
     assert span["fps"] == BURST_FPS
     np.testing.assert_array_equal(span["pair_flow"], whole[48:143])
 
@@ -241,7 +241,7 @@ def test_motion_tempo_against_120_and_60_bpm(oscillation_motion):
 
 def test_still_video_fails_with_a_reason(tmp_path):
     path = write_pan_video(tmp_path / "still.mp4", np.zeros(60), 24)
-    motion = alignment.Motion.from_arrays(alignment.video_motion(path))
+    motion = alignment.Motion.from_arrays(motion_onsets.video_motion(path))
     assert motion.peaks().size == 0
     with pytest.raises(alignment.AlignmentFailure, match="still video"):
         alignment.score_clip(motion, music_of(click_track(120.0, 2.5, sr=SR)))
@@ -254,7 +254,7 @@ def test_silent_audio_fails_with_a_reason(burst_motion):
 
 def test_video_shorter_than_one_second_fails_with_a_reason(tmp_path):
     path = write_pan_video(tmp_path / "short.mp4", burst_offsets([0.3], 0.75, 24), 24)
-    motion = alignment.Motion.from_arrays(alignment.video_motion(path))
+    motion = alignment.Motion.from_arrays(motion_onsets.video_motion(path))
     with pytest.raises(alignment.AlignmentFailure, match="video shorter than 1 s"):
         alignment.score_clip(motion, music_of(click_track(120.0, 2.0, sr=SR)))
 
@@ -273,7 +273,7 @@ def test_unreadable_video_is_a_media_error(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
     with pytest.raises(MediaError, match="bad.mp4"):
-        alignment.video_motion(bad)
+        motion_onsets.video_motion(bad)
 
 
 def test_a_variable_frame_rate_video_is_timed_by_its_own_timestamps(tmp_path):
@@ -288,7 +288,7 @@ def test_a_variable_frame_rate_video_is_timed_by_its_own_timestamps(tmp_path):
     with av.open(str(path)) as container:
         own = np.array([f.time for f in container.decode(video=0)])
     own -= own[0]
-    arrays = alignment.video_motion(path)
+    arrays = motion_onsets.video_motion(path)
     np.testing.assert_allclose(arrays["frame_times"], own, atol=1e-9)
     motion = alignment.Motion.from_arrays(arrays)
     np.testing.assert_allclose(motion.times, own, atol=1e-9)
@@ -307,7 +307,7 @@ def test_a_variable_frame_rate_video_is_timed_by_its_own_timestamps(tmp_path):
 
 def test_a_constant_rate_video_keeps_index_over_rate_times(tmp_path):
     path = write_pan_video(tmp_path / "v.mp4", burst_offsets(BURSTS, SECONDS, BURST_FPS), BURST_FPS)
-    motion = alignment.Motion.from_arrays(alignment.video_motion(path))
+    motion = alignment.Motion.from_arrays(motion_onsets.video_motion(path))
     assert motion.frame_times is None and motion.fps == BURST_FPS
     np.testing.assert_array_equal(motion.times, np.arange(len(motion.pair_flow) + 1) / BURST_FPS)
     assert motion.duration == (len(motion.pair_flow) + 1) / BURST_FPS

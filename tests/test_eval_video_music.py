@@ -14,7 +14,7 @@ from conftest import moving_frames, write_video
 from eval_synth import burst_offsets, click_track, write_pan_video, write_wav
 
 from expotion.cli.main import main as expotion_main
-from expotion.evaluation import alignment, plots
+from expotion.evaluation import alignment, motion_onsets, plots
 
 SR = 22050
 FPS = 24
@@ -119,7 +119,7 @@ def test_results_md_has_the_group_table_and_links_the_figures(first_run):
 def test_conventions_are_recorded(first_run):
     conv = json.loads((first_run / "metrics.json").read_text())["conventions"]["video_music"]
     flow = conv["av_align"]["optical_flow"]
-    assert {k: flow[k] for k in alignment.FARNEBACK} == alignment.FARNEBACK
+    assert {k: flow[k] for k in motion_onsets.FARNEBACK} == motion_onsets.FARNEBACK
     assert flow["winsize"] == 15 and flow["poly_sigma"] == 1.2
     assert "±1 frame" in conv["av_align"]["window"]
     assert ">= 0.1 px" in conv["av_align"]["video_peaks"]

@@ -61,7 +61,7 @@ def test_precompute_and_eval_decode_rotated_videos_upright(tmp_path, rotation, c
 
 
 def test_eval_motion_of_a_rotated_video_equals_the_upright_ones(tmp_path):
-    from expotion.evaluation.alignment import video_motion
+    from expotion.evaluation.motion_onsets import video_motion
 
     frames = upright_frames()
     rotated = video_motion(write_rotated(tmp_path / "rotated.mkv", frames, -90, "ffv1"))

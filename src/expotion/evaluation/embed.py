@@ -25,7 +25,7 @@ import torch
 from expotion.core import atomic
 from expotion.core.weights import MissingWeightsError
 from expotion.data.media import MediaError
-from expotion.evaluation import alignment, chroma, languagebind, models, passt, rhythm, vggish
+from expotion.evaluation import chroma, languagebind, models, motion_onsets, passt, rhythm, vggish
 from expotion.evaluation import audio as audio_mod
 from expotion.evaluation import clap as clap_mod
 from expotion.evaluation.batching import full_precision, run_windows
@@ -158,13 +158,13 @@ def catalog() -> dict[str, Extractor]:
         Extractor("chroma", "audio", {"sample_rate": chroma.SAMPLE_RATE, "resampler": audio_mod.RESAMPLER,
                                       "n_fft": chroma.N_FFT, "hop": chroma.HOP, "tuning": chroma.TUNING},
                   None, lambda _m, item: {"chroma": chroma.chromagram(at(chroma.SAMPLE_RATE, item))}),
-        Extractor("motion", "video", {"flow": alignment.FARNEBACK, "frames": "all, own rate and size, RGB -> gray",
+        Extractor("motion", "video", {"flow": motion_onsets.FARNEBACK, "frames": "all, own rate and size, RGB -> gray",
                                       "times": "frame timestamps",
-                                      "opencv": alignment.opencv_version},
-                  None, lambda _m, path: alignment.video_motion(path)),
-        Extractor("onsets", "audio", {"sample_rate": alignment.ONSET_SAMPLE_RATE, "hop": alignment.ONSET_HOP,
-                                      "resampler": audio_mod.RESAMPLER, "librosa": alignment.librosa_version},
-                  None, lambda _m, item: alignment.audio_onsets(*item)),
+                                      "opencv": motion_onsets.opencv_version},
+                  None, lambda _m, path: motion_onsets.video_motion(path)),
+        Extractor("onsets", "audio", {"sample_rate": motion_onsets.ONSET_SAMPLE_RATE, "hop": motion_onsets.ONSET_HOP,
+                                      "resampler": audio_mod.RESAMPLER, "librosa": motion_onsets.librosa_version},
+                  None, lambda _m, item: motion_onsets.audio_onsets(*item)),
     )}
 
 

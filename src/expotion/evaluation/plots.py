@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from expotion.evaluation import alignment, rhythm
+from expotion.evaluation import alignment, motion_onsets, rhythm
 from expotion.evaluation.audio import load_audio, resample
 from expotion.evaluation.metrics import Evaluation
 from expotion.evaluation.output_names import figure_names
@@ -28,7 +28,7 @@ MOTION_COLOR, PEAK_COLOR, STOP_COLOR, MATCH_COLOR = "0.35", "tab:red", "black", 
 def analyse_video(video: Path | tuple[np.ndarray, float]) -> alignment.Motion:
     """Motion of a video file, or of ``(frames, fps)`` with RGB frames (N, H, W, 3)."""
     if isinstance(video, (str, Path)):
-        return alignment.Motion.from_arrays(alignment.video_motion(Path(video)))
+        return alignment.Motion.from_arrays(motion_onsets.video_motion(Path(video)))
     return alignment.Motion.from_frames(*video)
 
 
@@ -36,7 +36,7 @@ def analyse_audio(audio: Path | tuple[np.ndarray, int]) -> alignment.Music:
     """Onsets and madmom beats of an audio file, or of ``(samples, sample_rate)``."""
     samples, sr = load_audio(Path(audio)) if isinstance(audio, (str, Path)) else audio
     beats = rhythm.track_beats(resample(samples, sr, rhythm.SAMPLE_RATE))
-    return alignment.Music.from_arrays(alignment.audio_onsets(samples, sr), beats)
+    return alignment.Music.from_arrays(motion_onsets.audio_onsets(samples, sr), beats)
 
 
 def clip_figure(video: Path | tuple[np.ndarray, float] | alignment.Motion,
