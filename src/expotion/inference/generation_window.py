@@ -8,36 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-
+from expotion.musicgen.loading import exported_window_s
 from expotion.musicgen.windows import GenerationError
 from expotion.solvers.export import musicgen_source, read_adaptor
 
 STRIDE_FLAG = "--extend-stride"
 
 
-def musicgen_window_s(name_or_dir: str) -> float | None:
-    """The longest piece a MusicGen generates in one window (s), read from its export's config without loading its
-    weights (memory-mapped); None when its files are not found or do not record it (the loaded model tells then)."""
-    from expotion.musicgen.loading import hub_file
-
-    path = Path(name_or_dir).expanduser()
-    found = path / "state_dict.bin" if path.is_dir() else hub_file(name_or_dir, "state_dict.bin")
-    if found is None or not Path(found).is_file():
-        return None
-    try:
-        export = torch.load(found, map_location="cpu", mmap=True, weights_only=True)
-        return float(OmegaConf.create(export["xp.cfg"]).dataset.segment_duration)
-    except Exception:  # noqa: BLE001 - any other layout: the check after loading applies
-        return None
-
-
 def planned_window_s(checkpoint: Path | None, musicgen: str | None, default_musicgen: str) -> float | None:
     """The window generation will use with this checkpoint and MusicGen, as far as their files tell before loading."""
     payload = read_adaptor(checkpoint) if checkpoint is not None else {}
     source = musicgen or (musicgen_source(checkpoint, payload) if checkpoint is not None else default_musicgen)
-    windows = [musicgen_window_s(source), payload.get("config", {}).get("max_seconds")]
+    windows = [exported_window_s(source), payload.get("config", {}).get("max_seconds")]
     known = [float(w) for w in windows if w is not None]
     return min(known) if known else None
 

@@ -197,6 +197,20 @@ def check_musicgen_available(name_or_dir: str) -> str:
     return name_or_dir
 
 
+def exported_window_s(name_or_dir: str) -> float | None:
+    """The longest piece a MusicGen generates in one window (s), read from its export's config without loading its
+    weights (memory-mapped); None when its files are not found or do not record it (the loaded model tells then)."""
+    path = Path(name_or_dir).expanduser()
+    found = path / "state_dict.bin" if path.is_dir() else hub_file(name_or_dir, "state_dict.bin")
+    if found is None or not Path(found).is_file():
+        return None
+    try:
+        export = torch.load(found, map_location="cpu", mmap=True, weights_only=True)
+        return float(OmegaConf.create(export["xp.cfg"]).dataset.segment_duration)
+    except Exception:  # noqa: BLE001 - any other layout: the check after loading applies
+        return None
+
+
 def load_musicgen(name_or_dir: str, device: str | torch.device = "cpu"):
     """Load a frozen MusicGen on ``device`` through ``MusicGen.get_pretrained`` after checking its files exist."""
     from audiocraft.models import MusicGen
