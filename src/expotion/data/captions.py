@@ -20,7 +20,6 @@ generic prompt, states in the shard's ``/text/generic``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,16 +103,6 @@ def clip_caption(f: h5py.File, clip_id: str, source: CaptionSource) -> tuple[str
     if stored is None:
         raise missing_caption(clip_id, Path(f.filename), source)
     return stored.text, group[CAPTIONS][source.kind][STATES]
-
-
-def read_source_captions(paths: Iterable[Path], source: CaptionSource) -> dict[str, str]:
-    """Every clip's caption of ``source`` in the shards ``paths``, by clip id (a clip lacking it is refused)."""
-    captions = {}
-    for path in paths:
-        with h5py.File(path, "r") as f:
-            for clip_id in f["clips"]:
-                captions[clip_id] = clip_caption(f, clip_id, source)[0]
-    return captions
 
 
 @dataclass(frozen=True)

@@ -324,12 +324,13 @@ class CachedClip:
 
 
 def read_clips(root: str | os.PathLike, streams: tuple[str, ...] = (),
-               data_root: str | os.PathLike | None = None) -> list[CachedClip]:
+               data_root: str | os.PathLike | None = None, captions: CaptionSource | None = None) -> list[CachedClip]:
     """Every cached clip under ``root`` (a shard or a directory of shards), in id order, without reading its features.
 
     ``streams`` are the visual streams whose shapes, rates and absence are noted. Sources are under the data root
-    each shard records, or under ``data_root`` when the recordings have moved. A clip id held by two shards is a
-    :class:`CacheError` naming both.
+    each shard records, or under ``data_root`` when the recordings have moved. Each clip's caption is the
+    manifest's, or that of ``captions`` (a clip lacking it is a :class:`~expotion.data.captions.MissingCaptionError`).
+    A clip id held by two shards is a :class:`CacheError` naming both.
     """
     clips, owners = [], {}  # owners: clip id -> its shard, to refuse a second shard with the id
     for path in list_shards(Path(root)):
@@ -338,7 +339,9 @@ def read_clips(root: str | os.PathLike, streams: tuple[str, ...] = (),
             base = Path(data_root) if data_root is not None else Path(f.attrs.get("data_root", "."))
             for clip_id, g in f["clips"].items():
                 audio = str(g.attrs["audio_source"])
-                clips.append(CachedClip(clip_id, str(g.attrs.get("caption", "")), float(g.attrs["start_s"]),
+                caption = (str(g.attrs.get("caption", "")) if captions is None or captions.name == MANIFEST
+                           else clip_caption(f, clip_id, captions)[0])
+                clips.append(CachedClip(clip_id, caption, float(g.attrs["start_s"]),
                                         float(g.attrs["duration_s"]), base / str(g.attrs["source"]),
                                         None if audio == VIDEO_AUDIO else base / audio, path,
                                         {n: g[n].shape for n in visual_names(streams) if n in g},

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from expotion.data.captions import MANIFEST, CaptionSource, read_source_captions
+from expotion.data.captions import MANIFEST, CaptionSource
 from expotion.data.manifest import ManifestError, load_manifest, recording_of
 from expotion.data.clips import CachedClip, read_clips
 from expotion.data.shards import CacheError, list_shards
@@ -150,14 +150,12 @@ def read_cache_split(split: Path, data_root: Path | None = None, captions: str =
         source = CaptionSource.parse(captions)
     except ValueError as err:
         raise InputError(f"--cache-captions: {err}") from err
-    shards = list_shards(Path(split))
-    if not shards:
+    if not list_shards(Path(split)):
         raise InputError(f"{split}: no cache shards (shard-*.h5) here")
     try:
-        clips = {clip.clip_id: clip for clip in read_clips(split, data_root=data_root)}
-        if source.name != MANIFEST:
-            chosen = read_source_captions(shards, source)
-            clips = {clip_id: replace(clip, caption=chosen[clip_id].strip()) for clip_id, clip in clips.items()}
+        clips = read_clips(split, data_root=data_root, captions=source)
     except CacheError as err:
         raise InputError(str(err)) from err
-    return clips
+    if source.name != MANIFEST:
+        clips = [replace(clip, caption=clip.caption.strip()) for clip in clips]
+    return {clip.clip_id: clip for clip in clips}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from expotion.data.captions import CaptionSource, read_source_captions
+from expotion.data.captions import CaptionSource
 from expotion.data.clips import CachedClip, FeatureSpec, read_clips
 from expotion.data.media import ClipVideo, MediaError, write_clip_videos
 from expotion.core.outputs import OutputError, prepare_output
@@ -73,11 +73,15 @@ class Prompts:
     def apply(self, clips: list[CachedClip], spec: FeatureSpec | None) -> list[CachedClip]:
         if self.file is not None:
             return [replace(clip, caption=prompt) for clip, prompt in zip(clips, self.read(clips), strict=True)]
-        if self.captions is not None:
-            found = read_source_captions(sorted({clip.shard for clip in clips}), CaptionSource.parse(self.captions))
-            return [replace(clip, caption=found[clip.clip_id]) for clip in clips]
+        if self.captions is not None:  # read with the clips (:attr:`source`)
+            return clips
         text = self.text if self.text is not None else spec.prompt if spec is not None else None
         return clips if text is None else [replace(clip, caption=text) for clip in clips]
+
+    @property
+    def source(self) -> CaptionSource | None:
+        """The cache's captions to read with the clips, when ``captions`` chooses them."""
+        return None if self.captions is None else CaptionSource.parse(self.captions)
 
     def read(self, clips: list[CachedClip]) -> list[str]:
         """Each clip's prompt from ``file``; a clip without one is refused, not prompted with something else."""
@@ -125,7 +129,7 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
 
 def cached_clips(models: Models, cache: Path, prompts: Prompts = Prompts()) -> list[CachedClip]:
     """The split's clips, checked against the model's features, each with the prompt ``prompts`` gives it."""
-    clips = read_clips(cache, models.streams)
+    clips = read_clips(cache, models.streams, captions=prompts.source)
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")
     for clip in clips:
