@@ -107,8 +107,8 @@ features: install
 	$(EXPOTION) features --manifest $(MANIFEST) --cache $(CACHE) --profile $(PROFILE) --tiny-dir $(TINY_DIR) \
 		--workers $(WORKERS) --extractors $(EXTRACTORS) $(if $(DEVICE),--device $(DEVICE)) $(FEATURE_ARGS)
 
-# Generated captions for every clip of CACHE (music, scene or fused), stored with the clips; a rerun captions only
-# what is missing or was made otherwise. The demo reads the tiny stand-ins in TINY_DIR; real models: WEIGHTS_DIR=weights.
+# Generated captions for every clip of CACHE (music, scene, flamingo or fused), stored with the clips; a rerun
+# captions only what is missing or was made otherwise. The demo reads the tiny stand-ins in TINY_DIR; real models: WEIGHTS_DIR=weights.
 CAPTIONER ?= music
 WEIGHTS_DIR ?= $(TINY_DIR)
 CAPTION_ARGS ?=

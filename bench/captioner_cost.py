@@ -6,8 +6,8 @@ built on the ``meta`` device with the released models' sizes (or a real
 prefill costs ``2 × parameters × tokens`` FLOPs at ``--tflops``, and each
 generated token reads every weight once at ``--bandwidth`` (batch 1). Token
 counts follow the processors: Whisper features pad audio to 30 s for
-Qwen2-Audio (its encoder always sees 3000 frames), 25 audio tokens a second
-reach the language model; Qwen2.5-Omni reads video at 2 frames a second in
+Qwen2-Audio and Audio Flamingo 3 (their encoders always see 3000 frames), 25
+audio tokens a second reach the language model; Qwen2.5-Omni reads video at 2 frames a second in
 14-pixel patches, pairs of frames and 2×2 patches merged into one token.
 """
 from __future__ import annotations
@@ -31,6 +31,13 @@ QWEN2_5_OMNI_THINKER = {  # Qwen/Qwen2.5-Omni-7B's thinker_config
     "text_config": {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
                     "num_attention_heads": 28, "num_key_value_heads": 4},
 }
+AUDIO_FLAMINGO_3 = {  # nvidia/audio-flamingo-3-hf's config.json: a Whisper-large-v3-sized encoder, Qwen2.5-7B text
+    "audio_config": {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 20,
+                     "intermediate_size": 5120, "num_mel_bins": 128, "max_source_positions": 1500},
+    "text_config": {"model_type": "qwen2", "vocab_size": 151672, "hidden_size": 3584, "intermediate_size": 18944,
+                    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4},
+}
+KINDS = ("music", "flamingo", "fused")
 AUDIO_TOKENS_PER_SECOND = 25  # 100 mel frames a second, halved by the encoder's stride, halved by its pooling
 PROMPT_TOKENS = 40  # chat template and prompt
 
@@ -42,6 +49,10 @@ def build_on_meta(kind: str, config_path: str | None):
         config = (transformers.AutoConfig.from_pretrained(config_path) if config_path
                   else transformers.Qwen2AudioConfig(**QWEN2_AUDIO))
         cls = transformers.Qwen2AudioForConditionalGeneration
+    elif kind == "flamingo":
+        config = (transformers.AutoConfig.from_pretrained(config_path) if config_path
+                  else transformers.AudioFlamingo3Config(**AUDIO_FLAMINGO_3))
+        cls = transformers.AudioFlamingo3ForConditionalGeneration
     else:
         config = (transformers.AutoConfig.from_pretrained(config_path).thinker_config if config_path
                   else transformers.Qwen2_5OmniThinkerConfig(**QWEN2_5_OMNI_THINKER))
@@ -75,7 +86,7 @@ def estimate(kind: str, args) -> None:
     text = config.text_config
     total = count(model)
     audio_llm_tokens = round(args.seconds * AUDIO_TOKENS_PER_SECOND)
-    encoder_positions = 1500 if kind == "music" else audio_llm_tokens * 2  # Qwen2-Audio pads to 30 s
+    encoder_positions = 1500 if kind != "fused" else audio_llm_tokens * 2  # Qwen2-Audio and AF3 pad to 30 s
     vision_patches, vision_llm_tokens = video_tokens(args.seconds, args.height, args.width) if kind == "fused" else (0, 0)
     prompt = PROMPT_TOKENS + audio_llm_tokens + vision_llm_tokens
     head_dim = text.hidden_size // text.num_attention_heads
@@ -87,7 +98,7 @@ def estimate(kind: str, args) -> None:
     prefill_flops = 2 * (audio_params * encoder_positions + vision_params * vision_patches + llm_params * prompt)
     prefill_s = prefill_flops / (args.tflops * 1e12)
     decode_s = args.new_tokens * weight_bytes / (args.bandwidth * 1e12)
-    print(f"{kind:6s} {type(model).__name__}")
+    print(f"{kind:8s} {type(model).__name__}")
     print(f"  parameters: {total / 1e9:.2f} B (audio encoder {audio_params / 1e9:.2f} B, vision encoder "
           f"{vision_params / 1e9:.2f} B, language model {llm_params / 1e9:.2f} B)")
     print(f"  tokens per {args.seconds:g} s clip: {prompt} in (audio {audio_llm_tokens}, video {vision_llm_tokens}), "
@@ -107,10 +118,10 @@ def main() -> None:
     parser.add_argument("--tflops", type=float, default=150.0, help="sustained bf16 TFLOP/s (A100: ~50%% of 312)")
     parser.add_argument("--bandwidth", type=float, default=1.5, help="memory bandwidth in TB/s (A100 40 GB: 1.5)")
     parser.add_argument("--config", default=None, help="a real config.json folder to count instead of the sizes here")
-    parser.add_argument("--config-kind", choices=("music", "fused"), default="music")
+    parser.add_argument("--config-kind", choices=KINDS, default="music")
     args = parser.parse_args()
     print("ESTIMATES from the configurations, not measurements")
-    for kind in ("music", "fused"):
+    for kind in KINDS:
         estimate(kind, args)
 
 

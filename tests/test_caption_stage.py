@@ -105,6 +105,28 @@ def test_caption_writes_one_caption_per_clip_with_provenance(captioned, tiny_cap
     assert summary["clips"] == 6 and len(summary["shards_rewritten"]) == 2
 
 
+def test_flamingo_captions_are_stored_with_provenance_beside_the_music_ones(captioned, tiny_captioners, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(captioned[0], cache)
+    music = stored(cache)
+    assert caption(cache, tiny_captioners, "--captioner", "flamingo") == 0
+    flamingo = stored(cache, "flamingo")
+    assert sorted(flamingo) == sorted(music)
+    musicgen = load_musicgen(next(iter(flamingo.values()))[3])
+    for clip_id, (text, provenance, states, _) in flamingo.items():
+        assert text.strip(), clip_id
+        assert provenance == {"captioner": "flamingo", "reads": ["audio"],
+                              "model": "AudioFlamingo3ForConditionalGeneration",
+                              "model_path": str(tiny_path(tiny_captioners, "captioner_audioflamingo3").resolve()),
+                              "prompt": "Please describe the music.",
+                              "generation": {"max_new_tokens": 8, "do_sample": False, "temperature": 1.0,
+                                             "top_p": 1.0, "seed": 0}}
+        np.testing.assert_array_equal(states, text_hidden(musicgen, [text])[0])
+    for clip_id, (text, provenance, states, _) in stored(cache).items():  # the music captions are untouched
+        assert (text, provenance) == music[clip_id][:2]
+        np.testing.assert_array_equal(states, music[clip_id][2])
+
+
 def test_cache_inspect_lists_each_clips_captions(captioned, capsys):
     cache, _ = captioned
     capsys.readouterr()

@@ -55,19 +55,24 @@ def spy_processor(monkeypatch, captioner) -> list[dict]:
     return calls
 
 
-def test_the_three_kinds_are_selected_by_name():
+def test_the_captioners_are_selected_by_name():
     assert {k: (v.reads, v.model_key) for k, v in KINDS.items()} == {
         "music": (("audio",), "qwen2_audio"), "scene": (("audio",), "qwen2_audio"),
-        "fused": (("video", "audio"), "qwen2_5_omni")}
-    assert KINDS["music"].default_prompt == "Please describe the music."
-    with pytest.raises(ValueError, match="unknown captioner 'lyrics'; choose from music, scene, fused"):
+        "fused": (("video", "audio"), "qwen2_5_omni"), "flamingo": (("audio",), "audioflamingo3")}
+    assert KINDS["music"].default_prompt == KINDS["flamingo"].default_prompt == "Please describe the music."
+    with pytest.raises(ValueError, match="unknown captioner 'lyrics'; choose from music, scene, flamingo, fused"):
         load_captioner("lyrics")
 
 
-@pytest.mark.parametrize("kind, prompt", [("music", None), ("scene", None), ("music", "Name the instruments.")])
+QWEN_AUDIO_SLOT = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+AUDIO_PLACEHOLDER = {"music": QWEN_AUDIO_SLOT, "scene": QWEN_AUDIO_SLOT, "flamingo": "<sound>"}  # what each model's chat template puts before the prompt
+
+
+@pytest.mark.parametrize("kind, prompt", [("music", None), ("scene", None), ("music", "Name the instruments."),
+                                          ("flamingo", None), ("flamingo", "Name the instruments.")])
 def test_the_prompt_reaches_the_processor_exactly_as_configured(tiny_dir, monkeypatch, kind, prompt):
     captioner = load_captioner(kind, weights=tiny_dir, prompt=prompt, settings=SHORT)
-    expected = prompt or {"music": MUSIC_PROMPT, "scene": SCENE_PROMPT}[kind]
+    expected = prompt or {"music": MUSIC_PROMPT, "scene": SCENE_PROMPT, "flamingo": MUSIC_PROMPT}[kind]
     calls = spy_processor(monkeypatch, captioner)
     captioner.caption([Clip(tone(440, 1.0, 16000), 16000)])
     (conversation,), (processed,) = ([c["conversation"] for c in calls if "conversation" in c],
@@ -75,24 +80,26 @@ def test_the_prompt_reaches_the_processor_exactly_as_configured(tiny_dir, monkey
     assert [item["text"] for item in conversation[0]["content"] if item["type"] == "text"] == [expected]
     (text,) = processed["text"]
     user_turn = text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
-    assert user_turn.split("<|audio_eos|>\n")[1] == expected  # the template adds nothing to the prompt
+    assert user_turn == AUDIO_PLACEHOLDER[kind] + expected  # one audio slot; the template adds nothing to the prompt
     assert captioner.provenance()["prompt"] == expected
 
 
-def test_audio_reaches_the_model_at_its_feature_extractors_rate(music, monkeypatch):
-    assert music.sample_rate == 16000  # Whisper features
-    calls = spy_processor(monkeypatch, music)
+@pytest.mark.parametrize("kind, mask", [("music", "feature_attention_mask"), ("flamingo", "input_features_mask")])
+def test_audio_reaches_the_model_at_its_feature_extractors_rate(tiny_dir, monkeypatch, kind, mask):
+    captioner = load_captioner(kind, weights=tiny_dir, settings=SHORT)
+    assert captioner.sample_rate == 16000  # Whisper features
+    calls = spy_processor(monkeypatch, captioner)
     seen = {}
-    real_forward = type(music.model).forward
+    real_forward = type(captioner.model).forward
 
     @functools.wraps(real_forward)  # generate() reads forward's signature
     def forward(self, *args, **kwargs):
         if kwargs.get("input_features") is not None:
-            seen["frames"] = int(kwargs["feature_attention_mask"].sum())
+            seen["frames"] = int(kwargs[mask].sum())
         return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(music.model), "forward", forward)
-    music.caption([Clip(tone(1000.0, 3.0, 32000), 32000)])
+    monkeypatch.setattr(type(captioner.model), "forward", forward)
+    captioner.caption([Clip(tone(1000.0, 3.0, 32000), 32000)])
     (processed,) = [c for c in calls if "audio" in c]
     (audio,) = processed["audio"]
     assert processed["sampling_rate"] == 16000 and len(audio) == 3 * 16000
@@ -128,7 +135,7 @@ def test_the_fused_captioner_receives_the_clips_own_frames_and_audio_span(fused,
     assert caption
 
 
-@pytest.mark.parametrize("kind", ["music", "fused"])
+@pytest.mark.parametrize("kind", ["music", "fused", "flamingo"])
 def test_tiny_captioners_write_a_caption_and_the_same_seed_gives_the_same_one(tiny_dir, kind):
     rate = 16000
     clip = Clip(tone(330, 2.0, rate), rate, np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), np.uint8),
@@ -143,7 +150,8 @@ def test_tiny_captioners_write_a_caption_and_the_same_seed_gives_the_same_one(ti
                                                     "top_p": 1.0, "seed": 7}
 
 
-@pytest.mark.parametrize("kind, folder", [("music", "Qwen2-Audio-7B-Instruct"), ("fused", "Qwen2.5-Omni-7B")])
+@pytest.mark.parametrize("kind, folder", [("music", "Qwen2-Audio-7B-Instruct"), ("fused", "Qwen2.5-Omni-7B"),
+                                          ("flamingo", "audio-flamingo-3-hf")])
 def test_missing_weights_fail_in_one_line_naming_the_folder(tmp_path, kind, folder):
     with pytest.raises(MissingWeightsError) as err:
         load_captioner(kind, weights=tmp_path)
@@ -186,7 +194,7 @@ def test_weights_check_names_the_captioners_folders(tiny_dir, tmp_path, capsys):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", ["music", "fused"])
+@pytest.mark.parametrize("kind", ["music", "fused", "flamingo"])
 def test_the_real_classes_run_forward_on_cuda_in_bf16(tiny_dir, kind):
     captioner = load_captioner(kind, weights=tiny_dir, settings=SHORT, device="cuda", dtype=torch.bfloat16)
     assert captioner.model.dtype == torch.bfloat16 and captioner.model.device.type == "cuda"

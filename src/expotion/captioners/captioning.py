@@ -1,7 +1,8 @@
-"""The three captioners selected by name: ``music`` and ``scene`` (audio in), ``fused`` (video and audio in).
+"""The captioners selected by name: ``music``, ``flamingo`` and ``scene`` (audio in), ``fused`` (video and audio in).
 
 ``music`` asks the paper's question (§4.1, "Please describe the music.") of an
-audio-language model; ``scene`` asks the same model which scene the music
+audio-language model (Qwen2-Audio); ``flamingo`` asks it of a second one (Audio
+Flamingo 3), whose captions are stored apart so both can be compared; ``scene`` asks the same model which scene the music
 evokes, in MusiScene's sense; ``fused`` asks an omni model about the clip's
 video and audio together, for the text-only MusicGen baseline (§4.4). Audio
 is resampled to the rate of the model's own feature extractor before the
@@ -91,13 +92,27 @@ class TransformersCaptioner(Captioner):
 
 
 class AudioCaptioner(TransformersCaptioner):
-    """Reads the clip's audio (Qwen2-Audio-Instruct by default)."""
+    """Reads the clip's audio (Qwen2-Audio-Instruct, or Audio Flamingo 3 for ``flamingo``).
+
+    Both processors take the rendered chat text with one audio placeholder and the
+    audio at the feature extractor's rate, and expand the placeholder to one token
+    per audio frame the encoder gives; Audio Flamingo 3's also cuts audio longer
+    than its 30 s window into windows."""
 
     reads = (AUDIO,)
 
     def __init__(self, *args, kind: str = "music", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.kind = kind
+
+
+class FlamingoCaptioner(AudioCaptioner):
+    """Audio Flamingo 3: its encoder adds learned positions for a full 30 s window, so each clip's features are
+    padded to the window (the processor's own audio default) while the chat text is padded to the longest."""
+
+    def model_inputs(self, clips: Sequence[Clip], text: list[str]) -> dict:
+        audio = [resample(c.audio, c.sample_rate, self.sample_rate) for c in clips]
+        return self.processor(text=text, audio=audio, sampling_rate=self.sample_rate, return_tensors="pt")
 
 
 class FusedCaptioner(TransformersCaptioner):
@@ -124,12 +139,17 @@ def build_audio(model, processor, prompt, settings, model_path, kind="music") ->
     return AudioCaptioner(model, processor, prompt, settings, model_path, kind=kind)
 
 
+def build_flamingo(model, processor, prompt, settings, model_path, kind="flamingo") -> Captioner:
+    return FlamingoCaptioner(model, processor, prompt, settings, model_path, kind=kind)
+
+
 def build_fused(model, processor, prompt, settings, model_path, kind="fused") -> Captioner:
     return FusedCaptioner(model, processor, prompt, settings, model_path)
 
 
 register_kind(CaptionerKind("music", (AUDIO,), MUSIC_PROMPT, "qwen2_audio", build_audio))
 register_kind(CaptionerKind("scene", (AUDIO,), SCENE_PROMPT, "qwen2_audio", build_audio))
+register_kind(CaptionerKind("flamingo", (AUDIO,), MUSIC_PROMPT, "audioflamingo3", build_flamingo))
 register_kind(CaptionerKind("fused", (VIDEO, AUDIO), FUSED_PROMPT, "qwen2_5_omni", build_fused))
 
 

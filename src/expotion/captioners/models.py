@@ -60,6 +60,9 @@ MODELS: dict[str, CaptionModel] = {m.key: m for m in (
     CaptionModel("qwen2_5_omni", "Qwen/Qwen2.5-Omni-7B", "Qwen2.5-Omni-7B",
                  "Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2_5OmniProcessor",
                  "the fused video + audio captioner (expotion caption)"),
+    CaptionModel("audioflamingo3", "nvidia/audio-flamingo-3-hf", "audio-flamingo-3-hf",
+                 "AudioFlamingo3ForConditionalGeneration", "AudioFlamingo3Processor",
+                 "the second music captioner, Audio Flamingo 3 (expotion caption --captioner flamingo)"),
 )}
 
 for _model in MODELS.values():

@@ -18,6 +18,7 @@ CORPUS = ("Please describe the music.", "A calm piano melody with soft drums and
           "An upbeat pop song with bright synths, handclaps and a fast tempo.",
           "The scene is a quiet street at night where a person walks alone in the rain.")
 AUDIO_TOKENS = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+SOUND_TOKEN = "<sound>"  # Audio Flamingo 3's audio placeholder, one added token
 VISION_TOKENS = {"image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
                  "vision_eos_token": "<|vision_eos|>"}
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
@@ -34,10 +35,21 @@ OMNI_CHAT_TEMPLATE = (
     "{% elif item['type'] == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# Audio Flamingo 3's template as its hub repo ships it: a default system turn, then per user turn the sound
+# placeholder (when the turn holds audio) followed by the turn's text items joined
+FLAMINGO_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% if message['content'] | selectattr('type', 'equalto', 'audio') | list %}<sound>{% endif %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] }}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def tiny_tokenizer(named: dict[str, str]):
-    """A Qwen2 tokenizer (byte-level BPE) with a few hundred tokens, the chat tokens and the ``named`` media tokens."""
+def tiny_tokenizer(named: dict[str, str], unnamed: tuple[str, ...] = ()):
+    """A Qwen2 tokenizer (byte-level BPE) with a few hundred tokens, the chat tokens, the ``named`` media tokens (the
+    tokenizer's attributes, as Qwen's processors look them up) and ``unnamed`` ones (found by their text)."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -48,14 +60,14 @@ def tiny_tokenizer(named: dict[str, str]):
     learned = json.loads(bpe.to_str())["model"]
     tokenizer = Qwen2Tokenizer(vocab=learned["vocab"], merges=[tuple(m) for m in learned["merges"]],
                                extra_special_tokens=named)
-    tokenizer.add_tokens([AddedToken(t, special=True) for t in (*CHAT_TOKENS, *named.values())], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=True) for t in (*CHAT_TOKENS, *named.values(), *unnamed)], special_tokens=True)
     return tokenizer
 
 
-def whisper_features():
+def whisper_features(**options):
     from transformers import WhisperFeatureExtractor
 
-    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=AUDIO_SECONDS)
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=AUDIO_SECONDS, **options)
 
 
 def quiet_save(model, path: Path) -> None:
@@ -113,4 +125,23 @@ def save_tiny_omni(path: str | Path, seed: int = 0) -> Path:
         quiet_save(Qwen2_5OmniForConditionalGeneration(config), path)
     finally:
         hf_logging.set_verbosity(verbosity)
+    return path
+
+
+def save_tiny_flamingo(path: str | Path, seed: int = 0) -> Path:
+    """A tiny ``AudioFlamingo3ForConditionalGeneration`` + ``AudioFlamingo3Processor`` folder (about 0.2 MB), with
+    the hub repo's chat template and its feature extractor's attention mask (the processor windows audio by it)."""
+    from transformers import AudioFlamingo3Config, AudioFlamingo3ForConditionalGeneration, AudioFlamingo3Processor
+
+    path = Path(path)
+    tokenizer = tiny_tokenizer({}, unnamed=(SOUND_TOKEN,))
+    AudioFlamingo3Processor(feature_extractor=whisper_features(return_attention_mask=True), tokenizer=tokenizer,
+                            chat_template=FLAMINGO_CHAT_TEMPLATE, audio_token=SOUND_TOKEN).save_pretrained(path)
+    encoder = {"num_mel_bins": 128, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+               "hidden_size": 16, "max_source_positions": AUDIO_SECONDS * 50}
+    config = AudioFlamingo3Config(audio_config=encoder,
+                                  text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), **TEXT},
+                                  audio_token_id=tokenizer.convert_tokens_to_ids(SOUND_TOKEN))
+    torch.manual_seed(seed)
+    quiet_save(AudioFlamingo3ForConditionalGeneration(config), path)
     return path

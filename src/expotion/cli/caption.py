@@ -1,6 +1,6 @@
 """``expotion caption``: a generated caption for every cached clip, stored with the clip in the cache.
 
-    expotion caption --cache cache/demo [--split train] [--captioner music|scene|fused] [--prompt "..."]
+    expotion caption --cache cache/demo [--split train] [--captioner music|scene|flamingo|fused] [--prompt "..."]
                      [--model-path DIR] [--weights-dir DIR] [--batch-size 4] [--device cuda]
                      [--max-new-tokens 200] [--do-sample --temperature 1.0 --top-p 1.0] [--seed 0]
 
@@ -34,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, required=True, help="the feature cache (<cache>/<split>/shard-NNNNN.h5)")
     p.add_argument("--split", default=None, help="caption only this split (default: every split)")
     p.add_argument("--captioner", choices=tuple(KINDS), default="music",
-                   help="music: the paper's captions from the audio; scene: the scene the music evokes; fused: from "
-                        "the video and audio together (default: music)")
+                   help="music: the paper's captions from the audio (Qwen2-Audio); flamingo: the same question to "
+                        "Audio Flamingo 3; scene: the scene the music evokes; fused: from the video and audio "
+                        "together (default: music)")
     p.add_argument("--prompt", default=None, help="the question asked of every clip (default: the captioner's own, "
                                                   "e.g. 'Please describe the music.')")
     p.add_argument("--model-path", type=Path, default=None,

@@ -1,7 +1,7 @@
 """The ``expotion`` command: one entry point for every stage.
 
     expotion features  ...   precompute features into HDF5 shards (src/expotion/precompute/command.py)
-    expotion caption   ...   a generated caption for every cached clip (music, scene or fused)
+    expotion caption   ...   a generated caption for every cached clip (music, scene, flamingo or fused)
     expotion train     ...   LightningCLI, arguments passed through unchanged (``expotion train fit --config ...``)
     expotion generate  ...   music for a video, or for every clip of a cached split
     expotion eval      ...   the Table 1 metrics

@@ -47,10 +47,11 @@ TINY: dict[str, TinyWeights] = {t.key: t for t in (
                 {"modality": "audio"}),
     TinyWeights("captioner_qwen2_audio", "Qwen2-Audio-7B-Instruct", "expotion.captioners.stand_ins:save_tiny_audio"),
     TinyWeights("captioner_qwen2_5_omni", "Qwen2.5-Omni-7B", "expotion.captioners.stand_ins:save_tiny_omni"),
+    TinyWeights("captioner_audioflamingo3", "audio-flamingo-3-hf", "expotion.captioners.stand_ins:save_tiny_flamingo"),
 )}
 PRECOMPUTE = ("marlin", "synchformer", "raft_small", "musicgen", "clip")  # what the tiny profile reads
 EVALUATION = ("vggish", "passt", "clap_music", "languagebind_video", "languagebind_audio")  # what `expotion eval` reads
-CAPTIONING = ("captioner_qwen2_audio", "captioner_qwen2_5_omni")  # the captioners' models, under their folder names
+CAPTIONING = ("captioner_qwen2_audio", "captioner_qwen2_5_omni", "captioner_audioflamingo3")  # the captioners' models, under their folder names
 
 
 def tiny_path(root: str | Path, key: str) -> Path:
