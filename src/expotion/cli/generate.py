@@ -38,6 +38,7 @@ from expotion.core import option_types as opt
 from expotion.core.atomic import write_text
 from expotion.core.outputs import OutputError
 from expotion.core.weights import MissingWeightsError
+from expotion.data.captions import GENERIC, GENERIC_PROMPT
 from expotion.data.manifest import ManifestError, parse_face_box
 from expotion.data.media import MediaError
 from expotion.data.shards import CacheError
@@ -63,8 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch mode: each clip's prompt, by clip or recording id (JSON {id: prompt}, CSV id,caption, "
                         "TSV or a manifest), instead of its cached caption")
     p.add_argument("--captions", default=None,
-                   help="batch mode: the cached captions to prompt with: manifest (default), generated:<kind> (written "
-                        "by `expotion caption`, e.g. generated:music) or generic")
+                   help="batch mode: the cached captions to prompt with: manifest, generated:<kind> (written by "
+                        "`expotion caption`, e.g. generated:music) or generic (default: the captions the checkpoint "
+                        "was trained on, else manifest)")
     p.add_argument("--checkpoint", type=Path, help="exported checkpoint (adaptor.pt) of either method; omit for plain "
                                                    "MusicGen")
     p.add_argument("--musicgen", help=f"hub name or local dir (default: the checkpoint's, else {DEFAULT_MUSICGEN})")
@@ -206,8 +208,20 @@ def run_batch(args: argparse.Namespace, settings: ModelSettings, sampling: Sampl
         print(f"wrote {len(result.videos)} of {len(result.written)} clip videos into {args.mux_dir}")
         for clip_id, reason in result.videos_skipped:
             print(f"  no video for {clip_id}: {reason}")
+    print(f"prompts: {describe_prompts(result.captions)}")
     print(f"summary: {summary}")
     return 0 if result.written else 1
+
+
+def describe_prompts(choice: dict) -> str:
+    """One line saying which prompts batch mode used and what chose them."""
+    why = {"checkpoint": "the captions the checkpoint was trained on", "default": "the default",
+           "--captions": "--captions"}
+    source, chosen_by = choice.get("source"), choice.get("chosen_by")
+    if source is None:
+        return f"given by {chosen_by}"
+    what = f"the generic prompt {GENERIC_PROMPT!r}" if source == GENERIC else f"the cache's {source} captions"
+    return f"{what} ({why.get(chosen_by, chosen_by)})"
 
 
 def write_batch_summary(path: Path, result: BatchResult, settings: ModelSettings, sampling: SamplingSettings,
@@ -222,7 +236,7 @@ def write_batch_summary(path: Path, result: BatchResult, settings: ModelSettings
         "clips": result.clips, "written": result.written, "skipped": dict(result.skipped),
         "references": str(args.reference_dir) if args.reference_dir else None,
         "videos": result.videos if args.mux_dir else None, "videos_skipped": dict(result.videos_skipped),
-        "prompts": result.prompts,
+        "captions": result.captions, "prompts": result.prompts,
         "seconds": {stage: round(seconds, 3) for stage, seconds in result.timings.items()},
     }
     return write_text(path, json.dumps(summary, indent=2) + "\n")

@@ -86,6 +86,20 @@ def stored_caption(group: h5py.Group, kind: str) -> StoredCaption | None:
     return StoredCaption(str(entry.attrs["caption"]), json.loads(entry.attrs["provenance"]))
 
 
+def source_record(source: CaptionSource, provenances: list[dict] = ()) -> dict:
+    """What an export records of the captions it trained on, so generation and eval can default to the same ones:
+    the source and, for generated captions, the captioner, model and prompt that made them (each distinct
+    combination once, from the clips' ``provenances``)."""
+    record = {"source": str(source)}
+    if source.name == GENERIC:
+        record["prompt"] = GENERIC_PROMPT
+    if source.name == GENERATED:
+        made = {json.dumps({key: p.get(key) for key in ("captioner", "model", "prompt")}, sort_keys=True)
+                for p in provenances}
+        record["made_by"] = [json.loads(m) for m in sorted(made)]
+    return record
+
+
 def missing_caption(clip_id: str, path: Path, source: CaptionSource) -> MissingCaptionError:
     return MissingCaptionError(f"clip {clip_id} in {path} has no {source.kind} caption; write them with "
                                f"`expotion caption --cache CACHE --captioner {source.kind}`")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from expotion.core.rates import DEFAULT_RATES, StreamRate
-from expotion.data.captions import GENERIC, GENERIC_PROMPT, MANIFEST, CaptionSource, CaptionSourceError, clip_caption
+from expotion.data.captions import (GENERATED, GENERIC, GENERIC_PROMPT, MANIFEST, CaptionSource, CaptionSourceError,
+                                    clip_caption, source_record, stored_caption)
 from expotion.data.manifest import VIDEO_AUDIO
 from expotion.data.shards import REBUILD, CacheError, claim_clip_ids, list_shards, open_shard
 
@@ -45,6 +46,8 @@ class FeatureSpec:
     computed the features (``profile``, ``weights_dir``), empty if the cache does not record it.
     ``prompt`` is the one prompt training used in place of every caption (the generic-prompt
     ablation), or None when each clip's caption was used; generation follows it.
+    ``captions`` records the caption source training read (:func:`~expotion.data.captions.source_record`); empty
+    for checkpoints exported before it was recorded.
     """
 
     shapes: dict[str, tuple[int, ...]]
@@ -52,6 +55,7 @@ class FeatureSpec:
     text_dim: int
     extractors: dict[str, str] = field(default_factory=dict, compare=False)
     prompt: str | None = field(default=None, compare=False)
+    captions: dict = field(default_factory=dict, compare=False)
 
     @property
     def dims(self) -> dict[str, int]:
@@ -101,6 +105,7 @@ class ClipDataset(Dataset):
         self.refs: list[ClipRef] = []
         self.spec: FeatureSpec | None = None
         self.short_seconds: list[float] = []  # lengths of the clips skipped as shorter than the crop
+        self.provenances: list[dict] = []  # what made each used clip's generated caption
         shards = list_shards(self.root)
         if not shards:
             raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
@@ -115,6 +120,7 @@ class ClipDataset(Dataset):
                 self.scan(path, f)
         if not self.refs:
             raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped, too_short))
+        self.spec = replace(self.spec, captions=source_record(self.source, self.provenances))
         self._files: dict[Path, h5py.File] = {}
         self._handles: dict[ClipRef, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
@@ -161,6 +167,8 @@ class ClipDataset(Dataset):
                             stream_rates(g, self.streams), self.spec.rates)
             else:
                 self.refs.append(ClipRef(path, clip_id, clip_caption(f, clip_id, self.source)[0]))
+                if self.source.name == GENERATED:
+                    self.provenances.append(stored_caption(g, self.source.kind).provenance)
                 if self.spec is None:
                     self.spec = FeatureSpec(
                         shapes={n: tuple(g[n].shape[1:]) for n in self.streams},

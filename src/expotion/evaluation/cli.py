@@ -24,8 +24,10 @@ from expotion.core import option_types as opt
 from expotion.core.devices import usable_device
 from expotion.core.weights import weights_dir
 from expotion.evaluation import embed, metrics, plots, report
-from expotion.evaluation.files import (VIDEO_EXTENSIONS, InputError, Pairing, a_few, captions_for_clips, files_by_id,
-                                       pair_directories, read_cache_split, read_captions)
+from expotion.data.captions import MANIFEST
+from expotion.evaluation.files import (GENERATION_SUMMARY, VIDEO_EXTENSIONS, InputError, Pairing, a_few,
+                                       captions_for_clips, files_by_id, generation_captions, pair_directories,
+                                       read_cache_split, read_captions)
 from expotion.evaluation.output_names import check_label
 from expotion.evaluation.video import VideoClip
 
@@ -59,9 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", type=Path, default=None,
                         help="captions by clip or recording id: the manifest (CSV or JSONL), JSON, CSV with id,caption "
                              "columns, or id<TAB>caption lines; takes precedence over --cache's captions")
-    parser.add_argument("--cache-captions", default="manifest", metavar="SOURCE",
-                        help="which of --cache's captions the text-audio metrics read: manifest (default), "
-                             "generated:<kind> (written by `expotion caption`, e.g. generated:music) or generic")
+    parser.add_argument("--cache-captions", default=None, metavar="SOURCE",
+                        help="which of --cache's captions the text-audio metrics read: manifest, generated:<kind> "
+                             "(written by `expotion caption`, e.g. generated:music) or generic (default: the ones "
+                             "the music was generated from, as the generated folder's summary.json records, else "
+                             "manifest)")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="embedding cache (default $EXPOTION_EVAL_CACHE or ./cache/eval)")
@@ -104,13 +108,26 @@ def log(message: str) -> None:
     print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
-def clip_inputs(args: argparse.Namespace, pairing: Pairing) -> tuple[dict[str, VideoClip], dict[str, str]]:
-    """Each paired clip's video and caption: ``--videos`` and ``--captions`` first, then what ``--cache`` records.
+def scored_captions(args: argparse.Namespace, generated: Path) -> tuple[str, str]:
+    """Which of ``--cache``'s captions a generated folder is scored against, and what chose them: ``--cache-captions``,
+    else those its music was generated from (by default, those its checkpoint trained on), else the manifest's."""
+    if args.cache_captions is not None:
+        return args.cache_captions, "--cache-captions"
+    recorded = generation_captions(generated)
+    if recorded is not None:
+        return recorded, f"the captions the music was generated from, per {Path(generated) / GENERATION_SUMMARY}"
+    return MANIFEST, "the default"
+
+
+def clip_inputs(args: argparse.Namespace, pairing: Pairing,
+                source: str = MANIFEST) -> tuple[dict[str, VideoClip], dict[str, str]]:
+    """Each paired clip's video and caption: ``--videos`` and ``--captions`` first, then what ``--cache`` records
+    (its captions of ``source``).
 
     An input that matches none of the paired clips is an error, never an empty metric.
     """
     ids = pairing.ids
-    cached = read_cache_split(args.cache, args.data_root, args.cache_captions) if args.cache else {}
+    cached = read_cache_split(args.cache, args.data_root, source) if args.cache else {}
     if cached and not set(ids) & set(cached):
         raise InputError(f"{args.cache}: none of its {len(cached)} clips is among the {len(ids)} paired clips. "
                          f"Cached clips: {a_few(cached)}; paired clips: {a_few(ids)}")
@@ -148,14 +165,16 @@ def run(args: argparse.Namespace) -> int:
         device = parse_device(args.device)
         labels = system_labels(args)
         pairings = [pair_directories(g, args.reference) for g in args.generated]
-        inputs = [clip_inputs(args, pairing) for pairing in pairings]
+        sources = [scored_captions(args, g) for g in args.generated]
+        inputs = [clip_inputs(args, pairing, source) for pairing, (source, _) in zip(pairings, sources)]
     except InputError as err:
         print(f"expotion eval: {err}", file=sys.stderr)
         return 2
-    for label, pairing, (videos, captions) in zip(labels, pairings, inputs):
+    for label, pairing, (videos, captions), (source, why) in zip(labels, pairings, inputs, sources):
         spans = sum(v.is_span for v in videos.values())
         log(f"{label + ': ' if len(labels) > 1 else ''}{len(pairing.ids)} paired clips; {len(videos)} videos "
-            f"({spans} cut from source recordings); {len(captions)} captions")
+            f"({spans} cut from source recordings); {len(captions)} captions"
+            + (f" (the cache's {source} captions: {why})" if args.cache and not args.captions else ""))
     log(f"models on {device}, batches of {args.batch_size}")
 
     names = extractors_for(groups, any(c for _, c in inputs), any(v for v, _ in inputs))
@@ -178,13 +197,13 @@ def run(args: argparse.Namespace) -> int:
         "reference": str(args.reference), "cache": str(args.cache) if args.cache else None,
         "data_root": str(args.data_root) if args.data_root else None,
         "videos": str(args.videos) if args.videos else None, "captions": str(args.captions) if args.captions else None,
-        "cache_captions": args.cache_captions if args.cache and not args.captions else None,
         "weights_dir": str(wdir), "cache_dir": str(cache_root), "metrics_requested": sorted(groups),
         "device": str(device), "batch_size": args.batch_size,
     }
     systems = [evaluate_system(args, label, generated, pairing, videos, captions, store, states, groups, options,
-                               settings)
-               for label, generated, pairing, (videos, captions) in zip(labels, args.generated, pairings, inputs)]
+                               {**settings, "cache_captions": source if args.cache and not args.captions else None})
+               for label, generated, pairing, (videos, captions), (source, _)
+               in zip(labels, args.generated, pairings, inputs, sources)]
     table = report.markdown(systems, options)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "results.md", table)

@@ -13,6 +13,7 @@ from expotion.data.shards import CacheError, list_shards
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".mp4", ".mov", ".mkv", ".webm")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+GENERATION_SUMMARY = "summary.json"  # what `expotion generate --cache` writes beside its wavs
 
 
 class InputError(ValueError):
@@ -159,3 +160,16 @@ def read_cache_split(split: Path, data_root: Path | None = None, captions: str =
     if source.name != MANIFEST:
         clips = [replace(clip, caption=clip.caption.strip()) for clip in clips]
     return {clip.clip_id: clip for clip in clips}
+
+
+def generation_captions(generated: Path) -> str | None:
+    """The cache's caption source that ``expotion generate --cache`` prompted the music in ``generated`` with (by
+    default the one its checkpoint trained on), from the folder's ``summary.json``; None when the folder has no
+    such record (prompts given as text, music from elsewhere, or a summary written before it was recorded)."""
+    try:
+        recorded = json.loads((Path(generated) / GENERATION_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    captions = recorded.get("captions") if isinstance(recorded, dict) else None
+    source = captions.get("source") if isinstance(captions, dict) else None
+    return source if isinstance(source, str) else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from expotion.data.captions import CaptionSource
+from expotion.data.captions import GENERIC, MANIFEST, CaptionSource
 from expotion.data.clips import CachedClip, FeatureSpec, read_clips
 from expotion.data.media import ClipVideo, MediaError, write_clip_videos
 from expotion.core.outputs import OutputError, prepare_output
@@ -33,6 +33,7 @@ class BatchResult:
     processes: int = 1
     devices: list[list[str]] = field(default_factory=list)  # the devices of each process's models, by rank
     prompts: dict[str, str] = field(default_factory=dict)  # the prompt each generated clip was given
+    captions: dict = field(default_factory=dict)  # which prompts were used and what chose them (Prompts.choice)
 
     @classmethod
     def merged(cls, parts: list[BatchResult]) -> BatchResult:
@@ -42,6 +43,7 @@ class BatchResult:
         for name in ("written", "skipped", "videos", "videos_skipped"):
             setattr(merged, name, sorted(x for p in parts for x in getattr(p, name)))
         merged.prompts = dict(sorted(kv for p in parts for kv in p.prompts.items()))
+        merged.captions = parts[0].captions if parts else {}
         for part in parts:
             for stage, seconds in part.timings.items():
                 merged.timings[stage] = max(merged.timings.get(stage, 0.0), seconds)
@@ -54,12 +56,14 @@ class Prompts:
     """What batch mode prompts each clip with: one ``text`` for every clip, or a ``file`` of prompts by clip or
     recording id (the formats of ``expotion eval --captions``), e.g. the fused captions the paper gives its MusicGen
     baseline, or the ``captions`` of a source the cache holds (``manifest``, ``generated:<kind>``, ``generic``:
-    :class:`~expotion.data.captions.CaptionSource`). With none, a checkpoint trained with one prompt for every clip
-    (the generic-prompt ablation) gets that prompt, and any other model each clip's cached caption."""
+    :class:`~expotion.data.captions.CaptionSource`). With none, a checkpoint gets the captions it was trained on
+    (:meth:`following`); a checkpoint trained with one prompt for every clip (the generic-prompt ablation) gets that
+    prompt, and any other model each clip's manifest caption."""
 
     text: str | None = None
     file: Path | None = None
     captions: str | None = None
+    chosen_by: str = "--captions"  # what chose ``captions``: the option, or the checkpoint's training captions
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.text, self.file, self.captions)) > 1:
@@ -77,6 +81,32 @@ class Prompts:
             return clips
         text = self.text if self.text is not None else spec.prompt if spec is not None else None
         return clips if text is None else [replace(clip, caption=text) for clip in clips]
+
+    @property
+    def given(self) -> bool:
+        return any(x is not None for x in (self.text, self.file, self.captions))
+
+    def following(self, spec: FeatureSpec | None) -> Prompts:
+        """These prompts when any is given; else the cache's captions of the source the checkpoint trained on, so
+        its music comes from captions like those it learnt from. The generic prompt keeps its own path
+        (``spec.prompt``), which needs no generic text states in the cache."""
+        trained = spec.captions.get("source") if spec is not None else None
+        if self.given or trained in (None, GENERIC):
+            return self
+        return replace(self, captions=trained, chosen_by="checkpoint")
+
+    def choice(self, spec: FeatureSpec | None) -> dict:
+        """Which prompts batch mode uses and what chose them, for the console and ``summary.json`` (where
+        ``expotion eval`` finds the caption source of the music)."""
+        if self.text is not None:
+            return {"source": None, "chosen_by": "--prompt"}
+        if self.file is not None:
+            return {"source": None, "chosen_by": "--prompts", "file": str(self.file)}
+        if self.captions is not None:
+            return {"source": str(self.source), "chosen_by": self.chosen_by}
+        if spec is not None and spec.prompt is not None:
+            return {"source": GENERIC, "chosen_by": "checkpoint"}
+        return {"source": MANIFEST, "chosen_by": "default"}
 
     @property
     def source(self) -> CaptionSource | None:
@@ -118,6 +148,7 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
     job = CacheJob.plan(models, share_of(cached_clips(models, cache, prompts), *share), out_dir,
                         reference_dir=reference_dir,
                         mux_dir=mux_dir, sampling=sampling, batch_size=batch_size)
+    job.result.captions = prompts.following(models.spec).choice(models.spec)
     for batch in job.batches:
         job.generate(batch)
         if progress:
@@ -128,7 +159,9 @@ def generate_for_cache(models: Models, cache: Path, out_dir: Path, *, reference_
 
 
 def cached_clips(models: Models, cache: Path, prompts: Prompts = Prompts()) -> list[CachedClip]:
-    """The split's clips, checked against the model's features, each with the prompt ``prompts`` gives it."""
+    """The split's clips, checked against the model's features, each with the prompt ``prompts`` gives it (by
+    default, the checkpoint's training captions: :meth:`Prompts.following`)."""
+    prompts = prompts.following(models.spec)
     clips = read_clips(cache, models.streams, captions=prompts.source)
     if not clips:
         raise GenerationError(f"{cache}: no cached clips")

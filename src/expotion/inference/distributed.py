@@ -40,6 +40,7 @@ class CacheGeneration(L.LightningModule):
                          self.trainer.world_size)
         self.job = CacheJob.plan(models, clips, self.out_dir, reference_dir=self.reference_dir, mux_dir=self.mux_dir,
                                  sampling=self.sampling, batch_size=self.batch_size)
+        self.job.result.captions = self.prompts.following(models.spec).choice(models.spec)
         self.job.result.processes = self.trainer.world_size
         self.started = time.perf_counter()
 

@@ -24,7 +24,7 @@ from expotion.musicgen.loading import load_musicgen
 from expotion.musicgen.video_conditioning import VideoConditioning
 from expotion.musicgen.windows import GenerationError
 from expotion.solvers.export import (CheckpointError, CheckpointMismatch, extractor_profile, method_of, musicgen_source,
-                                     read_adaptor)
+                                     read_adaptor, trained_captions)
 
 DEFAULT_MUSICGEN = "facebook/musicgen-small"
 PROFILES = ("real", "tiny")
@@ -140,6 +140,7 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
         if method.load is None:
             raise CheckpointError(f"{settings.checkpoint}: the '{method.name}' method has no trained part to load")
         conditioning, spec = method.load(settings.checkpoint, payload, musicgen)
+        spec = replace(spec, captions=trained_captions(settings.checkpoint, payload))
         extraction_rates(settings.checkpoint, spec)  # refuse features this version cannot extract before any work
         conditioning = conditioning.to(settings.device, ADAPTOR_DTYPES[settings.adaptor_dtype]).eval()
     if progress:

@@ -7,7 +7,9 @@ Python values, so it loads with ``torch.load(weights_only=True)``. A file that
 cannot be read, or that was made for another MusicGen or other features, is
 refused with one line naming it and saying what is wrong.
 Every exported checkpoint names the ``method`` that wrote it (``expotion`` here;
-:mod:`expotion.methods.clipflow.checkpoint` writes the other), so ``generate`` can pick it.
+:mod:`expotion.methods.clipflow.checkpoint` writes the other), so ``generate`` can pick it,
+and the captions it trained on (``captions``: manifest, generated:<kind> with the captioner,
+model and prompt, or generic), so batch generation and eval can default to the same ones.
 """
 from __future__ import annotations
 
@@ -127,11 +129,21 @@ def write_checkpoint(path: str | os.PathLike, method: str, config: dict, musicge
         "features": spec_to_dict(spec),
         "extractors": extractors,
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        **({"captions": spec.captions} if spec.captions else {}),
         **extra,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def trained_captions(path: str | os.PathLike | None, payload: dict) -> dict:
+    """The caption source a checkpoint trained on (:func:`expotion.data.captions.source_record`), or ``{}`` for one
+    exported before it was recorded; a record without its source is refused naming the file."""
+    record = payload.get("captions", {})
+    if not isinstance(record, dict) or (record and not isinstance(record.get("source"), str)):
+        raise CheckpointError(f"{path}: its 'captions' entry has no caption source: {record!r}")
+    return record
 
 
 def method_of(payload: dict) -> str:
