@@ -224,6 +224,68 @@ def test_training_on_generated_captions_reads_their_text_states(captioned, tiny_
     assert "generated:<kind>" in capsys.readouterr().err
 
 
+def test_generation_and_eval_default_to_the_captions_the_checkpoint_trained_on(captioned, tiny_profile_cfg, tmp_path,
+                                                                               monkeypatch, capsys):
+    import huggingface_hub.constants
+    import soundfile as sf
+
+    from expotion.cli.train import main as train
+    from expotion.data.captions import GENERIC_PROMPT
+    from expotion.solvers.export import read_adaptor
+
+    cache, _ = captioned
+    monkeypatch.chdir(tmp_path)
+    config = train_config(tmp_path, cache, tiny_profile_cfg.musicgen)
+    assert train(["fit", "--config", str(config), "--data.captions", "generated:music",
+                  "--trainer.max_steps", "2"]).trainer.global_step == 2
+    checkpoint = tmp_path / "run" / "adaptor.pt"
+    assert read_adaptor(checkpoint)["captions"] == {
+        "source": "generated:music",
+        "made_by": [{"captioner": "music", "model": "Qwen2AudioForConditionalGeneration",
+                     "prompt": "Please describe the music."}]}
+    generated = {c: v[0] for c, v in stored(cache).items() if c.startswith("demo-002")}
+
+    def generate(out: str, *extra: str) -> dict:
+        capsys.readouterr()
+        assert expotion(["generate", "--cache", str(cache / "val"), "--out-dir", str(tmp_path / out),
+                         "--checkpoint", str(checkpoint), "--tiny-dir", str(Path(tiny_profile_cfg.marlin_path).parent),
+                         "--top-k", "50", "--device", "cpu", *extra]) == 0
+        return json.loads((tmp_path / out / "summary.json").read_text())
+
+    summary = generate("trained")  # no --captions: the checkpoint's own
+    assert summary["captions"] == {"source": "generated:music", "chosen_by": "checkpoint"}
+    assert summary["prompts"] == generated  # the text each clip's music was generated from, through T5
+    assert ("prompts: the cache's generated:music captions (the captions the checkpoint was trained on)"
+            in capsys.readouterr().out)
+    summary = generate("generic", "--captions", "generic")  # an explicit source still wins
+    assert summary["captions"] == {"source": "generic", "chosen_by": "--captions"}
+    assert summary["prompts"] == {clip_id: GENERIC_PROMPT for clip_id in generated}
+    assert "prompts: the generic prompt 'music with catchy melody' (--captions)" in capsys.readouterr().out
+
+    # eval scores the music against the captions it was generated from, unless told otherwise
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    write_tiny("clap_music", tmp_path / "weights")
+    rng = np.random.default_rng(0)
+    (tmp_path / "ref").mkdir()
+    for clip_id in generated:
+        sf.write(tmp_path / "ref" / f"{clip_id}.wav", 0.1 * rng.standard_normal(32000 * 2), 32000)
+    args = ["eval", "--generated", str(tmp_path / "trained"), "--reference", str(tmp_path / "ref"), "--cache",
+            str(cache / "val"), "--metrics", "text_audio", "--weights-dir", str(tmp_path / "weights"),
+            "--cache-dir", str(tmp_path / "embeddings"), "--device", "cpu"]
+    assert expotion([*args, "--out", str(tmp_path / "scores")]) == 0
+    assert "(the cache's generated:music captions: the captions the music was generated from, per" in \
+        capsys.readouterr().err
+    assert expotion([*args, "--out", str(tmp_path / "manifest-scores"), "--cache-captions", "manifest"]) == 0
+    for out, expected in (("scores", "generated:music"), ("manifest-scores", "manifest")):
+        assert json.loads((tmp_path / out / "metrics.json").read_text())["inputs"]["cache_captions"] == expected
+    import csv
+
+    with (tmp_path / "scores" / "per_clip.csv").open() as f:
+        assert {row["clip_id"]: row["caption"] for row in csv.DictReader(f)} == {
+            c: t.strip() for c, t in generated.items()}
+
+
 def test_batch_generation_prompts_with_the_generated_captions(captioned, tiny_profile_cfg, tmp_path):
     cache, _ = captioned
     assert expotion(["generate", "--cache", str(cache / "val"), "--out-dir", str(tmp_path / "out"),

@@ -244,3 +244,29 @@ def test_an_adaptor_exported_by_an_earlier_version_loads_and_generates_its_token
     plain = generate_tokens(musicgen, ["calm piano"], 2.0, seed=7, top_k=50)
     assert torch.equal(tokens, torch.from_numpy(saved["tokens"]))
     assert not torch.equal(plain, tokens)
+
+
+def test_an_export_without_a_caption_record_keeps_todays_default_prompts(tmp_path):
+    """``tests/data/adaptor_v1`` records no caption source: batch generation then prompts with the manifest's
+    captions (or the generic prompt of a generic-prompt checkpoint), as before the source was recorded."""
+    from dataclasses import replace
+
+    from expotion.data.captions import GENERIC_PROMPT
+    from expotion.inference.batch import Prompts
+    from expotion.solvers.export import CheckpointError, read_adaptor, spec_from_dict, trained_captions
+
+    path = Path(__file__).parent / "data" / "adaptor_v1" / "adaptor.pt"
+    payload = read_adaptor(path)
+    assert "captions" not in payload and trained_captions(path, payload) == {}
+    spec = replace(spec_from_dict(payload["features"]), captions=trained_captions(path, payload))
+    assert Prompts().following(spec) == Prompts()
+    assert Prompts().following(spec).choice(spec) == {"source": "manifest", "chosen_by": "default"}
+    generic = replace(spec, prompt=GENERIC_PROMPT)
+    assert Prompts().following(generic).choice(generic) == {"source": "generic", "chosen_by": "checkpoint"}
+    trained = replace(spec, captions={"source": "generated:fused"})
+    assert Prompts().following(trained).choice(trained) == {"source": "generated:fused", "chosen_by": "checkpoint"}
+    assert Prompts(captions="manifest").following(trained).choice(trained) == {"source": "manifest",
+                                                                               "chosen_by": "--captions"}
+    assert Prompts(text="slow jazz").following(trained).choice(trained)["chosen_by"] == "--prompt"
+    with pytest.raises(CheckpointError, match=f"{path}: its 'captions' entry has no caption source"):
+        trained_captions(path, {"captions": {"made_by": []}})
