@@ -231,3 +231,22 @@ def test_memory_is_bounded_by_the_windows_on_a_long_input(tiny_profile_cfg, stre
     assert grown <= features_grown + 1_000_000, (grown, features_grown)
     live.finish()
     assert len(live.features()["farneback"]) == 60 * 4 - 1
+
+
+def test_causal_face_tracking_is_a_recorded_extractor_option(tiny_profile_cfg):
+    """Chosen for a cache with `expotion features --face-tracking causal`; recorded only when not the default,
+    so caches written before the option keep their assignment."""
+    import argparse
+    from dataclasses import replace
+
+    from expotion.precompute.command import add_arguments
+
+    assert "face_tracking" not in tiny_profile_cfg.describe()
+    assert replace(tiny_profile_cfg, face_tracking="causal").describe()["face_tracking"] == "causal"
+    with pytest.raises(ValueError, match="face_tracking must be one of"):
+        replace(tiny_profile_cfg, face_tracking="ahead")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--manifest", "m.csv", "--cache", "c"]).face_tracking == "smooth"
+    chosen = parser.parse_args(["--manifest", "m.csv", "--cache", "c", "--face-tracking", "causal"])
+    assert chosen.face_tracking == "causal"

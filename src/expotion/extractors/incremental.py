@@ -79,7 +79,7 @@ class GrowingArray:
 
 
 class IncrementalFeatures:
-    """The video features of ``names`` (default: every stream of ``extractors``) for frames pushed one at a time.
+    """The video features of ``names`` (None: every stream of ``extractors``) for frames pushed one at a time.
 
     ``fps`` is the video's frame rate (frame ``i`` shows at ``i / fps``) and ``frame_size`` its ``(height,
     width)`` as pushed; ``face_box`` a fixed box in source pixels, scaled by ``scale`` (pushed size / source
@@ -87,8 +87,8 @@ class IncrementalFeatures:
     :meth:`complete_until_s`.
     """
 
-    def __init__(self, extractors: Extractors, names: tuple[str, ...] | None = None, fps: float = 25.0,
-                 frame_size: tuple[int, int] = (256, 256), face_box: tuple | None = None, scale: float = 1.0):
+    def __init__(self, extractors: Extractors, names: tuple[str, ...] | None, fps: float, frame_size: tuple[int, int],
+                 face_box: tuple | None = None, scale: float = 1.0):
         streams = {s.name: s for s in extractors.streams}
         names = tuple(streams) if names is None else tuple(names)
         unknown = [n for n in names if n not in streams]

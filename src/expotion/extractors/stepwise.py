@@ -143,6 +143,7 @@ def clip_steps(ex: Extractors, model: torch.nn.Module, faces: FaceBoxes) -> Slid
 def farneback_steps(ex: Extractors, model: torch.nn.Module, faces: FaceBoxes) -> SlidingWindows:
     """Grayscale frames at 4 fps; each consecutive pair gives one magnitude map."""
     cfg = model.cfg
-    return SlidingWindows(ex.rates.farneback_video_fps, 2, 1, lambda index, frame: to_gray(frame[None], cfg.short_side)[0],
+    return SlidingWindows(ex.rates.farneback_video_fps, 2, 1,
+                          lambda index, frame: to_gray(frame[None], cfg.short_side)[0],
                           lambda pair: {"farneback": stored_magnitude(*pair, cfg)[None]},
                           {"farneback": Output(cfg.stored_shape)})
