@@ -68,9 +68,10 @@ def visual_names(streams: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def shard_profile(f: h5py.File) -> dict[str, str]:
-    """The extractor profile a shard records in its ``models`` attribute."""
+    """The extractor profile a shard records in its ``models`` attribute (and its face tracking, when not the
+    default)."""
     models = json.loads(f.attrs.get("models", "{}"))
-    return {key: models[key] for key in ("profile", "weights_dir") if models.get(key)}
+    return {key: models[key] for key in ("profile", "weights_dir", "face_tracking") if models.get(key)}
 
 
 def nonfinite(item: dict) -> list[str]:

@@ -25,12 +25,13 @@ from expotion.core.weights import REGISTRY, MissingWeightsError, torch_hub_check
 from expotion.data.media import ClipFrames
 from expotion.data.shards import StoredArray
 from expotion.extractors.clip import ClipVision, check_clip_dir, find_clip, load_clip
-from expotion.extractors.face import FaceDetector, FaceTrack, crop_faces, smooth_track, square_boxes
+from expotion.extractors.face import FACE_TRACKINGS, FaceDetector, FaceTrack, crop_faces, square_boxes, track_boxes
 from expotion.extractors.farneback import FarnebackConfig, FarnebackFlow
 from expotion.extractors.marlin import MARLIN_FILE, load_marlin
 from expotion.extractors.motionformer import (CHECKPOINT_FILENAME, WEIGHTS_SUBDIR, MotionFormerConfig,
                                               load_synchformer_visual, preprocess_segments)
 from expotion.extractors.raft import RAFT_FILES, FlowConfig, compute_flow, load_raft
+from expotion.extractors.stepwise import clip_steps, farneback_steps, marlin_steps, raft_steps, synchformer_steps
 from expotion.extractors.streams import STREAMS, Stream, register_stream, stored_arrays
 from expotion.extractors.streams import rates_matching  # noqa: F401  (re-exported, with the built-in streams registered)
 from expotion.musicgen.loading import MusicGenModule, check_musicgen_available, encode_audio, load_musicgen, text_hidden
@@ -53,12 +54,20 @@ class ExtractorConfig:
     farneback: FarnebackConfig = FarnebackConfig()
     max_short_side: int = 512
     face_detect_fps: float = 5.0
+    face_tracking: str = "smooth"  # "causal" for features that can also be computed as frames arrive (live)
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.face_tracking not in FACE_TRACKINGS:
+            raise ValueError(f"face_tracking must be one of {FACE_TRACKINGS}, got {self.face_tracking!r}")
+
     def describe(self) -> dict:
-        """What a cache records about the models that produced it (not where they ran)."""
+        """What a cache records about the models that produced it (not where they ran); the face tracking only
+        when it is not the default, so caches written before the option existed stay valid."""
         doc = json.loads(json.dumps(asdict(self), default=str))
         doc.pop("device")
+        if self.face_tracking == "smooth":
+            doc.pop("face_tracking")
         return doc
 
 
@@ -180,18 +189,18 @@ register_stream(Stream(
     "marlin", weight_key=lambda cfg: "marlin", path=lambda cfg: cfg.marlin_path,
     load=lambda path, device, cfg: load_marlin(path, device),
     rate=lambda r: r.marlin, shape=lambda enc, cfg: (enc.dim,), compute=face_features, default=True, faces=True,
-    overlap=lambda r: (r.marlin_window - r.marlin_stride) / r.marlin_video_fps))
+    overlap=lambda r: (r.marlin_window - r.marlin_stride) / r.marlin_video_fps, stepwise=marlin_steps))
 register_stream(Stream(
     "synchformer", weight_key=lambda cfg: "synchformer", path=lambda cfg: cfg.synchformer_path,
     load=lambda path, device, cfg: load_synchformer_visual(path, cfg.synchformer, device=device),
     rate=lambda r: r.synchformer, shape=lambda model, cfg: (cfg.synchformer.dim,), compute=synchformer_features,
     default=True, overlap=lambda r: (r.synchformer_segment - r.synchformer_stride) / r.synchformer_video_fps,
-    matching=synchformer_matching))
+    matching=synchformer_matching, stepwise=synchformer_steps))
 register_stream(Stream(
     "raft", weight_key=lambda cfg: f"raft_{cfg.raft_variant}", path=raft_path,
     load=lambda path, device, cfg: load_raft(cfg.raft_variant, cfg.raft_checkpoint, device),
     rate=lambda r: r.raft, shape=lambda model, cfg: cfg.flow.stored_shape, compute=raft_features, default=True,
-    pairwise=True))
+    pairwise=True, stepwise=raft_steps))
 
 
 def clip_features(ex: Extractors, model: ClipVision, clip: ClipFrames, duration_s: float, face_box: tuple | None,
@@ -218,11 +227,12 @@ def farneback_features(ex: Extractors, model: FarnebackFlow, clip: ClipFrames, d
 register_stream(Stream(
     "clip", weight_key=lambda cfg: "clip", path=lambda cfg: cfg.clip_path, check=check_clip_dir,
     load=lambda path, device, cfg: load_clip(path, device),
-    rate=lambda r: r.clip, shape=lambda model, cfg: (model.tokens, model.dim), compute=clip_features))
+    rate=lambda r: r.clip, shape=lambda model, cfg: (model.tokens, model.dim), compute=clip_features,
+    stepwise=clip_steps))
 register_stream(Stream(
     "farneback", load=lambda path, device, cfg: FarnebackFlow(cfg.farneback),
     rate=lambda r: r.farneback, shape=lambda model, cfg: cfg.farneback.stored_shape, compute=farneback_features,
-    pairwise=True))
+    pairwise=True, stepwise=farneback_steps))
 
 VISUAL = tuple(STREAMS)  # the built-in video streams
 AUDIO_TEXT = ("codes", "t5")  # EnCodec tokens and text states, both from the MusicGen being adapted
@@ -322,24 +332,27 @@ class Extractors(nn.Module):
     def face_track(self, clip: ClipFrames, times: np.ndarray,
                    face_box: tuple | FaceTrack | None) -> tuple[np.ndarray, np.ndarray]:
         """Face boxes (in decoded pixels) at ``times``: the manifest box, a track over the whole
-        recording (a video read window by window), or smoothed MTCNN detections in this clip."""
+        recording (a video read window by window), or MTCNN detections in this clip tracked as
+        ``cfg.face_tracking`` says."""
         if isinstance(face_box, FaceTrack):
             return face_box.at(times)
         if face_box is not None:
             box = np.asarray(face_box, float) * clip.scale
             return np.repeat(box[None], len(times), 0), np.ones(len(times), bool)
         det_times, boxes = self.detect_faces(clip)
-        return smooth_track(det_times, boxes, times)
+        return track_boxes(det_times, boxes, times, self.cfg.face_tracking)
 
-    def detect_faces(self, clip: ClipFrames, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """MTCNN boxes at ``face_detect_fps`` from the clip start: ``n`` of them, or as many as its frames span.
-
-        The detector runs on the extractors' current device (made again after a ``.to``)."""
+    def face_detector(self) -> FaceDetector:
+        """MTCNN on the extractors' current device (made again after a ``.to``)."""
         if self._detector is None or self._detector[0] != self.device:
             self._detector = (self.device, FaceDetector(str(self.device)))
+        return self._detector[1]
+
+    def detect_faces(self, clip: ClipFrames, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """MTCNN boxes at ``face_detect_fps`` from the clip start: ``n`` of them, or as many as its frames span."""
         fps = self.cfg.face_detect_fps
         n = self.rates.frames_at(float(clip.times[-1]) + 1e-3, fps) + 1 if n is None else n
-        return np.arange(n) / fps, self._detector[1](clip.frames[sample_indices(clip.times, fps, n)])
+        return np.arange(n) / fps, self.face_detector()(clip.frames[sample_indices(clip.times, fps, n)])
 
     # ---- audio and text ----------------------------------------------------------
     def codes(self, audio: np.ndarray, duration_s: float) -> np.ndarray:

@@ -74,9 +74,13 @@ def farneback_magnitudes(frames: np.ndarray, cfg: FarnebackConfig) -> np.ndarray
         raise ValueError(f"optical flow needs at least 2 frames, got {len(frames)} (a clip shorter than 2 frames "
                          f"at the flow rate)")
     gray = to_gray(frames, cfg.short_side)
-    maps = [cv2.resize(flow_magnitude(a, b, cfg), (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
-            for a, b in zip(gray[:-1], gray[1:])]
-    return np.stack(maps).astype(np.float32)
+    return np.stack([stored_magnitude(a, b, cfg) for a, b in zip(gray[:-1], gray[1:])])
+
+
+def stored_magnitude(previous: np.ndarray, following: np.ndarray, cfg: FarnebackConfig) -> np.ndarray:
+    """The flow magnitude between two grayscale frames at the stored size: float32 (height, width)."""
+    magnitude = flow_magnitude(previous, following, cfg)
+    return cv2.resize(magnitude, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
 class FarnebackFlow(nn.Module):

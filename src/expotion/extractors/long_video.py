@@ -89,7 +89,7 @@ def scan_faces(extractors: Extractors, video: Path, windows: list[FeatureWindow]
         if on_window:
             on_window(i + 1, len(windows))
     n = sum(len(t) for t in times)
-    return FaceTrack(np.arange(n) / fps, np.concatenate(boxes))
+    return FaceTrack(np.arange(n) / fps, np.concatenate(boxes), tracking=extractors.cfg.face_tracking)
 
 
 def video_features(extractors: Extractors, video: Path, duration_s: float, face_box: tuple | None = None,

@@ -243,9 +243,15 @@ def preprocess_segments(
     n_segments = Rates.windows(n_frames, cfg.num_frames, stride)
     if n_segments == 0:
         raise ValueError(f"need at least {cfg.num_frames} frames for one segment, got {n_frames}")
-    clip = _resize_and_crop(video.permute(0, 3, 1, 2).float(), cfg.img_size)
-    clip = ((clip / 255.0).clamp(0.0, 1.0) - 0.5) / 0.5
+    clip = normalise_frames(video, cfg)
     return torch.stack([clip[i * stride : i * stride + cfg.num_frames].transpose(0, 1) for i in range(n_segments)])
+
+
+def normalise_frames(frames: torch.Tensor | np.ndarray, cfg: MotionFormerConfig = MotionFormerConfig()) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) -> (T, 3, img, img) as segments hold them; each frame on its own, so frames
+    arriving one at a time give the same values."""
+    clip = _resize_and_crop(_as_uint8_video(frames).permute(0, 3, 1, 2).float(), cfg.img_size)
+    return ((clip / 255.0).clamp(0.0, 1.0) - 0.5) / 0.5
 
 
 def _as_uint8_video(frames: torch.Tensor | np.ndarray) -> torch.Tensor:

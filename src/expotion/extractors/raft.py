@@ -103,12 +103,18 @@ def compute_flow(model: torch.nn.Module, frames: np.ndarray, cfg: FlowConfig, ba
     x = to_raft_input(frames, cfg).to(next(model.parameters()).device)
     out = []
     for i in range(0, len(x) - 1, batch):
-        a, b = x[i : i + batch], x[i + 1 : i + 1 + batch]
-        a = a[: len(b)]
-        flow = model(a, b, num_flow_updates=cfg.updates)[-1]
-        out.append(F.avg_pool2d(flow, cfg.pool) / cfg.pool)
+        b = x[i + 1 : i + 1 + batch]
+        out.append(pooled_flow(model, x[i : i + len(b)], b, cfg))
     flows = torch.cat(out).cpu().numpy()
     if flows.shape != (len(frames) - 1, *cfg.stored_shape):
         raise ValueError(f"RAFT gave flows of shape {flows.shape} for {len(frames)} frames, expected "
                          f"{(len(frames) - 1, *cfg.stored_shape)}")
     return flows
+
+
+@torch.no_grad()
+def pooled_flow(model: torch.nn.Module, first: torch.Tensor, second: torch.Tensor, cfg: FlowConfig) -> torch.Tensor:
+    """Flow from each of ``first`` to the matching ``second`` (RAFT inputs, (N, 3, h, w)), average-pooled by
+    ``cfg.pool`` and in pixels of the stored grid: (N, 2, h/pool, w/pool)."""
+    flow = model(first, second, num_flow_updates=cfg.updates)[-1]
+    return F.avg_pool2d(flow, cfg.pool) / cfg.pool

@@ -29,7 +29,8 @@ class Stream:
     ``load(path, device, cfg)`` returns the frozen model on ``device``; ``compute(extractors, model, clip,
     duration_s, face_box, out)`` adds the stream's arrays (and notes) for one clip to ``out``. A stream
     without weights (``weight_key`` None) gets an empty path; ``check(path)`` refuses an incomplete weights
-    directory before any work starts.
+    directory before any work starts. ``stepwise(extractors, model, faces)`` returns the same computation fed
+    one sampled frame at a time (a :class:`~expotion.extractors.stepwise.SlidingWindows`), for live use.
     """
 
     name: str
@@ -46,6 +47,7 @@ class Stream:
     faces: bool = False  # reads the face track: its long-video windows also fall on the face detector's grid
     dtype: type = np.float16  # as stored in the shards: half the disk, ample precision for features
     matching: Callable[[Rates, StreamRate], Rates] | None = None  # the rates that reproduce a stored rate
+    stepwise: Callable | None = None  # (extractors, model, faces) -> its computation as frames arrive (live)
 
     def lookahead_s(self, rates: Rates) -> float:
         """Video past a window's end that the vectors starting inside it need (a flow needs the frame after it)."""

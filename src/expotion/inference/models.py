@@ -130,7 +130,9 @@ def load_models(settings: ModelSettings, progress: Progress | None = None) -> Mo
     payload = read_adaptor(settings.checkpoint) if settings.checkpoint is not None else {}
     profile, tiny_dir = extractor_profile(settings.checkpoint, payload, settings.profile, settings.tiny_dir)
     settings = replace(settings, profile=profile, tiny_dir=tiny_dir)
-    ext_cfg = profile_config(settings.profile, settings.weights_dir, settings.tiny_dir, settings.device)
+    tracking = payload.get("extractors", {}).get("face_tracking")  # as the features it was trained on
+    ext_cfg = profile_config(settings.profile, settings.weights_dir, settings.tiny_dir, settings.device,
+                             **({"face_tracking": tracking} if tracking else {}))
     conditioning = spec = None
     if settings.checkpoint is None:
         musicgen = load_musicgen(settings.musicgen or DEFAULT_MUSICGEN, settings.device)

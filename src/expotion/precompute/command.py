@@ -3,7 +3,7 @@ and T5 text embeddings of every clip in a manifest to HDF5 shards.
 
     expotion features --manifest data/manifest.csv --cache cache [--profile real|tiny] [--device cuda]
         [--extractors marlin,synchformer,raft,codes,t5] [--workers 2] [--threads 1] [--keep-tail]
-        [--synchformer-stride 8]
+        [--synchformer-stride 8] [--face-tracking smooth|causal]
 
 Interrupting is safe: rerun the same command and finished shards are kept. A
 second run on the same cache waits for the first. Once every shard of the run's
@@ -36,6 +36,7 @@ from expotion.core.weights import MissingWeightsError
 from expotion.data.manifest import ManifestError
 from expotion.data.shards import CacheError
 from expotion.extractors.bank import ExtractorConfig, default_extractors, extractor_names
+from expotion.extractors.face import FACE_TRACKINGS
 from expotion.precompute.pipeline import PrecomputeConfig, merge_summary
 from expotion.precompute.pipeline import run as run_pipeline
 
@@ -60,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synchformer-stride", type=opt.positive_int, default=DEFAULT_RATES.synchformer_stride,
                    help="frames (at 25 fps) between the starts of 16-frame Synchformer segments: "
                         "8 as Synchformer itself (default), 5 as the paper states")
+    p.add_argument("--face-tracking", choices=FACE_TRACKINGS, default="smooth",
+                   help="how detected faces are followed between detections: smooth (default) looks up to a "
+                        "second ahead; causal reads only earlier frames, as live extraction must (train a "
+                        "live-capable model on a cache written with it)")
     p.add_argument("--node-rank", type=opt.non_negative_int, default=None,
                    help="this machine's rank among --num-nodes (default: from torchrun or SLURM, else 0 of 1)")
     p.add_argument("--num-nodes", type=opt.positive_int, default=None,
@@ -73,6 +78,7 @@ def run(args: argparse.Namespace, extractors: ExtractorConfig) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     names = tuple(n.strip() for n in args.extractors.split(",") if n.strip())
     node = node_share(args.node_rank, args.num_nodes)
+    extractors = replace(extractors, face_tracking=args.face_tracking)
     cfg = PrecomputeConfig(manifest=args.manifest, cache=args.cache, extractors=extractors, names=names,
                            data_root=args.data_root, clip_seconds=args.clip_seconds,
                            recordings_per_shard=args.recordings_per_shard, workers=args.workers,
