@@ -15,7 +15,7 @@ from eval_synth import click_track, tone, write_video, write_wav
 
 from expotion.cli.main import main as expotion_main
 from expotion.core import tiny
-from expotion.data.media import mux_audio
+from expotion.data.video_writing import mux_audio
 from expotion.data.shards import list_shards, open_shard
 from expotion.evaluation import embed, languagebind, models
 from expotion.evaluation.batching import full_precision

@@ -101,7 +101,7 @@ def test_clip_video_starting_between_frames_of_an_ntsc_source(tmp_path):
 
     import soundfile as sf
 
-    from expotion.data.media import ClipVideo, write_clip_videos
+    from expotion.data.video_writing import ClipVideo, write_clip_videos
 
     src = tmp_path / "ntsc.mp4"
     frames = moving_frames(120, h=64, w=80)

@@ -648,7 +648,7 @@ def test_more_recordings_per_shard_remove_the_shards_of_the_old_plan(small_demo,
                                 "(2 recordings per shard give 'train' 1 shard(s))"]
     run(config(small_demo, tmp_path / "fresh", tiny_profile_cfg, names=names))
     assert same_files(cache, tmp_path / "fresh") == [".lock-node-1-of-2"]  # shards and summary.json of one run
-    ids = [ref.clip_id for ref in ClipDataset(cache / "train", ("marlin",), CLIP_S, False).refs]
+    ids = [clip.clip_id for clip in ClipDataset(cache / "train", ("marlin",), CLIP_S, False).clips]
     assert sorted(ids) == ["demo-000-000", "demo-000-001", "demo-001-000", "demo-001-001"]
     assert len(ids) == summary.written["train"] == 4
 

@@ -73,7 +73,8 @@ def test_eval_motion_of_a_rotated_video_equals_the_upright_ones(tmp_path):
 
 def test_generated_clip_videos_keep_the_rotation(tmp_path):
     """The clip mp4s generation cuts from a rotated recording show upright too (the rotation is carried over)."""
-    from expotion.data.media import ClipVideo, iter_clip_frames, probe_video, write_clip_videos
+    from expotion.data.media import iter_clip_frames, probe_video
+    from expotion.data.video_writing import ClipVideo, write_clip_videos
 
     frames = upright_frames()
     source = write_rotated(tmp_path / "rotated.mkv", frames, -90, "ffv1")

@@ -114,6 +114,61 @@ def test_a_crop_longer_than_the_cached_clips_names_the_flag_and_the_clip_length(
                             "--data.crop_seconds to at most 2, or precompute longer clips (--clip-seconds)")
 
 
+@pytest.mark.parametrize("captions", ["manifest", "generic"])
+def test_training_reads_the_clips_generation_and_eval_read(demo_cache, captions):
+    """One reader: the clips training keeps are those batch generation and eval read, with the same spans, text
+    states and features."""
+    from expotion.data.captions import CaptionSource
+    from expotion.data.clips import read_clips
+    from expotion.evaluation.files import read_cache_split
+
+    split = demo_cache[0] / "train"
+    train = ClipDataset(split, STREAMS, crop_seconds=2.0, random_crop=False, captions=captions)
+    generation = read_clips(split, STREAMS, captions=CaptionSource.parse(captions))
+    evaluation = read_cache_split(split, captions=captions)
+    assert len(generation) == 4 and sorted(train.clips, key=lambda clip: clip.clip_id) == generation
+    spans = [(c.clip_id, c.caption, c.start_s, c.duration_s, c.source, c.audio_source) for c in generation]
+    assert spans == [(c.clip_id, c.caption, c.start_s, c.duration_s, c.source, c.audio_source)
+                     for c in evaluation.values()]
+    assert all(clip.codes_frames == 100 and clip.text_dim == train.spec.text_dim > 0 for clip in generation)
+    by_id = {clip.clip_id: clip for clip in generation}
+    for index, clip in enumerate(train.clips):
+        item, features = train[index], by_id[clip.clip_id].features(STREAMS)
+        assert item["clip_id"] == clip.clip_id and set(features) == {"marlin", "marlin_mask", "synchformer"}
+        for name, value in features.items():
+            assert torch.equal(item[name], value), name
+        with h5py.File(clip.shard, "r") as f:
+            assert torch.equal(item["text"], torch.from_numpy(f[clip.text][()]))
+            assert torch.equal(item["codes"], torch.from_numpy(f["clips"][clip.clip_id]["codes"][()].astype("int64")))
+
+
+def test_training_opens_each_shard_once_per_worker_process(demo_cache, tmp_path, monkeypatch):
+    """Every clip is read many times over two epochs; each worker process opens each shard once, the main process
+    none after the split was read."""
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    train = ClipDataset(demo_cache[0] / "train", STREAMS, crop_seconds=1.0, random_crop=True)
+    shards = {str(clip.shard) for clip in train.clips}
+    log_dir = tmp_path / "opened"
+    log_dir.mkdir()
+    real_file = h5py.File
+
+    def counted(path, *args, **kwargs):
+        with (log_dir / str(os.getpid())).open("a") as opened:
+            opened.write(f"{path}\n")
+        return real_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", counted)
+    loader = DataLoader(ConcatDataset([train] * 5), batch_size=2, shuffle=True, num_workers=2, collate_fn=collate,
+                        persistent_workers=True)
+    read = [clip_id for _ in range(2) for batch in loader for clip_id in batch["clip_id"]]
+    assert len(read) == 2 * 5 * len(train)
+    per_process = {log.name: log.read_text().split() for log in log_dir.iterdir()}
+    assert str(os.getpid()) not in per_process and 1 <= len(per_process) <= 2
+    for opened in per_process.values():
+        assert sorted(opened) == sorted(set(opened)) and set(opened) <= shards
+
+
 def test_adaptor_checkpoint_round_trip_and_refusals(musicgen, demo_cache, tmp_path, tiny_profile_cfg):
     from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
     from expotion.methods.expotion.embedding import VisualConfig
@@ -352,7 +407,7 @@ def test_nonfinite_features_skip_the_clip(tmp_path, demo_cache, tiny_profile_cfg
     cache = tampered_copy(demo_cache[0], tmp_path / "cache", {("train", "demo-000-000", "synchformer"): float("nan"),
                                                               ("val", "demo-002-000", "marlin"): float("inf")})
     train = ClipDataset(cache / "train", STREAMS, crop_seconds=1.0, random_crop=True)
-    index = [r.clip_id for r in train.refs].index("demo-000-000")
+    index = [clip.clip_id for clip in train.clips].index("demo-000-000")
     assert train[index] is None and train[index - 1 if index else 1] is not None
     assert f"skip demo-000-000 in {cache / 'train'}" in caplog.text and "non-finite values (NaN/inf) in synchformer" in caplog.text
     batch = collate([train[index], train[(index + 1) % len(train)]])

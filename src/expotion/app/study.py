@@ -38,7 +38,8 @@ from pathlib import Path
 import soundfile as sf
 import yaml
 
-from expotion.data.media import mux_audio, probe_video
+from expotion.data.media import probe_video
+from expotion.data.video_writing import mux_audio
 from expotion.evaluation.audio import load_audio
 from expotion.evaluation.files import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, InputError, files_by_id, read_captions
 

@@ -1,12 +1,11 @@
-"""Clips of the HDF5 feature cache: a Dataset and a LightningDataModule for training, and the one reader of a
-cached split's clips (:func:`read_clips`) for batch generation and evaluation.
+"""Clips of the HDF5 feature cache: the one reader of a cached split (:func:`read_split`; :func:`read_clips` for
+batch generation and evaluation), and the Dataset and LightningDataModule training reads its clips through.
 
-Shards are validated when the dataset is built (schema version, truncation, a clip id in two shards)
-and opened lazily, once per worker process, when items are read. Each item is a
-random crop of ``crop_seconds`` (training) or the clip start (validation): the
-codes are sliced, and the visual streams are kept whole with the crop's start
-time, so temporal smoothing (Eq. 1/3) places the crop exactly. A clip whose
-features hold NaN or inf is skipped when it is read, with the reason logged.
+:func:`read_split` is the one place that knows where a shard keeps a clip's arrays. It validates each shard once
+(schema version, truncation, a clip id in two shards) and describes every clip without reading its arrays; training
+opens the shards again lazily, once per worker process. An item is a random crop of ``crop_seconds`` (training) or
+the clip start (validation): the codes are sliced, the visual streams kept whole with the crop's start time, so
+temporal smoothing (Eq. 1/3) places the crop exactly. A clip whose features hold NaN or inf is skipped when read.
 """
 from __future__ import annotations
 
@@ -23,19 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from expotion.core.rates import DEFAULT_RATES, StreamRate
-from expotion.data.captions import (GENERATED, GENERIC, GENERIC_PROMPT, MANIFEST, CaptionSource, CaptionSourceError,
-                                    clip_caption, source_record, stored_caption)
+from expotion.data.captions import (GENERATED, GENERIC, GENERIC_PROMPT, MANIFEST, STATES, CaptionSource,
+                                    CaptionSourceError, MissingCaptionError, clip_caption, missing_caption,
+                                    source_record, stored_caption)
 from expotion.data.manifest import VIDEO_AUDIO
 from expotion.data.shards import REBUILD, CacheError, claim_clip_ids, list_shards, open_shard
 
 log = logging.getLogger("expotion.data.clips")
-
-
-@dataclass(frozen=True)
-class ClipRef:
-    path: Path
-    clip_id: str
-    caption: str
 
 
 @dataclass(frozen=True)
@@ -95,54 +88,172 @@ def read_visual(datasets, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
     return out
 
 
+@dataclass
+class CachedClip:
+    """A clip of the cache as every stage reads it: its caption, span and source, and what its shard holds for it;
+    its arrays are read when needed (:meth:`datasets`)."""
+
+    clip_id: str
+    caption: str
+    start_s: float
+    duration_s: float
+    source: Path  # the recording it was cut from, under the data root
+    audio_source: Path | None  # its music's own file, or None when the music is the video's audio
+    shard: Path
+    shapes: dict[str, tuple[int, ...]]  # (time, ...) of each visual dataset it has (features and mask)
+    missing: list[str]
+    rates: dict[str, StreamRate]
+    codes_frames: int | None = None  # EnCodec code frames, or None when the clip has no codes
+    text: str | None = None  # where the shard keeps its caption's text states, or None when it has none
+    text_dim: int = 0  # the width of those text states
+    caption_provenance: dict | None = None  # what made its generated caption (captioner, model, prompt, settings)
+
+    @property
+    def vector_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of one time step of each visual dataset."""
+        return {name: shape[1:] for name, shape in self.shapes.items()}
+
+    def datasets(self, f: h5py.File, streams: tuple[str, ...]) -> dict[str, h5py.Dataset]:
+        """The clip's arrays in its open shard ``f``, those it has: ``codes``, the visual input of ``streams``
+        and ``text`` (its caption's text states)."""
+        group = f["clips"][self.clip_id]
+        found = {name: group[name] for name in ("codes", *visual_names(streams)) if name in group}
+        return found | ({"text": f[self.text]} if self.text is not None else {})
+
+    def features(self, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The clip's visual input, read from its shard (no batch dimension)."""
+        try:
+            with h5py.File(self.shard, "r") as f:
+                return read_visual(self.datasets(f, streams), streams)
+        except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
+            raise CacheError(f"{self.shard}: corrupt shard (clip {self.clip_id}: {err}); {REBUILD}") from err
+
+
+@dataclass(frozen=True)
+class CachedShard:
+    """What a shard records besides its clips: the extractor profile and what precompute could not cache."""
+
+    path: Path
+    profile: dict[str, str]
+    skipped: list[dict]  # recordings precompute skipped, with the reason
+    too_short: bool  # a recording gave no clip for its length (its coverage)
+
+
+@dataclass
+class CachedSplit:
+    """A cached split's shards and clips (in the shards' order), read with the caption source ``captions``."""
+
+    shards: list[CachedShard]
+    clips: list[CachedClip]
+    captions: CaptionSource
+
+    def check_caption(self, clip: CachedClip) -> None:
+        """Refuse a clip without a caption of the chosen generated kind (:class:`MissingCaptionError`)."""
+        if self.captions.name == GENERATED and clip.text is None:
+            raise missing_caption(clip.clip_id, clip.shard, self.captions)
+
+    def profile(self, clip: CachedClip) -> dict[str, str]:
+        """The extractor profile of the shard holding ``clip``."""
+        return next(shard.profile for shard in self.shards if shard.path == clip.shard)
+
+
+def read_split(root: str | os.PathLike, streams: tuple[str, ...] = (), data_root: str | os.PathLike | None = None,
+               captions: CaptionSource | None = None) -> CachedSplit:
+    """Every shard and clip under ``root`` (a shard or a directory of shards), without reading the clips' arrays.
+
+    ``streams`` are the visual streams whose shapes, rates and absence are noted. Sources are under the data root
+    each shard records, or under ``data_root`` when the recordings have moved. Each clip's caption and text states
+    are the manifest's, or those of ``captions`` (a clip lacking them has none: see :meth:`CachedSplit.check_caption`).
+    A clip id held by two shards is a :class:`CacheError` naming both.
+    """
+    source = captions or CaptionSource(MANIFEST)
+    shards, clips, owners = [], [], {}  # owners: clip id -> its shard, to refuse a second shard with the id
+    for path in list_shards(Path(root)):
+        with open_shard(path) as f:
+            claim_clip_ids(owners, path, f["clips"].keys())
+            coverage = json.loads(f.attrs.get("coverage", "[]"))
+            shards.append(CachedShard(path, shard_profile(f), json.loads(f.attrs.get("skipped", "[]")),
+                                      any(not c.get("planned_clips", c["clips"]) for c in coverage)))
+            base = Path(data_root) if data_root is not None else Path(f.attrs.get("data_root", "."))
+            clips += [cached_clip(f, path, clip_id, streams, base, source) for clip_id in f["clips"]]
+    return CachedSplit(shards, clips, source)
+
+
+def cached_clip(f: h5py.File, shard: Path, clip_id: str, streams: tuple[str, ...], base: Path,
+                captions: CaptionSource) -> CachedClip:
+    """One clip of the open ``shard`` ``f`` as :func:`read_split` describes it."""
+    g = f["clips"][clip_id]
+    audio = str(g.attrs["audio_source"])
+    if captions.name == MANIFEST:
+        caption, states = str(g.attrs.get("caption", "")), g.get(STATES)
+    else:
+        try:
+            caption, states = clip_caption(f, clip_id, captions)
+        except MissingCaptionError:
+            caption, states = "", None
+    stored = stored_caption(g, captions.kind) if captions.name == GENERATED else None
+    return CachedClip(clip_id, caption, float(g.attrs["start_s"]), float(g.attrs["duration_s"]),
+                      base / str(g.attrs["source"]), None if audio == VIDEO_AUDIO else base / audio, shard,
+                      {n: g[n].shape for n in visual_names(streams) if n in g}, [n for n in streams if n not in g],
+                      stream_rates(g, streams), g["codes"].shape[1] if "codes" in g else None,
+                      states.name if states is not None else None, int(states.shape[-1]) if states is not None else 0,
+                      stored.provenance if stored is not None else None)
+
+
+def read_clips(root: str | os.PathLike, streams: tuple[str, ...] = (),
+               data_root: str | os.PathLike | None = None, captions: CaptionSource | None = None) -> list[CachedClip]:
+    """Every cached clip under ``root``, in id order, as :func:`read_split` reads them; a clip lacking a caption of
+    a generated ``captions`` kind is a :class:`~expotion.data.captions.MissingCaptionError`."""
+    split = read_split(root, streams, data_root, captions)
+    for clip in split.clips:
+        split.check_caption(clip)
+    return sorted(split.clips, key=lambda clip: clip.clip_id)
+
+
 class ClipDataset(Dataset):
-    """Clips of every shard under ``root`` that carry codes, text states and ``streams``."""
+    """Clips of every shard under ``root`` that carry codes, text states and ``streams``, read by :func:`read_split`."""
 
     def __init__(self, root: str | os.PathLike, streams: tuple[str, ...], crop_seconds: float,
                  random_crop: bool, generic_prompt: bool = False, captions: str | CaptionSource = MANIFEST):
         self.root, self.streams, self.crop_seconds = Path(root), tuple(streams), crop_seconds
         self.random_crop, self.source = random_crop, caption_source(captions, generic_prompt)
         self.crop_frames = DEFAULT_RATES.codes_frames(crop_seconds)
-        self.refs: list[ClipRef] = []
+        self.clips: list[CachedClip] = []
         self.spec: FeatureSpec | None = None
         self.short_seconds: list[float] = []  # lengths of the clips skipped as shorter than the crop
-        self.provenances: list[dict] = []  # what made each used clip's generated caption
-        shards = list_shards(self.root)
-        if not shards:
+        split = read_split(self.root, self.streams, captions=self.source)
+        if not split.shards:
             raise CacheError(f"{self.root}: no feature shards (run `make features` first)")
-        seen, recordings_skipped, too_short = 0, [], False
-        owners: dict[str, Path] = {}  # clip id -> its shard: a second shard with the id is refused
-        for path in shards:
-            with open_shard(path) as f:
-                claim_clip_ids(owners, path, f["clips"].keys())
-                seen += len(f["clips"])
-                recordings_skipped += json.loads(f.attrs.get("skipped", "[]"))
-                too_short |= any(not c.get("planned_clips", c["clips"]) for c in json.loads(f.attrs.get("coverage", "[]")))
-                self.scan(path, f)
-        if not self.refs:
-            raise CacheError(self.no_clips_message(len(shards), seen, recordings_skipped, too_short))
-        self.spec = replace(self.spec, captions=source_record(self.source, self.provenances))
+        for clip in split.clips:
+            self.admit(clip, split)
+        if not self.clips:
+            raise CacheError(self.no_clips_message(split))
+        self.spec = replace(self.spec, captions=source_record(
+            self.source, [clip.caption_provenance for clip in self.clips if clip.caption_provenance is not None]))
         self._files: dict[Path, h5py.File] = {}
-        self._handles: dict[ClipRef, dict[str, h5py.Dataset]] = {}
+        self._handles: dict[str, dict[str, h5py.Dataset]] = {}
         self._pid = os.getpid()
-        self._reported: set[ClipRef] = set()
+        self._reported: set[str] = set()
 
-    def no_clips_message(self, n_shards: int, seen: int, recordings_skipped: list[dict], too_short: bool) -> str:
+    def no_clips_message(self, split: CachedSplit) -> str:
         """Why no clip can be used: nothing was cached (and what precompute skipped), or every clip was refused.
 
-        ``too_short``: a recording gave no clip for its length (the shards' coverage), the one case a shorter
+        A recording that gave no clip for its length (the shards' coverage) is the one case a shorter
         --clip-seconds helps."""
-        if seen:
+        if split.clips:
             return (f"{self.root}: no clip has codes, t5 and {', '.join(self.streams)} of >= {self.crop_seconds:g} s "
-                    f"(all {seen} cached clips were skipped, see the warnings above){self.crop_advice()}")
+                    f"(all {len(split.clips)} cached clips were skipped, see the warnings above){self.crop_advice()}")
+        recordings_skipped = [entry for shard in split.shards for entry in shard.skipped]
         why = ""
         if recordings_skipped:
             first = recordings_skipped[0]
             why = f"; precompute skipped {len(recordings_skipped)}, e.g. {first['clip']}: {first['reason']}"
+        too_short = any(shard.too_short for shard in split.shards)
         advice = ("check the recordings' lengths against --clip-seconds (FEATURE_ARGS)"
                   if too_short or not recordings_skipped else
                   "fix the skipped recordings or the manifest (the cache's summary.json gives every reason)")
-        return f"{self.root}: the cache holds no clips ({n_shards} shard(s){why}); {advice} and rerun `make features`"
+        return (f"{self.root}: the cache holds no clips ({len(split.shards)} shard(s){why}); {advice} and rerun "
+                "`make features`")
 
     def crop_advice(self) -> str:
         """What to set ``--data.crop_seconds`` to when clips were skipped as shorter than the crop: the lengths the
@@ -154,71 +265,66 @@ class ClipDataset(Dataset):
         return (f"; the cache holds clips of {held}, shorter than --data.crop_seconds {self.crop_seconds:g}: set "
                 f"--data.crop_seconds to at most {high:g}, or precompute longer clips (--clip-seconds)")
 
-    def scan(self, path: Path, f: h5py.File) -> None:
-        needed = ("codes", "t5", *self.streams)
-        for clip_id, g in f["clips"].items():
-            missing = [n for n in needed if n not in g]
-            if missing:
-                log.warning("skip %s in %s: no %s", clip_id, path, ", ".join(missing))
-            elif g["codes"].shape[1] < self.crop_frames:
-                self.short_seconds.append(g["codes"].shape[1] / DEFAULT_RATES.codes_fps)
-                log.warning("skip %s in %s: %d code frames < crop of %d", clip_id, path, g["codes"].shape[1], self.crop_frames)
-            elif self.spec is not None and stream_rates(g, self.streams) != self.spec.rates:
-                log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip_id, path,
-                            stream_rates(g, self.streams), self.spec.rates)
-            else:
-                self.refs.append(ClipRef(path, clip_id, clip_caption(f, clip_id, self.source)[0]))
-                if self.source.name == GENERATED:
-                    self.provenances.append(stored_caption(g, self.source.kind).provenance)
-                if self.spec is None:
-                    self.spec = FeatureSpec(
-                        shapes={n: tuple(g[n].shape[1:]) for n in self.streams},
-                        rates=stream_rates(g, self.streams),
-                        text_dim=int(g["t5"].shape[1]),
-                        extractors=shard_profile(f),
-                        prompt=GENERIC_PROMPT if self.source.name == GENERIC else None,
-                    )
+    def admit(self, clip: CachedClip, split: CachedSplit) -> None:
+        """Keep ``clip`` when training can read it, or log why not. Text states precompute did not cache skip the
+        clip; a missing generated caption is an error (:meth:`CachedSplit.check_caption`)."""
+        missing = [*(["codes"] if clip.codes_frames is None else []),
+                   *([STATES] if clip.text is None and self.source.name != GENERATED else []), *clip.missing]
+        if missing:
+            log.warning("skip %s in %s: no %s", clip.clip_id, clip.shard, ", ".join(missing))
+        elif clip.codes_frames < self.crop_frames:
+            self.short_seconds.append(clip.codes_frames / DEFAULT_RATES.codes_fps)
+            log.warning("skip %s in %s: %d code frames < crop of %d", clip.clip_id, clip.shard, clip.codes_frames,
+                        self.crop_frames)
+        elif self.spec is not None and clip.rates != self.spec.rates:
+            log.warning("skip %s in %s: features timed as %s, unlike the first clip's %s", clip.clip_id, clip.shard,
+                        clip.rates, self.spec.rates)
+        else:
+            split.check_caption(clip)
+            self.clips.append(clip)
+            if self.spec is None:
+                self.spec = FeatureSpec({n: tuple(clip.shapes[n][1:]) for n in self.streams}, clip.rates,
+                                        clip.text_dim, extractors=split.profile(clip),
+                                        prompt=GENERIC_PROMPT if self.source.name == GENERIC else None)
 
     def __len__(self) -> int:
-        return len(self.refs)
+        return len(self.clips)
 
-    def datasets(self, ref: ClipRef) -> dict[str, h5py.Dataset]:
-        """The clip's datasets; each worker process opens its own file handles (they do not survive fork)."""
+    def datasets(self, clip: CachedClip) -> dict[str, h5py.Dataset]:
+        """The clip's datasets; each worker process opens each shard once (handles do not survive fork)."""
         if self._pid != os.getpid():
             self._files, self._handles, self._pid = {}, {}, os.getpid()
-        if ref not in self._handles:
-            if ref.path not in self._files:
-                self._files[ref.path] = h5py.File(ref.path, "r")
-            f = self._files[ref.path]
-            g = f["clips"][ref.clip_id]
-            names = ("codes", *visual_names(self.streams))
-            self._handles[ref] = {n: g[n] for n in names} | {"text": clip_caption(f, ref.clip_id, self.source)[1]}
-        return self._handles[ref]
+        if clip.clip_id not in self._handles:
+            if clip.shard not in self._files:
+                self._files[clip.shard] = h5py.File(clip.shard, "r")
+            self._handles[clip.clip_id] = clip.datasets(self._files[clip.shard], self.streams)
+        return self._handles[clip.clip_id]
 
     def __getitem__(self, index: int) -> dict | None:
         """The clip's crop, or None (skipped, reason logged once) if any of its features is not finite."""
-        ref = self.refs[index]
+        clip = self.clips[index]
         try:
-            return self.read(ref)
+            return self.read(clip)
         except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
-            raise CacheError(f"{ref.path}: corrupt shard (clip {ref.clip_id}: {err}); {REBUILD}") from err
+            raise CacheError(f"{clip.shard}: corrupt shard (clip {clip.clip_id}: {err}); {REBUILD}") from err
 
-    def read(self, ref: ClipRef) -> dict | None:
-        ds = self.datasets(ref)
-        n_frames = ds["codes"].shape[1]
-        start = int(torch.randint(0, n_frames - self.crop_frames + 1, ()).item()) if self.random_crop else 0
+    def read(self, clip: CachedClip) -> dict | None:
+        ds = self.datasets(clip)
+        last = clip.codes_frames - self.crop_frames
+        start = int(torch.randint(0, last + 1, ()).item()) if self.random_crop else 0
         item = {
-            "clip_id": ref.clip_id,
-            "caption": ref.caption,
+            "clip_id": clip.clip_id,
+            "caption": clip.caption,
             "codes": torch.from_numpy(ds["codes"][:, start : start + self.crop_frames].astype(np.int64)),
             "start_s": torch.tensor(start / DEFAULT_RATES.codes_fps),
             "text": torch.from_numpy(ds["text"][()].astype(np.float32)),
         } | read_visual(ds, self.streams)
         bad = nonfinite(item)
         if bad:
-            if ref not in self._reported:
-                self._reported.add(ref)
-                log.warning("skip %s in %s: non-finite values (NaN/inf) in %s", ref.clip_id, ref.path, ", ".join(bad))
+            if clip.clip_id not in self._reported:
+                self._reported.add(clip.clip_id)
+                log.warning("skip %s in %s: non-finite values (NaN/inf) in %s", clip.clip_id, clip.shard,
+                            ", ".join(bad))
             return None
         return item
 
@@ -300,59 +406,3 @@ class ShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_set, shuffle=False)
-
-
-@dataclass
-class CachedClip:
-    """A clip of the cache as generation and evaluation read it: its caption, span and source; its features are
-    read when needed."""
-
-    clip_id: str
-    caption: str
-    start_s: float
-    duration_s: float
-    source: Path  # the recording it was cut from, under the data root
-    audio_source: Path | None  # its music's own file, or None when the music is the video's audio
-    shard: Path
-    shapes: dict[str, tuple[int, ...]]  # (time, ...) of each visual dataset it has (features and mask)
-    missing: list[str]
-    rates: dict[str, StreamRate]
-
-    @property
-    def vector_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of one time step of each visual dataset."""
-        return {name: shape[1:] for name, shape in self.shapes.items()}
-
-    def features(self, streams: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """The clip's visual input, read from its shard (no batch dimension)."""
-        try:
-            with h5py.File(self.shard, "r") as f:
-                return read_visual(f["clips"][self.clip_id], streams)
-        except OSError as err:  # a checksum failure: the shard changed on disk after it was checked
-            raise CacheError(f"{self.shard}: corrupt shard (clip {self.clip_id}: {err}); {REBUILD}") from err
-
-
-def read_clips(root: str | os.PathLike, streams: tuple[str, ...] = (),
-               data_root: str | os.PathLike | None = None, captions: CaptionSource | None = None) -> list[CachedClip]:
-    """Every cached clip under ``root`` (a shard or a directory of shards), in id order, without reading its features.
-
-    ``streams`` are the visual streams whose shapes, rates and absence are noted. Sources are under the data root
-    each shard records, or under ``data_root`` when the recordings have moved. Each clip's caption is the
-    manifest's, or that of ``captions`` (a clip lacking it is a :class:`~expotion.data.captions.MissingCaptionError`).
-    A clip id held by two shards is a :class:`CacheError` naming both.
-    """
-    clips, owners = [], {}  # owners: clip id -> its shard, to refuse a second shard with the id
-    for path in list_shards(Path(root)):
-        with open_shard(path) as f:
-            claim_clip_ids(owners, path, f["clips"].keys())
-            base = Path(data_root) if data_root is not None else Path(f.attrs.get("data_root", "."))
-            for clip_id, g in f["clips"].items():
-                audio = str(g.attrs["audio_source"])
-                caption = (str(g.attrs.get("caption", "")) if captions is None or captions.name == MANIFEST
-                           else clip_caption(f, clip_id, captions)[0])
-                clips.append(CachedClip(clip_id, caption, float(g.attrs["start_s"]),
-                                        float(g.attrs["duration_s"]), base / str(g.attrs["source"]),
-                                        None if audio == VIDEO_AUDIO else base / audio, path,
-                                        {n: g[n].shape for n in visual_names(streams) if n in g},
-                                        [n for n in streams if n not in g], stream_rates(g, streams)))
-    return sorted(clips, key=lambda clip: clip.clip_id)

@@ -10,7 +10,8 @@ import torch
 
 from expotion.data.captions import GENERIC, MANIFEST, CaptionSource
 from expotion.data.clips import CachedClip, FeatureSpec, read_clips
-from expotion.data.media import ClipVideo, MediaError, write_clip_videos
+from expotion.data.media import MediaError
+from expotion.data.video_writing import ClipVideo, write_clip_videos
 from expotion.core.outputs import OutputError, prepare_output
 from expotion.inference.models import Models, Progress, SamplingSettings
 from expotion.inference.outputs import check_batch_folders, write_reference, write_wav

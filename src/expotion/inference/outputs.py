@@ -10,7 +10,8 @@ import torch
 from expotion.core.atomic import atomic_path
 from expotion.core.outputs import OutputError, prepare_output, same_file
 from expotion.data.clips import CachedClip
-from expotion.data.media import MUX_SUFFIXES, read_music
+from expotion.data.media import read_music
+from expotion.data.video_writing import MUX_SUFFIXES
 from expotion.musicgen.windows import decoded_chunks
 
 

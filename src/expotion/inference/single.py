@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from expotion.data.manifest import check_face_box
-from expotion.data.media import has_video_frames, mux_audio, probe_video
+from expotion.data.media import has_video_frames, probe_video
+from expotion.data.video_writing import mux_audio
 from expotion.extractors.bank import VideoFeatures
 from expotion.extractors.long_video import video_features
 from expotion.inference.models import Models, Progress, SamplingSettings

@@ -77,8 +77,8 @@ def statistics_picks(count: int, clips: int) -> list[int]:
 def clip_moments(dataset: ClipDataset, index: int, streams: tuple[str, ...]) -> dict[str, RunningMoments] | None:
     """One clip's moments per stream, read ``STEPS_PER_READ`` time steps at a time; None when any feature the
     training reads holds NaN or inf (the clip is skipped in training too)."""
-    ref = dataset.refs[index]
-    datasets = dataset.datasets(ref)
+    clip = dataset.clips[index]
+    datasets = dataset.datasets(clip)
     bad = [] if np.isfinite(datasets["text"][()]).all() else ["text"]
     out = {}
     for name in streams:
@@ -91,7 +91,7 @@ def clip_moments(dataset: ClipDataset, index: int, streams: tuple[str, ...]) -> 
                 break
             out[name].add(chunk)
     if bad:
-        log.warning("statistics skip %s in %s: non-finite values (NaN/inf) in %s", ref.clip_id, ref.path,
+        log.warning("statistics skip %s in %s: non-finite values (NaN/inf) in %s", clip.clip_id, clip.shard,
                     ", ".join(bad))
         return None
     return out
