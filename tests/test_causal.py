@@ -144,7 +144,7 @@ def test_live_tiny_config_trains_two_steps(tmp_path, demo_cache, tiny_profile_cf
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "--config", str(config)])
     assert cli.trainer.global_step == 2
-    assert cli.model.adaptor.lookahead_s == LOOKAHEAD_S
+    assert cli.model.adaptor.lookahead_s == cli.model.lookahead_s == LOOKAHEAD_S
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     adaptor, _ = load_adaptor(tmp_path / "run" / "adaptor.pt", musicgen.lm, model_signature(musicgen))
     assert adaptor.cfg.causal == CausalConfig(LOOKAHEAD_S) and adaptor.lookahead_s == LOOKAHEAD_S
