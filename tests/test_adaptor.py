@@ -183,11 +183,13 @@ def test_zero_gates_with_fresh_adaptor_give_gradient_to_gates_only(model_and_l):
     assert adaptor.h0.grad.abs().sum() == 0  # the prefix acts only through the (zero) gates
 
 
-def test_streaming_generation_sees_the_prefix_at_the_right_positions(model_and_l):
-    """Tokens sampled step by step (streaming) have the logits a full teacher-forced pass gives."""
+@pytest.mark.parametrize("causal", [None, CausalConfig(0.1)], ids=["offline", "causal"])
+def test_streaming_generation_sees_the_prefix_at_the_right_positions(model_and_l, causal):
+    """Tokens sampled step by step (streaming) have the logits a full teacher-forced pass gives (with the causal
+    option, each step's mask on the prefix follows its position in the stream)."""
     mg, n_adapted = model_and_l
     lm = mg.lm
-    adaptor = make_adaptor(lm, n_adapted)
+    adaptor = make_adaptor(lm, n_adapted, causal=causal)
     with torch.no_grad():
         adaptor.gates.fill_(0.5)
     feats, rates = features(1, 1.0)
