@@ -66,44 +66,43 @@ def temporal_smoothing(z: torch.Tensor, rate: StreamRate, times: torch.Tensor, n
     if z.shape[1] == 0:
         raise ValueError(f"temporal smoothing: the '{name}' stream is empty (its clip is shorter than "
                          "one window of the feature extractor)")
-    if ready is not None:
-        return causal_smoothing(z, rate, times.expand(z.shape[0], -1), ready.to(z.device), lookahead_s)
+    times = times.expand(z.shape[0], -1)
     if rate.segment_len:
-        z, instants = merge_coincident(z, rate)
-        t = stream_position(times.expand(z.shape[0], -1), torch.as_tensor(instants, device=times.device))
+        instants, owner = rate.instants(z.shape[1])
+        t = stream_position(times, torch.as_tensor(instants, device=times.device))
     else:
-        t = ((times.expand(z.shape[0], -1) - rate.t0) * rate.fps).clamp(0, z.shape[1] - 1)
+        instants, owner = rate.times(z.shape[1]), np.arange(z.shape[1])
+        t = ((times - rate.t0) * rate.fps).clamp(0, z.shape[1] - 1)
+    if ready is None:
+        merged = merge_coincident(z, rate)[0] if rate.segment_len else z
+        last, value = len(instants) - 1, lambda index: gather_time(merged, index)
+    else:
+        ready = ready.to(z.device)
+        members, horizon, available = ready_instants(torch.as_tensor(owner, device=z.device), len(instants), ready,
+                                                     times, lookahead_s)
+        last = (available - 1).clamp(min=0)
+        t = torch.minimum(t, last.to(t.dtype))
+        value = lambda index: instant_value(z, members, ready, horizon, index)  # noqa: E731
     i = t.floor().long()
-    j = (i + 1).clamp(max=z.shape[1] - 1)
+    j = (i + 1).clamp(max=last) if ready is None else torch.minimum(i + 1, last)
     alpha = (t - i).to(z.dtype).view(*t.shape, *([1] * (z.ndim - 2)))
-    return (1 - alpha) * gather_time(z, i) + alpha * gather_time(z, j)
+    out = (1 - alpha) * value(i) + alpha * value(j)
+    return out if ready is None else out * (available > 0).to(z.dtype).view(*alpha.shape)
 
 
 READY_TOLERANCE_S = 1e-6  # a vector ready at exactly t + lookahead is available (float rounding of step times)
 
 
-def causal_smoothing(z: torch.Tensor, rate: StreamRate, times: torch.Tensor, ready: torch.Tensor,
-                     lookahead_s: float) -> torch.Tensor:
-    """:func:`temporal_smoothing` at ``times`` (B, S) from the vectors ready by each time plus ``lookahead_s``."""
-    instants, owner = rate.instants(z.shape[1]) if rate.segment_len else (rate.times(z.shape[1]), np.arange(z.shape[1]))
-    owner = torch.as_tensor(owner, device=z.device)
-    if rate.segment_len:
-        t = stream_position(times, torch.as_tensor(instants, device=times.device))
-    else:
-        t = ((times - rate.t0) * rate.fps).clamp(0, z.shape[1] - 1)
-    members = instant_members(owner, len(instants))  # (U, M), -1 pads
-    first_ready = torch.full((len(instants),), float("inf"), dtype=ready.dtype, device=z.device)
-    first_ready = first_ready.scatter_reduce(0, owner, ready, "amin").cummax(0).values  # instants come in order
+def ready_instants(owner: torch.Tensor, count: int, ready: torch.Tensor, times: torch.Tensor,
+                   lookahead_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For causal smoothing: the vectors of each of ``count`` instants ((count, M), -1 pads), each time's horizon
+    ``times + lookahead_s`` (B, S) and how many instants (a prefix, as instants complete in order) have a vector
+    ready by it (B, S)."""
+    members = instant_members(owner, count)
+    first_ready = torch.full((count,), float("inf"), dtype=ready.dtype, device=ready.device)
+    first_ready = first_ready.scatter_reduce(0, owner, ready, "amin").cummax(0).values
     horizon = times.double() + lookahead_s + READY_TOLERANCE_S
-    available = torch.searchsorted(first_ready, horizon.contiguous(), right=True)  # (B, S) instants available
-    last = (available - 1).clamp(min=0)
-    t = torch.minimum(t, last.to(t.dtype))
-    i = t.floor().long()
-    j = torch.minimum(i + 1, last)
-    alpha = (t - i).to(z.dtype).view(*t.shape, *([1] * (z.ndim - 2)))
-    value = (1 - alpha) * instant_value(z, members, ready, horizon, i) + alpha * instant_value(z, members, ready,
-                                                                                             horizon, j)
-    return value * (available > 0).to(z.dtype).view(*t.shape, *([1] * (z.ndim - 2)))
+    return members, horizon, torch.searchsorted(first_ready, horizon.contiguous(), right=True)
 
 
 def instant_members(owner: torch.Tensor, count: int) -> torch.Tensor:
