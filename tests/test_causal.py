@@ -148,3 +148,20 @@ def test_live_tiny_config_trains_two_steps(tmp_path, demo_cache, tiny_profile_cf
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     adaptor, _ = load_adaptor(tmp_path / "run" / "adaptor.pt", musicgen.lm, model_signature(musicgen))
     assert adaptor.cfg.causal == CausalConfig(LOOKAHEAD_S) and adaptor.lookahead_s == LOOKAHEAD_S
+
+
+@pytest.mark.parametrize("stream", list(VISUALS))
+def test_the_prefix_up_to_step_t_needs_only_the_features_ready_by_t_plus_lookahead(extracted, lm, stream):
+    """What live generation relies on: the features emitted so far give the prefix of every step whose time plus the
+    lookahead they cover, as the whole clip's features do."""
+    from expotion.extractors.streams import feature_ready_times
+
+    feats, rates = features(extracted[0], stream)
+    ready = feature_ready_times(stream, feats[stream].shape[1])
+    emitted = {name: x[:, : int((ready <= CUT_S + 1e-6).sum())] for name, x in feats.items()}
+    causal, _ = adaptor_pair(lm, stream, {stream: feats[stream].shape[-1] if stream != "raft" else 2})
+    steps = lm.pattern_provider.get_pattern(int(SECONDS * 50)).num_sequence_steps
+    whole, partial = causal.prefix(feats, rates, steps), causal.prefix(emitted, rates, steps)
+    for layer_whole, layer_partial in zip(whole, partial, strict=True):
+        for a, b in zip(layer_whole, layer_partial, strict=True):
+            torch.testing.assert_close(a[..., : STEP + 1, :], b[..., : STEP + 1, :], rtol=0, atol=1e-6)
