@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate
-from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.methods.expotion.adaptor import AdaptorConfig, CausalConfig, ConditionAdaptor
 from expotion.methods.expotion.embedding import JointVisualEmbedding, VisualConfig, temporal_smoothing
 from expotion.musicgen.loading import TinyMusicGenConfig, load_musicgen, save_tiny
 
@@ -75,8 +75,9 @@ def test_zero_gates_reproduce_musicgen_logits_bit_for_bit(model_and_l, motion):
     assert torch.equal(lm.compute_predictions(codes, [], condition_tensors=cond).logits[valid], ref[valid])
 
 
-@pytest.mark.parametrize("options", [{"prefix_causal": True}, {"pos_embedding": "official"}, "official.yaml"],
-                         ids=["causal-prefix", "official-pos", "official.yaml"])
+@pytest.mark.parametrize("options", [{"prefix_causal": True}, {"pos_embedding": "official"}, "official.yaml",
+                                     {"causal": CausalConfig(0.2)}, {"causal": CausalConfig(0.0)}],
+                         ids=["causal-prefix", "official-pos", "official.yaml", "causal-0.2s", "causal-0s"])
 def test_zero_gates_reproduce_musicgen_with_the_official_options(model_and_l, options):
     mg, n_adapted = model_and_l
     lm = mg.lm
@@ -182,11 +183,13 @@ def test_zero_gates_with_fresh_adaptor_give_gradient_to_gates_only(model_and_l):
     assert adaptor.h0.grad.abs().sum() == 0  # the prefix acts only through the (zero) gates
 
 
-def test_streaming_generation_sees_the_prefix_at_the_right_positions(model_and_l):
-    """Tokens sampled step by step (streaming) have the logits a full teacher-forced pass gives."""
+@pytest.mark.parametrize("causal", [None, CausalConfig(0.1)], ids=["offline", "causal"])
+def test_streaming_generation_sees_the_prefix_at_the_right_positions(model_and_l, causal):
+    """Tokens sampled step by step (streaming) have the logits a full teacher-forced pass gives (with the causal
+    option, each step's mask on the prefix follows its position in the stream)."""
     mg, n_adapted = model_and_l
     lm = mg.lm
-    adaptor = make_adaptor(lm, n_adapted)
+    adaptor = make_adaptor(lm, n_adapted, causal=causal)
     with torch.no_grad():
         adaptor.gates.fill_(0.5)
     feats, rates = features(1, 1.0)
@@ -278,3 +281,97 @@ def test_adaptor_rejects_bad_configuration(model_and_l):
         VisualConfig(motion="optical")
     with pytest.raises(ValueError, match="pos_embedding must be one of"):
         make_adaptor(mg.lm, 1, pos_embedding="learned")
+
+
+def test_causal_smoothing_reads_only_vectors_ready_by_the_horizon():
+    """3 vectors at 5 fps centred at 0.1, 0.3, 0.5 s and ready at 0.2, 0.4, 0.6 s (a flow's second frame)."""
+    z = torch.tensor([[[2.0], [10.0], [20.0]]])
+    rate = StreamRate(5.0, 0.1)
+    ready = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
+    times = torch.tensor([0.0, 0.15, 0.2, 0.25, 0.35, 0.4, 0.45, 1.0])
+    out = temporal_smoothing(z, rate, times, ready=ready, lookahead_s=0.0)[0, :, 0]
+    # zero before anything is ready, then held at the last vector ready
+    assert out.tolist() == pytest.approx([0.0, 0.0, 2.0, 2.0, 2.0, 10.0, 10.0, 20.0])
+    ahead = temporal_smoothing(z, rate, times, ready=ready, lookahead_s=0.2)[0, :, 0]
+    # interpolated wherever the next vector is ready by t + 0.2 s (the offline values from 0.4 s on)
+    assert ahead.tolist() == pytest.approx([2.0, 2.0, 6.0, 8.0, 10.0, 15.0, 17.5, 20.0])
+    whole = temporal_smoothing(z, rate, times, ready=ready, lookahead_s=10.0)
+    assert torch.equal(whole, temporal_smoothing(z, rate, times))  # a lookahead past the clip: the offline smoothing
+
+
+def test_causal_smoothing_of_overlapping_segments_averages_the_tokens_ready():
+    """Tokens 4-7 of Synchformer segment 0 and 0-3 of segment 1 share instants; segment 1 is ready 8 frames later."""
+    from expotion.extractors.streams import feature_ready_times
+
+    rate = DEFAULT_RATES.synchformer
+    z = torch.zeros(1, 16, 1)
+    z[0, 4:8, 0] = 1.0
+    z[0, 8:12, 0] = 3.0
+    ready = feature_ready_times("synchformer", 16)
+    assert ready.tolist() == pytest.approx([15 / 25] * 8 + [23 / 25] * 8)
+    shared = torch.tensor([9, 11, 13, 15]) / 25
+    early = temporal_smoothing(z, rate, shared, ready=ready, lookahead_s=0.3)  # only segment 0 by 0.36 + 0.3 s
+    assert early[0, :, 0].tolist() == pytest.approx([1.0] * 4)
+    late = temporal_smoothing(z, rate, shared, ready=ready, lookahead_s=0.6)
+    assert late[0, :, 0].tolist() == pytest.approx([2.0] * 4, abs=1e-5)  # both segments: their mean, as offline
+    offline = temporal_smoothing(z, rate, torch.arange(60) / 50)
+    assert torch.allclose(temporal_smoothing(z, rate, torch.arange(60) / 50, ready=ready, lookahead_s=2.0), offline,
+                          atol=1e-6)
+
+
+def test_each_stream_times_its_vectors_by_the_last_frame_they_read():
+    from expotion.extractors.streams import feature_ready_times
+
+    r = DEFAULT_RATES
+    assert feature_ready_times("marlin", 3).tolist() == pytest.approx([15 / 80, 31 / 80, 47 / 80])
+    assert feature_ready_times("raft", 3).tolist() == pytest.approx([0.2, 0.4, 0.6])
+    assert feature_ready_times("clip", 3).tolist() == pytest.approx([0.0, 0.5, 1.0])
+    assert feature_ready_times("farneback", 3).tolist() == pytest.approx([0.25, 0.5, 0.75])
+    stride5 = Rates(synchformer_stride=5)
+    tokens = feature_ready_times("synchformer", 24, stored=stride5.synchformer)  # the stored stride, not the default
+    assert tokens[::8].tolist() == pytest.approx([15 / 25, 20 / 25, 25 / 25])
+    # a vector is never ready before the centre of what it describes
+    for name in ("marlin", "synchformer", "raft", "clip", "farneback"):
+        rate = getattr(r, name)
+        assert (feature_ready_times(name, 40).numpy() >= rate.times(40) - 1e-9).all(), name
+
+
+def test_causal_prefix_step_reads_no_later_prefix_position(model_and_l):
+    """With non-zero gates, changing prefix positions after t changes no logit at a sequence step <= t."""
+    mg, n_adapted = model_and_l
+    lm = mg.lm
+    codes = torch.randint(0, lm.card, (1, 4, 40), generator=torch.Generator().manual_seed(1))
+    cond = text_tensors(lm, ["calm piano"])
+    sequence = lm.pattern_provider.get_pattern(40).build_pattern_sequence(codes, lm.special_token_id, keep_only_valid_steps=True)[0]
+    t = 17
+    for causal, expect_unchanged in ((CausalConfig(0.1), True), (None, False)):
+        adaptor = make_adaptor(lm, n_adapted, causal=causal)
+        with torch.no_grad():
+            adaptor.gates.fill_(0.7)
+        feats, rates = features(1, 2.0)
+        steps = sequence.shape[-1]
+        logits = []
+        for _ in range(2):
+            prefix = adaptor.prefix(feats, rates, steps)
+            with adaptor.attached(prefix), torch.no_grad():
+                logits.append(lm(sequence, [], condition_tensors=cond))
+            with torch.no_grad():
+                adaptor.h0[t + 1 :] += torch.randn_like(adaptor.h0[t + 1 :])
+        assert torch.equal(logits[0][..., : t + 1, :], logits[1][..., : t + 1, :]) == expect_unchanged
+        assert not torch.equal(logits[0], logits[1])
+
+
+def test_causal_option_round_trips_and_old_configs_read_as_before():
+    cfg = AdaptorConfig(causal=CausalConfig(0.25))
+    assert AdaptorConfig.from_dict(cfg.to_dict()) == cfg
+    old = AdaptorConfig().to_dict()
+    del old["causal"]
+    assert AdaptorConfig.from_dict(old).causal is None
+    with pytest.raises(ValueError, match="lookahead_s must be >= 0"):
+        CausalConfig(-0.1)
+
+
+def test_lookahead_is_the_causal_option(model_and_l):
+    mg, n_adapted = model_and_l
+    assert make_adaptor(mg.lm, n_adapted).lookahead_s is None
+    assert make_adaptor(mg.lm, n_adapted, causal=CausalConfig(0.3)).lookahead_s == 0.3

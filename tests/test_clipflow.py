@@ -392,3 +392,24 @@ def test_the_method_learns_a_code_only_the_video_shows(tiny_profile_cfg):
         ce = losses(*shown_codes(16, lm.n_q, seconds, segment_s, looks, torch.Generator().manual_seed(99)))[1]
     floor = (seconds / segment_s) * np.log(values) / (seconds * 50)
     assert ce[0] < 0.4 * floor, f"first codebook {ce[0]:.4f} nats, no-video floor {floor:.4f}"
+
+
+def test_clip_flow_is_not_causal_even_with_causal_fusion(musicgen):
+    """MusicGen's cross-attention reads all of Z at every step, so the last frame of a window reaches the first
+    step's logits whatever ``causal`` does inside the fusion: the method states no lookahead (None)."""
+    from expotion.methods.clipflow.module import ClipFlowModule
+
+    lm = musicgen.lm
+    conditioner = ClipFlowConditioner(small_cfg(causal=True), SHAPES, lm.dim, 50.0).eval()
+    assert conditioner.lookahead_s is None and ClipFlowModule.lookahead_s is None
+    feats = video_features(batch=1, seconds=2.0)
+    later = feats | {"clip": feats["clip"].clone()}
+    later["clip"][:, -1] = 3 * torch.randn(later["clip"][:, -1].shape, generator=torch.Generator().manual_seed(3))
+    codes = torch.randint(0, lm.card, (1, lm.n_q, 100), generator=torch.Generator().manual_seed(2))
+    logits = []
+    with torch.no_grad():
+        for f in (feats, later):
+            z = conditioner(f, RATES, torch.zeros(1), 2.0)
+            memory = memory_condition(z, torch.ones(1, dtype=torch.bool))
+            logits.append(lm.compute_predictions(codes, [], condition_tensors=memory).logits)
+    assert (logits[0][:, 0, 0] - logits[1][:, 0, 0]).abs().max() > 1e-4  # frame 0 hears the frame at 1.5 s

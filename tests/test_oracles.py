@@ -120,20 +120,23 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     return torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v)
 
 
-def test_gated_prefix_attention_is_eq_10_to_12(tmp_path):
+@pytest.mark.parametrize("causal", [False, True], ids=["paper", "causal-option"])
+def test_gated_prefix_attention_is_eq_10_to_12(tmp_path, causal):
     """Each adapted layer's self-attention result is W_o (S_l + g_l S'_l) + b_o with S'_l = Attn(Q_l + Q^p_l, K^p_l, V^p_l).
 
     Checked on what the layer hands to its cross-attention (H_l plus the attention result), at non-zero
-    gates, against a naive einsum of the equations on the frozen weights.
+    gates, against a naive einsum of the equations on the frozen weights. With the causal option, step t's
+    query reads the prefix at positions <= t only.
     """
     from expotion.core.rates import DEFAULT_RATES
-    from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+    from expotion.methods.expotion.adaptor import AdaptorConfig, CausalConfig, ConditionAdaptor
     from expotion.methods.expotion.embedding import VisualConfig
     from expotion.musicgen.loading import TinyMusicGenConfig, load_musicgen, save_tiny
 
     lm = load_musicgen(str(save_tiny(tmp_path / "mg", seed=2, cfg=TinyMusicGenConfig(num_layers=3)))).lm
     adaptor = ConditionAdaptor(lm, AdaptorConfig(n_adapted=2, visual=VisualConfig(face=False, motion="synchformer"),
-                                                 max_seconds=1.0), {"synchformer": 20}, 50.0)
+                                                 max_seconds=1.0, causal=CausalConfig(0.1) if causal else None),
+                               {"synchformer": 20}, 50.0)
     with torch.no_grad():
         adaptor.gates.copy_(torch.tensor([0.7, -1.3]))
     g = torch.Generator().manual_seed(3)
@@ -167,7 +170,7 @@ def test_gated_prefix_attention_is_eq_10_to_12(tmp_path):
         qp, kp, vp = (t.double() for t in prefix[i])
         s = naive_attention(split(q), split(k), split(v), causal=True)                     # Eq. 10
         t = q.shape[1]  # the prefix holds every step of the pattern; step t's query meets the prefix's step t
-        s_prime = naive_attention(split(q) + qp[:, :, :t], kp, vp, causal=False)            # Eq. 11
+        s_prime = naive_attention(split(q) + qp[:, :, :t], kp, vp, causal=causal)           # Eq. 11
         fused = (s + adaptor.gates[i].double() * s_prime).transpose(1, 2).flatten(2)        # Eq. 12
         b_out = None if out.bias is None else out.bias.double()
         expected = x + torch.nn.functional.linear(fused, out.weight.double(), b_out)

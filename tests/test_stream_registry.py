@@ -72,3 +72,15 @@ def test_long_video_extraction_windows_a_new_stream_on_its_own_grid(registered, 
     assert sorted(stitched.arrays) == ["brightness"]
     assert stitched.arrays["brightness"].shape == whole.arrays["brightness"].shape == (int(duration * FPS) - 1, 2)
     np.testing.assert_allclose(stitched.arrays["brightness"], whole.arrays["brightness"], rtol=1e-6)
+
+
+def test_a_stream_states_when_its_vectors_are_ready_or_cannot_condition_a_causal_model(registered):
+    from dataclasses import replace
+
+    from expotion.extractors.streams import feature_ready_times
+
+    assert all(stream.last_frame is not None for name, stream in STREAMS.items() if name != "brightness")
+    with pytest.raises(ValueError, match="'brightness' stream does not state when its vectors are ready"):
+        feature_ready_times("brightness", 4)
+    timed = replace(registered, last_frame=lambda rates, i: (i + 1) / FPS)  # a pair is ready with its second frame
+    assert feature_ready_times(timed, 3).tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])

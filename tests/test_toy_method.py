@@ -42,6 +42,7 @@ class MotionMemory(nn.Module):
     """The clip's mean motion vector, projected to MusicGen's width, added to each (unmasked) text token."""
 
     reads_text = True
+    lookahead_s = None  # the clip's mean motion: every step hears the whole window
 
     def __init__(self, in_dim: int, width: int, window_s: float, init_seed: int = 0):
         super().__init__()

@@ -184,23 +184,30 @@ def synchformer_matching(rates: Rates, stored: StreamRate) -> Rates:
     return replace(rates, synchformer_stride=int(round(stored.segment_hop * rates.synchformer_video_fps)))
 
 
+def synchformer_last_frame(rates: Rates, index: np.ndarray) -> np.ndarray:
+    """Every token of a segment reads all its frames (space-time attention), so it is ready with the segment's last."""
+    segment = index // rates.synchformer_tokens_per_segment
+    return (segment * rates.synchformer_stride + rates.synchformer_segment - 1) / rates.synchformer_video_fps
+
+
 # Expotion's streams (§3.1), extracted by default.
 register_stream(Stream(
     "marlin", weight_key=lambda cfg: "marlin", path=lambda cfg: cfg.marlin_path,
     load=lambda path, device, cfg: load_marlin(path, device),
     rate=lambda r: r.marlin, shape=lambda enc, cfg: (enc.dim,), compute=face_features, default=True, faces=True,
-    overlap=lambda r: (r.marlin_window - r.marlin_stride) / r.marlin_video_fps, stepwise=marlin_steps))
+    overlap=lambda r: (r.marlin_window - r.marlin_stride) / r.marlin_video_fps,
+    last_frame=lambda r, i: (i * r.marlin_stride + r.marlin_window - 1) / r.marlin_video_fps, stepwise=marlin_steps))
 register_stream(Stream(
     "synchformer", weight_key=lambda cfg: "synchformer", path=lambda cfg: cfg.synchformer_path,
     load=lambda path, device, cfg: load_synchformer_visual(path, cfg.synchformer, device=device),
     rate=lambda r: r.synchformer, shape=lambda model, cfg: (cfg.synchformer.dim,), compute=synchformer_features,
     default=True, overlap=lambda r: (r.synchformer_segment - r.synchformer_stride) / r.synchformer_video_fps,
-    matching=synchformer_matching, stepwise=synchformer_steps))
+    matching=synchformer_matching, last_frame=synchformer_last_frame, stepwise=synchformer_steps))
 register_stream(Stream(
     "raft", weight_key=lambda cfg: f"raft_{cfg.raft_variant}", path=raft_path,
     load=lambda path, device, cfg: load_raft(cfg.raft_variant, cfg.raft_checkpoint, device),
     rate=lambda r: r.raft, shape=lambda model, cfg: cfg.flow.stored_shape, compute=raft_features, default=True,
-    pairwise=True, stepwise=raft_steps))
+    pairwise=True, last_frame=lambda r, i: (i + 1) / r.raft_video_fps, stepwise=raft_steps))
 
 
 def clip_features(ex: Extractors, model: ClipVision, clip: ClipFrames, duration_s: float, face_box: tuple | None,
@@ -228,11 +235,11 @@ register_stream(Stream(
     "clip", weight_key=lambda cfg: "clip", path=lambda cfg: cfg.clip_path, check=check_clip_dir,
     load=lambda path, device, cfg: load_clip(path, device),
     rate=lambda r: r.clip, shape=lambda model, cfg: (model.tokens, model.dim), compute=clip_features,
-    stepwise=clip_steps))
+    last_frame=lambda r, i: i / r.clip_video_fps, stepwise=clip_steps))
 register_stream(Stream(
     "farneback", load=lambda path, device, cfg: FarnebackFlow(cfg.farneback),
     rate=lambda r: r.farneback, shape=lambda model, cfg: cfg.farneback.stored_shape, compute=farneback_features,
-    pairwise=True, stepwise=farneback_steps))
+    pairwise=True, last_frame=lambda r, i: (i + 1) / r.farneback_video_fps, stepwise=farneback_steps))
 
 VISUAL = tuple(STREAMS)  # the built-in video streams
 AUDIO_TEXT = ("codes", "t5")  # EnCodec tokens and text states, both from the MusicGen being adapted

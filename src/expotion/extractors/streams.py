@@ -3,7 +3,8 @@
 A :class:`Stream` says how its model loads and computes, and everything the other stages need to know about its
 output: its rate (a function of :class:`~expotion.core.rates.Rates`, which keeps every number), whether it has one
 vector per pair of consecutive frames, how far past a window's end its last vectors reach (long videos are
-extracted window by window), whether it reads the face track, the dtype it is stored in and its per-step shape.
+extracted window by window), when each vector is ready (the time of the last frame it reads, which a causal
+model and live extraction go by), whether it reads the face track, the dtype it is stored in and its per-step shape.
 Nothing outside the registration lists streams by name: precompute, the shards, long-video extraction and the
 methods read these facts. The built-in streams register in :mod:`expotion.extractors.bank`; a new one is one
 :func:`register_stream` call.
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import torch
 
-from expotion.core.rates import Rates, StreamRate
+from expotion.core.rates import DEFAULT_RATES, Rates, StreamRate
 from expotion.data.shards import StoredArray
 
 MASK_SUFFIX = "_mask"  # a stream's validity mask is stored beside it as ``<name>_mask``, at its rate
@@ -48,6 +50,7 @@ class Stream:
     dtype: type = np.float16  # as stored in the shards: half the disk, ample precision for features
     matching: Callable[[Rates, StreamRate], Rates] | None = None  # the rates that reproduce a stored rate
     stepwise: Callable | None = None  # (extractors, model, faces) -> its computation as frames arrive (live)
+    last_frame: Callable[[Rates, np.ndarray], np.ndarray] | None = None  # vector indices -> seconds of the last frame each reads
 
     def lookahead_s(self, rates: Rates) -> float:
         """Video past a window's end that the vectors starting inside it need (a flow needs the frame after it)."""
@@ -106,6 +109,23 @@ def rates_matching(rates: Rates, streams: dict[str, StreamRate]) -> Rates:
             raise ValueError(f"'{name}' features at {rate} cannot be extracted by this version, which "
                              f"writes them at {stream_rate(name, rates)}; rebuild the cache and retrain")
     return rates
+
+
+def feature_ready_times(stream: str | Stream, count: int, rates: Rates = DEFAULT_RATES,
+                        stored: StreamRate | None = None) -> torch.Tensor:
+    """Seconds from the clip start at which each of ``count`` vectors of ``stream`` is ready: the time of the last
+    frame it reads (a window's last frame, the second frame of a pair), as the stream states at registration.
+
+    ``stored`` is the rate the vectors were written at (a cache's); the rates are first matched to it, so e.g. a
+    Synchformer stride other than the default times its segments right. Float64, (count,).
+    """
+    stream = STREAMS[stream] if isinstance(stream, str) else stream
+    if stream.last_frame is None:
+        raise ValueError(f"the '{stream.name}' stream does not state when its vectors are ready (its registration "
+                         "has no last_frame), so it cannot condition a causal model")
+    if stored is not None:
+        rates = rates_matching(rates, {stream.name: stored})
+    return torch.from_numpy(np.asarray(stream.last_frame(rates, np.arange(count)), dtype=np.float64))
 
 
 def stored_arrays(names: Iterable[str], rates: Rates) -> dict[str, StoredArray]:

@@ -258,6 +258,12 @@ class ClipFlowConditioner(nn.Module):
     def window_s(self) -> float:
         return self.cfg.max_seconds
 
+    @property
+    def lookahead_s(self) -> float | None:
+        """None: MusicGen's cross-attention reads all of ``Z`` at every step, so each step hears the whole window
+        (``causal`` only orders the fusion within ``Z``)."""
+        return None
+
     def generation_context(self, musicgen, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
                            start_s: float, max_gen_len: int, compute_dtype: torch.dtype):
         """``Z`` of the window that one ``lm.generate`` call of ``max_gen_len`` frames covers, as its memory."""

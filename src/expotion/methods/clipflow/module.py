@@ -71,6 +71,8 @@ class ClipFlowModule(MethodModule):
     def streams(self) -> tuple[str, ...]:
         return self.cfg.streams
 
+    lookahead_s = None  # not causal: MusicGen's cross-attention reads the whole window's memory at every step
+
     def build_conditioning(self, dataset: ClipDataset) -> ClipFlowConditioner:
         conditioner = ClipFlowConditioner(self.cfg, dataset.spec.shapes, self.signature["dim"],
                                           self.signature["frame_rate"])

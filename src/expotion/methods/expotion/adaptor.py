@@ -4,6 +4,8 @@ The condition prefix starts as a learnable H_0 at layer N-L+1 and runs through
 the frozen self-attention and feed-forward blocks of the last L layers. It
 skips cross-attention and, as the paper writes, uses no causal mask (Eq. 8-9,
 :meth:`ConditionAdaptor.prefix`; ``prefix_causal`` gives the official code's mask).
+The ``causal`` option (:class:`CausalConfig`) makes step t depend only on video up to
+t + lookahead: see :meth:`ConditionAdaptor.prefix` for the rule.
 In each adapted layer, a forward pre-hook on the self-attention's frozen output
 projection adds ``g_l * Attn(Q + Q_p, K_p, V_p)`` to the standard attention
 output before that projection, so ``W_o`` maps both at once (Eq. 10-12,
@@ -27,9 +29,21 @@ import torch.nn.functional as F
 from expotion.core.devices import module_precision
 from expotion.core.layers import merge_heads, split_heads
 from expotion.core.rates import StreamRate
+from expotion.extractors.streams import feature_ready_times
 from expotion.methods.expotion.embedding import JointVisualEmbedding, VisualConfig
 
 PrefixState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # Q_p, K_p, V_p as (B, heads, S, head_dim)
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """Condition each step only on video up to its own time plus ``lookahead_s`` seconds, so it can run live."""
+
+    lookahead_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lookahead_s >= 0:
+            raise ValueError(f"causal lookahead_s must be >= 0 seconds, got {self.lookahead_s}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,8 @@ class AdaptorConfig:
     - ``pos_embedding``: ``"paper"`` (default) is z_pos in the d1 + d2 space before W_e and
       H_0 initialised with std 0.02; ``"official"`` is one model-width table per adapted
       layer after W_e and H_0 initialised with std 1, like the official (L + 1, steps, d) table.
+    - ``causal`` (default None: every step sees the whole window) conditions step t only on
+      video frames up to t + ``lookahead_s``, for a model that can follow a live camera.
     """
 
     n_adapted: int = 12
@@ -51,13 +67,16 @@ class AdaptorConfig:
     max_seconds: float = 10.0
     prefix_causal: bool = False
     pos_embedding: str = "paper"
+    causal: CausalConfig | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> AdaptorConfig:
-        return cls(**{**d, "visual": VisualConfig(**d["visual"])})
+        causal = d.get("causal")  # absent from exports written before the option existed
+        causal = CausalConfig(**causal) if isinstance(causal, dict) else causal
+        return cls(**{**d, "visual": VisualConfig(**d["visual"]), "causal": causal})
 
 
 def attention_weights(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
@@ -103,13 +122,14 @@ class GatedPrefix:
     qp: torch.Tensor
     kp: torch.Tensor
     gated_vp: torch.Tensor
+    causal: bool = False  # the query at position p reads prefix positions <= p only
 
     @classmethod
-    def of(cls, attn: nn.Module, prefix: PrefixState, gate: torch.Tensor) -> GatedPrefix:
+    def of(cls, attn: nn.Module, prefix: PrefixState, gate: torch.Tensor, causal: bool = False) -> GatedPrefix:
         w_in, b_in, _, _ = attention_weights(attn)
         dim = w_in.shape[1]
         qp, kp, vp = prefix
-        return cls(w_in[:dim], None if b_in is None else b_in[:dim], attn.num_heads, qp, kp, gate * vp)
+        return cls(w_in[:dim], None if b_in is None else b_in[:dim], attn.num_heads, qp, kp, gate * vp, causal)
 
     def repeat(self, reps: int) -> GatedPrefix:
         """The same prefix for a batch stacked ``reps`` times (classifier-free guidance)."""
@@ -126,8 +146,20 @@ def gated_prefix_attention(query: torch.Tensor, prefix: GatedPrefix, start: int)
     frozen W_o, which is linear: ``W_o (S_l + g_l S'_l) = W_o S_l + g_l W_o S'_l``.
     """
     q = split_heads(F.linear(query, prefix.w_q, prefix.b_q), prefix.heads)
-    out = F.scaled_dot_product_attention(q + prefix_queries(prefix.qp, start, q.shape[2]), prefix.kp, prefix.gated_vp)
+    mask = prefix_visibility(start, q.shape[2], prefix.kp.shape[2], q.device) if prefix.causal else None
+    out = F.scaled_dot_product_attention(q + prefix_queries(prefix.qp, start, q.shape[2]), prefix.kp, prefix.gated_vp,
+                                         attn_mask=mask)
     return merge_heads(out)
+
+
+def prefix_visibility(start: int, length: int, prefix_len: int, device: torch.device) -> torch.Tensor:
+    """(length, prefix_len): True where the query at position ``start + i`` may read prefix position ``j``.
+
+    Position j of a causal prefix carries the video known by step j's time plus the lookahead, so step
+    t reads positions j <= t: nothing past t + lookahead.
+    """
+    queries = torch.arange(start, start + length, device=device)
+    return torch.arange(prefix_len, device=device)[None, :] <= queries[:, None]
 
 
 class ConditionAdaptor(nn.Module):
@@ -169,15 +201,32 @@ class ConditionAdaptor(nn.Module):
         """Seconds of each LM step for clips starting at ``start_s`` (B,): step s is EnCodec frame s."""
         return start_s.float()[:, None] + torch.arange(steps, device=start_s.device, dtype=torch.float32) / self.codes_fps
 
+    @property
+    def lookahead_s(self) -> float | None:
+        """Seconds of video after step t's time that may condition step t; None: the whole window (not causal)."""
+        return None if self.cfg.causal is None else self.cfg.causal.lookahead_s
+
     def prefix(self, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate], steps: int,
                start_s: torch.Tensor | None = None) -> list[PrefixState]:
         """Eq. 8-9: the condition prefix through the frozen self-attention and FF of the last L layers.
 
         ``start_s`` (B,) places step 0 inside the feature streams (a crop's start).
+
+        Causal (``cfg.causal``): MusicGen's delay pattern has sequence step s predict codebook k of
+        EnCodec frame s - k, so step s is timed by frame s (its first codebook; the others are of
+        earlier frames). Prefix position s smooths only features ready by that time plus the
+        lookahead (each timed by the last frame it reads), the prefix self-attention is causal, and
+        the main sequence's step t reads prefix positions <= t (:func:`prefix_visibility`).
         """
         batch = next(iter(feats.values())).shape[0]
         start_s = torch.zeros(batch, device=self.h0.device) if start_s is None else start_s
-        z = self.embed(feats, rates, self.step_times(steps, start_s))
+        times = self.step_times(steps, start_s)
+        if self.cfg.causal is None:
+            z = self.embed(feats, rates, times)
+        else:
+            ready = {name: feature_ready_times(name, feats[name].shape[1], stored=rates[name])
+                     for name in self.cfg.visual.streams}
+            z = self.embed(feats, rates, times, ready, self.cfg.causal.lookahead_s)
         h = self.h0[:steps].unsqueeze(0).expand(batch, -1, -1)
         states = []
         for i, layer in enumerate(self.adapted_layers):
@@ -186,10 +235,15 @@ class ConditionAdaptor(nn.Module):
             if i + 1 == len(z):
                 break
             _, _, w_out, b_out = attention_weights(layer.self_attn)
-            attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.cfg.prefix_causal)
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal_prefix)
             h = h + layer.layer_scale_1(F.linear(merge_heads(attended), w_out, b_out))
             h = h + layer.layer_scale_2(layer._ff_block(layer.norm2(h)))
         return states
+
+    @property
+    def causal_prefix(self) -> bool:
+        """A causal mask in the prefix self-attention: the official code's, or the causal option's."""
+        return self.cfg.prefix_causal or self.cfg.causal is not None
 
     reads_text = True  # the prompt always conditions the music, through MusicGen's own cross-attention
 
@@ -217,7 +271,7 @@ class ConditionAdaptor(nn.Module):
         for i, layer in enumerate(self.adapted_layers):
             handles.append(layer.self_attn.register_forward_pre_hook(self._query_hook(i), with_kwargs=True))
             handles.append(layer.self_attn.out_proj.register_forward_pre_hook(self._projection_hook(i)))
-        self._prefix = [GatedPrefix.of(layer.self_attn, state, self.gates[i])
+        self._prefix = [GatedPrefix.of(layer.self_attn, state, self.gates[i], self.cfg.causal is not None)
                         for i, (layer, state) in enumerate(zip(self.adapted_layers, prefix, strict=True))]
         self._repeated, self._queries = {}, {}
         try:

@@ -47,7 +47,8 @@ class VisualConfig:
         return (self.d1 if self.face else 0) + (self.d2 if self.motion else 0)
 
 
-def temporal_smoothing(z: torch.Tensor, rate: StreamRate, times: torch.Tensor, name: str = "feature") -> torch.Tensor:
+def temporal_smoothing(z: torch.Tensor, rate: StreamRate, times: torch.Tensor, name: str = "feature",
+                       ready: torch.Tensor | None = None, lookahead_s: float = 0.0) -> torch.Tensor:
     """Eq. 1/3: linear interpolation of a feature stream at (possibly non-integer) frame indices.
 
     ``z`` is (B, T, ...) timed by ``rate``; ``times`` are seconds, (S,) or (B, S).
@@ -55,19 +56,75 @@ def temporal_smoothing(z: torch.Tensor, rate: StreamRate, times: torch.Tensor, n
     ``i = floor(t)`` and ``alpha = t - i``, the output is ``(1 - alpha) z_i + alpha z_{i+1}``;
     times outside the stream hold its end values. A segmented stream is first reduced
     to one vector per instant (:func:`merge_coincident`). ``name`` names the stream in errors.
+
+    Causal (``ready`` given, (T,) seconds at which each vector is ready, see
+    :func:`~expotion.extractors.streams.feature_ready_times`): the value at time ``t`` reads only
+    vectors ready by ``t + lookahead_s``. Past the last instant available then, it holds that
+    instant's value; an instant of a segmented stream is the mean of its vectors available then;
+    before any vector is available the value is zero.
     """
     if z.shape[1] == 0:
         raise ValueError(f"temporal smoothing: the '{name}' stream is empty (its clip is shorter than "
                          "one window of the feature extractor)")
+    times = times.expand(z.shape[0], -1)
     if rate.segment_len:
-        z, instants = merge_coincident(z, rate)
-        t = stream_position(times.expand(z.shape[0], -1), torch.as_tensor(instants, device=times.device))
+        instants, owner = rate.instants(z.shape[1])
+        t = stream_position(times, torch.as_tensor(instants, device=times.device))
     else:
-        t = ((times.expand(z.shape[0], -1) - rate.t0) * rate.fps).clamp(0, z.shape[1] - 1)
+        instants, owner = rate.times(z.shape[1]), np.arange(z.shape[1])
+        t = ((times - rate.t0) * rate.fps).clamp(0, z.shape[1] - 1)
+    if ready is None:
+        merged = merge_coincident(z, rate)[0] if rate.segment_len else z
+        last, value = len(instants) - 1, lambda index: gather_time(merged, index)
+    else:
+        ready = ready.to(z.device)
+        members, horizon, available = ready_instants(torch.as_tensor(owner, device=z.device), len(instants), ready,
+                                                     times, lookahead_s)
+        last = (available - 1).clamp(min=0)
+        t = torch.minimum(t, last.to(t.dtype))
+        value = lambda index: instant_value(z, members, ready, horizon, index)  # noqa: E731
     i = t.floor().long()
-    j = (i + 1).clamp(max=z.shape[1] - 1)
+    j = (i + 1).clamp(max=last) if ready is None else torch.minimum(i + 1, last)
     alpha = (t - i).to(z.dtype).view(*t.shape, *([1] * (z.ndim - 2)))
-    return (1 - alpha) * gather_time(z, i) + alpha * gather_time(z, j)
+    out = (1 - alpha) * value(i) + alpha * value(j)
+    return out if ready is None else out * (available > 0).to(z.dtype).view(*alpha.shape)
+
+
+READY_TOLERANCE_S = 1e-6  # a vector ready at exactly t + lookahead is available (float rounding of step times)
+
+
+def ready_instants(owner: torch.Tensor, count: int, ready: torch.Tensor, times: torch.Tensor,
+                   lookahead_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For causal smoothing: the vectors of each of ``count`` instants ((count, M), -1 pads), each time's horizon
+    ``times + lookahead_s`` (B, S) and how many instants (a prefix, as instants complete in order) have a vector
+    ready by it (B, S)."""
+    members = instant_members(owner, count)
+    first_ready = torch.full((count,), float("inf"), dtype=ready.dtype, device=ready.device)
+    first_ready = first_ready.scatter_reduce(0, owner, ready, "amin").cummax(0).values
+    horizon = times.double() + lookahead_s + READY_TOLERANCE_S
+    return members, horizon, torch.searchsorted(first_ready, horizon.contiguous(), right=True)
+
+
+def instant_members(owner: torch.Tensor, count: int) -> torch.Tensor:
+    """(count, M): the indices of the vectors of each instant, padded with -1."""
+    order = torch.argsort(owner, stable=True)
+    sizes = torch.bincount(owner, minlength=count)
+    slot = torch.arange(len(owner), device=owner.device) - (torch.cumsum(sizes, 0) - sizes)[owner[order]]
+    members = torch.full((count, int(sizes.max())), -1, dtype=torch.long, device=owner.device)
+    members[owner[order], slot] = order
+    return members
+
+
+def instant_value(z: torch.Tensor, members: torch.Tensor, ready: torch.Tensor, horizon: torch.Tensor,
+                  instant: torch.Tensor) -> torch.Tensor:
+    """The mean of instant ``instant[b, s]``'s vectors that are ready by ``horizon[b, s]`` (zero when none is)."""
+    index = members[instant]  # (B, S, M)
+    use = (index >= 0) & (ready[index.clamp(min=0)] <= horizon[..., None])
+    b, s, m = index.shape
+    vectors = gather_time(z, index.clamp(min=0).flatten(1)).unflatten(1, (s, m))  # (B, S, M, ...)
+    weight = use.to(z.dtype).view(b, s, m, *([1] * (z.ndim - 2)))
+    count = use.sum(-1).clamp(min=1).to(z.dtype).view(b, s, *([1] * (z.ndim - 2)))
+    return (vectors * weight).sum(2) / count
 
 
 def merge_coincident(z: torch.Tensor, rate: StreamRate) -> tuple[torch.Tensor, np.ndarray]:
@@ -155,17 +212,25 @@ class JointVisualEmbedding(nn.Module):
             self.layer_pos = nn.Parameter(torch.randn(n_layers, max_steps, model_dim))
         self.w_e = nn.ModuleList(nn.Linear(cfg.width, model_dim, bias=False) for _ in range(n_layers if per_layer_we else 1))
 
-    def forward(self, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate], times: torch.Tensor) -> list[torch.Tensor]:
-        """Features (B, T_x, ...) per stream -> ``n_layers`` tensors (B, S, model_dim) at ``times`` (B, S) seconds."""
+    def forward(self, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate], times: torch.Tensor,
+                ready: dict[str, torch.Tensor] | None = None, lookahead_s: float = 0.0) -> list[torch.Tensor]:
+        """Features (B, T_x, ...) per stream -> ``n_layers`` tensors (B, S, model_dim) at ``times`` (B, S) seconds.
+
+        With ``ready`` (each stream's vector ready times), each time reads only what is ready by it plus
+        ``lookahead_s`` (causal :func:`temporal_smoothing`); a face stream with nothing ready yet counts as missing.
+        """
+        def smooth(x: torch.Tensor, name: str, label: str) -> torch.Tensor:
+            return temporal_smoothing(x, rates[name], times, label, None if ready is None else ready[name], lookahead_s)
+
         steps = times.shape[-1]
         if steps > self.max_steps:
             raise ValueError(f"{steps} steps exceed the embedding's max_steps {self.max_steps}")
         parts = []
         if self.w_f is not None:
-            face = self.w_f(temporal_smoothing(feats["marlin"], rates["marlin"], times, "marlin"))
+            face = self.w_f(smooth(feats["marlin"], "marlin", "marlin"))
             mask = feats.get("marlin_mask")
             mask = torch.ones(feats["marlin"].shape[:2], device=face.device) if mask is None else mask.float()
-            present = temporal_smoothing(mask, rates["marlin"], times, "marlin_mask") >= 0.5
+            present = smooth(mask, "marlin", "marlin_mask") >= 0.5
             face = torch.where(present[..., None], face, self.face_missing.to(face.dtype))
             parts.append(face)
         if self.w_m is not None:
@@ -173,7 +238,7 @@ class JointVisualEmbedding(nn.Module):
             motion = feats[name]
             if self.flow_cnn is not None:
                 motion = self.flow_cnn(motion)
-            parts.append(self.w_m(temporal_smoothing(motion, rates[name], times, name)))
+            parts.append(self.w_m(smooth(motion, name, name)))
         joint = torch.cat(parts, dim=-1)
         if self.pos_embedding == "paper":
             joint = joint + self.z_pos[:steps]

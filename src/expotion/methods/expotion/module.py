@@ -57,6 +57,11 @@ class ExpotionModule(MethodModule):
     def streams(self) -> tuple[str, ...]:
         return self.adaptor_cfg.visual.streams
 
+    @property
+    def lookahead_s(self) -> float | None:
+        """The adaptor's (:attr:`ConditionAdaptor.lookahead_s`), known from the config before the adaptor is built."""
+        return None if self.adaptor_cfg.causal is None else self.adaptor_cfg.causal.lookahead_s
+
     def build_conditioning(self, dataset: ClipDataset) -> ConditionAdaptor:
         return ConditionAdaptor(self.lm, self.adaptor_cfg, dataset.spec.dims, self.signature["frame_rate"])
 
