@@ -1,0 +1,226 @@
+"""``expotion experiment``: the file's checks, a small experiment end to end, resuming, a failing row, SLURM scripts.
+
+The small experiment has three rows on the shared small demo cache (2 s clips, 2 test clips): Expotion with
+Synchformer (two training steps), text-only MusicGen, and an Expotion row whose MusicGen weights are missing.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expotion.cli.main import main as cli_main
+from expotion.experiments.spec import ExperimentError, load_experiment
+from expotion.experiments.steps import keyed_command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, doc) -> Path:
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+# ---- the file's checks ---------------------------------------------------------------------------
+def minimal(tmp_path: Path, **rows) -> dict:
+    config = write(tmp_path / "a.yaml", "model: {}\n")
+    row = {"name": "a", "method": "expotion", "configs": [str(config)], **rows}
+    return {"data": {"cache": str(tmp_path / "cache"), "split": "val"}, "rows": [row]}
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: d.pop("data"), "data: missing"),
+    (lambda d: d["data"].pop("cache"), "data.cache: missing"),
+    (lambda d: d.update(colour="red"), "colour: unknown key"),
+    (lambda d: d["rows"][0].update(method="nope"), "rows[0] (a).method: no method 'nope' is registered"),
+    (lambda d: d["rows"][0].update(captions="generated"), "rows[0] (a).captions:"),
+    (lambda d: d["rows"][0].update(configs=["missing.yaml"]), "rows[0] (a).configs: missing.yaml: no such file"),
+    (lambda d: d["rows"][0].update(checkpoint="x.pt"), "rows[0] (a): give either configs (to train) or checkpoint"),
+    (lambda d: d["rows"][0].update(name="a b"), "rows[0] (a b).name: 'a b' is used as a folder name"),
+    (lambda d: d["rows"].append(dict(d["rows"][0])), "rows: the name 'a' is used twice"),
+    (lambda d: d["rows"][0].update(method="musicgen_text"), "rows[0] (a).musicgen: missing"),
+    (lambda d: d["eval"].update(workers=0) if "eval" in d else d.update(eval={"workers": 0}),
+     "eval.workers: expected a positive integer, got 0"),
+    (lambda d: d["rows"][0].update(overrides="--trainer.max_steps=2"), "rows[0] (a).overrides: expected a list"),
+])
+def test_each_problem_of_an_experiment_file_is_one_line_naming_the_file_and_the_key(tmp_path, change, expected):
+    doc = minimal(tmp_path)
+    change(doc)
+    path = write(tmp_path / "experiment.yaml", doc)
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    lines = str(err.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert any(expected in line for line in lines), lines
+
+
+def test_all_problems_are_reported_together_and_yaml_errors_name_the_line(tmp_path):
+    doc = minimal(tmp_path)
+    doc["rows"][0].update(method="nope", captions="bad")
+    doc["data"]["colour"] = 1
+    path = write(tmp_path / "e.yaml", doc)
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert len(str(err.value).splitlines()) == 3
+    broken = write(tmp_path / "broken.yaml", "data: {cache: [\nrows: 1\n")
+    with pytest.raises(ExperimentError, match=rf"^{broken}: line \d+ not valid YAML"):
+        load_experiment(broken)
+    assert cli_main(["experiment", "run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_experiment_files_are_valid():
+    for name, n_rows in (("table1.yaml", 9), ("table1_tiny.yaml", 9)):
+        cwd = os.getcwd()
+        os.chdir(REPO)  # their paths are relative to the repository, like the training configs'
+        try:
+            experiment = load_experiment(Path("lightning_configs/experiments") / name)
+        finally:
+            os.chdir(cwd)
+        assert len(experiment.rows) == n_rows
+        assert {r.method for r in experiment.rows} == {"expotion", "musicgen_text", "clip_flow"}
+        assert experiment.caption_kinds() == ["music", "fused"]
+
+
+def test_options_that_only_change_speed_are_left_out_of_a_steps_key():
+    assert keyed_command(["eval", "--workers", "4", "--out", "x"]) == keyed_command(["eval", "--out", "x"])
+    assert keyed_command(["features", "--workers=2"]) == ["features"]
+
+
+# ---- a small experiment end to end ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_experiment(demo_cache, tiny_profile_cfg, tmp_path_factory) -> Path:
+    """Three rows on the small demo cache; the third names MusicGen weights that do not exist."""
+    cache, _ = demo_cache
+    root = tmp_path_factory.mktemp("experiment")
+    tiny = str(Path(tiny_profile_cfg.marlin_path).parent)
+    base = write(root / "base.yaml", {
+        "seed_everything": 0,
+        "model": {"musicgen": tiny_profile_cfg.musicgen,
+                  "adaptor": {"n_adapted": 1, "visual": {"face": False, "motion": "synchformer", "d1": 4, "d2": 4},
+                              "max_seconds": 2.0}},
+        "data": {"batch_size": 2, "num_workers": 0, "crop_seconds": 2.0},
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "limit_val_batches": 0, "logger": False,
+                    "enable_checkpointing": False,
+                    "callbacks": [{"class_path": "expotion.solvers.callbacks.MethodExport"}]},
+    })
+    overlay = write(root / "overlay.yaml", "model: {adaptor: {n_adapted: 1}}\n")
+    missing = write(root / "missing_weights.yaml", f"model: {{musicgen: {root / 'no-such-musicgen'}}}\n")
+    write(root / "experiment.yaml", {
+        "title": "small",
+        "data": {"cache": str(cache), "split": "val"},
+        "generation": {"args": ["--profile", "tiny", "--tiny-dir", tiny, "--seed", "0", "--top-k", "20"]},
+        "eval": {"args": ["--weights-dir", tiny, "--metrics", "chroma,tempo,video_music"]},
+        "rows": [
+            {"name": "synchformer", "method": "expotion", "configs": [str(base), str(overlay)]},
+            {"name": "musicgen", "method": "musicgen_text", "musicgen": tiny_profile_cfg.musicgen},
+            {"name": "broken", "method": "expotion", "configs": [str(base), str(missing)]},
+        ],
+    })
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+@pytest.fixture(scope="module")
+def first_run(small_experiment):
+    out = small_experiment / "out"
+    started = time.perf_counter()
+    status = cli_main(["experiment", "run", str(small_experiment / "experiment.yaml"), "--out", str(out)])
+    return status, out, time.perf_counter() - started
+
+
+def table_rows(out: Path) -> dict[str, dict]:
+    with open(out / "table1.csv") as f:
+        return {row["row"]: row for row in csv.DictReader(f)}
+
+
+def test_every_row_runs_its_chain_and_a_failing_row_is_reported_while_the_others_finish(first_run):
+    status, out, _ = first_run
+    assert status == 1  # a row failed
+    rows = table_rows(out)
+    assert rows["synchformer"]["status"] == rows["musicgen"]["status"] == "ok"
+    for name in ("synchformer", "musicgen"):
+        assert float(rows[name]["tempo_error"]) >= 0 and 0 <= float(rows[name]["av_align"]) <= 1
+        metrics = json.loads((out / "rows" / name / "eval" / "metrics.json").read_text())
+        assert metrics["inputs"]["n_pairs"] == 2 and metrics["metrics"]["chroma"]["status"] == "ok"
+    assert rows["synchformer"]["chroma"] != rows["musicgen"]["chroma"]  # the video reached the music
+    broken = rows["broken"]
+    assert broken["status"] == "failed" and broken["tempo_error"] == ""
+    assert broken["reason"].startswith("train: exit status 2: ") and "no-such-musicgen" in broken["reason"]
+    markdown = (out / "table1.md").read_text()
+    assert "| broken | expotion | manifest | failed [1] |" in markdown and "no-such-musicgen" in markdown
+    assert "quoted from its Table 1" in markdown and "| motion Syncformer | Generated | 1.93 |" in markdown
+    assert (out / "table1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    provenance = json.loads((out / "table1.provenance.json").read_text())["rows"]["synchformer"]
+    assert provenance["checkpoint"]["path"] == str(out / "rows/synchformer/train/adaptor.pt")
+    assert len(provenance["configs"]) == 2 and provenance["steps"]["train"]["commit"]
+    assert provenance["metrics_json"] == str(out / "rows/synchformer/eval/metrics.json")
+    # one reference folder and one embedding cache for every row
+    assert sorted(p.name for p in (out / "reference").iterdir()) == sorted(
+        p.name for p in (out / "rows/musicgen/generated").glob("*.wav"))
+    assert not (out / "rows/musicgen/train").exists()
+
+
+def test_a_rerun_with_nothing_changed_changes_no_file(first_run, small_experiment, demo_cache):
+    _, out, first_seconds = first_run
+    before = snapshot(small_experiment) | {f"cache/{k}": v for k, v in snapshot(demo_cache[0]).items()}
+    started = time.perf_counter()
+    status = cli_main(["experiment", "run", str(small_experiment / "experiment.yaml"), "--out", str(out)])
+    seconds = time.perf_counter() - started
+    after = snapshot(small_experiment) | {f"cache/{k}": v for k, v in snapshot(demo_cache[0]).items()}
+    assert status == 1  # the broken row is tried again and fails again
+    assert changed(before, after) <= {"out/rows/broken/train.step.json", "out/rows/broken/logs/train.log"}
+    assert seconds < first_seconds / 3
+
+
+def test_changing_one_rows_overlay_reruns_that_row_only(first_run, small_experiment):
+    _, out, _ = first_run
+    before = snapshot(out)
+    overlay = small_experiment / "overlay.yaml"
+    original = overlay.read_text()
+    overlay.write_text("model: {adaptor: {n_adapted: 2}}\n")
+    try:
+        assert cli_main(["experiment", "run", str(small_experiment / "experiment.yaml"), "--out", str(out)]) == 1
+        touched = changed(before, snapshot(out))
+    finally:
+        overlay.write_text(original)
+    assert {"rows/synchformer/train.step.json", "rows/synchformer/generate.step.json",
+            "rows/synchformer/eval.step.json", "table1.md", "table1.csv", "table1.provenance.json"} <= touched
+    assert not {k for k in touched if k.startswith(("rows/musicgen/", "reference/", "shared/"))}
+    # back to the first overlay: the row runs again, the rest stays
+    assert cli_main(["experiment", "run", str(small_experiment / "experiment.yaml"), "--out", str(out)]) == 1
+
+
+def test_the_slurm_scripts_run_under_bash_and_give_the_same_table(first_run, small_experiment):
+    _, out, _ = first_run
+    cluster = small_experiment / "cluster"
+    assert cli_main(["experiment", "slurm", str(small_experiment / "experiment.yaml"), "--out", str(cluster)]) == 0
+    scripts = cluster / "slurm"
+    names = sorted(p.name for p in scripts.iterdir())
+    assert names == ["collect.sbatch", "row-broken.sbatch", "row-musicgen.sbatch", "row-synchformer.sbatch",
+                     "shared.sbatch", "submit.sh"]
+    assert "#SBATCH --nodes=1" in (scripts / "row-musicgen.sbatch").read_text()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    statuses = {name: subprocess.run(["bash", str(scripts / name)], env=env, capture_output=True, text=True)
+                for name in ("shared.sbatch", "row-synchformer.sbatch", "row-musicgen.sbatch", "row-broken.sbatch",
+                             "collect.sbatch")}
+    assert {name: done.returncode for name, done in statuses.items()} == {
+        "shared.sbatch": 0, "row-synchformer.sbatch": 0, "row-musicgen.sbatch": 0, "row-broken.sbatch": 1,
+        "collect.sbatch": 0}, {n: d.stderr[-2000:] for n, d in statuses.items()}
+    assert (cluster / "table1.csv").read_bytes() == (out / "table1.csv").read_bytes()
+    assert (cluster / "table1.md").read_text() == (out / "table1.md").read_text()
