@@ -79,9 +79,10 @@ def git_commit() -> str:
 
 
 def keyed_command(command: list[str]) -> list[str]:
-    """The command without the options that do not change what it writes."""
+    """The command without the options that do not change what it writes (nor the interpreter's path, which
+    differs between a machine's checkouts of one environment)."""
     kept, skip = [], False
-    for word in command:
+    for word in ("python" if word == sys.executable else word for word in command):
         if skip:
             skip = False
         elif word in UNKEYED_OPTIONS:
