@@ -134,10 +134,22 @@ class StepFailed(RuntimeError):
     """A step's command ended with a non-zero status; the message is its reason (the command's last error line)."""
 
 
+ERROR_PREFIXES = ("error:", "expotion")  # how the commands' own one-line errors begin
+ERROR_WORDS = ("not found", "no such file", "missing", "does not exist")
+
+
 def last_error_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or line.startswith(("expotion", "Traceback"))]
-    return (errors or lines or ["no output"])[-1]
+    """The line of a command's output that best says why it failed: its own one-line error, else a line naming a
+    missing file, else the exception, else its last line."""
+    lines = [line.strip().lstrip("- ") for line in text.splitlines() if line.strip()]
+    tests = (lambda line: line.lower().startswith(ERROR_PREFIXES),
+             lambda line: any(word in line.lower() for word in ERROR_WORDS) and not line.startswith("File "),
+             lambda line: line.split(":", 1)[0].endswith(("Error", "Exception")))
+    for test in tests:
+        found = [line for line in lines if test(line)]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else "no output"
 
 
 def python_command(*args: str) -> list[str]:
