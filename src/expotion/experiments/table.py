@@ -71,12 +71,13 @@ def collect_row(plan: Plan, row: RowSpec) -> RowResult:
                      row_provenance(plan, row, records))
 
 
-def cell(result: dict | None, notes: list[str]) -> str:
+def cell(key: str, result: dict | None, notes: list[str]) -> str:
+    """A number as eval's own table shows it (IS with its std over splits), or the status with a numbered reason."""
     if not result:
         return "—"
     if result.get("status") == "ok":
         text = f"{result['value']:.2f}" if abs(result["value"]) >= 0.01 or result["value"] == 0 else f"{result['value']:.2e}"
-        return text + (f" ± {result['std']:.2f}" if "std" in result else "")
+        return text + (f" ± {result['std']:.2f}" if key == "is" and "std" in result else "")
     return f"{result.get('status', '?')} {note(result.get('reason', ''), notes)}"
 
 
@@ -93,9 +94,9 @@ def metric_table(results: list[RowResult], keys: tuple[str, ...], notes: list[st
     for r in results:
         status = "ok" if r.status == "ok" else f"{r.status} {note(r.reason, notes)}"
         lines.append(f"| {r.row.name} | {r.row.method} | {r.row.captions} | {status} | "
-                     + " | ".join(cell(r.metrics.get(k), notes) for k in keys) + " |")
+                     + " | ".join(cell(k, r.metrics.get(k), notes) for k in keys) + " |")
     if reference:
-        lines.append("| reference audio | | | | " + " | ".join(cell(reference.get(k), notes) for k in keys) + " |")
+        lines.append("| reference audio | | | | " + " | ".join(cell(k, reference.get(k), notes) for k in keys) + " |")
     return lines
 
 
