@@ -49,3 +49,12 @@ def test_make_install_names_python_3_11_before_installing(tmp_path):
     dry = subprocess.run(["make", "-n", "install", f"VENV={tmp_path / 'venv'}", f"PYTHON={old}"], cwd=ROOT,
                          text=True, capture_output=True, timeout=60).stdout
     assert dry.index("sys.version_info") < dry.index("-m venv")  # checked first
+
+
+def test_make_table1_runs_the_tiny_experiment_by_default_and_the_file_named():
+    dry = make("-n", "table1").stdout
+    assert "experiment run lightning_configs/experiments/table1_tiny.yaml --out results/table1_tiny" in dry
+    assert "weights make-tiny cache/tiny-weights" in dry  # the demo's models first
+    real = make("-n", "table1", "EXPERIMENT=lightning_configs/experiments/table1.yaml", "TABLE1_OUT=results/t").stdout
+    assert "experiment run lightning_configs/experiments/table1.yaml --out results/t" in real
+    assert "make-tiny" not in real

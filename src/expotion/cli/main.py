@@ -5,6 +5,7 @@
     expotion train     ...   LightningCLI, arguments passed through unchanged (``expotion train fit --config ...``)
     expotion generate  ...   music for a video, or for every clip of a cached split
     expotion eval      ...   the Table 1 metrics
+    expotion experiment run|slurm|table FILE   every row of a table: train, generate, evaluate
     expotion weights   check | make-tiny
     expotion cache     inspect PATH
     expotion app       ...   the browser app (requirements/app.txt)
@@ -142,6 +143,7 @@ def first_line(module) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from expotion.evaluation import cli as evaluation
     from expotion.cli import cache, caption, generate
+    from expotion.experiments import command as experiment
     from expotion.precompute import command as extract
 
     parser = argparse.ArgumentParser(prog="expotion", description=__doc__.split("\n\n")[0])
@@ -169,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_arguments(p)
     opt.add_model_arguments(p, profiles=False)
     p.set_defaults(func=evaluation.run)
+
+    p = sub.add_parser("experiment", help=first_line(experiment))
+    experiment.add_arguments(p)
 
     add_weights_arguments(sub.add_parser("weights", help="pretrained weight files: check, make-tiny"))
 
