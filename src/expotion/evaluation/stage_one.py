@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,9 +93,8 @@ def worker_init(states: dict[str, ExtractorState], cache_root: Path, device: tor
     _WORKER["embedder"] = Embedder(states, EmbeddingCache(cache_root), worker_log, device, batch_size)
 
 
-def worker_task(numbered: tuple[int, Task]) -> tuple[int, dict[str, ExtractorState]]:
-    n, task = numbered
-    return n, _WORKER["embedder"].run_task(task)
+def worker_task(task: Task) -> dict[str, ExtractorState]:
+    return _WORKER["embedder"].run_task(task)
 
 
 def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache,
@@ -124,13 +124,25 @@ def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache
                     bar.update(task.counted)
         else:
             log(f"stage 1 on {workers} worker processes")
-            reports: dict[int, dict[str, ExtractorState]] = {}
-            with single_threaded_children():
-                pool = mp.get_context("spawn").Pool(workers, worker_init, (states, cache.root, device, batch_size))
-            with pool:
-                for n, report in pool.imap_unordered(worker_task, enumerate(tasks)):
-                    reports[n] = report
-                    bar.update(tasks[n].counted)
-            for n in range(len(tasks)):
-                merge(states, reports[n])
+            for report in in_workers(tasks, workers, (states, cache.root, device, batch_size), bar):
+                merge(states, report)
     return Store(cache, states, embedder.keys)
+
+
+def in_workers(tasks: list[Task], workers: int, setup: tuple, bar: tqdm) -> list[dict[str, ExtractorState]]:
+    """Every task's report, in task order, from ``workers`` spawned processes set up by :func:`worker_init`.
+
+    A worker that dies (say, a library crashing on a malformed file) stops the run with
+    ``BrokenProcessPool`` rather than leaving it waiting; tasks not yet started are cancelled on any error.
+    """
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=worker_init, initargs=setup)
+    try:
+        with single_threaded_children():  # the workers start as tasks are submitted
+            futures = {pool.submit(worker_task, task): n for n, task in enumerate(tasks)}
+        reports: dict[int, dict[str, ExtractorState]] = {}
+        for future in as_completed(futures):
+            reports[futures[future]] = future.result()
+            bar.update(tasks[futures[future]].counted)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [reports[n] for n in range(len(tasks))]
