@@ -335,6 +335,8 @@ def test_two_workers_write_exactly_what_one_writes(data, tmp_path, capfd):
             for k in a.files:
                 assert np.array_equal(a[k], b[k], equal_nan=True), (rel, k)
 
+    bars = {w: re.findall(r"eval stage 1: 100%.*?(\d+/\d+) ", printed[w].err)[-1:] for w in (1, 2)}
+    assert bars[1] == bars[2] == ["14/14"]  # 8 audio files, 3 videos and 3 captions, whatever runs them
     assert "stage 1 on 2 worker processes" in printed[2].err
     loads = re.findall(r"worker (\d+): loading (\S+) from", printed[2].err)
     assert loads and len(loads) == len(set(loads))  # each worker loads each model once

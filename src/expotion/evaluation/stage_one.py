@@ -3,13 +3,13 @@
 The work is cut into :class:`~expotion.evaluation.embed.Task` s (a model's
 batch, or one input for the model-free extractors: decoding, Farneback flow,
 onsets, beats, chroma), the same tasks whatever runs them. Every process runs
-torch, OpenCV, BLAS and OpenMP on one thread, the single one included,
-because a float result may depend on the thread count, and N workers on N cores should not
-oversubscribe them. Workers are spawned (safe with CUDA and with a parent
-holding threads), load each model once, and write their cache entries through
-the same atomic writer; no two tasks write the same entry. Each task's report
-is merged in task order, so counts, failures and the order they are listed in
-are those of a single process.
+torch, OpenCV, BLAS and OpenMP on one thread, the single one included, because
+a float result may depend on the thread count, and N workers on N cores should
+not oversubscribe them. Workers are spawned (safe with CUDA and with a parent
+holding threads), end with the run that started them, load each model once,
+and write their cache entries through the same atomic writer; no two tasks
+write the same entry. Each task's report is merged in task order, so counts,
+failures and the order they are listed in are those of a single process.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from expotion.core.processes import die_with_parent
 from expotion.evaluation.embed import Embedder, EmbeddingCache, ExtractorState, Inputs, Store, Task
 
 KINDS = ("video", "audio", "text")  # video first: its flow is the longest work, so it starts first
@@ -85,7 +86,9 @@ def worker_log(message: str) -> None:
     print(f"[eval] worker {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
-def worker_init(states: dict[str, ExtractorState], cache_root: Path, device: torch.device, batch_size: int) -> None:
+def worker_init(states: dict[str, ExtractorState], cache_root: Path, device: torch.device, batch_size: int,
+                parent: int) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, whose pool then ends the workers
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -124,7 +127,7 @@ def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache
                     bar.update(task.counted)
         else:
             log(f"stage 1 on {workers} worker processes")
-            for report in in_workers(tasks, workers, (states, cache.root, device, batch_size), bar):
+            for report in in_workers(tasks, workers, (states, cache.root, device, batch_size, os.getpid()), bar):
                 merge(states, report)
     return Store(cache, states, embedder.keys)
 
@@ -134,6 +137,7 @@ def in_workers(tasks: list[Task], workers: int, setup: tuple, bar: tqdm) -> list
 
     A worker that dies (say, a library crashing on a malformed file) stops the run with
     ``BrokenProcessPool`` rather than leaving it waiting; tasks not yet started are cancelled on any error.
+    The workers have ended when this returns.
     """
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=worker_init, initargs=setup)
     try:
@@ -143,6 +147,8 @@ def in_workers(tasks: list[Task], workers: int, setup: tuple, bar: tqdm) -> list
         for future in as_completed(futures):
             reports[futures[future]] = future.result()
             bar.update(tasks[futures[future]].counted)
-    finally:
+    except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return [reports[n] for n in range(len(tasks))]
