@@ -100,7 +100,7 @@ demo-clip-flow: demo-data tiny-weights
 		--checkpoint $(DEMO_RUN)/adaptor.pt,)
 	$(EXPOTION) eval --generated outputs/clip-flow $(if $(wildcard $(DEMO_RUN)/adaptor.pt),outputs/expotion) \
 		--reference outputs/reference --cache $(CLIP_FLOW_CACHE)/val --weights-dir $(TINY_DIR) \
-		--out results/demo-clip-flow
+		--out results/demo-clip-flow --workers $(WORKERS)
 
 features: install
 	$(if $(filter $(MANIFEST),$(DEMO_DIR)/manifest.csv),test -f $(MANIFEST) || $(PY) -m expotion.demo.synth $(DEMO_DIR),)
@@ -144,7 +144,7 @@ EVAL_REFUSAL = make eval: GENERATED=$(GENERATED) SPLIT=$(SPLIT) are not the demo
 eval: install
 	@$(if $(and $(filter $(DEMO_RESULTS),$(RESULTS)),$(if $(and $(ON_DEMO_CACHE),$(filter outputs/generated,$(GENERATED))),,other)),\
 		echo "$(EVAL_REFUSAL)" >&2; exit 2,:)
-	$(EXPOTION) eval --generated $(GENERATED) --reference $(REFERENCE) --out $(RESULTS) $(EVAL_ARGS)
+	$(EXPOTION) eval --generated $(GENERATED) --reference $(REFERENCE) --out $(RESULTS) --workers $(WORKERS) $(EVAL_ARGS)
 
 # The paper's Table 1 from one experiment file (docs/experiments.md): every row trained (or reused), generated and
 # evaluated, then table1.md, .csv, .png and .provenance.json in TABLE1_OUT. A rerun redoes only what changed.

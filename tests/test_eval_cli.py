@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -287,3 +288,56 @@ def test_several_systems_side_by_side_one_row_each(data, tmp_path):
 
     assert expotion_main(argv[:2] + [str(data / "gen"), str(data / "gen")] + argv[4:]) == 2  # two rows named "gen"
     assert expotion_main(argv + ["--label", "only-one"]) == 2
+
+
+def strip_timings(doc: dict) -> dict:
+    """metrics.json without what differs between any two runs: compute seconds, the command line and the cache."""
+    for entry in doc["models"].values():
+        entry.pop("compute_seconds")
+    doc["inputs"].pop("cache_dir")
+    return {k: v for k, v in doc.items() if k != "command"}
+
+
+def test_two_workers_write_exactly_what_one_writes(data, tmp_path, capfd):
+    """Stage 1 on 2 processes: the same tables, metrics, failures and cache entries, bit for bit, as on 1; a corrupt
+    audio file and a corrupt video are skipped with their reasons by both; each worker loads a model once."""
+    for folder in ("gen", "ref", "videos", "weights"):
+        shutil.copytree(data / folder, tmp_path / folder)
+    (tmp_path / "gen" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    write_wav(tmp_path / "ref" / "broken.wav", music(100.0, 400.0), SR)
+    (tmp_path / "videos" / "c3.mp4").write_bytes(b"not a video")
+    printed = {}
+    for workers in (1, 2):
+        argv = ["eval", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
+                "--videos", str(tmp_path / "videos"), "--captions", str(data / "captions.json"),
+                "--out", str(tmp_path / f"out{workers}"), "--weights-dir", str(tmp_path / "weights"),
+                "--cache-dir", str(tmp_path / f"cache{workers}"), "--batch-size", "2", "--workers", str(workers)]
+        assert expotion_main(argv) == 0
+        printed[workers] = capfd.readouterr()
+    one, two = tmp_path / "out1", tmp_path / "out2"
+    for name in ("results.md", "per_clip.csv"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert printed[1].out == printed[2].out  # the table and the excluded clips, as printed
+    docs = [strip_timings(json.loads((out / "metrics.json").read_text())) for out in (one, two)]
+    assert docs[0] == docs[1]
+    models_run = docs[0]["models"]
+    assert all(models_run[name]["status"] == "ready" for name in ("vggish", "passt", "clap_audio", "motion", "beats"))
+    assert "broken.wav" in json.dumps(models_run["vggish"]["failed_inputs"])
+    assert "c3.mp4" in json.dumps(models_run["motion"]["failed_inputs"])
+    assert "broken" in docs[0]["excluded_clips"] and "c3" in docs[0]["excluded_clips"]
+
+    entries = {w: sorted(p.relative_to(tmp_path / f"cache{w}") for p in (tmp_path / f"cache{w}").rglob("*.npz"))
+               for w in (1, 2)}
+    assert entries[1] == entries[2] and len(entries[1]) > 30
+    for rel in entries[1]:
+        with np.load(tmp_path / "cache1" / rel) as a, np.load(tmp_path / "cache2" / rel) as b:
+            assert a.files == b.files
+            for k in a.files:
+                assert np.array_equal(a[k], b[k], equal_nan=True), (rel, k)
+
+    bars = {w: re.findall(r"eval stage 1: 100%.*?(\d+/\d+) ", printed[w].err)[-1:] for w in (1, 2)}
+    assert bars[1] == bars[2] == ["14/14"]  # 8 audio files, 3 videos and 3 captions, whatever runs them
+    assert "stage 1 on 2 worker processes" in printed[2].err
+    loads = re.findall(r"worker (\d+): loading (\S+) from", printed[2].err)
+    assert loads and len(loads) == len(set(loads))  # each worker loads each model once
+    assert len({pid for pid, _ in loads}) == 2  # ... in two processes

@@ -36,6 +36,11 @@ def test_make_eval_of_other_outputs_refuses_the_demo_results_folder():
     assert "--out results/demo" in make("-n", "eval").stdout  # the demo's own evaluation
 
 
+def test_make_eval_runs_stage_one_on_the_workers_named():
+    assert "--out results/demo --workers 2" in make("-n", "eval").stdout  # WORKERS' documented default
+    assert "--workers 3" in make("-n", "eval", "WORKERS=3").stdout
+
+
 def test_make_install_names_python_3_11_before_installing(tmp_path):
     old = tmp_path / "python3.10"
     old.write_text('#!/bin/sh\necho 3.10\n')

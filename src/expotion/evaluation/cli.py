@@ -1,7 +1,7 @@
 """Evaluate generated music against reference audio: the paper's Table 1 metrics plus chroma similarity.
 
 ``expotion eval --generated DIR [DIR ...] --reference DIR [--cache SPLIT] [--videos DIR]
-[--captions FILE] --out RESULTS_DIR [--weights-dir DIR] [--device D]`` writes
+[--captions FILE] --out RESULTS_DIR [--weights-dir DIR] [--device D] [--workers N]`` writes
 ``metrics.json``, ``per_clip.csv`` and ``results.md`` (and, with
 ``--tensorboard``, scalars). Several generated directories (several systems on
 the same clips) give one ``results.md`` with a row each, and each system's
@@ -23,8 +23,8 @@ from expotion.core import atomic
 from expotion.core import option_types as opt
 from expotion.core.devices import usable_device
 from expotion.core.weights import weights_dir
-from expotion.evaluation import embed, metrics, plots, report
 from expotion.data.captions import MANIFEST
+from expotion.evaluation import embed, metrics, plots, report, stage_one
 from expotion.evaluation.files import (GENERATION_SUMMARY, VIDEO_EXTENSIONS, InputError, Pairing, a_few,
                                        captions_for_clips, files_by_id, generation_captions, pair_directories,
                                        read_cache_split, read_captions)
@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=opt.positive_int, default=DEFAULT_BATCH_SIZE,
                         help="clips embedded together; a forward pass takes at most this many 10 s windows "
                              "(VGGish: ten times as many 0.96 s frames)")
+    parser.add_argument("--workers", type=opt.positive_int, default=1,
+                        help="processes for stage 1 (decoding, optical flow, onsets, beats, embeddings), one thread "
+                             "each; the results do not depend on it")
     parser.add_argument("--plots", action="store_true",
                         help="also write a figure per clip (motion, onsets, beats, matched peaks) and a summary figure "
                              "to RESULTS_DIR/plots, linked from results.md")
@@ -186,10 +189,11 @@ def run(args: argparse.Namespace) -> int:
         if state.status != "ready":
             log(f"{name}: {state.status}: {state.reason}")
     audio = [p.generated[i] for p in pairings for i in p.ids] + [p.reference[i] for p in pairings for i in p.ids]
-    store = embed.run(embed.Inputs(audio=list(dict.fromkeys(audio)),
-                                   videos=list(dict.fromkeys(v for videos, _ in inputs for v in videos.values())),
-                                   captions=sorted({c for _, captions in inputs for c in captions.values()})),
-                      states, embed.EmbeddingCache(cache_root), log=log, device=device, batch_size=args.batch_size)
+    store = stage_one.run(embed.Inputs(audio=list(dict.fromkeys(audio)),
+                                       videos=list(dict.fromkeys(v for videos, _ in inputs for v in videos.values())),
+                                       captions=sorted({c for _, captions in inputs for c in captions.values()})),
+                          states, embed.EmbeddingCache(cache_root), log=log, device=device, batch_size=args.batch_size,
+                          workers=args.workers)
 
     options = metrics.Options(is_splits=args.is_splits, seed=args.seed, beat_trim_s=args.beat_trim)
     out = Path(args.out)

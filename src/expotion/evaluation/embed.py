@@ -5,8 +5,10 @@ An entry is one ``.npz`` per (extractor, fingerprint, input content):
 fingerprint hashes the weight files' sha256 and the preprocessing settings,
 so a reference directory is embedded once and reused by every later run
 against it, and changing a checkpoint or a setting can never return stale
-outputs. Each input file is decoded once per run however many models read it;
-models are loaded only when some input misses the cache. ``CACHE_VERSION``
+outputs. An input is decoded once for the models that read it (a batch) and once
+for the model-free extractors, whatever their number; models are loaded only
+when some input misses the cache. :mod:`expotion.evaluation.stage_one` runs
+the work on one or several processes. ``CACHE_VERSION``
 is part of every fingerprint: raise it when an extractor's computation changes.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -249,13 +251,35 @@ def prepare(names: list[str], wdir: Path, hashes: FileHashes,
     return states
 
 
+READERS: dict[str, Callable[[Item], object]] = {
+    "audio": audio_mod.load_audio, "video": lambda clip: clip, "text": lambda text: text}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of stage-1 work: some extractors of one kind on some distinct input contents.
+
+    A model's task is one batch (``batch_size`` contents, the same batches
+    whatever runs them, so a forward pass never depends on the number of
+    workers); the model-free extractors get one task per content. Each
+    (extractor, content) pair is in exactly one task, so no two tasks write the
+    same cache entry. ``counted`` is how many inputs the task advances the
+    progress bar by (each input is counted by its first task).
+    """
+
+    kind: str
+    extractors: tuple[str, ...]
+    entries: tuple[tuple[str, Item, tuple[str, ...]], ...]  # (content key, first input with it, labels sharing it)
+    counted: int = 0
+
+
 class Embedder:
-    """Stage 1's work: cache keys, model loading, and batched embedding of the inputs the cache lacks."""
+    """Stage 1's work: cache keys and task planning (in the main process), model loading and tasks (in any)."""
 
     def __init__(self, states: dict[str, ExtractorState], cache: EmbeddingCache, log: Callable[[str], None],
                  device: torch.device, batch_size: int) -> None:
-        extractors = catalog()
-        self.ready = [extractors[n] for n, s in states.items() if s.status == "ready"]
+        self.extractors = catalog()
+        self.ready = [self.extractors[n] for n, s in states.items() if s.status == "ready"]
         self.states, self.cache, self.log, self.device, self.batch_size = states, cache, log, device, batch_size
         self.keys: dict[str, str] = {}  # input label -> content key
         self.unreadable: dict[str, str] = {}  # input label -> why its bytes cannot be read
@@ -277,6 +301,33 @@ class Embedder:
         is_span = isinstance(item, VideoClip) and item.is_span
         self.keys[label] = sha256_text(f"{digest}:{item.start_s!r}:{item.duration_s!r}") if is_span else digest
 
+    def plan(self, kind: str, items: list[Item]) -> list[Task]:
+        """The tasks for every input of one kind: the model batches first (the longest tasks), then one task per
+        content for the model-free extractors. Unreadable inputs are recorded as failed here and get no task."""
+        extractors = [e for e in self.ready if e.kind == kind]
+        labels: dict[str, list[str]] = {}  # content key -> labels of the inputs with that content
+        first: dict[str, Item] = {}
+        for item in items:
+            label = Store.label(item)
+            if label in self.unreadable:
+                for ex in extractors:
+                    self.states[ex.name].failed[label] = self.unreadable[label]
+                continue
+            labels.setdefault(self.keys[label], []).append(label)
+            first.setdefault(self.keys[label], item)
+        entries = [(key, first[key], tuple(labels[key])) for key in first]
+        with_model = tuple(e.name for e in extractors if e.load is not None)
+        model_free = tuple(e.name for e in extractors if e.load is None)
+        tasks = [Task(kind, with_model, tuple(entries[start : start + self.batch_size]))
+                 for start in range(0, len(entries), self.batch_size) if with_model]
+        tasks += [Task(kind, model_free, (entry,)) for entry in entries if model_free]
+        counted: set[str] = set()
+        for n, task in enumerate(tasks):
+            new = {label for _, _, task_labels in task.entries for label in task_labels} - counted
+            counted |= new
+            tasks[n] = replace(task, counted=len(new))
+        return tasks
+
     def model_for(self, ex: Extractor) -> object:
         if ex.load is None:
             return None
@@ -291,55 +342,48 @@ class Embedder:
             raise self.loaded[path]
         return self.loaded[path]
 
-    def process(self, kind: str, items: list[Item], read: Callable[[Item], object]) -> None:
-        """Every input of one kind, ``batch_size`` distinct contents at a time, each read once per batch."""
-        extractors = [e for e in self.ready if e.kind == kind]
-        labels: dict[str, list[str]] = {}  # content key -> labels of the inputs with that content
-        first: dict[str, Item] = {}
-        for item in items:
-            label = Store.label(item)
-            if label in self.unreadable:
-                for ex in extractors:
-                    self.states[ex.name].failed[label] = self.unreadable[label]
-                continue
-            labels.setdefault(self.keys[label], []).append(label)
-            first.setdefault(self.keys[label], item)
-        unique = list(first)
-        for start in range(0, len(unique), self.batch_size):
-            todo: dict[str, list[str]] = {}  # extractor name -> keys it still needs
-            for ex in (e for e in extractors if self.states[e.name].status == "ready"):
-                state = self.states[ex.name]
-                for key in unique[start : start + self.batch_size]:
-                    if self.cache.path(ex.name, state.fingerprint, key).is_file():
-                        state.cached += len(labels[key])
-                    else:
-                        todo.setdefault(ex.name, []).append(key)
+    def run_task(self, task: Task) -> dict[str, ExtractorState]:
+        """Do one task: each content read once, then every extractor that still needs it. Returns what happened
+        per extractor (counts, seconds, failed inputs, a model that would not load) for :func:`merge`."""
+        report = {name: ExtractorState("ready") for name in task.extractors}
+        items = {key: item for key, item, _ in task.entries}
+        labels = {key: task_labels for key, _, task_labels in task.entries}
+        todo: dict[str, list[str]] = {}  # extractor name -> keys it still needs
+        for name in task.extractors:
+            for key in items:
+                if self.cache.path(name, self.states[name].fingerprint, key).is_file():
+                    report[name].cached += len(labels[key])
+                else:
+                    todo.setdefault(name, []).append(key)
+        with torch.inference_mode(), full_precision():
             decoded = {}
             for key in dict.fromkeys(k for keys in todo.values() for k in keys):
                 try:
-                    decoded[key] = read(first[key])
+                    decoded[key] = READERS[task.kind](items[key])
                 except MediaError as err:
                     for name, keys in todo.items():
                         if key in keys:
-                            self.states[name].failed.update({label: str(err) for label in labels[key]})
-            for ex in extractors:
-                batch = {key: decoded[key] for key in todo.get(ex.name, []) if key in decoded}
+                            report[name].failed.update({label: str(err) for label in labels[key]})
+            for name, keys in todo.items():
+                batch = {key: decoded[key] for key in keys if key in decoded}
                 if batch:
-                    self.compute(ex, batch, labels)
+                    self.compute(self.extractors[name], batch, labels, report[name])
+        return report
 
-    def compute(self, ex: Extractor, batch: dict[str, object], labels: dict[str, list[str]]) -> None:
-        """``ex`` on ``batch`` ({content key: decoded input}); outputs cached, failures recorded for every label."""
-        state = self.states[ex.name]
-        start = time.perf_counter()
+    def compute(self, ex: Extractor, batch: dict[str, object], labels: dict[str, tuple[str, ...]],
+                part: ExtractorState) -> None:
+        """``ex`` on ``batch`` ({content key: decoded input}); outputs cached, failures recorded in ``part``."""
+        fingerprint, start = self.states[ex.name].fingerprint, time.perf_counter()
         try:
             model = self.model_for(ex)
         except Exception as err:  # recorded once; the metrics that need this model report it
-            state.status = "missing" if isinstance(err, MissingWeightsError) else "failed"
-            state.reason = f"cannot load {ex.weight_key} from {state.weights['path']}: {type(err).__name__}: {err}"
+            part.status = "missing" if isinstance(err, MissingWeightsError) else "failed"
+            part.reason = (f"cannot load {ex.weight_key} from {self.states[ex.name].weights['path']}: "
+                           f"{type(err).__name__}: {err}")
             return
 
         def fail(key: str, err: Exception) -> None:
-            state.failed.update({label: f"{ex.name}: {err}" for label in labels[key]})
+            part.failed.update({label: f"{ex.name}: {err}" for label in labels[key]})
 
         prepared = {}
         for key, data in batch.items():
@@ -358,27 +402,9 @@ class Embedder:
                 results = {}
             else:
                 results = {key: ex.finish(model, out) for key, out in zip(prepared, outs, strict=True)}
-        state.seconds += time.perf_counter() - start
+        part.seconds += time.perf_counter() - start
         for key, arrays in results.items():
-            self.cache.put(ex.name, state.fingerprint, key, arrays)
-            state.computed += 1
-            state.cached += len(labels[key]) - 1
+            self.cache.put(ex.name, fingerprint, key, arrays)
+            part.computed += 1
+            part.cached += len(labels[key]) - 1
 
-
-def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache,
-        log: Callable[[str], None] = print, device: torch.device | str = "cpu", batch_size: int = 1) -> Store:
-    """Fill the cache for every ready extractor and input; per-input failures are recorded, not raised.
-
-    Inputs go in batches of ``batch_size`` distinct contents: each is read
-    once, then every model that still needs it embeds the batch's windows
-    together on ``device``, in float32 without TF32. Identical files are
-    embedded once.
-    """
-    embedder = Embedder(states, cache, log, torch.device(device), batch_size)
-    for item in [*inputs.audio, *inputs.videos, *inputs.captions]:
-        embedder.add_key(item)
-    with torch.inference_mode(), full_precision():
-        embedder.process("audio", list(inputs.audio), audio_mod.load_audio)
-        embedder.process("video", list(inputs.videos), lambda clip: clip)
-        embedder.process("text", list(inputs.captions), lambda text: text)
-    return Store(cache, states, embedder.keys)

@@ -28,16 +28,12 @@ recording loses after its last whole clip and names every split left empty.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +48,7 @@ from expotion.core import atomic
 from expotion.core.devices import usable_device
 from expotion.core.nodes import SINGLE_NODE, NodeShare
 from expotion.core.outputs import file_stamp
+from expotion.core.processes import die_with_parent
 from expotion.core.rates import DEFAULT_RATES, Rates
 from expotion.data.captions import GENERIC_PROMPT
 from expotion.data.manifest import VIDEO_AUDIO, Recording, load_manifest
@@ -173,7 +170,6 @@ def process_shard(job: ShardJob, ex: Extractors, cfg: PrecomputeConfig) -> Path:
 
 
 _WORKER: dict = {}
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def worker_device(device: str, rank: int) -> torch.device:
@@ -195,27 +191,6 @@ def worker_init(cfg: PrecomputeConfig, counter, parent: int) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"[worker {rank}] %(levelname)s %(message)s")
     device = worker_device(cfg.extractors.device, rank)
     _WORKER["cfg"], _WORKER["ex"] = cfg, Extractors(cfg.extractors, cfg.names, cfg.rates, device=device)
-
-
-def die_with_parent(parent: int) -> None:
-    """End this worker as soon as the run that started it dies, even by SIGKILL (fork or spawn alike).
-
-    On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``);
-    elsewhere a thread watches the parent pid. A parent already gone before this
-    call is caught by the pid check.
-    """
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    else:
-        threading.Thread(target=watch_parent, args=(parent,), daemon=True).start()
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(1)
 
 
 def worker_run(job: ShardJob) -> Path:
