@@ -90,9 +90,11 @@ class Prompts:
     def following(self, spec: FeatureSpec | None) -> Prompts:
         """These prompts when any is given; else the cache's captions of the source the checkpoint trained on, so
         its music comes from captions like those it learnt from. The generic prompt keeps its own path
-        (``spec.prompt``), which needs no generic text states in the cache."""
-        trained = spec.captions.get("source") if spec is not None else None
-        if self.given or trained in (None, GENERIC):
+        (``spec.prompt``), which needs no generic text states in the cache, and wins over any recorded source."""
+        if self.given or spec is None or spec.prompt is not None:
+            return self
+        trained = spec.captions.get("source")
+        if trained in (None, GENERIC):
             return self
         return replace(self, captions=trained, chosen_by="checkpoint")
 
