@@ -24,6 +24,10 @@ class VideoConditioning(Protocol):
     def window_s(self) -> float:
         """Seconds of one training crop: the longest generation window."""
 
+    @property
+    def lookahead_s(self) -> float | None:
+        """Seconds of video after step t's time that may condition step t; None: the whole window (not causal)."""
+
     def generation_context(self, musicgen, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
                            start_s: float, max_gen_len: int,
                            compute_dtype: torch.dtype) -> AbstractContextManager[None]:

@@ -258,6 +258,11 @@ class ClipFlowConditioner(nn.Module):
     def window_s(self) -> float:
         return self.cfg.max_seconds
 
+    @property
+    def lookahead_s(self) -> float | None:
+        """None: each window is conditioned on its whole span of video (live generation waits for the window)."""
+        return None
+
     def generation_context(self, musicgen, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
                            start_s: float, max_gen_len: int, compute_dtype: torch.dtype):
         """``Z`` of the window that one ``lm.generate`` call of ``max_gen_len`` frames covers, as its memory."""
