@@ -82,7 +82,7 @@ def test_live_tokens_equal_offline_generation(models, small_demo, tmp_path, seco
     assert not result.stopped and result.tokens is not None
     assert torch.equal(result.tokens, expected)  # generation's own result
     assert torch.equal(result.codes, expected)  # and the codes streamed as they became final
-    other = offline_tokens(models, demo_video(small_demo, seconds, tmp_path / "x") if False else video, seed=12)
+    other = offline_tokens(models, video, seed=12)
     assert not torch.equal(other, expected)  # the seed matters, so equality is not an accident
     wav, sr = sf.read(result.wav)
     assert sr == 32000 and len(wav) == round(probe_video(video).duration_s * sr)
@@ -125,7 +125,7 @@ def test_a_file_plays_at_its_own_pace(models, small_demo, tmp_path):
     start, frames = time.perf_counter(), []
     while (frame := camera.next_frame(block=True)) is not None:
         frames.append(frame)
-    assert len(frames) == 25
+    assert len(frames) == round(camera.info.fps * 1.0)
     for frame in frames:  # released at its timestamp, not before
         assert frame.arrived - start >= frame.time_s - 0.01
     assert frames[-1].arrived - start == pytest.approx(frames[-1].time_s, abs=0.25)

@@ -25,7 +25,7 @@ from expotion.core.outputs import OutputError, same_file
 from expotion.core.weights import MissingWeightsError
 from expotion.data.media import MediaError
 from expotion.inference.models import ADAPTOR_DTYPES, DEFAULT_MUSICGEN, ModelSettings, SamplingSettings, load_models
-from expotion.live.camera import CameraError, DeviceCamera, FileCamera
+from expotion.live.camera import CameraError, DeviceCamera, FileCamera, open_camera
 from expotion.live.outputs import ChunkTiming
 from expotion.live.session import (DEFAULT_CHUNK_S, DEFAULT_MAX_DURATION_S, LiveSession, LiveSettings)
 from expotion.musicgen.windows import GenerationError, check_prompt
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
                                  weights_dir=args.weights_dir, tiny_dir=args.tiny_dir, device=args.device,
                                  adaptor_dtype=args.adaptor_dtype)
         live = LiveSettings(chunk_s=args.chunk, max_duration_s=args.duration)
+        if args.camera is not None:
+            open_camera(args.camera).close()  # no camera: say so before any model loads
         models = load_models(settings)
         side = models.extractor_cfg.max_short_side
         camera = (FileCamera(args.video, side, args.as_fast_as_possible) if args.video is not None

@@ -120,16 +120,21 @@ def camera_address(index: int) -> tuple[str, str]:
     return address, form
 
 
+def open_camera(index: int) -> av.container.InputContainer:
+    """Local camera ``index`` opened through PyAV; :class:`CameraError` in one line when there is none."""
+    address, form = camera_address(index)
+    try:
+        return av.open(address, format=form)
+    except (av.error.FFmpegError, OSError) as err:
+        raise CameraError(f"camera {index}: no camera at {address} ({err}); play a file with --video instead"
+                          ) from None
+
+
 class DeviceCamera(Camera):
     """Local camera ``index`` through PyAV (v4l2 on Linux, AVFoundation on macOS, DirectShow on Windows)."""
 
     def __init__(self, index: int, max_short_side: int):
-        address, form = camera_address(index)
-        try:
-            self.container = av.open(address, format=form)
-        except (av.error.FFmpegError, OSError) as err:
-            raise CameraError(f"camera {index}: no camera at {address} ({err}); play a file with --video instead"
-                              ) from None
+        self.container = open_camera(index)
         stream = self.container.streams.video[0]
         src_w, src_h = stream.codec_context.width, stream.codec_context.height
         width, height = output_size(src_w, src_h, max_short_side)
