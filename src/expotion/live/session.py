@@ -116,7 +116,10 @@ class LiveSession:
         """Receive frames until they show the video up to ``until_s`` (or the video ends short of it)."""
         while self.covered_s() < until_s - 1e-6 and self.receive():
             pass
-        if self.ended and until_s > self.covered_s() + 1 / self.camera.info.fps + 1e-6:
+
+    def check_within_video(self, time_s: float) -> None:
+        """End the session when music at ``time_s`` would outlast the video (a camera that stopped)."""
+        if self.ended and time_s > self.covered_s() + 1 / self.camera.info.fps + 1e-6:
             raise SessionEnded(f"the video ended at {self.covered_s():.2f} s")
 
     def arrival_of(self, video_s: float) -> float:
@@ -167,6 +170,7 @@ class LiveSession:
         try:
             if self.conditioning is not None and self.lookahead_s is None:
                 self.wait_video(self.window_end_s)
+                self.check_within_video(self.window_end_s)
                 self.wait_features(self.window_end_s, None)
                 self.recondition()
             yield
@@ -194,6 +198,7 @@ class LiveSession:
         else:
             need = step_s + (self.lookahead_s or 0.0)
         self.wait_video(need)
+        self.check_within_video(step_s)
         if self.conditioning is not None and self.lookahead_s is not None:
             self.wait_features(None, need)
             self.recondition()
