@@ -137,3 +137,17 @@ def test_each_step_waits_for_its_time_plus_the_lookahead(tmp_path, tiny_profile_
     for name in ("marlin", "synchformer"):
         counts = [c[name] for c in conditioned]
         assert counts == sorted(counts) and counts[-1] > counts[0], name  # rebuilt as features came out
+
+
+@pytest.mark.gpu
+def test_the_bench_runs_a_musicgen_on_cuda(tiny_profile_cfg):
+    """bench/live.py's GPU path, with the tiny MusicGen standing in for a released one."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "live.py", "--musicgen", tiny_profile_cfg.musicgen, "--seconds", "3",
+                           "--window", "2", "--repeats", "1"], cwd=root / "bench", capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MusicGen (GPU)" in done.stdout and "real-time factor" in done.stdout and "p95" in done.stdout
