@@ -1,8 +1,6 @@
 """Live sessions: a file played as a camera gives exactly offline generation's tokens (one window and several), the
 wav grows valid, the latency log has its rows, and bad input gets one clear line."""
-import csv
 import struct
-import threading
 import time
 from pathlib import Path
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from expotion.core import option_types as opt
 from expotion.core.atomic import atomic_path

@@ -68,12 +68,14 @@ class LiveResult:
 class LiveSession:
     """Play ``camera`` into ``models``: call :meth:`run`. Implements :class:`expotion.musicgen.streaming.StepHooks`."""
 
-    def __init__(self, models: Models, camera: Camera, prompt: str | None, sampling: SamplingSettings = SamplingSettings(),
-                 settings: LiveSettings = LiveSettings(), on_chunk: Callable[[ChunkTiming], None] | None = None):
+    def __init__(self, models: Models, camera: Camera, prompt: str | None,
+                 sampling: SamplingSettings = SamplingSettings(), settings: LiveSettings = LiveSettings(),
+                 on_chunk: Callable[[ChunkTiming], None] | None = None):
         if prompt is None and models.spec is not None:
             prompt = models.spec.prompt
         self.prompt = model_prompt(models.conditioning, prompt)
-        self.models, self.camera, self.sampling, self.settings, self.on_chunk = models, camera, sampling, settings, on_chunk
+        self.models, self.camera, self.sampling, self.settings = models, camera, sampling, settings
+        self.on_chunk = on_chunk
         self.musicgen = models.musicgen
         self.frame_rate = self.musicgen.frame_rate
         info = camera.info
