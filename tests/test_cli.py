@@ -15,6 +15,8 @@ def test_subcommands_share_the_model_and_device_options():
     assert (features.device, features.profile, str(features.tiny_dir), str(features.weights_dir)) == ("cuda:1", "tiny", "t", "w")
     generate = parser.parse_args(["generate", "--video", "v.mp4", "--device", "cpu", "--profile", "tiny"])
     assert (generate.device, generate.profile) == ("cpu", "tiny")
+    live = parser.parse_args(["live", "--camera", "0", "--out", "o.wav", "--device", "cpu", "--seed", "3"])
+    assert (live.device, live.profile, live.seed, live.camera) == ("cpu", None, 3, 0)
     evaluation = parser.parse_args(["eval", "--generated", "g", "--reference", "r", "--out", "o", "--device", "cuda",
                                     "--weights-dir", "w"])
     assert (evaluation.device, str(evaluation.weights_dir)) == ("cuda", "w")
@@ -33,7 +35,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert done.value.code == 0
     printed = capsys.readouterr().out
-    for command in ("features", "caption", "train", "generate", "eval", "weights", "cache", "app", "study"):
+    for command in ("features", "caption", "train", "generate", "live", "eval", "weights", "cache", "app", "study"):
         assert f"\n    {command} " in printed
     assert "95% bootstrap" in printed  # a literal % in a subcommand's help
 

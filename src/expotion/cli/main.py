@@ -4,6 +4,7 @@
     expotion caption   ...   a generated caption for every cached clip (music, scene, flamingo or fused)
     expotion train     ...   LightningCLI, arguments passed through unchanged (``expotion train fit --config ...``)
     expotion generate  ...   music for a video, or for every clip of a cached split
+    expotion live      ...   music that follows a camera, or a video file played as one, while it plays
     expotion eval      ...   the Table 1 metrics
     expotion experiment run|slurm|table FILE   every row of a table: train, generate, evaluate
     expotion weights   check | make-tiny
@@ -142,7 +143,7 @@ def first_line(module) -> str:
 # ---- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from expotion.evaluation import cli as evaluation
-    from expotion.cli import cache, caption, generate
+    from expotion.cli import cache, caption, generate, live
     from expotion.experiments import command as experiment
     from expotion.precompute import command as extract
 
@@ -166,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_arguments(p)
     opt.add_model_arguments(p, from_checkpoint=True)
     p.set_defaults(func=generate.run)
+
+    p = sub.add_parser("live", help=first_line(live))
+    live.add_arguments(p)
+    opt.add_model_arguments(p, from_checkpoint=True)
+    p.set_defaults(func=live.run)
 
     p = sub.add_parser("eval", help=first_line(evaluation))
     evaluation.add_arguments(p)

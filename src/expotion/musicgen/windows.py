@@ -27,6 +27,7 @@ import torch
 from expotion.core.option_types import check_seed
 from expotion.core.rates import StreamRate
 from expotion.musicgen.sampling import per_row_sampling
+from expotion.musicgen.streaming import StepHooks, hooked_steps
 from expotion.musicgen.video_conditioning import VideoConditioning
 
 MAX_PROMPT_CHARS = 2000  # T5 was trained on inputs of up to 512 tokens
@@ -97,12 +98,15 @@ def model_prompt(model: VideoConditioning | None, prompt: str | None) -> str | N
 @contextlib.contextmanager
 def windowed_generation(musicgen, windows: list[Window], adaptor: VideoConditioning | None = None,
                         feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
-                        on_step: Callable[[int, int], None] | None = None) -> Iterator[None]:
+                        on_step: Callable[[int, int], None] | None = None,
+                        hooks: StepHooks | None = None) -> Iterator[None]:
     """Wrap ``lm.generate`` for one ``MusicGen.generate`` call.
 
     Before each window the adaptor's prefix is built once for that window's time
     span and attached; ``on_step(done, total)`` counts sampling steps over all
-    windows, so one progress bar covers the whole piece.
+    windows, so one progress bar covers the whole piece. With ``hooks`` (live
+    generation), the hooks build each window's conditioning (from the features
+    they hold, possibly again between steps) and see every sampling step.
     """
     lm = musicgen.lm
     generate = lm.generate
@@ -116,10 +120,20 @@ def windowed_generation(musicgen, windows: list[Window], adaptor: VideoCondition
     def generate_window(prompt, conditions, *args, max_gen_len: int, callback=None, **kwargs):
         nonlocal done_before, index
         window = windows[index]
-        context = contextlib.nullcontext()
-        if adaptor is not None:
-            context = adaptor.generation_context(musicgen, feats, rates, window.offset / musicgen.frame_rate,
-                                                 max_gen_len, compute_dtype)
+
+        def condition(features: dict[str, torch.Tensor] | None = None):
+            if adaptor is None:
+                return contextlib.nullcontext()
+            return adaptor.generation_context(musicgen, feats if features is None else features, rates,
+                                              window.offset / musicgen.frame_rate, max_gen_len, compute_dtype)
+
+        if hooks is None:
+            context = condition()
+        else:
+            pattern = lm.pattern_provider.get_pattern(max_gen_len)
+            context = contextlib.ExitStack()
+            context.enter_context(hooks.window(index, window.offset, window.prompt, max_gen_len, pattern, condition))
+            context.enter_context(hooked_steps(lm, hooks, pattern.get_first_step_with_timesteps(window.prompt)))
         with context:
             tokens = generate(prompt, conditions, *args, max_gen_len=max_gen_len,
                               callback=report if on_step else None, **kwargs)
@@ -143,7 +157,8 @@ def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adap
                     feats: dict[str, torch.Tensor] | None = None, rates: dict[str, StreamRate] | None = None,
                     seed: int | Sequence[int] = 0, cfg_coef: float = 3.0, top_k: int = 250,
                     extend_stride: float | None = None,
-                    on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                    on_step: Callable[[int, int], None] | None = None,
+                    hooks: StepHooks | None = None) -> torch.Tensor:
     """Tokens (B, K, T) for ``duration_s`` seconds, one sample per prompt.
 
     Row b samples from its own generator, seeded with ``seed[b]`` (an int seeds
@@ -154,7 +169,8 @@ def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adap
     default of 18 s: 5 s with a 10 s adaptor, 15 s for plain MusicGen with its
     30 s window (see :func:`default_extend_stride`). The features (B rows) go to
     the adaptor's device and precision. ``on_step(done, total)`` reports sampling
-    steps over all windows.
+    steps over all windows. ``hooks`` (:mod:`.streaming`) condition each window
+    from features they gather as generation runs, instead of ``feats``.
     """
     prompts = [model_prompt(adaptor, p) for p in prompts]
     seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
@@ -172,17 +188,23 @@ def generate_tokens(musicgen, prompts: list[str | None], duration_s: float, adap
                               "the generation window")
     musicgen.set_generation_params(duration=duration_s, top_k=min(top_k, musicgen.lm.card), cfg_coef=cfg_coef,
                                    extend_stride=stride)
-    if adaptor is not None:
-        param = next(adaptor.parameters())
-        feats = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
+    if adaptor is not None and feats is not None:
+        feats = features_for(adaptor, feats)
     windows = generation_windows(duration_s, window, stride, musicgen.frame_rate)
     musicgen.max_duration = window
     try:
         device = next(musicgen.lm.parameters()).device
-        with per_row_sampling(seeds, device), windowed_generation(musicgen, windows, adaptor, feats, rates, on_step):
+        with per_row_sampling(seeds, device), windowed_generation(musicgen, windows, adaptor, feats, rates, on_step,
+                                                                  hooks):
             return musicgen.generate(prompts, return_tokens=True)[1]
     finally:
         musicgen.max_duration = full_window
+
+
+def features_for(adaptor: VideoConditioning, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Features on the adaptor's device, floats at its precision."""
+    param = next(adaptor.parameters())
+    return {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
 
 
 @torch.no_grad()

@@ -261,7 +261,7 @@ class ClipFlowConditioner(nn.Module):
     @property
     def lookahead_s(self) -> float | None:
         """None: MusicGen's cross-attention reads all of ``Z`` at every step, so each step hears the whole window
-        (``causal`` only orders the fusion within ``Z``)."""
+        (``causal`` only orders the fusion within ``Z``); live generation waits for the window."""
         return None
 
     def generation_context(self, musicgen, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
