@@ -20,7 +20,8 @@ from expotion.live.camera import FileCamera
 from expotion.live.outputs import GrowingWav, read_latency_log
 from expotion.live.reextracted_features import ReextractedFeatures
 from expotion.live.session import LiveSession, LiveSettings
-from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor
+from expotion.extractors.incremental import IncrementalFeatures
+from expotion.methods.expotion.adaptor import AdaptorConfig, CausalConfig, ConditionAdaptor
 from expotion.methods.expotion.embedding import VisualConfig
 from expotion.methods.expotion.export import save_adaptor
 from expotion.musicgen.loading import load_musicgen, model_signature
@@ -48,6 +49,19 @@ def checkpoint(musicgen, demo_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(checkpoint, tiny_profile_cfg):
     return load_models(ModelSettings(checkpoint=checkpoint, musicgen=tiny_profile_cfg.musicgen, profile="tiny",
+                                     tiny_dir=Path(tiny_profile_cfg.marlin_path).parent, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def causal_models(musicgen, demo_cache, tiny_profile_cfg, tmp_path_factory):
+    """A live-capable model: Synchformer motion, the causal option with a 0.2 s lookahead, open gates."""
+    spec = ClipDataset(demo_cache[0] / "val", ("synchformer",), 2.0, False).spec
+    cfg = AdaptorConfig(2, VisualConfig(face=False), max_seconds=2.0, causal=CausalConfig(0.2))
+    adaptor = ConditionAdaptor(musicgen.lm, cfg, spec.dims, 50.0)
+    with torch.no_grad():
+        adaptor.gates.fill_(1.0)
+    path = save_adaptor(tmp_path_factory.mktemp("live-causal") / "adaptor.pt", adaptor, model_signature(musicgen), spec)
+    return load_models(ModelSettings(checkpoint=path, musicgen=tiny_profile_cfg.musicgen, profile="tiny",
                                      tiny_dir=Path(tiny_profile_cfg.marlin_path).parent, device="cpu"))
 
 
@@ -91,6 +105,23 @@ def test_live_tokens_equal_offline_generation(models, small_demo, tmp_path, seco
         assert row.ready_s >= row.arrival_s and row.latency_s == pytest.approx(row.ready_s - row.arrival_s, abs=2e-4)
         # a model conditioned on whole windows waits for the end of the chunk's window
         assert row.needed_video_s >= row.video_end_s - 1e-6
+
+
+def test_a_causal_model_live_gives_offline_tokens_from_incremental_features_a_lookahead_ahead(causal_models,
+                                                                                              small_demo, tmp_path):
+    video = demo_video(small_demo, 5.0, tmp_path)
+    camera = FileCamera(video, causal_models.extractor_cfg.max_short_side, as_fast_as_possible=True)
+    session = LiveSession(causal_models, camera, "calm piano", SamplingSettings(seed=11, top_k=50),
+                          LiveSettings(chunk_s=0.4))
+    assert isinstance(session.features, IncrementalFeatures)
+    result = session.run(tmp_path / "live.wav", tmp_path / "live.csv")
+    expected = offline_tokens(causal_models, video, seed=11)
+    assert torch.equal(result.tokens, expected) and torch.equal(result.codes, expected)
+    rows = read_latency_log(result.log)
+    # each chunk waited for the video up to its end, plus the codes its decode reads past it (6 frames) and the
+    # delay pattern's (4 codebooks), plus the 0.2 s lookahead: not for its window's end
+    assert all(row.needed_video_s <= row.video_end_s + (6 + 4) / 50 + 0.2 + 1e-6 for row in rows)
+    assert rows[0].video_end_s == pytest.approx(0.4) and rows[0].needed_video_s < 1.0  # its window ends at 2 s
 
 
 def test_live_command_writes_codes_wav_and_log_like_generate(models, checkpoint, tiny_profile_cfg, small_demo,

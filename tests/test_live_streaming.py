@@ -131,7 +131,7 @@ def test_each_step_waits_for_its_time_plus_the_lookahead(tmp_path, tiny_profile_
     assert result.tokens is not None and torch.equal(result.codes, result.tokens)
     k = musicgen.lm.num_codebooks
     for offset, step, need, covered in seen:
-        newest = (offset + max(step - 1, 0)) / 50  # codebook 0 of frame step - 1
+        newest = min(offset + max(step - 1, 0), 200) / 50  # codebook 0 of frame step - 1, within the 4 s planned
         assert need == pytest.approx(newest + 0.3)
         assert covered >= min(need, 100 / 25) - 1e-6  # the video up to the need had arrived before the step
     for name in ("marlin", "synchformer"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from expotion.extractors.incremental import IncrementalFeatures
 from expotion.inference.models import Models, SamplingSettings
 from expotion.live.camera import Camera
 from expotion.live.outputs import ChunkTiming, GrowingWav, LatencyLog
@@ -30,10 +31,23 @@ from expotion.musicgen.windows import DECODE_CONTEXT, GenerationError, features_
 
 log = logging.getLogger(__name__)
 
-FeatureSource = ReextractedFeatures  # stands in for expotion.extractors.incremental.IncrementalFeatures
 DEFAULT_CHUNK_S = 0.5
 DECODE_LOOKAHEAD = 6  # frames of codes past a chunk that its decode reads (EnCodec's reach; see docs/live.md)
 DEFAULT_MAX_DURATION_S = 600.0  # a camera session's length when none is given
+
+
+def feature_source(models: Models, fps: float, size: tuple[int, int],
+                   scale: float) -> IncrementalFeatures | ReextractedFeatures:
+    """The model's features as frames arrive: computed incrementally, at a bounded cost per frame, unless the model
+    was trained on faces tracked over the whole clip (``--face-tracking smooth``, the default). Those features only
+    re-extraction reproduces; it is exact, but its cost grows with the session, so it is logged."""
+    extractors = models.extractors()
+    if any(s.faces for s in extractors.streams) and extractors.cfg.face_tracking != "causal":
+        log.warning("this model's face features were tracked over whole clips (--face-tracking smooth): live "
+                    "re-extracts the video so far at every update, which slows as the session grows; train on "
+                    "features made with --face-tracking causal for constant-cost live features")
+        return ReextractedFeatures(extractors, models.streams, fps, size, scale=scale)
+    return IncrementalFeatures(extractors, models.streams, fps, size, scale=scale)
 
 
 class SessionEnded(Exception):
@@ -84,7 +98,7 @@ class LiveSession:
         self.lookahead_s = self.conditioning.lookahead_s if self.conditioning is not None else 0.0
         self.features = None
         if self.conditioning is not None:
-            self.features = FeatureSource(models.extractors(), models.streams, info.fps, info.size, scale=info.scale)
+            self.features = feature_source(models, info.fps, info.size, info.scale)
         self.frame_times: list[float] = []
         self.arrivals: list[float] = []
         self.ended = False
@@ -120,8 +134,10 @@ class LiveSession:
             pass
 
     def check_within_video(self, time_s: float) -> None:
-        """End the session when music at ``time_s`` would outlast the video (a camera that stopped)."""
-        if self.ended and time_s > self.covered_s() + 1 / self.camera.info.fps + 1e-6:
+        """End the session when music at ``time_s`` would outlast the video (a camera that stopped); a file's music
+        lasts as long as the file says, as offline generation's does, even where its last frame ends a little earlier."""
+        shown = max(self.covered_s() + 1 / self.camera.info.fps, self.camera.info.duration_s or 0.0)
+        if self.ended and time_s > shown + 1e-6:
             raise SessionEnded(f"the video ended at {self.covered_s():.2f} s")
 
     def arrival_of(self, video_s: float) -> float:
@@ -194,7 +210,8 @@ class LiveSession:
 
     def before_step(self, step: int) -> None:
         frames = [coord.t for coord in self.pattern.layout[step]]
-        step_s = (self.offset + max(frames)) / self.frame_rate if frames else self.offset / self.frame_rate
+        # the pattern's last steps may name frames past the music planned (audiocraft cuts them): none needs video
+        step_s = min(self.offset + max(frames) if frames else self.offset, self.total) / self.frame_rate
         if self.conditioning is not None and self.lookahead_s is None:
             need = self.window_end_s
         else:

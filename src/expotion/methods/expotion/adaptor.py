@@ -251,11 +251,6 @@ class ConditionAdaptor(nn.Module):
     def window_s(self) -> float:
         return self.cfg.max_seconds
 
-    @property
-    def lookahead_s(self) -> float | None:
-        """None: each window is conditioned on its whole span of video (live generation waits for the window)."""
-        return None
-
     def generation_context(self, musicgen, feats: dict[str, torch.Tensor], rates: dict[str, StreamRate],
                            start_s: float, max_gen_len: int, compute_dtype: torch.dtype):
         """The prefix for one ``lm.generate`` call of ``max_gen_len`` frames from ``start_s``, attached for its length."""

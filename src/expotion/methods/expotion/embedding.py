@@ -63,6 +63,8 @@ def temporal_smoothing(z: torch.Tensor, rate: StreamRate, times: torch.Tensor, n
     instant's value; an instant of a segmented stream is the mean of its vectors available then;
     before any vector is available the value is zero.
     """
+    if z.shape[1] == 0 and ready is not None:  # live, before the stream's first vector: nothing is heard yet
+        return z.new_zeros(z.shape[0], times.shape[-1], *z.shape[2:])
     if z.shape[1] == 0:
         raise ValueError(f"temporal smoothing: the '{name}' stream is empty (its clip is shorter than "
                          "one window of the feature extractor)")
