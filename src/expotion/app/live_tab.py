@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -198,6 +199,9 @@ def build_live_tab(page: gr.Blocks, place: ModelPlace, output_root: Path) -> Non
 
     def on_start(text: str, ckpt: str, seed_v: float, cfg_v: float, top_k_v: float, chunk_v: float,
                  longest_v: float, request: gr.Request) -> Iterator[tuple]:
+        if shutil.which("ffmpeg") is None:  # Gradio encodes streamed audio with it
+            raise gr.Error("The Live tab streams its music through ffmpeg, which is not on this server's PATH: "
+                           "install it (e.g. apt-get install ffmpeg) and restart the app.", print_exception=False)
         key = request.session_hash
         webcams.begin(key)
         checkpoint_path = None if ckpt == PLAIN_MUSICGEN else Path(ckpt)
