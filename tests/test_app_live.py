@@ -38,3 +38,22 @@ def test_stopping_a_pushed_camera_ends_its_frames():
     while (frame := camera.next_frame(block=True)) is not None:
         pass
     assert frame is None and not camera.went_idle
+
+
+def test_start_refuses_an_empty_prompt_in_one_line(tiny_profile_cfg, tmp_path):
+    """Plain MusicGen needs a prompt: Start says so before it loads a model or waits for the camera."""
+    from app_support import app_args, free_port, parse_app_args
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from expotion.app.generate_tab import PLAIN_MUSICGEN
+    from expotion.app.server import build_app
+
+    page, options = build_app(parse_app_args(app_args(tiny_profile_cfg, tmp_path / "runs", tmp_path / "outputs")))
+    _, url, _ = page.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True, **options)
+    try:
+        with pytest.raises(AppError, match="the prompt is empty"):
+            Client(url, verbose=False).predict("  ", PLAIN_MUSICGEN, 0, 3.0, 50, 0.5, 60, api_name="/live")
+    finally:
+        page.close()
+    assert not list((tmp_path / "outputs").iterdir())  # no session folder

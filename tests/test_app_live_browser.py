@@ -114,7 +114,10 @@ def test_live_tab_plays_music_for_the_fake_camera(live_app, camera_browser):
     latency = float(shown_latency(browser))  # the shown latency is a number ...
     assert 0 < latency < 30
     player = browser.find_element(By.CSS_SELECTOR, "#live-music audio")
-    wait.until(lambda d: d.execute_script("return arguments[0].currentSrc;", player))  # the music reaches the player
+    heard = "const a = arguments[0], b = a.buffered; return [b.length ? b.end(b.length - 1) : 0, a.currentTime];"
+    buffered, played = browser.execute_script(heard, player)
+    wait.until(lambda d: d.execute_script(heard, player)[0] >= buffered + 1)  # the player receives more music ...
+    assert browser.execute_script(heard, player)[1] > played  # ... and plays it
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "app-live.png"))
 

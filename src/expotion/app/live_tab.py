@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -63,7 +63,6 @@ class LiveRun:
     latest: ChunkTiming | None = None
     error: str | None = None
     written_s: float = 0.0
-    chunks: list[ChunkTiming] = field(default_factory=list)
 
     @property
     def wav(self) -> Path:
@@ -75,7 +74,6 @@ class LiveRun:
 
     def on_chunk(self, row: ChunkTiming) -> None:
         self.latest = row
-        self.chunks.append(row)
 
     def start(self) -> None:
         self.session.on_chunk = self.on_chunk
@@ -205,8 +203,10 @@ def build_live_tab(page: gr.Blocks, place: ModelPlace, output_root: Path) -> Non
         key = request.session_hash
         webcams.begin(key)
         checkpoint_path = None if ckpt == PLAIN_MUSICGEN else Path(ckpt)
+        prompt = text if text or checkpoint_path is None else None  # none given: the checkpoint's own
         try:
-            check_prompt(text or "")
+            if prompt is not None:
+                check_prompt(prompt)
             settings = LiveSettings(chunk_s=float(chunk_v or DEFAULT_CHUNK_S),
                                     max_duration_s=float(longest_v or DEFAULT_MAX_DURATION_S))
             yield None, None, "**Loading the model…**", None
@@ -215,7 +215,8 @@ def build_live_tab(page: gr.Blocks, place: ModelPlace, output_root: Path) -> Non
             webcams.end(key)
             raise gr.Error(str(err), print_exception=False) from None
         note = model_note(models)
-        yield None, None, f"**Waiting for the camera:** allow the page to use it and start its stream. {note}", None
+        waiting = f"**Waiting for the camera:** allow the page to use it and press its Record button. {note}"
+        yield None, None, waiting, None
         deadline, first = time.monotonic() + CAMERA_WAIT_S, None
         while first is None:
             if webcams.stopping(key) or time.monotonic() > deadline:
@@ -226,11 +227,12 @@ def build_live_tab(page: gr.Blocks, place: ModelPlace, output_root: Path) -> Non
             first = webcams.first_frame(key)
         folder = Path(tempfile.mkdtemp(prefix=time.strftime("live-%Y%m%d-%H%M%S-"), dir=output_root))
         cam = PushedCamera(first, LIVE_FPS, models.extractor_cfg.max_short_side)
-        session = LiveSession(models, cam, text, SamplingSettings(int(seed_v or 0), float(cfg_v), int(top_k_v or 250)),
-                              settings)
+        sampling = SamplingSettings(int(seed_v or 0), float(cfg_v), int(top_k_v or 250))
+        session = LiveSession(models, cam, prompt, sampling, settings)
         run = LiveRun(cam, session, folder)
         webcams.begin(key, run)
         run.start()
+        yield None, None, f"**Camera on:** the music starts once the video it needs has arrived. {note}", None
         sent = 0
         try:
             while True:
@@ -238,8 +240,9 @@ def build_live_tab(page: gr.Blocks, place: ModelPlace, output_root: Path) -> Non
                 audio, rate = new_audio(run.wav, sent)
                 if len(audio):
                     sent += len(audio)
+                    state = "Stopping:** finishing" if webcams.stopping(key) else "Playing:**"
                     yield (wav_bytes(audio, rate), latency_value(run),
-                           f"**Playing:** {sent / rate:.1f} s of music. {note}", None)
+                           f"**{state} {sent / rate:.1f} s of music. {note}", None)
                 elif not alive:
                     break
                 time.sleep(POLL_S)
