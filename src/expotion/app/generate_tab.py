@@ -88,7 +88,8 @@ _models: dict[ModelSettings, Models] = {}
 _models_lock = threading.Lock()
 
 
-def loaded_models(place: ModelPlace, checkpoint: Path | None, on_stage=None) -> Models:
+def loaded_models(place: ModelPlace, checkpoint: Path | None,
+                  on_stage: Callable[[str, int, int], None] | None = None) -> Models:
     """The models of ``checkpoint`` (None: plain MusicGen), loaded on first use and kept for the next request of
     either tab; one set in memory, since a second MusicGen large would not fit beside the first."""
     settings = ModelSettings(checkpoint=checkpoint, musicgen=place.musicgen, profile=place.profile,
