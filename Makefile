@@ -168,11 +168,11 @@ app: install
 	@test -f cache/tiny-weights/musicgen_tiny/state_dict.bin || { echo "no demo models yet: run 'make demo' first"; exit 1; }
 	$(EXPOTION) app $(APP_ARGS) $(if $(STUDY),--study $(STUDY))
 
-# Debian's chromium and chromedriver for the browser test (root, or sudo).
+# Debian's chromium and chromedriver for the browser tests, and ffmpeg, which Gradio needs to stream the Live tab's music (root, or sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser-deps:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v ffmpeg >/dev/null; then :; else \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver ffmpeg; fi
 
 # The documentation site (mkdocs.yml, docs/) into site/. --strict: a broken link or anchor, a page missing from the
 # nav or an API-reference entry that no longer resolves is an error.

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,8 +20,9 @@ CLIPS = ("clip-a", "clip-b")
 CLIP_SECONDS = 2.0
 
 
-def tiny_checkpoint(tiny_profile_cfg, path: Path) -> Path:
-    """An adaptor checkpoint for the tiny MusicGen and the tiny extractors' feature shapes (non-zero gates)."""
+def tiny_checkpoint(tiny_profile_cfg, path: Path, window_s: float = 10.0) -> Path:
+    """An adaptor checkpoint for the tiny MusicGen and the tiny extractors' feature shapes (non-zero gates), trained
+    on ``window_s`` crops (its generation window)."""
     import torch
 
     from expotion.core.rates import DEFAULT_RATES
@@ -33,7 +35,7 @@ def tiny_checkpoint(tiny_profile_cfg, path: Path) -> Path:
     musicgen = load_musicgen(tiny_profile_cfg.musicgen)
     streams = ("marlin", "synchformer")
     spec = FeatureSpec({s: (32,) for s in streams}, {s: getattr(DEFAULT_RATES, s) for s in streams}, 32)
-    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=10.0), spec.dims, 50.0)
+    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=window_s), spec.dims, 50.0)
     with torch.no_grad():
         adaptor.gates.fill_(0.5)
     return save_adaptor(path, adaptor, model_signature(musicgen), spec)
@@ -108,6 +110,8 @@ def launch_cli(*argv: str) -> tuple[subprocess.Popen, str]:
         proc.kill()
         proc.wait(timeout=30)
         raise RuntimeError("the app did not print its URL:\n" + "".join(lines))
+    # Keep reading what the server prints: a full pipe would stall the server at its next log line.
+    threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
     return proc, url
 
 

@@ -235,7 +235,7 @@ def test_study_only_page_names_no_model(tiny_profile_cfg, tmp_path):
     finally:
         page.close()
     assert "study-start" in text and "Music for movement" in text
-    for word in ("gen-run", "musicgen", "expotion", "adaptor.pt", *SYSTEMS, *SYSTEMS.values()):
+    for word in ("gen-run", "live-start", "musicgen", "expotion", "adaptor.pt", *SYSTEMS, *SYSTEMS.values()):
         assert word not in text.lower(), word
 
 

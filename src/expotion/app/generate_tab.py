@@ -88,6 +88,19 @@ _models: dict[ModelSettings, Models] = {}
 _models_lock = threading.Lock()
 
 
+def loaded_models(place: ModelPlace, checkpoint: Path | None,
+                  on_stage: Callable[[str, int, int], None] | None = None) -> Models:
+    """The models of ``checkpoint`` (None: plain MusicGen), loaded on first use and kept for the next request of
+    either tab; one set in memory, since a second MusicGen large would not fit beside the first."""
+    settings = ModelSettings(checkpoint=checkpoint, musicgen=place.musicgen, profile=place.profile,
+                             weights_dir=place.weights_dir, tiny_dir=place.tiny_dir, device=place.device)
+    with _models_lock:
+        if settings not in _models:
+            _models.clear()
+            _models[settings] = load_models(settings, on_stage)
+        return _models[settings]
+
+
 def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, progress: Progress) -> GenerateResult:
     """The app's only coupling to generation: ``expotion.inference``'s library API, with the models kept loaded."""
 
@@ -96,14 +109,8 @@ def generate_music(place: ModelPlace, request: GenerateRequest, out_dir: Path, p
             low, high, what = STAGES[stage]
             progress(low + (high - low) * done / max(total, 1), f"{what} ({done}/{total})")
 
-    settings = ModelSettings(checkpoint=request.checkpoint, musicgen=place.musicgen, profile=place.profile,
-                             weights_dir=place.weights_dir, tiny_dir=place.tiny_dir, device=place.device)
     face_box = parse_face_box(request.face_box, where="face box")
-    with _models_lock:
-        if settings not in _models:
-            _models.clear()  # one set in memory: a second MusicGen large would not fit beside the first
-            _models[settings] = load_models(settings, on_stage)
-        models = _models[settings]
+    models = loaded_models(place, request.checkpoint, on_stage)
     notices = NoticeCollector()
     logging.getLogger("expotion.inference").addHandler(notices)
     try:

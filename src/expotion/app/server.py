@@ -1,4 +1,4 @@
-"""Serve the browser app: make music for a video, and run a blinded listening study.
+"""Serve the browser app: make music for a video or live for a webcam, and run a blinded listening study.
 
     expotion app [--profile tiny --musicgen DIR] [--runs runs] [--port 7860] [--max-upload-mb 100]
     expotion app --study study.yaml [--study-only]
@@ -100,6 +100,7 @@ def build_app(args: argparse.Namespace):
     import gradio as gr
 
     from expotion.app.generate_tab import ModelPlace, build_generate_tab
+    from expotion.app.live_tab import build_live_tab
     from expotion.app.study import load_study
     from expotion.app.study_tab import StudyRunner, build_study_tab
 
@@ -118,6 +119,8 @@ def build_app(args: argparse.Namespace):
             if not args.study_only:
                 with gr.Tab("Generate", id="generate"):
                     build_generate_tab(page, place, args.outputs, args.demo_manifest)
+                with gr.Tab("Live", id="live"):
+                    build_live_tab(page, place, args.outputs)
     page.queue(default_concurrency_limit=1)  # one generation at a time on a CPU
     return page, launch_options(args, study)
 
