@@ -36,7 +36,7 @@ from expotion.extractors.streams import stream_rate  # noqa: E402
 from expotion.inference import ModelSettings, SamplingSettings, load_models  # noqa: E402
 from expotion.live.camera import FileCamera  # noqa: E402
 from expotion.live.session import LiveSession, LiveSettings  # noqa: E402
-from expotion.methods.expotion.adaptor import AdaptorConfig, ConditionAdaptor  # noqa: E402
+from expotion.methods.expotion.adaptor import AdaptorConfig, CausalConfig, ConditionAdaptor  # noqa: E402
 from expotion.methods.expotion.embedding import VisualConfig  # noqa: E402
 from expotion.methods.expotion.export import save_adaptor  # noqa: E402
 from expotion.musicgen.loading import load_musicgen, model_signature  # noqa: E402
@@ -61,14 +61,18 @@ def moving_video(path: Path, seconds: float, fps: int = 25, size: tuple[int, int
     return path
 
 
-def checkpoint(root: Path, tiny_dir: Path, musicgen_source: str, window_s: float, device: str) -> Path:
-    """A random Expotion adaptor for ``musicgen_source`` on the tiny extractors' streams, saved as exported."""
+def checkpoint(root: Path, tiny_dir: Path, musicgen_source: str, window_s: float, device: str,
+               lookahead_s: float | None) -> Path:
+    """A random Expotion adaptor for ``musicgen_source`` on the tiny extractors' streams, saved as exported; with
+    ``lookahead_s``, a causal one on causally tracked faces (what live extraction computes frame by frame)."""
     cfg = tiny_profile(tiny_dir)
     musicgen = load_musicgen(musicgen_source, device)
     shapes = Extractors(cfg, STREAMS, device="cpu").shapes()
     text_dim = musicgen.lm.condition_provider.conditioners["description"].dim  # T5's width, or the tiny table's
-    spec = FeatureSpec(shapes, {name: stream_rate(name, DEFAULT_RATES) for name in STREAMS}, text_dim)
-    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=window_s),
+    spec = FeatureSpec(shapes, {name: stream_rate(name, DEFAULT_RATES) for name in STREAMS}, text_dim,
+                       extractors={} if lookahead_s is None else {"face_tracking": "causal"})
+    causal = None if lookahead_s is None else CausalConfig(lookahead_s)
+    adaptor = ConditionAdaptor(musicgen.lm, AdaptorConfig(2, VisualConfig(), max_seconds=window_s, causal=causal),
                                {k: v[0] for k, v in shapes.items()}, musicgen.frame_rate)
     with torch.no_grad():
         adaptor.gates.fill_(0.5)
@@ -91,6 +95,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=4.0, help="the adaptor's window (its training crop), s")
     parser.add_argument("--chunk", type=float, default=0.5, help="audio per chunk, s")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lookahead", type=float, default=None,
+                        help="a causal adaptor with this lookahead, s (default: not causal, a window behind)")
     parser.add_argument("--musicgen", help="a released MusicGen (hub name or directory): runs on CUDA")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch's CPU threads (on a busy 2-core machine, 2 threads spin against each other: "
@@ -107,12 +113,12 @@ def main() -> None:
         tiny_dir = root / "tiny"
         make_tiny(tiny_dir, PRECOMPUTE)
         source = args.musicgen or tiny_profile(tiny_dir).musicgen
-        ckpt = checkpoint(root, tiny_dir, source, args.window, device)
+        ckpt = checkpoint(root, tiny_dir, source, args.window, device, args.lookahead)
         models = load_models(ModelSettings(checkpoint=ckpt, musicgen=source, profile="tiny", tiny_dir=tiny_dir,
                                            device=device))
         video = moving_video(root / "video.mp4", args.seconds)
         print(f"live session: {args.seconds:g} s video, adaptor window {args.window:g} s, chunks of "
-              f"{args.chunk:g} s, MusicGen {'(GPU) ' + args.musicgen if args.musicgen else 'tiny (CPU)'}, "
+              f"{args.chunk:g} s, lookahead {args.lookahead}, MusicGen {'(GPU) ' + args.musicgen if args.musicgen else 'tiny (CPU)'}, "
               f"features: {models.streams} on the tiny profile, {args.threads} torch thread(s)")
         session(models, video, args.chunk, True, root)  # warm-up
         rtf, latencies, lags, parts = [], [], [], {p: [] for p in PARTS}
