@@ -48,7 +48,7 @@ from expotion.core import atomic
 from expotion.core.devices import usable_device
 from expotion.core.nodes import SINGLE_NODE, NodeShare
 from expotion.core.outputs import file_stamp
-from expotion.core.processes import die_with_parent
+from expotion.core.processes import die_with_parent, worker_context
 from expotion.core.rates import DEFAULT_RATES, Rates
 from expotion.data.captions import GENERIC_PROMPT
 from expotion.data.manifest import VIDEO_AUDIO, Recording, load_manifest
