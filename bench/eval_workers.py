@@ -5,7 +5,7 @@ each clip's video, its music as the reference audio and the next clip's music
 at a lower level as the generated audio. Stage 1 runs the model-free
 extractors every metric group without weights needs (Farneback flow and frame
 times, onsets, madmom beats, chroma, levels) on a fresh cache each time,
-spawning the workers included; the two settings alternate in every repeat so
+starting the workers included; the two settings alternate in every repeat so
 that load from other jobs affects both alike. Each process runs one thread,
 so 2 workers should approach twice the clips per second of 1 on 2 free cores.
 CPU seconds per clip (this process and its workers) show what the workers cost

@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from eval_synth import click_track, tone, write_video, write_wav
 
 from expotion.cli.main import main as expotion_main
 from expotion.core import tiny
+from expotion.core.processes import worker_context
 from expotion.evaluation import models
 
 SR = 22050
@@ -341,3 +344,43 @@ def test_two_workers_write_exactly_what_one_writes(data, tmp_path, capfd):
     loads = re.findall(r"worker (\d+): loading (\S+) from", printed[2].err)
     assert loads and len(loads) == len(set(loads))  # each worker loads each model once
     assert len({pid for pid, _ in loads}) == 2  # ... in two processes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_workers_are_forked_on_cpu_and_spawned_for_cuda():
+    assert worker_context("cpu").get_start_method() == "fork"
+    assert worker_context("cuda").get_start_method() == "spawn"
+
+
+FORKING_PARENT = """
+import sys
+from pathlib import Path
+import cv2, numpy as np
+from eval_synth import write_video
+from expotion.evaluation import embed, stage_one
+from expotion.evaluation.video import VideoClip
+
+root = Path(sys.argv[1])
+videos = [VideoClip(write_video(root / f"v{n}.mp4", seed=n)) for n in range(2)]
+frame = np.random.default_rng(0).random((400, 400), dtype=np.float32)
+for run in range(4):
+    cv2.setNumThreads(2)
+    cv2.calcOpticalFlowFarneback(frame, np.roll(frame, 1, 0), None, 0.5, 3, 15, 3, 5, 1.2, 0)  # OpenCV's pool runs
+    cv2.resize(np.random.default_rng(run).random((2000, 2000)), (3000, 3000))
+    states = embed.prepare(["motion"], root / "weights", embed.FileHashes(root / f"hashes{run}.json"))
+    stage_one.run(embed.Inputs(audio=[], videos=videos), states, embed.EmbeddingCache(root / f"cache{run}"),
+                  log=lambda _: None, workers=2)
+    assert not states["motion"].failed and states["motion"].computed == 2, states["motion"]
+print("done")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_forked_workers_finish_after_the_parent_ran_opencv_on_two_threads(tmp_path):
+    """A child forked while OpenCV's thread pool is up inherits the pool without its threads and hangs in its first
+    parallel call (most runs of this script, before the parent went to one thread to start its workers)."""
+    env = {"PYTHONPATH": f"{Path(__file__).parents[1] / 'src'}:{Path(__file__).parent}", "HF_HUB_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", FORKING_PARENT, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]

@@ -5,8 +5,9 @@ batch, or one input for the model-free extractors: decoding, Farneback flow,
 onsets, beats, chroma), the same tasks whatever runs them. Every process runs
 torch, OpenCV, BLAS and OpenMP on one thread, the single one included, because
 a float result may depend on the thread count, and N workers on N cores should
-not oversubscribe them. Workers are spawned (safe with CUDA and with a parent
-holding threads), end with the run that started them, load each model once,
+not oversubscribe them. Workers are forked on Linux without CUDA (they inherit
+the parent's imports: torch, librosa and madmom cost seconds of CPU per spawned
+process) and spawned elsewhere; they end with the run that started them, load each model once,
 and write their cache entries through the same atomic writer; no two tasks
 write the same entry. Each task's report is merged in task order, so counts,
 failures and the order they are listed in are those of a single process.
@@ -27,7 +28,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from expotion.core.processes import die_with_parent
+from expotion.core.processes import die_with_parent, worker_context
 from expotion.evaluation.embed import Embedder, EmbeddingCache, ExtractorState, Inputs, Store, Task
 
 KINDS = ("video", "audio", "text")  # video first: its flow is the longest work, so it starts first
@@ -127,21 +128,27 @@ def run(inputs: Inputs, states: dict[str, ExtractorState], cache: EmbeddingCache
                     bar.update(task.counted)
         else:
             log(f"stage 1 on {workers} worker processes")
-            for report in in_workers(tasks, workers, (states, cache.root, device, batch_size, os.getpid()), bar):
+            setup = (states, cache.root, device, batch_size, os.getpid())
+            for report in in_workers(tasks, workers, setup, worker_context(device), bar):
                 merge(states, report)
     return Store(cache, states, embedder.keys)
 
 
-def in_workers(tasks: list[Task], workers: int, setup: tuple, bar: tqdm) -> list[dict[str, ExtractorState]]:
-    """Every task's report, in task order, from ``workers`` spawned processes set up by :func:`worker_init`.
+def in_workers(tasks: list[Task], workers: int, setup: tuple, context: mp.context.BaseContext,
+               bar: tqdm) -> list[dict[str, ExtractorState]]:
+    """Every task's report, in task order, from ``workers`` processes started by ``context`` and set up by
+    :func:`worker_init`.
+
+    They start with this process on one thread (:func:`one_thread`): a forked child would otherwise inherit
+    OpenCV's thread pool without its threads, and hang in its first parallel call.
 
     A worker that dies (say, a library crashing on a malformed file) stops the run with
     ``BrokenProcessPool`` rather than leaving it waiting; tasks not yet started are cancelled on any error.
     The workers have ended when this returns.
     """
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=worker_init, initargs=setup)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init, initargs=setup)
     try:
-        with single_threaded_children():  # the workers start as tasks are submitted
+        with one_thread(), single_threaded_children():  # the workers start as tasks are submitted
             futures = {pool.submit(worker_task, task): n for n, task in enumerate(tasks)}
         reports: dict[int, dict[str, ExtractorState]] = {}
         for future in as_completed(futures):

@@ -48,7 +48,7 @@ from expotion.core import atomic
 from expotion.core.devices import usable_device
 from expotion.core.nodes import SINGLE_NODE, NodeShare
 from expotion.core.outputs import file_stamp
-from expotion.core.processes import die_with_parent
+from expotion.core.processes import die_with_parent, worker_context
 from expotion.core.rates import DEFAULT_RATES, Rates
 from expotion.data.captions import GENERIC_PROMPT
 from expotion.data.manifest import VIDEO_AUDIO, Recording, load_manifest
@@ -277,7 +277,7 @@ def run_jobs(todo: list[ShardJob], cfg: PrecomputeConfig) -> None:
                 process_shard(job, ex, cfg)
                 bar.update()
     else:
-        ctx = worker_context(cfg)
+        ctx = pool_context(cfg)
         counter = ctx.Value("i", 0)
         with ctx.Pool(workers, initializer=worker_init, initargs=(cfg, counter, os.getpid())) as pool:
             for _ in pool.imap_unordered(worker_run, todo):
@@ -296,10 +296,10 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def worker_context(cfg: PrecomputeConfig) -> mp.context.BaseContext:
-    """Fork on CPU so workers inherit the already-imported libraries; CUDA needs fresh (spawned) processes."""
-    if torch.device(cfg.extractors.device).type == "cuda":
-        return mp.get_context("spawn")
-    if {"codes", "t5"} & set(cfg.names):
-        import audiocraft.models  # noqa: F401  (imported once here instead of once per worker)
-    return mp.get_context("fork")
+def pool_context(cfg: PrecomputeConfig) -> mp.context.BaseContext:
+    """The shared start method (:func:`~expotion.core.processes.worker_context`); a forking parent imports
+    audiocraft once here so that no worker imports it again."""
+    ctx = worker_context(cfg.extractors.device)
+    if ctx.get_start_method() == "fork" and {"codes", "t5"} & set(cfg.names):
+        import audiocraft.models  # noqa: F401
+    return ctx
