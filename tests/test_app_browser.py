@@ -61,16 +61,22 @@ def study_only_app(tmp_path_factory):
     stop(proc)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def start_chromium(profile: Path, *flags: str):
+    """Headless Chromium under chromedriver, with its own profile folder and ``flags`` beside the usual ones."""
     chromium, driver_path = browser_binaries()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in CHROME_FLAGS:
+    for flag in (*CHROME_FLAGS, *flags):
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from app_support import app_args, launch_cli, stop, tiny_checkpoint
-from test_app_browser import ARTIFACTS, CHROME_FLAGS, browser_binaries, open_tab, text_of
+from test_app_browser import ARTIFACTS, open_tab, start_chromium, text_of
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -68,15 +68,8 @@ def live_app(tiny_profile_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def camera_browser(fake_camera, tmp_path_factory):
-    chromium, driver_path = browser_binaries()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROME_FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                 f"--use-file-for-fake-video-capture={fake_camera}"):
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-camera-profile')}")
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
-    driver.set_page_load_timeout(60)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-camera-profile"), "--use-fake-device-for-media-stream",
+                            "--use-fake-ui-for-media-stream", f"--use-file-for-fake-video-capture={fake_camera}")
     yield driver
     driver.quit()
 

@@ -129,7 +129,6 @@ def test_each_step_waits_for_its_time_plus_the_lookahead(tmp_path, tiny_profile_
     session.before_step, session.recondition = watch, count
     result = session.run(tmp_path / "o.wav", tmp_path / "o.csv")
     assert result.tokens is not None and torch.equal(result.codes, result.tokens)
-    k = musicgen.lm.num_codebooks
     for offset, step, need, covered in seen:
         newest = min(offset + max(step - 1, 0), 200) / 50  # codebook 0 of frame step - 1, within the 4 s planned
         assert need == pytest.approx(newest + 0.3)

@@ -142,6 +142,22 @@ def demo_examples(manifest: Path | None, limit: int = 6) -> list[list[str]]:
     return [[str(r.video), r.caption, " ".join(map(str, r.face_box)) if r.face_box else ""] for r in rows[:limit]]
 
 
+def prompt_and_checkpoint(choices: list[str], tab: str) -> tuple[gr.Textbox, gr.Dropdown]:
+    """The prompt box and the checkpoint list, as every tab that makes music shows them (ids ``<tab>-prompt``...)."""
+    prompt = gr.Textbox(label="Prompt", placeholder="e.g. slow jazz ballad with brushed drums", lines=2,
+                        elem_id=f"{tab}-prompt")
+    return prompt, gr.Dropdown(choices, value=choices[0], label="Checkpoint", elem_id=f"{tab}-checkpoint")
+
+
+def sampling_controls() -> tuple[gr.Number, gr.Slider, gr.Number]:
+    """Seed, CFG and top-k in one row, with MusicGen's defaults."""
+    with gr.Row():
+        seed = gr.Number(0, label="Seed", precision=0)
+        cfg = gr.Slider(1.0, 10.0, 3.0, step=0.5, label="CFG (text guidance)")
+        top_k = gr.Number(250, label="Top-k", precision=0, minimum=1)
+    return seed, cfg, top_k
+
+
 def build_generate_tab(page: gr.Blocks, place: ModelPlace, output_root: Path, demo_manifest: Path | None = None) -> None:
     """Lay out the tab inside ``page`` and wire its events (``page.load`` lists checkpoints trained since start)."""
     choices = checkpoint_choices(place.runs_dir)
@@ -149,14 +165,9 @@ def build_generate_tab(page: gr.Blocks, place: ModelPlace, output_root: Path, de
         with gr.Column():
             video_in = gr.Video(label="Video (face and upper body)", sources=["upload"], format=None,
                                 height=360, elem_id="gen-video-in")
-            prompt = gr.Textbox(label="Prompt", placeholder="e.g. slow jazz ballad with brushed drums", lines=2,
-                                elem_id="gen-prompt")
-            checkpoint = gr.Dropdown(choices, value=choices[0], label="Checkpoint", elem_id="gen-checkpoint")
+            prompt, checkpoint = prompt_and_checkpoint(choices, "gen")
             with gr.Accordion("Settings", open=False):
-                with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0)
-                    cfg = gr.Slider(1.0, 10.0, 3.0, step=0.5, label="CFG (text guidance)")
-                    top_k = gr.Number(250, label="Top-k", precision=0, minimum=1)
+                seed, cfg, top_k = sampling_controls()
                 face_box = gr.Textbox(label="Face box 'x0 y0 x1 y1' in source pixels (optional; default: detect)",
                                       elem_id="gen-face-box")
             run = gr.Button("Generate", variant="primary", elem_id="gen-run")

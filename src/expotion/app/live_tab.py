@@ -23,7 +23,8 @@ import gradio as gr
 import numpy as np
 import soundfile as sf
 
-from expotion.app.generate_tab import PLAIN_MUSICGEN, USER_ERRORS, ModelPlace, checkpoint_choices, loaded_models
+from expotion.app.generate_tab import (PLAIN_MUSICGEN, USER_ERRORS, ModelPlace, checkpoint_choices, loaded_models,
+                                       prompt_and_checkpoint, sampling_controls)
 from expotion.app.pushed_camera import PushedCamera
 from expotion.inference import Models, SamplingSettings
 from expotion.live.camera import CameraError
@@ -168,14 +169,9 @@ def build_live_tab(page: gr.Blocks, place: ModelPlace, output_root: Path) -> Non
         with gr.Column():
             camera = gr.Image(label="Camera", sources=["webcam"], streaming=True, type="numpy", height=300,
                               elem_id="live-camera")
-            prompt = gr.Textbox(label="Prompt", placeholder="e.g. slow jazz ballad with brushed drums", lines=2,
-                                elem_id="live-prompt")
-            checkpoint = gr.Dropdown(choices, value=choices[0], label="Checkpoint", elem_id="live-checkpoint")
+            prompt, checkpoint = prompt_and_checkpoint(choices, "live")
             with gr.Accordion("Settings", open=False):
-                with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0)
-                    cfg = gr.Slider(1.0, 10.0, 3.0, step=0.5, label="CFG (text guidance)")
-                    top_k = gr.Number(250, label="Top-k", precision=0, minimum=1)
+                seed, cfg, top_k = sampling_controls()
                 with gr.Row():
                     chunk = gr.Number(DEFAULT_CHUNK_S, label="Seconds of music per chunk", minimum=0.1)
                     longest = gr.Number(DEFAULT_MAX_DURATION_S, label="Longest session (s)", minimum=1)
