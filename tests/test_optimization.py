@@ -99,6 +99,7 @@ CLIP_FLOW_SMALL = (4160, ((0.9, 0.95), 1e-08, 0.1), 0.07279999999999999,
      4159: 3.3732915638656768e-09})
 BEFORE = [
     (('tiny_cpu.yaml',), TINY_CPU),
+    (('live_tiny.yaml',), TINY_CPU),  # tiny_cpu.yaml with the causal option: its schedule must not move
     (('paper.yaml',), PAPER),
     (('paper.yaml', 'musicgen_small.yaml'), PAPER),
     (('paper.yaml', 'musicgen_medium.yaml'), PAPER),
@@ -151,7 +152,8 @@ def schedule(files: tuple[str, ...]) -> tuple[int, list[float], tuple, float]:
 
 def test_every_shipped_config_covered():
     covered = {f for files, *_ in BEFORE for f in files}
-    assert covered == {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
+    experiments = CONFIGS / "experiments"  # experiment files list training configs; they are not one
+    assert covered == {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if experiments not in p.parents}
 
 
 @pytest.mark.parametrize("files,before", BEFORE, ids=["+".join(b[0]) for b in BEFORE])
