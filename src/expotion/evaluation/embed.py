@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from expotion.core import atomic
+from expotion.core.digests import sha256_file
 from expotion.core.weights import MissingWeightsError
 from expotion.data.media import MediaError
 from expotion.evaluation import chroma, languagebind, models, motion_onsets, passt, rhythm, vggish
@@ -34,17 +35,6 @@ from expotion.evaluation.batching import full_precision, run_windows
 from expotion.evaluation.video import VideoClip
 
 CACHE_VERSION = 1
-HASH_BLOCK = 1 << 22
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

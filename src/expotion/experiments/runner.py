@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expotion.core import atomic
+from expotion.core.digests import sha256_file
 from expotion.data.captions import CaptionSource
 from expotion.experiments.spec import Experiment, RowSpec
-from expotion.experiments.steps import Step, StepFailed, python_command, run_step, sha256_file, tree_digest
+from expotion.experiments.steps import Step, StepFailed, python_command, run_step, tree_digest
 from expotion.methods.registry import method_named
 
 SHARED = "shared"

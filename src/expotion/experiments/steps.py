@@ -20,19 +20,12 @@ from pathlib import Path
 
 import expotion
 from expotion.core import atomic
+from expotion.core.digests import sha256_file
 
 RECORD_SUFFIX = ".step.json"
 UNKEYED_OPTIONS = ("--workers",)  # options that change how fast a step runs, never what it writes
 PACKAGE_DIR = Path(expotion.__file__).parent
 CODE_EXCLUDED = ("app", "experiments")  # the browser app, and the runner itself (its commands are in the keys)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def files_under(root: Path) -> list[Path]:

@@ -13,11 +13,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from expotion.core.digests import sha256_file
 from expotion.evaluation.metrics import SPEC_BY_KEY
 from expotion.experiments import paper
 from expotion.experiments.runner import Plan
 from expotion.experiments.spec import RowSpec
-from expotion.experiments.steps import StepFailed, sha256_file, write_if_changed
+from expotion.experiments.steps import StepFailed, write_if_changed
 
 ALIGNMENT = ("av_align", "bas_motion_music", "bas_music_motion", "motion_tempo_error", "motion_tempo_error_octave")
 STEM = "table1"
