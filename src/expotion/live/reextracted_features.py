@@ -17,11 +17,11 @@ import torch
 
 from expotion.data.media import ClipFrames
 from expotion.extractors.bank import Extractors
-from expotion.extractors.face import FaceTrack
+from expotion.extractors.face import MEDIAN_WIDTH, FaceTrack
 from expotion.extractors.long_video import lookahead_s, stride_grid_s
 from expotion.extractors.streams import stream_of
 
-FACE_TRACK_REACH = 3  # detections after a time that its smoothed box reads: 2 for the 5-wide median, 1 to interpolate
+FACE_TRACK_REACH = MEDIAN_WIDTH // 2 + 1  # detections after a time its smoothed box reads: half the median, 1 to interpolate
 
 
 class ReextractedFeatures:
