@@ -21,7 +21,7 @@ from expotion.extractors.face import MEDIAN_WIDTH, FaceTrack
 from expotion.extractors.long_video import lookahead_s, stride_grid_s
 from expotion.extractors.streams import stream_of
 
-FACE_TRACK_REACH = MEDIAN_WIDTH // 2 + 1  # detections after a time its smoothed box reads: half the median, 1 to interpolate
+FACE_TRACK_REACH = MEDIAN_WIDTH // 2 + 1  # detections past a time its smoothed box reads: half a median, 1 more
 
 
 class ReextractedFeatures:
